@@ -1,0 +1,43 @@
+# textserve — the two set-up commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test test-fast proto lint bench loadtest clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch is pinned to the CPU wheel first so nothing pulls a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install textserve with its dev tools
+
+run: install ## start every service on localhost with embedded defaults
+	$(VENV)/bin/textserve serve all
+
+test: install ## the whole test suite
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install ## unit tests only
+	$(PY) -m pytest -q tests/unit
+
+proto: install ## regenerate Python stubs from protos/
+	$(PY) -m textserve.protogen
+
+lint: install ## ruff + mypy
+	$(VENV)/bin/ruff check services tests loadtests
+	$(VENV)/bin/ruff format --check services tests loadtests
+	$(VENV)/bin/mypy
+
+bench: install ## benchmarks (prints ratio tables)
+	$(PY) -m loadtests.bench_embedding
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

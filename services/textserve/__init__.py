@@ -1,0 +1,3 @@
+"""textserve: gRPC model-serving microservices for text models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Conversions for the shared protobuf types of common.proto, used by every service folder."""

@@ -1,0 +1,56 @@
+"""Builds common.proto messages (ModelInfo, Usage, Timing, Limits, BatchBudget)."""
+
+from __future__ import annotations
+
+from textserve.core.batcher import BatchBudget
+from textserve.core.config import BatcherConfig, LimitsConfig, ServerConfig
+from textserve.v1 import common_pb2
+
+
+def model_info(
+    name: str, revision: str, backend: str, device: str, max_input_tokens: int
+) -> common_pb2.ModelInfo:
+    """ModelInfo message."""
+    return common_pb2.ModelInfo(
+        name=name, revision=revision, backend=backend, device=device, max_input_tokens=max_input_tokens
+    )
+
+
+def timing(tokenize_s: float, queue_s: float, inference_s: float, total_s: float) -> common_pb2.Timing:
+    """Timing message from seconds."""
+    return common_pb2.Timing(
+        tokenize_time_ns=int(tokenize_s * 1e9),
+        queue_time_ns=int(queue_s * 1e9),
+        inference_time_ns=int(inference_s * 1e9),
+        total_time_ns=int(total_s * 1e9),
+    )
+
+
+def limits(config: LimitsConfig, server: ServerConfig, max_tokens: int) -> common_pb2.Limits:
+    """Limits message."""
+    return common_pb2.Limits(
+        max_texts_per_request=config.max_texts_per_request,
+        max_text_chars=config.max_text_chars,
+        max_tokens_per_text=max_tokens,
+        max_request_bytes=server.max_message_bytes,
+    )
+
+
+def batch_budget(budget: BatchBudget, config: BatcherConfig) -> common_pb2.BatchBudget:
+    """BatchBudget message."""
+    return common_pb2.BatchBudget(
+        max_batch_size=budget.max_batch_size,
+        max_batch_tokens=budget.max_batch_tokens,
+        max_queue_delay_ms=int(config.max_queue_delay_ms),
+        max_queue_size=config.max_queue_size,
+        source=budget.source,
+    )
+
+
+def truncate_flag(policy: int) -> bool | None:
+    """TruncationPolicy -> True (cut), False (reject) or None (service default)."""
+    if policy == common_pb2.TRUNCATION_POLICY_TRUNCATE:
+        return True
+    if policy == common_pb2.TRUNCATION_POLICY_REJECT:
+        return False
+    return None

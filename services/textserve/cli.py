@@ -1,0 +1,42 @@
+"""Command line: `textserve serve <service>|all`, and a client command per service.
+
+Subcommands live next to what they drive (`<service>/commands.py`); each module in
+COMMAND_MODULES exposes `register(subparsers)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "textserve.commands.serve",
+    "textserve.embedding.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(prog="textserve", description="gRPC serving for text models")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `textserve` command."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    result = args.handler(args)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

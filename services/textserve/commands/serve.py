@@ -1,0 +1,59 @@
+"""`textserve serve <service>|all`: runs services until SIGTERM, then drains."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from textserve.core.config import ConfigError, dump_settings, load_settings
+from textserve.core.logging import setup_logging
+from textserve.core.metrics import start_metrics_server
+
+log = logging.getLogger("textserve.serve")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Adds `serve` and `config`."""
+    serve = subparsers.add_parser("serve", help="run one service, or all of them, in this process")
+    serve.add_argument("services", nargs="+", help="tokenizer, embedding, classifier, generation, gateway or all")
+    serve.add_argument("--config", help="YAML config file (else TEXTSERVE_CONFIG_FILE)")
+    serve.set_defaults(handler=_serve)
+    show = subparsers.add_parser("config", help="print the effective configuration (secrets masked)")
+    show.add_argument("--config", help="YAML config file")
+    show.set_defaults(handler=_show_config)
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(dump_settings(settings), sort_keys=False))
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from textserve.apps import build_apps
+    from textserve.core.server import ServiceHost
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging(settings.log.level, settings.log.format)
+    if settings.metrics.enabled:
+        port = start_metrics_server(settings.metrics.host, settings.metrics.port)
+        log.info("metrics on /metrics", extra={"port": port})
+    try:
+        apps = build_apps(args.services, settings)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    host = ServiceHost(apps)
+    await host.serve_forever()
+    return 0

@@ -1,0 +1,1 @@
+"""Service-independent core: config, errors, batcher, cache, metrics, server bootstrap."""

@@ -1,0 +1,159 @@
+"""Response cache: key building, fail-open batched reads, bounded fire-and-forget writes.
+
+`ResponseCache` is what services use. It hashes every part that changes an output into
+the key, reads many keys at once, never fails a request (errors and timeouts are counted
+in textserve_cache_errors_total and the request is served from the model), and writes
+in the background with a bounded set of tasks. Backends: `MemoryCacheBackend` (an
+in-process LRU, the embedded default) and Redis (core/redis_cache.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+from textserve.core import metrics
+from textserve.core.config import CacheConfig
+
+log = logging.getLogger(__name__)
+
+
+class CacheBackend(Protocol):
+    """Storage behind the response cache."""
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values for keys (None where absent), in one round trip."""
+        ...
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None:
+        """Stores values with a time to live, in one round trip."""
+        ...
+
+    async def close(self) -> None:
+        """Releases connections."""
+        ...
+
+
+class MemoryCacheBackend:
+    """In-process LRU with per-entry expiry (one replica only)."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max_entries = max_entries
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = time.monotonic()
+        values: list[bytes | None] = []
+        for key in keys:
+            entry = self._data.get(key)
+            if entry is None or entry[0] <= now:
+                if entry is not None:
+                    del self._data[key]
+                values.append(None)
+                continue
+            self._data.move_to_end(key)
+            values.append(entry[1])
+        return values
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None:
+        expires = time.monotonic() + ttl_s
+        for key, value in items:
+            self._data[key] = (expires, value)
+            self._data.move_to_end(key)
+        while len(self._data) > self._max_entries:
+            self._data.popitem(last=False)
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+def make_key(prefix: str, *parts: str | bytes | int | float | bool) -> str:
+    """`prefix` + sha256 of every part, each length-prefixed so no two part lists collide."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part if isinstance(part, bytes) else repr(part).encode()
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return prefix + digest.hexdigest()
+
+
+class ResponseCache:
+    """The cache as services see it: fail-open reads, bounded background writes."""
+
+    def __init__(self, backend: CacheBackend, config: CacheConfig, service: str) -> None:
+        self.backend = backend
+        self.config = config
+        self.service = service
+        self._writes: set[asyncio.Task[None]] = set()
+        self._timeout = config.timeout_ms / 1000.0
+
+    def key(self, *parts: str | bytes | int | float | bool) -> str:
+        """A cache key for this service from every output-changing part."""
+        return make_key(f"{self.config.key_prefix}{self.service}:", *parts)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values for keys; on any backend error or timeout, all None (and counted)."""
+        if not keys:
+            return []
+        started = time.perf_counter()
+        try:
+            values = await asyncio.wait_for(self.backend.get_many(keys), self._timeout)
+        except Exception as exc:
+            metrics.CACHE_ERRORS.labels(service=self.service).inc()
+            log.warning("cache read failed; serving from the model", extra={"error": repr(exc)})
+            return [None] * len(keys)
+        metrics.CACHE_READ_DURATION.labels(service=self.service).observe(time.perf_counter() - started)
+        hits = sum(value is not None for value in values)
+        if hits:
+            metrics.CACHE_HITS.labels(service=self.service).inc(hits)
+        if len(values) - hits:
+            metrics.CACHE_MISSES.labels(service=self.service).inc(len(values) - hits)
+        return values
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Stores values in the background; too-large values and overflowing writes are skipped."""
+        kept = [(key, value) for key, value in items if len(value) <= self.config.max_entry_bytes]
+        if not kept:
+            return
+        if len(self._writes) >= self.config.max_pending_writes:
+            metrics.CACHE_ERRORS.labels(service=self.service).inc()
+            return
+        task = asyncio.create_task(self._write(kept))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, items: Sequence[tuple[str, bytes]]) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.backend.set_many(items, self.config.ttl_s), self._timeout)
+        except Exception as exc:
+            metrics.CACHE_ERRORS.labels(service=self.service).inc()
+            log.warning("cache write failed", extra={"error": repr(exc)})
+            return
+        metrics.CACHE_WRITE_DURATION.labels(service=self.service).observe(time.perf_counter() - started)
+
+    async def flush(self) -> None:
+        """Waits for background writes (tests and shutdown)."""
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Finishes writes and closes the backend."""
+        await self.flush()
+        await self.backend.close()
+
+
+def build_cache(config: CacheConfig, service: str) -> ResponseCache | None:
+    """The configured cache for a service, or None when caching is off."""
+    if config.backend == "none":
+        return None
+    if config.backend == "memory":
+        return ResponseCache(MemoryCacheBackend(config.max_entries), config, service)
+    from textserve.core.redis_cache import RedisCacheBackend
+
+    return ResponseCache(RedisCacheBackend(config), config, service)

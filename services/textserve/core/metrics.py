@@ -1,0 +1,217 @@
+"""Every Prometheus metric textserve exports, defined once on one registry.
+
+Names start with `textserve_` and use base units (`_seconds`, `_tokens`, `_total`).
+Labels are limited to service, model, method, code (plus `reason`/`result` on the few
+counters that need them); request data never goes into a label. Dashboards and alert
+rules in deploy/ may only use names defined here (tests check this against a live scrape).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+# --- RPCs -------------------------------------------------------------------------------
+REQUESTS = Counter(
+    "textserve_requests_total",
+    "RPCs finished, by service, method and gRPC status code.",
+    ["service", "method", "code"],
+    registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "textserve_request_duration_seconds",
+    "RPC wall time from receipt to response, by service, method and status code.",
+    ["service", "method", "code"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "textserve_requests_in_flight",
+    "RPCs being handled now.",
+    ["service", "method"],
+    registry=REGISTRY,
+)
+INPUT_TOKENS = Counter(
+    "textserve_input_tokens_total",
+    "Input tokens processed (after truncation, special tokens included).",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+
+# --- Batcher ----------------------------------------------------------------------------
+QUEUE_DURATION = Histogram(
+    "textserve_queue_duration_seconds",
+    "Time a text waited in the batch queue before its batch started.",
+    ["service", "model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "textserve_batch_size",
+    "Texts per batch run by the model.",
+    ["service", "model"],
+    buckets=_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
+BATCH_TOKENS = Histogram(
+    "textserve_batch_tokens",
+    "Padded tokens per batch (batch size x longest text).",
+    ["service", "model"],
+    buckets=_TOKEN_BUCKETS,
+    registry=REGISTRY,
+)
+INFERENCE_DURATION = Histogram(
+    "textserve_inference_duration_seconds",
+    "Model forward time of one batch.",
+    ["service", "model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "textserve_queue_depth",
+    "Texts waiting in the batch queue.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+QUEUE_CAPACITY = Gauge(
+    "textserve_queue_capacity",
+    "Most texts the batch queue holds (max_queue_size).",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+BATCHER_DROPPED = Counter(
+    "textserve_batcher_dropped_total",
+    "Texts taken out of the queue without being computed, by reason (cancelled, expired).",
+    ["service", "model", "reason"],
+    registry=REGISTRY,
+)
+BATCHER_REJECTED = Counter(
+    "textserve_batcher_rejected_total",
+    "Texts rejected at admission because the queue was full.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+BATCH_BUDGET_TOKENS = Gauge(
+    "textserve_batch_budget_tokens",
+    "max_batch_tokens in force (configured or tuned).",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+BATCH_BUDGET_SIZE = Gauge(
+    "textserve_batch_budget_size",
+    "max_batch_size in force (configured or tuned).",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+MODEL_LOADED = Gauge(
+    "textserve_model_loaded",
+    "1 once the model is loaded and serving, else 0.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+MODEL_LOAD_DURATION = Gauge(
+    "textserve_model_load_duration_seconds",
+    "Time the last model load took (including any ONNX export).",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+
+# --- Cache ------------------------------------------------------------------------------
+CACHE_HITS = Counter(
+    "textserve_cache_hits_total",
+    "Response-cache lookups answered from the cache.",
+    ["service"],
+    registry=REGISTRY,
+)
+CACHE_MISSES = Counter(
+    "textserve_cache_misses_total",
+    "Response-cache lookups not found.",
+    ["service"],
+    registry=REGISTRY,
+)
+CACHE_ERRORS = Counter(
+    "textserve_cache_errors_total",
+    "Cache operations that failed or timed out (served from the model instead).",
+    ["service"],
+    registry=REGISTRY,
+)
+CACHE_READ_DURATION = Histogram(
+    "textserve_cache_read_duration_seconds",
+    "Time of one batched cache read.",
+    ["service"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CACHE_WRITE_DURATION = Histogram(
+    "textserve_cache_write_duration_seconds",
+    "Time of one batched cache write.",
+    ["service"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+# --- Generation -------------------------------------------------------------------------
+GEN_TTFT = Histogram(
+    "textserve_generation_time_to_first_token_seconds",
+    "Time from receiving a generation request to its first generated token.",
+    ["service", "model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+GEN_INTER_TOKEN = Histogram(
+    "textserve_generation_inter_token_seconds",
+    "Time between consecutive generated tokens of one sequence.",
+    ["service", "model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+GEN_TOKENS = Counter(
+    "textserve_generation_tokens_total",
+    "Tokens generated.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+GEN_RUNNING = Gauge(
+    "textserve_generation_running_sequences",
+    "Sequences in the running decode batch.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+GEN_WAITING = Gauge(
+    "textserve_generation_waiting_sequences",
+    "Sequences waiting for admission.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+GEN_KV_USED = Gauge(
+    "textserve_generation_kv_tokens_used",
+    "KV-cache tokens reserved by running sequences.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+GEN_KV_CAPACITY = Gauge(
+    "textserve_generation_kv_tokens_capacity",
+    "KV-cache budget in tokens.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+GEN_FINISHED = Counter(
+    "textserve_generation_finished_total",
+    "Sequences finished, by reason (length, stop, eos, cancelled).",
+    ["service", "model", "reason"],
+    registry=REGISTRY,
+)
+
+
+def start_metrics_server(host: str, port: int) -> int:
+    """Serves /metrics over HTTP in a daemon thread; returns the bound port."""
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    return int(server.server_port)

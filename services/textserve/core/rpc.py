@@ -1,0 +1,139 @@
+"""The servicer boundary: one decorator per RPC kind that maps errors and records metrics.
+
+`unary_rpc` / `stream_rpc` wrap servicer methods. They turn TextserveError into its
+status code (the single mapping point), anything unexpected into INTERNAL, and record
+textserve_requests_total / textserve_request_duration_seconds by service, method, code.
+`request_deadline` turns the call's deadline into an absolute monotonic time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from textserve.core import metrics
+from textserve.core.errors import TextserveError
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+
+
+def request_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """Absolute time.monotonic() deadline of the call, or None when the client set none."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return time.monotonic() + float(remaining)
+
+
+def _record(service: str, method: str, code: grpc.StatusCode, started: float) -> None:
+    name = code.name
+    metrics.REQUESTS.labels(service=service, method=method, code=name).inc()
+    metrics.REQUEST_DURATION.labels(service=service, method=method, code=name).observe(
+        time.perf_counter() - started
+    )
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, error: BaseException, service: str, method: str
+) -> grpc.StatusCode:
+    if isinstance(error, TextserveError):
+        await context.abort(error.code, error.message)
+    log.exception("unexpected error", extra={"service": service, "method": method}, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _status_of(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, TextserveError):
+        return error.code
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
+def unary_rpc(
+    service: str, method: str
+) -> Callable[
+    [Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]],
+    Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
+]:
+    """Decorates a unary servicer method (error mapping + metrics)."""
+
+    def decorate(
+        func: Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
+    ) -> Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+        in_flight = metrics.REQUESTS_IN_FLIGHT.labels(service=service, method=method)
+
+        @functools.wraps(func)
+        async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+            started = time.perf_counter()
+            in_flight.inc()
+            try:
+                response = await func(self, request, context)
+            except grpc.aio.AbortError:
+                code = context.code() if callable(getattr(context, "code", None)) else None
+                _record(service, method, code or grpc.StatusCode.UNKNOWN, started)
+                raise
+            except BaseException as error:
+                _record(service, method, _status_of(error), started)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                await _abort(context, error, service, method)
+                raise
+            finally:
+                in_flight.dec()
+            _record(service, method, grpc.StatusCode.OK, started)
+            return response
+
+        return wrapper
+
+    return decorate
+
+
+def stream_rpc(
+    service: str, method: str
+) -> Callable[
+    [Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]]],
+    Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]],
+]:
+    """Decorates a server-streaming (or bidi) servicer method written as an async generator."""
+
+    def decorate(
+        func: Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]],
+    ) -> Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
+        in_flight = metrics.REQUESTS_IN_FLIGHT.labels(service=service, method=method)
+
+        @functools.wraps(func)
+        async def wrapper(self: Self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
+            started = time.perf_counter()
+            in_flight.inc()
+            try:
+                async for item in func(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                code = context.code() if callable(getattr(context, "code", None)) else None
+                _record(service, method, code or grpc.StatusCode.UNKNOWN, started)
+                raise
+            except BaseException as error:
+                _record(service, method, _status_of(error), started)
+                if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+                    raise
+                await _abort(context, error, service, method)
+                raise
+            finally:
+                in_flight.dec()
+            _record(service, method, grpc.StatusCode.OK, started)
+
+        return wrapper
+
+    return decorate

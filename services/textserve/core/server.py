@@ -1,0 +1,175 @@
+"""Server bootstrap: gRPC servers (grpc.aio) with health, reflection, TLS, metrics and SIGTERM drain.
+
+A `ServiceApp` is one service's servicers plus its start/stop (model load, batchers).
+`ServiceHost` runs one or more apps, each on its own gRPC server: it binds the port,
+reports NOT_SERVING until `app.start()` returns, then SERVING; on SIGTERM it reports
+NOT_SERVING, stops accepting, lets in-flight RPCs finish within the grace period, then
+stops the apps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from textserve.core.config import ServerConfig, TlsConfig
+from textserve.core.health import HEALTH_SERVICE_NAME, HealthState
+from textserve.core.interceptors import build_interceptors
+
+log = logging.getLogger(__name__)
+
+
+class ServiceApp(Protocol):
+    """One service: what it registers on a gRPC server and how it starts and stops."""
+
+    name: str
+    """Short name ("embedding"), used in metrics and logs."""
+    service_names: tuple[str, ...]
+    """Full gRPC service names ("textserve.v1.EmbeddingService"), for health and reflection."""
+    server_config: ServerConfig
+    """Port, limits, TLS and auth of the server."""
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Adds the servicers to the server."""
+        ...
+
+    async def start(self) -> None:
+        """Loads models and starts background work; the server is SERVING once it returns."""
+        ...
+
+    async def stop(self) -> None:
+        """Stops background work after in-flight RPCs have finished."""
+        ...
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """TLS (or mutual TLS when require_client_cert) credentials from PEM files."""
+    if tls.cert_file is None or tls.key_file is None:
+        raise ValueError("server.tls.enabled=true needs server.tls.cert_file and server.tls.key_file")
+    root = tls.ca_file.read_bytes() if tls.ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=root,
+        require_client_auth=tls.require_client_cert,
+    )
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
+    """Channel options of a server: message limits, stream limits, keepalive."""
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+@dataclass
+class RunningServer:
+    """A started app with its server, bound port and health state."""
+
+    app: ServiceApp
+    server: grpc.aio.Server
+    port: int
+    health: HealthState
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ServiceHost:
+    """Runs apps on gRPC servers in this event loop."""
+
+    def __init__(
+        self, apps: Sequence[ServiceApp], interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    ) -> None:
+        self.apps = list(apps)
+        self.interceptors = list(interceptors)
+        self.running: list[RunningServer] = []
+        self._stopping = asyncio.Event()
+
+    def port_of(self, name: str) -> int:
+        """The bound port of the app called `name`."""
+        for item in self.running:
+            if item.app.name == name:
+                return item.port
+        raise KeyError(name)
+
+    async def start(self, wait_ready: bool = True) -> None:
+        """Binds and starts every server (NOT_SERVING), then starts the apps (SERVING)."""
+        for app in self.apps:
+            config = app.server_config
+            interceptors = list(self.interceptors)
+
+            interceptors += build_interceptors(app.name, config)
+            server = grpc.aio.server(
+                options=grpc_options(config),
+                interceptors=interceptors,
+                maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            )
+            health = HealthState(app.service_names)
+            health.register(server)
+            app.register(server)
+            if config.reflection:
+                reflection.enable_server_reflection(
+                    (*app.service_names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+                )
+            address = f"{config.host}:{config.port}"
+            if config.tls.enabled:
+                port = server.add_secure_port(address, server_credentials(config.tls))
+            else:
+                port = server.add_insecure_port(address)
+            if port == 0:
+                raise OSError(f"could not bind {app.name} to {address}")
+            await health.set_serving(False)
+            await server.start()
+            log.info("listening", extra={"service": app.name, "port": port, "tls": config.tls.enabled})
+            self.running.append(RunningServer(app, server, port, health))
+        starts = [asyncio.create_task(self._start_app(item)) for item in self.running]
+        if wait_ready:
+            await asyncio.gather(*starts)
+
+    async def _start_app(self, item: RunningServer) -> None:
+        await item.app.start()
+        await item.health.set_serving(True)
+        item.ready.set()
+        log.info("serving", extra={"service": item.app.name, "port": item.port})
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful drain: NOT_SERVING, stop accepting, finish in-flight RPCs, stop apps."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        for item in self.running:
+            await item.health.shutdown()
+        await asyncio.gather(
+            *(
+                item.server.stop(item.app.server_config.grace_period_s if grace is None else grace)
+                for item in self.running
+            )
+        )
+        for item in self.running:
+            try:
+                await item.app.stop()
+            except Exception:
+                log.exception("error while stopping", extra={"service": item.app.name})
+        log.info("stopped", extra={"services": [item.app.name for item in self.running]})
+
+    async def serve_forever(self) -> None:
+        """Starts, then waits for SIGTERM/SIGINT and drains."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start(wait_ready=False)
+        await stop_requested.wait()
+        log.info("signal received; draining")
+        await self.stop()

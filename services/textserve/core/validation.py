@@ -1,0 +1,27 @@
+"""Request checks shared by the services; each failure names the field and the limit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from textserve.core.config import LimitsConfig
+from textserve.core.errors import InvalidInput
+
+
+def check_texts(texts: Sequence[str], limits: LimitsConfig, field: str = "texts") -> None:
+    """Non-empty list within max_texts_per_request; each text non-empty within max_text_chars."""
+    if len(texts) == 0:
+        raise InvalidInput(field, "must contain at least one text")
+    if len(texts) > limits.max_texts_per_request:
+        raise InvalidInput(
+            field, f"has {len(texts)} texts; max_texts_per_request={limits.max_texts_per_request}"
+        )
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInput(f"{field}[{index}]", f"must be a string, got {type(text).__name__}")
+        if not text or not text.strip():
+            raise InvalidInput(f"{field}[{index}]", "must not be empty or only whitespace")
+        if len(text) > limits.max_text_chars:
+            raise InvalidInput(
+                f"{field}[{index}]", f"has {len(text)} characters; max_text_chars={limits.max_text_chars}"
+            )

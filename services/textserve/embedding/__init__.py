@@ -1,0 +1,1 @@
+"""Embedding service: texts -> dense vectors over gRPC, with dynamic batching and caching."""

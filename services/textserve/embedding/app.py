@@ -1,0 +1,39 @@
+"""The embedding ServiceApp: the servicer, its model lifecycle and its registration."""
+
+from __future__ import annotations
+
+import grpc
+
+from textserve.core.cache import ResponseCache
+from textserve.core.config import EmbeddingServiceConfig
+from textserve.core.registration import add_servicer
+from textserve.embedding.service import SERVICE, EmbeddingService
+from textserve.embedding.servicer import EmbeddingServicer
+from textserve.runtime.token_source import TokenSource
+from textserve.v1 import embedding_pb2
+
+
+class EmbeddingApp:
+    """Embedding service as run by ServiceHost."""
+
+    name = SERVICE
+    service_names = (embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,)
+
+    def __init__(
+        self,
+        config: EmbeddingServiceConfig,
+        cache: ResponseCache | None = None,
+        token_source: TokenSource | None = None,
+    ) -> None:
+        self.server_config = config.server
+        self.service = EmbeddingService(config, cache, token_source)
+        self.servicer = EmbeddingServicer(self.service)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        add_servicer(server, self.servicer, embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"])
+
+    async def start(self) -> None:
+        await self.service.start()
+
+    async def stop(self) -> None:
+        await self.service.stop()

@@ -1,0 +1,68 @@
+"""EmbedRequest/EmbedResponse <-> the service's dataclasses."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from textserve.api import common
+from textserve.core.errors import InvalidInput
+from textserve.embedding.service import EmbeddingService, EmbedParams, EmbedResult
+from textserve.v1 import common_pb2, embedding_pb2
+
+
+def embed_params(request: embedding_pb2.EmbedRequest, field_prefix: str = "") -> EmbedParams:
+    """EmbedRequest -> EmbedParams."""
+    if request.truncation not in common_pb2.TruncationPolicy.values():
+        raise InvalidInput(f"{field_prefix}truncation", f"unknown TruncationPolicy value {request.truncation}")
+    return EmbedParams(
+        texts=list(request.texts),
+        normalize=request.normalize,
+        truncate=common.truncate_flag(request.truncation),
+        skip_cache=request.skip_cache,
+    )
+
+
+def embed_response(result: EmbedResult, service: EmbeddingService) -> embedding_pb2.EmbedResponse:
+    """EmbedResult -> EmbedResponse."""
+    info = service.info
+    response = embedding_pb2.EmbedResponse(
+        model=common.model_info(info.name, info.revision, info.backend, info.device, info.max_length),
+        usage=common_pb2.Usage(
+            input_tokens=sum(result.tokens),
+            truncated_texts=sum(result.truncated),
+            cached_texts=sum(result.cached),
+        ),
+        timing=common.timing(
+            result.tokenize_seconds, result.queue_seconds, result.inference_seconds, result.total_seconds
+        ),
+    )
+    for vector, tokens, truncated in zip(result.vectors, result.tokens, result.truncated, strict=True):
+        item = response.embeddings.add(input_tokens=tokens, truncated=truncated)
+        item.values.extend(np.asarray(vector, dtype=np.float32).tolist())
+    return response
+
+
+def info_response(service: EmbeddingService) -> embedding_pb2.InfoResponse:
+    """InfoResponse for the loaded model."""
+    info = service.info
+    config = service.config
+    assert service.batcher is not None
+    response = embedding_pb2.InfoResponse(
+        model=common.model_info(info.name, info.revision, info.backend, info.device, info.max_length),
+        dimensions=info.dimensions,
+        pooling=info.pooling,
+        limits=common.limits(config.limits, config.server, info.max_length),
+        batch_budget=common.batch_budget(service.batcher.budget, config.batcher),
+        default_truncation=(
+            common_pb2.TRUNCATION_POLICY_TRUNCATE if config.limits.truncate else common_pb2.TRUNCATION_POLICY_REJECT
+        ),
+    )
+    for point in getattr(service, "tuning_curve", []):
+        response.tuning_curve.add(
+            text_tokens=point.text_tokens,
+            batch_size=point.batch_size,
+            batch_tokens=point.batch_tokens,
+            batch_latency_ms=point.batch_latency_ms,
+            texts_per_second=point.texts_per_second,
+        )
+    return response

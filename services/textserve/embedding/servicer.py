@@ -1,0 +1,104 @@
+"""gRPC servicer of textserve.v1.EmbeddingService: convert -> call the service -> convert."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from textserve.core.errors import InvalidInput, TextserveError
+from textserve.core.registration import check_request
+from textserve.core.rpc import request_deadline, stream_rpc, unary_rpc
+from textserve.embedding import convert
+from textserve.embedding.service import SERVICE, EmbeddingService
+from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+# Requests of one EmbedStream call processed at once; responses still go out in order.
+STREAM_WINDOW = 64
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    """Transport only: every method converts, calls EmbeddingService, converts back."""
+
+    def __init__(self, service: EmbeddingService) -> None:
+        self.service = service
+
+    @unary_rpc(SERVICE, "Embed")
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.EmbedResponse:
+        check_request(request)
+        result = await self.service.embed(convert.embed_params(request), request_deadline(context))
+        return convert.embed_response(result, self.service)
+
+    @unary_rpc(SERVICE, "Info")
+    async def Info(
+        self, request: embedding_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.InfoResponse:
+        check_request(request)
+        return convert.info_response(self.service)
+
+    @stream_rpc(SERVICE, "EmbedStream")
+    async def EmbedStream(
+        self, request_iterator: AsyncIterator[embedding_pb2.EmbedStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[embedding_pb2.EmbedStreamResponse]:
+        """Runs up to STREAM_WINDOW requests concurrently, answers in request order.
+
+        A bad message ends the stream with INVALID_ARGUMENT naming its position and
+        request_id; answers to the messages before it have already been sent.
+        """
+        deadline = request_deadline(context)
+        window: asyncio.Queue[asyncio.Task[embedding_pb2.EmbedStreamResponse] | None] = asyncio.Queue(
+            STREAM_WINDOW
+        )
+
+        async def one(position: int, item: embedding_pb2.EmbedStreamRequest) -> embedding_pb2.EmbedStreamResponse:
+            try:
+                params = convert.embed_params(item.request, field_prefix=f"stream[{position}].request.")
+                result = await self.service.embed(params, deadline)
+            except TextserveError as error:
+                error.message = f"stream[{position}] (request_id={item.request_id!r}): {error.message}"
+                raise
+            return embedding_pb2.EmbedStreamResponse(
+                request_id=item.request_id, response=convert.embed_response(result, self.service)
+            )
+
+        async def reader() -> None:
+            position = 0
+            async for item in request_iterator:
+                if not isinstance(item, embedding_pb2.EmbedStreamRequest):
+                    check_request(item)
+                    raise InvalidInput(f"stream[{position}]", "not an EmbedStreamRequest")
+                await window.put(asyncio.create_task(one(position, item)))
+                position += 1
+            await window.put(None)
+
+        read_task = asyncio.create_task(reader())
+        pending: list[asyncio.Task[embedding_pb2.EmbedStreamResponse]] = []
+        try:
+            while True:
+                get = asyncio.create_task(window.get())
+                done, _ = await asyncio.wait({get, read_task}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    read_task.result()  # re-raises a reader failure (bad message)
+                    item = await window.get()
+                else:
+                    item = get.result()
+                if item is None:
+                    break
+                pending.append(item)
+                yield await item
+                pending.remove(item)
+        finally:
+            read_task.cancel()
+            for task in pending:
+                task.cancel()
+            while not window.empty():
+                leftover = window.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await read_task

@@ -1,0 +1,80 @@
+"""In-process tokenization with a model's Hugging Face fast tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from textserve.runtime.model_files import ModelFiles
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one text, with whether it was cut to the maximum length."""
+
+    ids: list[int]
+    truncated: bool
+    full_length: int
+
+
+class TextTokenizer:
+    """Wraps a fast tokenizer: encode with truncation at `max_length`, decode, count."""
+
+    def __init__(self, files: ModelFiles, max_length: int = 0) -> None:
+        from transformers import AutoTokenizer
+
+        self.files = files
+        self.hf: Any = AutoTokenizer.from_pretrained(str(files.path), use_fast=True)
+        self.max_length = max_length or model_max_length(files, self.hf)
+        self.pad_id = int(self.hf.pad_token_id if self.hf.pad_token_id is not None else 0)
+
+    def encode_many(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoded]:
+        """Token ids for each text; texts over max_length are cut (and flagged)."""
+        batch = self.hf(
+            list(texts),
+            add_special_tokens=add_special_tokens,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        return [self.truncate(list(ids)) for ids in batch]
+
+    def truncate(self, ids: list[int]) -> Encoded:
+        """Cuts ids to max_length, keeping the final special token (e.g. [SEP]) when there is one."""
+        full = len(ids)
+        if full <= self.max_length:
+            return Encoded(ids, False, full)
+        last = ids[-1]
+        cut = ids[: self.max_length]
+        if last in self.special_ids:
+            cut[-1] = last
+        return Encoded(cut, True, full)
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids of the tokenizer's special tokens."""
+        cached: set[int] | None = getattr(self, "_special_ids", None)
+        if cached is None:
+            cached = {int(i) for i in self.hf.all_special_ids}
+            self._special_ids = cached
+        return cached
+
+
+def model_max_length(files: ModelFiles, hf_tokenizer: Any | None = None) -> int:
+    """Longest input the model takes: sentence-transformers' max_seq_length when present,
+    else the smaller of the tokenizer's and the position embeddings' limits."""
+    st_config = files.read_json("sentence_bert_config.json")
+    if st_config and isinstance(st_config.get("max_seq_length"), int):
+        return int(st_config["max_seq_length"])
+    limits: list[int] = []
+    config = files.read_json("config.json") or {}
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if isinstance(config.get(key), int):
+            limits.append(int(config[key]))
+            break
+    if hf_tokenizer is not None:
+        tok_max = getattr(hf_tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and tok_max < 1_000_000:
+            limits.append(tok_max)
+    return min(limits) if limits else 512

@@ -1,0 +1,59 @@
+"""Helpers for tests: configs bound to loopback with free ports, and a host starter."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from textserve.core.config import (
+    BatcherConfig,
+    EmbeddingServiceConfig,
+    ModelConfig,
+    ServerConfig,
+)
+from textserve.core.server import ServiceApp, ServiceHost
+
+ONNX_CACHE = Path.home() / ".cache" / "textserve" / "onnx-tests"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def loopback_server(**overrides: Any) -> ServerConfig:
+    """A server config on 127.0.0.1 with an OS-chosen port and a short grace period."""
+    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "grace_period_s": 2.0}
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+def model_config(**overrides: Any) -> ModelConfig:
+    """The default model with the tests' ONNX cache."""
+    values: dict[str, Any] = {"onnx_cache_dir": ONNX_CACHE}
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def embedding_config(
+    batcher: BatcherConfig | None = None, model: ModelConfig | None = None, **overrides: Any
+) -> EmbeddingServiceConfig:
+    """An embedding service config for tests."""
+    values: dict[str, Any] = {
+        "server": loopback_server(),
+        "model": model or model_config(),
+        "batcher": batcher or BatcherConfig(),
+    }
+    values.update(overrides)
+    return EmbeddingServiceConfig(**values)
+
+
+async def start_host(apps: Sequence[ServiceApp]) -> ServiceHost:
+    """Starts apps on real gRPC servers and waits until they are SERVING."""
+    host = ServiceHost(apps)
+    await host.start()
+    return host
