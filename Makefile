@@ -31,6 +31,10 @@ test-fast: install ## unit tests only
 proto: install ## regenerate Python stubs from protos/
 	$(PY) -m textserve.protogen
 
+.PHONY: openapi
+openapi: install ## rewrite docs/openapi.json from the gateway app (tests fail when it is stale)
+	$(PY) -m textserve.gateway.openapi_dump
+
 lint: install ## ruff + mypy
 	$(VENV)/bin/ruff check services tests loadtests
 	$(VENV)/bin/ruff format --check services tests loadtests
@@ -38,6 +42,14 @@ lint: install ## ruff + mypy
 
 bench: install ## benchmarks (prints ratio tables)
 	$(PY) -m loadtests.bench_embedding
+
+.PHONY: bench-cache
+bench-cache: install ## response-cache benchmark: hit vs miss latency, 90% hits vs no cache (own redis-server)
+	$(PY) -m loadtests.bench_cache
+
+.PHONY: bench-tuning
+bench-tuning: install ## tuned batch budget vs fixed max_batch_size on a mixed-length workload (~5 min)
+	$(PY) -m loadtests.bench_tuning
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

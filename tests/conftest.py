@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -12,8 +13,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from tests.support import ONNX_CACHE, embedding_config, start_host  # noqa: E402
-from textserve.core.server import ServiceHost  # noqa: E402
+from textserve.core.server import ServiceHost
+
+from tests.support import ONNX_CACHE, embedding_config, start_host
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +43,20 @@ async def embedding_host(onnx_cache_dir: Path) -> AsyncIterator[ServiceHost]:
 def embedding_address(embedding_host: ServiceHost) -> str:
     """host:port of the session's embedding service."""
     return f"127.0.0.1:{embedding_host.port_of('embedding')}"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the session's own on a free loopback port (no persistence).
+
+    Shared: use a unique key prefix per test module, and never kill it (start your own
+    `tests.redis_server.RedisServer` for that). Skips when redis-server is not installed.
+    """
+    from tests.redis_server import RedisServer, redis_available
+
+    if not redis_available():
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

@@ -14,7 +14,11 @@ import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
     "textserve.commands.serve",
+    "textserve.commands.tune",
     "textserve.embedding.commands",
+    "textserve.tokenizer.commands",
+    "textserve.classifier.commands",
+    "textserve.generation.commands",
 )
 
 

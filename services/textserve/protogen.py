@@ -34,9 +34,8 @@ def proto_files() -> list[str]:
 
 def generate(out_root: Path, descriptor_set: Path | None = None) -> None:
     """Compiles every proto into `out_root` (python, grpc and .pyi stubs)."""
-    from grpc_tools import protoc  # dev dependency, imported only when generating
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency, imported only when generating
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     args = ["grpc_tools.protoc", f"-I{include}"]
@@ -87,4 +86,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

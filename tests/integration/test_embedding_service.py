@@ -8,7 +8,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 TEXTS = [
@@ -25,7 +24,6 @@ TEXTS = [
 def reference_vectors() -> np.ndarray:
     """sentence-transformers' own vectors for TEXTS (the ground truth)."""
     from sentence_transformers import SentenceTransformer
-
     from textserve.core.config import default_model_path
 
     model = SentenceTransformer(default_model_path(), device="cpu")
@@ -36,7 +34,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-async def test_vectors_match_sentence_transformers(embedding_address: str, reference_vectors: np.ndarray) -> None:
+async def test_vectors_match_sentence_transformers(
+    embedding_address: str, reference_vectors: np.ndarray
+) -> None:
     async with grpc.aio.insecure_channel(embedding_address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         response = await stub.Embed(embedding_pb2.EmbedRequest(texts=TEXTS), timeout=30)
@@ -133,13 +133,20 @@ async def test_bad_requests_do_not_disturb_requests_in_flight(
 async def test_concurrent_requests_are_batched(embedding_address: str) -> None:
     async with grpc.aio.insecure_channel(embedding_address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-        calls = [stub.Embed(embedding_pb2.EmbedRequest(texts=[f"sentence number {i}"], skip_cache=True)) for i in range(64)]
+        calls = [
+            stub.Embed(embedding_pb2.EmbedRequest(texts=[f"sentence number {i}"], skip_cache=True))
+            for i in range(64)
+        ]
         responses = await asyncio.gather(*calls)
     assert len(responses) == 64
     from textserve.core.metrics import REGISTRY
 
-    count = REGISTRY.get_sample_value("textserve_batch_size_count", {"service": "embedding", "model": "all-MiniLM-L6-v2"})
-    total = REGISTRY.get_sample_value("textserve_batch_size_sum", {"service": "embedding", "model": "all-MiniLM-L6-v2"})
+    count = REGISTRY.get_sample_value(
+        "textserve_batch_size_count", {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+    )
+    total = REGISTRY.get_sample_value(
+        "textserve_batch_size_sum", {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+    )
     assert count is not None and total is not None and total / count > 1.0
 
 
@@ -170,7 +177,9 @@ async def test_embed_stream_keeps_order(embedding_address: str) -> None:
 
 async def test_embed_stream_bad_message_names_position(embedding_address: str) -> None:
     async def requests():  # type: ignore[no-untyped-def]
-        yield embedding_pb2.EmbedStreamRequest(request_id="ok", request=embedding_pb2.EmbedRequest(texts=["fine"]))
+        yield embedding_pb2.EmbedStreamRequest(
+            request_id="ok", request=embedding_pb2.EmbedRequest(texts=["fine"])
+        )
         yield embedding_pb2.EmbedStreamRequest(request_id="bad", request=embedding_pb2.EmbedRequest())
 
     async with grpc.aio.insecure_channel(embedding_address) as channel:

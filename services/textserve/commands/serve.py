@@ -16,7 +16,9 @@ log = logging.getLogger("textserve.serve")
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds `serve` and `config`."""
     serve = subparsers.add_parser("serve", help="run one service, or all of them, in this process")
-    serve.add_argument("services", nargs="+", help="tokenizer, embedding, classifier, generation, gateway or all")
+    serve.add_argument(
+        "services", nargs="+", help="tokenizer, embedding, classifier, generation, gateway or all"
+    )
     serve.add_argument("--config", help="YAML config file (else TEXTSERVE_CONFIG_FILE)")
     serve.set_defaults(handler=_serve)
     show = subparsers.add_parser("config", help="print the effective configuration (secrets masked)")
@@ -49,11 +51,19 @@ async def _serve(args: argparse.Namespace) -> int:
     if settings.metrics.enabled:
         port = start_metrics_server(settings.metrics.host, settings.metrics.port)
         log.info("metrics on /metrics", extra={"port": port})
+    # The HTTP gateway is no gRPC ServiceApp: it runs on uvicorn in this loop, beside the servers.
+    grpc_names = [name for name in args.services if name != "gateway"]
+    with_gateway = "gateway" in args.services or "all" in args.services
     try:
-        apps = build_apps(args.services, settings)
+        apps = build_apps(grpc_names, settings) if grpc_names else []
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
     host = ServiceHost(apps)
+    if with_gateway:
+        from textserve.gateway.server import GatewayServer, serve_with_grpc
+
+        await serve_with_grpc(host, GatewayServer(settings.gateway))
+        return 0
     await host.serve_forever()
     return 0

@@ -57,21 +57,30 @@ class BatchBudget:
     source: str = "config"
 
 
+SIMILAR_SLACK_TOKENS = 8
+"""Lengths this close always count as similar (padding a few tokens costs next to nothing)."""
+
+
 def form_batch(
     lengths: Sequence[int],
     max_batch_size: int,
     max_batch_tokens: int,
     group_by_length: bool,
+    length_ratio: float | None = None,
 ) -> list[int]:
     """Chooses which pending entries (by index, oldest first) make the next batch.
 
     The oldest entry always goes in (no starvation). With grouping, the others are taken
     in order of closeness to its length; a text joins only while
-    (batch size) x (longest text) stays within max_batch_tokens.
+    (batch size) x (longest text) stays within max_batch_tokens. With grouping and a
+    `length_ratio`, a text also joins only when it is similar to the oldest: the longer
+    of the two at most length_ratio x the shorter + SIMILAR_SLACK_TOKENS. (Without it, a
+    12-token text that joins a batch padded to 240 tokens costs as much as a 240-token text.)
     """
     if not lengths:
         return []
     anchor = lengths[0]
+    ratio = length_ratio if group_by_length and length_ratio else None
     if group_by_length:
         order = sorted(range(1, len(lengths)), key=lambda i: (abs(lengths[i] - anchor), i))
     else:
@@ -81,7 +90,10 @@ def form_batch(
     for index in order:
         if len(chosen) >= max_batch_size:
             break
-        candidate_longest = max(longest, lengths[index])
+        length = lengths[index]
+        if ratio is not None and max(length, anchor) > ratio * min(length, anchor) + SIMILAR_SLACK_TOKENS:
+            continue  # not similar to the oldest text
+        candidate_longest = max(longest, length)
         if (len(chosen) + 1) * candidate_longest > max_batch_tokens:
             if group_by_length:
                 continue
@@ -136,8 +148,8 @@ class Batcher(Generic[In, Out]):
             await asyncio.gather(*self._running, return_exceptions=True)
         if self._loop_task is not None:
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task  # a crash was already reported by _on_loop_done
         self._fail_pending(NotReady("server is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -270,6 +282,7 @@ class Batcher(Generic[In, Out]):
             self.budget.max_batch_size,
             self.budget.max_batch_tokens,
             self._config.group_by_length,
+            self._config.group_length_ratio or None,
         )
         chosen = set(indices)
         batch = [self._pending[i] for i in indices]

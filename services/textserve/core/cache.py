@@ -4,7 +4,10 @@
 the key, reads many keys at once, never fails a request (errors and timeouts are counted
 in textserve_cache_errors_total and the request is served from the model), and writes
 in the background with a bounded set of tasks. Backends: `MemoryCacheBackend` (an
-in-process LRU, the embedded default) and Redis (core/redis_cache.py).
+in-process LRU, the embedded default) and Redis (core/redis_cache.py). Backends bound
+their own latency (Redis by timeout_ms, with a circuit breaker while it is down); the
+cache adds only a looser safety net. Identical inputs in flight are computed once by
+core/coalesce.py, keyed by the same keys.
 """
 
 from __future__ import annotations
@@ -14,13 +17,22 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from textserve.core import metrics
 from textserve.core.config import CacheConfig
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+WARNING_INTERVAL_S = 10.0
+"""Least time between two logged cache warnings (every failure is still counted)."""
+
+
+class CacheUnavailable(Exception):
+    """The backend is skipping calls for a while after failures (no I/O was done)."""
 
 
 class CacheBackend(Protocol):
@@ -90,7 +102,9 @@ class ResponseCache:
         self.config = config
         self.service = service
         self._writes: set[asyncio.Task[None]] = set()
-        self._timeout = config.timeout_ms / 1000.0
+        # Backends enforce timeout_ms themselves; this only catches one that hangs anyway.
+        self._guard_s = 2.0 * config.timeout_ms / 1000.0 + 0.1
+        self._last_warning: float | None = None
 
     def key(self, *parts: str | bytes | int | float | bool) -> str:
         """A cache key for this service from every output-changing part."""
@@ -98,16 +112,31 @@ class ResponseCache:
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values for keys; on any backend error or timeout, all None (and counted)."""
+        return await self.get_decoded(keys, _as_is)
+
+    async def get_decoded(self, keys: Sequence[str], decode: Callable[[bytes], T | None]) -> list[T | None]:
+        """Values for keys, each passed through `decode`, in one backend read.
+
+        An entry `decode` rejects (returns None for: corrupt, wrong shape) counts as a miss;
+        the caller recomputes it and its write overwrites the entry. On any backend error
+        or timeout, all None (and counted as an error).
+        """
         if not keys:
             return []
         started = time.perf_counter()
         try:
-            values = await asyncio.wait_for(self.backend.get_many(keys), self._timeout)
+            async with asyncio.timeout(self._guard_s):
+                raw = await self.backend.get_many(keys)
         except Exception as exc:
-            metrics.CACHE_ERRORS.labels(service=self.service).inc()
-            log.warning("cache read failed; serving from the model", extra={"error": repr(exc)})
+            self._error("cache read failed; serving from the model", exc)
             return [None] * len(keys)
         metrics.CACHE_READ_DURATION.labels(service=self.service).observe(time.perf_counter() - started)
+        values = [None if value is None else decode(value) for value in raw]
+        rejected = sum(value is None for value in values) - sum(value is None for value in raw)
+        if rejected:
+            log.debug(
+                "ignored unreadable cache entries", extra={"service": self.service, "entries": rejected}
+            )
         hits = sum(value is not None for value in values)
         if hits:
             metrics.CACHE_HITS.labels(service=self.service).inc(hits)
@@ -130,12 +159,23 @@ class ResponseCache:
     async def _write(self, items: Sequence[tuple[str, bytes]]) -> None:
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(self.backend.set_many(items, self.config.ttl_s), self._timeout)
+            async with asyncio.timeout(self._guard_s):
+                await self.backend.set_many(items, self.config.ttl_s)
         except Exception as exc:
-            metrics.CACHE_ERRORS.labels(service=self.service).inc()
-            log.warning("cache write failed", extra={"error": repr(exc)})
+            self._error("cache write failed", exc)
             return
         metrics.CACHE_WRITE_DURATION.labels(service=self.service).observe(time.perf_counter() - started)
+
+    def _error(self, message: str, exc: Exception) -> None:
+        """Counts a failed operation; logs at most one warning per WARNING_INTERVAL_S."""
+        metrics.CACHE_ERRORS.labels(service=self.service).inc()
+        now = time.monotonic()
+        recent = self._last_warning is not None and now - self._last_warning < WARNING_INTERVAL_S
+        if isinstance(exc, CacheUnavailable) or recent:
+            log.debug(message, extra={"service": self.service, "error": repr(exc)})
+            return
+        self._last_warning = now
+        log.warning(message, extra={"service": self.service, "error": repr(exc)})
 
     async def flush(self) -> None:
         """Waits for background writes (tests and shutdown)."""
@@ -146,6 +186,10 @@ class ResponseCache:
         """Finishes writes and closes the backend."""
         await self.flush()
         await self.backend.close()
+
+
+def _as_is(value: bytes) -> bytes:
+    return value
 
 
 def build_cache(config: CacheConfig, service: str) -> ResponseCache | None:

@@ -76,6 +76,8 @@ class AuthConfig(_Section):
     """File with one accepted token per line (mounted from a Secret)."""
     client_token: SecretStr | None = None
     """Token this service sends when it calls another textserve service."""
+    client_token_file: Path | None = None
+    """File holding client_token (mounted from a Secret); used when client_token is unset."""
 
 
 class ServerConfig(_Section):
@@ -95,6 +97,9 @@ class ServerConfig(_Section):
     """HTTP/2 streams one client connection may hold open at once."""
     reflection: bool = True
     """Register gRPC server reflection."""
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """Extra plaintext port serving only grpc.health.v1, for Kubernetes gRPC probes (which cannot
+    speak TLS); None: none (probes use the main port)."""
     tls: TlsConfig = Field(default_factory=TlsConfig)
     """TLS / mutual TLS for this server."""
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -134,8 +139,41 @@ class BatcherConfig(_Section):
     """Most texts waiting; more are rejected at once with RESOURCE_EXHAUSTED."""
     group_by_length: bool = True
     """Fill batches with texts of similar length to cut padding."""
+    group_length_ratio: float = Field(default=2.0, ge=0.0, le=1000.0)
+    """With group_by_length, only texts within this factor (+8 tokens) of the oldest text's length
+    share its batch; 0 turns the limit off."""
     workers: int = Field(default=1, ge=1, le=64)
     """Batches run at once (1 on CPU: one batch already uses every core)."""
+
+
+class TuningConfig(_Section):
+    """Measuring the batch budget on the serving device (`textserve tune`, `autotune: true`)."""
+
+    latency_ceiling_ms: float = Field(default=100.0, gt=0.0, le=600_000.0)
+    """Longest one batch forward may take under the chosen budget, for texts of any measured length."""
+    text_tokens: list[int] = Field(default_factory=list)
+    """Text lengths (tokens) measured; empty: 16, 32, 64, ... up to the model's max length, and it."""
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    """Batch sizes measured; the candidates for max_batch_size."""
+    seconds: float = Field(default=30.0, ge=0.5, le=3600.0)
+    """Time spent measuring after one warm-up pass; longer gives steadier medians."""
+    min_repeats: int = Field(default=3, ge=1, le=1000)
+    """Least timed forwards per (length, batch size) point, even past `seconds`."""
+    mix_text_tokens: list[int] = Field(default_factory=list)
+    """Text lengths of the expected traffic, equally likely, to choose for; empty: the measured lengths."""
+    concurrency: int = Field(default=64, ge=1, le=100_000)
+    """Texts in flight assumed when the queue is simulated to choose the budget."""
+
+    @model_validator(mode="after")
+    def _check_grids(self) -> TuningConfig:
+        for name, most in (("text_tokens", 1_000_000), ("batch_sizes", 4096), ("mix_text_tokens", 1_000_000)):
+            values: list[int] = getattr(self, name)
+            bad = [v for v in values if not 1 <= v <= most]
+            if bad:
+                raise ValueError(f"tuning.{name} must hold values in [1, {most}] (got {bad})")
+        if not self.batch_sizes:
+            raise ValueError("tuning.batch_sizes must not be empty")
+        return self
 
 
 class ModelConfig(_Section):
@@ -207,6 +245,30 @@ class CacheConfig(_Section):
     """Fire-and-forget writes in flight; more are dropped (and counted)."""
     reconnect_backoff_max_s: float = Field(default=5.0, gt=0.0, le=300.0)
     """Longest wait between reconnection attempts after Redis errors."""
+    reconnect_backoff_min_s: float = Field(default=0.1, gt=0.0, le=300.0)
+    """First wait after Redis fails; doubles per failed attempt up to reconnect_backoff_max_s."""
+
+    @model_validator(mode="after")
+    def _check_redis(self) -> CacheConfig:
+        if self.backend != "redis":
+            return self
+        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("cache.url must start with redis://, rediss:// (TLS) or unix://")
+        tls_fields = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+        given = [f"cache.{name}" for name in tls_fields if getattr(self, name) is not None]
+        if given and scheme != "rediss":
+            raise ValueError(f"{', '.join(given)} need cache.url to start with rediss:// (got {scheme}://)")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("cache.tls_cert_file and cache.tls_key_file must be given together")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give cache.password or cache.password_file, not both")
+        if self.reconnect_backoff_min_s > self.reconnect_backoff_max_s:
+            raise ValueError(
+                f"cache.reconnect_backoff_min_s={self.reconnect_backoff_min_s} exceeds "
+                f"cache.reconnect_backoff_max_s={self.reconnect_backoff_max_s}"
+            )
+        return self
 
 
 class ClientConfig(_Section):
@@ -254,6 +316,8 @@ class EmbeddingServiceConfig(_ServiceBase):
     """Batch budget written by `textserve tune`; overrides batcher sizes when present."""
     autotune: bool = False
     """Measure the batch budget at start (as `textserve tune`) before serving."""
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    """How `textserve tune` and autotune measure and choose the batch budget."""
 
 
 class LabelConfig(_Section):
@@ -287,17 +351,34 @@ class ClassifierServiceConfig(_ServiceBase):
                 LabelConfig(
                     name="positive",
                     description="This text expresses a positive, happy or approving opinion.",
-                    examples=["I love this, it is wonderful.", "Great job, very happy with it."],
+                    examples=[
+                        "I love this, it is wonderful.",
+                        "Great job, very happy with it.",
+                        "Thank you so much, this made my day!",
+                        "Excellent quality, I highly recommend it.",
+                    ],
                 ),
                 LabelConfig(
                     name="negative",
                     description="This text expresses a negative, angry or disapproving opinion.",
-                    examples=["I hate this, it is terrible.", "Awful experience, very disappointed."],
+                    examples=[
+                        "I hate this, it is terrible.",
+                        "Awful experience, very disappointed.",
+                        "It broke after one day, a complete waste of money.",
+                        "The worst service I have ever had.",
+                    ],
                 ),
                 LabelConfig(
                     name="neutral",
                     description="This text states a plain fact without any opinion.",
-                    examples=["The meeting is at 3 pm.", "The package contains two items."],
+                    examples=[
+                        "The meeting is at 3 pm.",
+                        "The package contains two items.",
+                        "The office is on the second floor.",
+                        "The bus departs every twenty minutes.",
+                        "The document was updated on Monday.",
+                        "The form has three sections.",
+                    ],
                 ),
             ]
         }
@@ -309,6 +390,31 @@ class ClassifierServiceConfig(_ServiceBase):
     """Zero-shot softmax temperature over cosine similarities."""
     head_path: Path | None = None
     """linear_head: safetensors file written by `textserve train-classifier`."""
+    max_labels_per_request: int = Field(default=64, ge=2, le=10_000)
+    """zero_shot: most labels a request may bring (their descriptions and examples count as texts)."""
+    prototype_cache_entries: int = Field(default=4096, ge=1, le=10_000_000)
+    """zero_shot: label prototype vectors kept in memory (least recently used are dropped)."""
+    embedding_calls_in_flight: int = Field(default=4, ge=0, le=10_000)
+    """With embedding_address: Embed calls in flight at once; texts of requests arriving meanwhile
+    go out merged in the next call (fewer, larger calls under load). 0: one call per request."""
+    embedding_call_max_texts: int = Field(default=64, ge=1, le=100_000)
+    """With embedding_address: most texts in one merged Embed call (keep <= the embedding limit)."""
+    embedding_wait_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+    """With embedding_address: at start, how long to wait for the embedding service to answer
+    before reporting SERVING anyway (requests then get UNAVAILABLE until it is reachable)."""
+
+    @model_validator(mode="after")
+    def _check_label_sets(self) -> ClassifierServiceConfig:
+        for set_name, labels in self.label_sets.items():
+            if len(labels) < 2:
+                raise ValueError(
+                    f"classifier.label_sets.{set_name} has {len(labels)} label(s); at least 2 are needed"
+                )
+            names = [label.name for label in labels]
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"classifier.label_sets.{set_name} repeats label names {repeated}")
+        return self
 
     @model_validator(mode="after")
     def _check_kind(self) -> ClassifierServiceConfig:
@@ -339,11 +445,15 @@ class GenerationServiceConfig(_ServiceBase):
     max_waiting_sequences: int = Field(default=1024, ge=1, le=1_000_000)
     """Most sequences waiting for admission; more are rejected with RESOURCE_EXHAUSTED."""
     kv_budget_tokens: int = Field(default=65536, ge=16, le=100_000_000)
-    """KV cache budget in tokens (prompt + max_new_tokens reserved per sequence)."""
+    """KV cache budget in padded tokens: running sequences x the longest (prompt + max_new_tokens)."""
     max_prefill_tokens: int = Field(default=4096, ge=16, le=10_000_000)
-    """Most prompt tokens prefilled in one step."""
+    """Most padded prompt tokens (new sequences x longest prompt) prefilled in one step."""
     stream_interval_tokens: int = Field(default=1, ge=1, le=1024)
     """Tokens per streamed message."""
+    max_stop_sequences: int = Field(default=16, ge=0, le=1024)
+    """Most stop sequences in one request."""
+    max_stop_chars: int = Field(default=256, ge=1, le=100_000)
+    """Most characters in one stop sequence."""
 
     @model_validator(mode="after")
     def _check_limits(self) -> GenerationServiceConfig:
@@ -363,11 +473,25 @@ class GatewayConfig(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     """HTTP port."""
     embedding_address: str = "127.0.0.1:50052"
-    """Embedding service host:port."""
+    """Embedding service host:port (/v1/embeddings); empty disables the endpoint."""
     generation_address: str = "127.0.0.1:50054"
-    """Generation service host:port."""
-    client: ClientConfig = Field(default_factory=ClientConfig)
-    """Calls to the services."""
+    """Generation service host:port (/v1/completions, /v1/chat/completions); empty disables them."""
+    client: ClientConfig = Field(default_factory=lambda: ClientConfig(timeout_s=300.0))
+    """Calls to the services; client.timeout_s is the deadline of a request without x-request-timeout."""
+    grace_period_s: float = Field(default=10.0, ge=0.0, le=600.0)
+    """On SIGTERM, time in-flight HTTP requests (and streams) get to finish."""
+    health_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    """Deadline of each backend health check behind /ready and /health."""
+    forward_authorization: bool = True
+    """Pass the caller's `Authorization` header to the services as gRPC metadata."""
+    client_token: SecretStr | None = None
+    """Bearer token sent to the services when the caller sent none (or forwarding is off)."""
+    client_token_file: Path | None = None
+    """File holding client_token (mounted from a Secret); used when client_token is unset."""
+    cors_allow_origins: list[str] = Field(default_factory=list)
+    """Origins allowed to call from a browser (CORS); empty sends no CORS headers."""
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    """Largest HTTP request body; larger requests get 413."""
 
 
 class Settings(BaseSettings):
@@ -490,6 +614,17 @@ def load_settings(
         raise ConfigError(format_validation_error(exc)) from exc
 
 
+def _mask_url_password(url: str) -> str:
+    """`redis://user:secret@host` -> `redis://user:**********@host` (URLs may carry a password)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:**********@{hostpart}"
+
+
 def dump_settings(settings: Settings) -> dict[str, Any]:
     """Settings as plain data with secrets masked (for logs and `textserve config`)."""
-    return settings.model_dump(mode="json")
+    data = settings.model_dump(mode="json")
+    data["cache"]["url"] = _mask_url_password(data["cache"]["url"])
+    return data

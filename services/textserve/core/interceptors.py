@@ -1,65 +1,239 @@
-"""Server interceptors every textserve server gets (bearer-token auth when enabled)."""
+"""Server interceptors every textserve server gets: the RPC deadline context, and bearer-token auth.
+
+`DeadlineInterceptor` records each RPC's deadline (core/deadlines.py) so calls this server
+makes to other services inherit it. `BearerTokenInterceptor` requires
+`authorization: Bearer <token>` on every RPC kind (unary and streaming) except health
+checks and reflection, which Kubernetes probes and tooling call without credentials: no
+token -> UNAUTHENTICATED, a token not accepted -> PERMISSION_DENIED. Accepted tokens come
+from the config and/or a file mounted from a Secret; the file is re-read when it changes,
+so a rotated Secret takes effect without a restart. Tokens are compared as SHA-256 digests
+in constant time and are never logged.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from textserve.core import metrics
 from textserve.core.config import ServerConfig
+from textserve.core.deadlines import set_current_deadline
 
-_OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+log = logging.getLogger(__name__)
+
+OPEN_METHOD_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+"""Methods served without a token (Kubernetes gRPC probes, grpcurl/reflection)."""
+
+TOKENS_FILE_RECHECK_S = 2.0
+"""How often (at most) the tokens file's modification time is checked."""
+
+# grpc returns None from the continuation for unknown methods (-> UNIMPLEMENTED); the stubs say otherwise.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
 
 
-def _load_tokens(config: ServerConfig) -> list[bytes]:
-    tokens = [token.get_secret_value().encode() for token in config.auth.tokens]
-    if config.auth.tokens_file is not None:
-        for line in config.auth.tokens_file.read_text().splitlines():
-            if line.strip():
-                tokens.append(line.strip().encode())
-    return tokens
+def is_open_method(method: str) -> bool:
+    """True for methods that never need a token."""
+    return method.startswith(OPEN_METHOD_PREFIXES)
 
 
-def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _digest(token: str | bytes) -> bytes:
+    data = token.encode() if isinstance(token, str) else token
+    return hashlib.sha256(data).digest()
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and (de)serializers as `handler`, running `behaviour`."""
+    kwargs: dict[str, Any] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(behaviour, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(behaviour, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(behaviour, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(behaviour, **kwargs)
+
+
+def _behaviour_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any] | None:
+    if handler.request_streaming and handler.response_streaming:
+        return handler.stream_stream  # type: ignore[no-any-return]
+    if handler.request_streaming:
+        return handler.stream_unary  # type: ignore[no-any-return]
+    if handler.response_streaming:
+        return handler.unary_stream  # type: ignore[no-any-return]
+    return handler.unary_unary  # type: ignore[no-any-return]
+
+
+def deny_handler(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the same RPC kind as `handler` that only aborts with `code`.
+
+    The request is not decoded (raw bytes), so a rejected client costs no parsing.
+    """
+
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
-    return grpc.unary_unary_rpc_method_handler(abort)
+    kwargs: dict[str, Any] = {
+        "request_deserializer": None,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+
+
+class DeadlineInterceptor(grpc.aio.ServerInterceptor):
+    """Records each RPC's absolute deadline for the calls it makes (core/deadlines.py)."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or is_open_method(handler_call_details.method or ""):
+            return handler
+        behaviour = _behaviour_of(handler)
+        if behaviour is None:
+            return handler
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                _record_deadline(context)
+                async for item in behaviour(request, context):
+                    yield item
+
+            return _rebuild(handler, streaming)
+        if inspect.iscoroutinefunction(behaviour):
+
+            async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                _record_deadline(context)
+                return await behaviour(request, context)
+
+            return _rebuild(handler, single)
+        return handler
+
+
+def _record_deadline(context: grpc.aio.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    set_current_deadline(None if remaining is None else time.monotonic() + float(remaining))
+
+
+class TokenSet:
+    """Accepted tokens (as digests): the configured ones plus a file re-read when it changes."""
+
+    def __init__(self, tokens: Sequence[str | bytes] = (), tokens_file: Path | None = None) -> None:
+        self._static = [_digest(token) for token in tokens if token]
+        self._file = tokens_file
+        self._file_digests: list[bytes] = []
+        self._file_mtime: int | None = None
+        self._next_check = 0.0
+        if tokens_file is not None:
+            if not tokens_file.is_file():
+                raise ValueError(f"server.auth.tokens_file={tokens_file} does not exist")
+            self._reload()
+        if not self._static and not self._file_digests:
+            raise ValueError(
+                "server.auth.enabled=true needs server.auth.tokens or a non-empty server.auth.tokens_file"
+            )
+
+    def _reload(self) -> None:
+        assert self._file is not None
+        try:
+            stat = self._file.stat()
+            if stat.st_mtime_ns == self._file_mtime:
+                return
+            lines = self._file.read_text().splitlines()
+        except OSError as exc:  # a Secret update swaps symlinks; keep the old tokens meanwhile
+            log.warning(
+                "could not read the tokens file; keeping the previous tokens",
+                extra={"error": type(exc).__name__},
+            )
+            return
+        self._file_digests = [_digest(line.strip()) for line in lines if line.strip()]
+        self._file_mtime = stat.st_mtime_ns
+        log.info("bearer tokens loaded", extra={"count": len(self._file_digests) + len(self._static)})
+
+    def accepts(self, token: str) -> bool:
+        """True when `token` is one of the accepted tokens (constant time over all of them)."""
+        if self._file is not None and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + TOKENS_FILE_RECHECK_S
+            self._reload()
+        offered = _digest(token)
+        found = False
+        for accepted in (*self._static, *self._file_digests):
+            found |= hmac.compare_digest(offered, accepted)
+        return found
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    """The token of the first `authorization: Bearer <token>` entry, or None."""
+    for key, value in metadata or ():
+        if key != "authorization":
+            continue
+        header = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+    return None
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Requires `authorization: Bearer <token>`; health and reflection stay open for probes."""
+    """Requires a bearer token on every RPC kind; health and reflection stay open for probes."""
 
-    def __init__(self, tokens: list[bytes]) -> None:
-        if not tokens:
-            raise ValueError("server.auth.enabled=true needs server.auth.tokens or server.auth.tokens_file")
+    def __init__(self, tokens: TokenSet, service: str = "") -> None:
         self._tokens = tokens
+        self._service = service
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method or ""
-        if method.startswith(_OPEN_METHODS):
-            return await continuation(handler_call_details)
-        header = ""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization":
-                header = value if isinstance(value, str) else value.decode()
-        if not header.startswith("Bearer ") or not header[7:].strip():
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token (authorization: Bearer <token>)")
-        offered = header[7:].strip().encode()
-        if not any(hmac.compare_digest(offered, token) for token in self._tokens):
-            return _deny(grpc.StatusCode.PERMISSION_DENIED, "bearer token not accepted")
-        return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None or is_open_method(method):
+            return handler
+        token = bearer_token(handler_call_details.invocation_metadata)
+        if token is None:
+            return self._deny(
+                handler,
+                method,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing bearer token (metadata authorization: Bearer <token>)",
+            )
+        if not self._tokens.accepts(token):
+            return self._deny(handler, method, grpc.StatusCode.PERMISSION_DENIED, "bearer token not accepted")
+        return handler
+
+    def _deny(
+        self, handler: grpc.RpcMethodHandler, method: str, code: grpc.StatusCode, message: str
+    ) -> grpc.RpcMethodHandler:
+        metrics.AUTH_FAILURES.labels(service=self._service, code=code.name).inc()
+        log.debug(
+            "rpc rejected by auth", extra={"service": self._service, "method": method, "code": code.name}
+        )
+        return deny_handler(handler, code, message)
 
 
 def build_interceptors(service: str, config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
-    """Interceptors for one server, from its config."""
+    """Interceptors for one server, from its config (auth first, then the deadline context)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if config.auth.enabled:
-        interceptors.append(BearerTokenInterceptor(_load_tokens(config)))
+        tokens = TokenSet([t.get_secret_value() for t in config.auth.tokens], config.auth.tokens_file)
+        interceptors.append(BearerTokenInterceptor(tokens, service))
+    interceptors.append(DeadlineInterceptor())
     return interceptors

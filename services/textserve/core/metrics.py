@@ -45,6 +45,12 @@ INPUT_TOKENS = Counter(
     ["service", "model"],
     registry=REGISTRY,
 )
+AUTH_FAILURES = Counter(
+    "textserve_auth_failures_total",
+    "RPCs rejected by bearer-token auth, by gRPC status code (UNAUTHENTICATED, PERMISSION_DENIED).",
+    ["service", "code"],
+    registry=REGISTRY,
+)
 
 # --- Batcher ----------------------------------------------------------------------------
 QUEUE_DURATION = Histogram(
@@ -111,6 +117,26 @@ BATCH_BUDGET_SIZE = Gauge(
     ["service", "model"],
     registry=REGISTRY,
 )
+# The tuner's measured curve. text_tokens and batch_size are the tuner's grid values
+# (bounded by tuning.text_tokens x tuning.batch_sizes, about 35 series), never request data.
+TUNING_TEXTS_PER_SECOND = Gauge(
+    "textserve_tuning_texts_per_second",
+    "Measured throughput of one batch size at one text length (the tuner's curve).",
+    ["service", "model", "text_tokens", "batch_size"],
+    registry=REGISTRY,
+)
+TUNING_BATCH_LATENCY = Gauge(
+    "textserve_tuning_batch_latency_seconds",
+    "Measured median forward time of one batch size at one text length (the tuner's curve).",
+    ["service", "model", "text_tokens", "batch_size"],
+    registry=REGISTRY,
+)
+TUNING_PREDICTED_THROUGHPUT = Gauge(
+    "textserve_tuning_predicted_texts_per_second",
+    "Throughput the tuner predicts for the budget in force on its mix of text lengths.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
 MODEL_LOADED = Gauge(
     "textserve_model_loaded",
     "1 once the model is loaded and serving, else 0.",
@@ -121,6 +147,21 @@ MODEL_LOAD_DURATION = Gauge(
     "textserve_model_load_duration_seconds",
     "Time the last model load took (including any ONNX export).",
     ["service", "model"],
+    registry=REGISTRY,
+)
+
+# --- Calls to other textserve services ------------------------------------------------------
+UPSTREAM_REQUESTS = Counter(
+    "textserve_upstream_requests_total",
+    "Calls this service made to another textserve service, by calling service, method and status code.",
+    ["service", "method", "code"],
+    registry=REGISTRY,
+)
+UPSTREAM_DURATION = Histogram(
+    "textserve_upstream_request_duration_seconds",
+    "Wall time of one call to another textserve service, by calling service, method and status code.",
+    ["service", "method", "code"],
+    buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 
@@ -155,6 +196,12 @@ CACHE_WRITE_DURATION = Histogram(
     "Time of one batched cache write.",
     ["service"],
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CACHE_COALESCED = Counter(
+    "textserve_cache_coalesced_total",
+    "Inputs not computed because an identical input in flight (same or other request) was shared.",
+    ["service"],
     registry=REGISTRY,
 )
 

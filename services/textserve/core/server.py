@@ -74,6 +74,18 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
     ]
 
 
+async def _start_probe_server(config: ServerConfig, health: HealthState) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server on config.health_port with only grpc.health.v1 (no app RPCs, no TLS)."""
+    probe = grpc.aio.server(options=grpc_options(config))
+    health.register(probe)
+    port = probe.add_insecure_port(f"{config.host}:{config.health_port}")
+    if port == 0:
+        raise OSError(f"could not bind the health port {config.host}:{config.health_port}")
+    await probe.start()
+    log.info("health probes listening", extra={"port": port, "tls": False})
+    return probe, port
+
+
 @dataclass
 class RunningServer:
     """A started app with its server, bound port and health state."""
@@ -83,6 +95,10 @@ class RunningServer:
     port: int
     health: HealthState
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    probe_server: grpc.aio.Server | None = None
+    """Plaintext health-only server (server.health_port), for probes when TLS is on."""
+    probe_port: int | None = None
+    """Bound port of probe_server."""
 
 
 class ServiceHost:
@@ -132,7 +148,10 @@ class ServiceHost:
             await health.set_serving(False)
             await server.start()
             log.info("listening", extra={"service": app.name, "port": port, "tls": config.tls.enabled})
-            self.running.append(RunningServer(app, server, port, health))
+            running = RunningServer(app, server, port, health)
+            if config.health_port is not None:
+                running.probe_server, running.probe_port = await _start_probe_server(config, health)
+            self.running.append(running)
         starts = [asyncio.create_task(self._start_app(item)) for item in self.running]
         if wait_ready:
             await asyncio.gather(*starts)
@@ -156,6 +175,9 @@ class ServiceHost:
                 for item in self.running
             )
         )
+        for item in self.running:
+            if item.probe_server is not None:
+                await item.probe_server.stop(0)
         for item in self.running:
             try:
                 await item.app.stop()

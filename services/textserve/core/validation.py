@@ -25,3 +25,20 @@ def check_texts(texts: Sequence[str], limits: LimitsConfig, field: str = "texts"
             raise InvalidInput(
                 f"{field}[{index}]", f"has {len(text)} characters; max_text_chars={limits.max_text_chars}"
             )
+
+
+def check_token_ids(
+    sequences: Sequence[Sequence[int]], max_sequences: int, vocab_size: int, field: str = "token_inputs"
+) -> None:
+    """Pre-tokenized inputs: 1..max_sequences non-empty id lists, every id in [0, vocab_size)."""
+    if len(sequences) > max_sequences:
+        raise InvalidInput(field, f"has {len(sequences)} inputs; max_texts_per_request={max_sequences}")
+    for index, ids in enumerate(sequences):
+        if len(ids) == 0:
+            raise InvalidInput(f"{field}[{index}]", "must not be empty")
+        for position, token in enumerate(ids):
+            if not 0 <= token < vocab_size:
+                raise InvalidInput(
+                    f"{field}[{index}].ids[{position}]",
+                    f"token id {token} is outside the vocabulary [0, {vocab_size})",
+                )

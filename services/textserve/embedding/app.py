@@ -9,6 +9,8 @@ from textserve.core.config import EmbeddingServiceConfig
 from textserve.core.registration import add_servicer
 from textserve.embedding.service import SERVICE, EmbeddingService
 from textserve.embedding.servicer import EmbeddingServicer
+from textserve.inference.embedding import EmbeddingAdapter
+from textserve.inference.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
 from textserve.runtime.token_source import TokenSource
 from textserve.v1 import embedding_pb2
 
@@ -17,7 +19,10 @@ class EmbeddingApp:
     """Embedding service as run by ServiceHost."""
 
     name = SERVICE
-    service_names = (embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,)
+    service_names: tuple[str, ...] = (
+        embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
+        INFERENCE_SERVICE_NAME,
+    )
 
     def __init__(
         self,
@@ -31,6 +36,7 @@ class EmbeddingApp:
 
     def register(self, server: grpc.aio.Server) -> None:
         add_servicer(server, self.servicer, embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"])
+        add_inference_servicer(server, self.name, [EmbeddingAdapter(self.service)])
 
     async def start(self) -> None:
         await self.service.start()

@@ -13,9 +13,12 @@ from textserve.v1 import common_pb2, embedding_pb2
 def embed_params(request: embedding_pb2.EmbedRequest, field_prefix: str = "") -> EmbedParams:
     """EmbedRequest -> EmbedParams."""
     if request.truncation not in common_pb2.TruncationPolicy.values():
-        raise InvalidInput(f"{field_prefix}truncation", f"unknown TruncationPolicy value {request.truncation}")
+        raise InvalidInput(
+            f"{field_prefix}truncation", f"unknown TruncationPolicy value {request.truncation}"
+        )
     return EmbedParams(
         texts=list(request.texts),
+        token_ids=[list(item.ids) for item in request.token_inputs],
         normalize=request.normalize,
         truncate=common.truncate_flag(request.truncation),
         skip_cache=request.skip_cache,
@@ -54,7 +57,9 @@ def info_response(service: EmbeddingService) -> embedding_pb2.InfoResponse:
         limits=common.limits(config.limits, config.server, info.max_length),
         batch_budget=common.batch_budget(service.batcher.budget, config.batcher),
         default_truncation=(
-            common_pb2.TRUNCATION_POLICY_TRUNCATE if config.limits.truncate else common_pb2.TRUNCATION_POLICY_REJECT
+            common_pb2.TRUNCATION_POLICY_TRUNCATE
+            if config.limits.truncate
+            else common_pb2.TRUNCATION_POLICY_REJECT
         ),
     )
     for point in getattr(service, "tuning_curve", []):

@@ -15,12 +15,16 @@ import numpy as np
 
 from textserve.core import metrics
 from textserve.core.batcher import Batcher
-from textserve.core.cache import ResponseCache
+from textserve.core.cache import ResponseCache, make_key
+from textserve.core.coalesce import Coalescer, Publish
 from textserve.core.config import EmbeddingServiceConfig
 from textserve.core.errors import InvalidInput, NotReady
-from textserve.core.validation import check_texts
-from textserve.runtime.encoder import EncoderInfo, EncoderModel
+from textserve.core.validation import check_texts, check_token_ids
+from textserve.runtime.autotune import publish_tuning, startup_budget
+from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
+from textserve.runtime.tokenization import Encoded
+from textserve.runtime.tuned_budget import TuningPoint
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ class EmbedParams:
     """One Embed call, as the logic sees it."""
 
     texts: Sequence[str]
+    token_ids: Sequence[Sequence[int]] = ()
+    """Pre-tokenized inputs, used as given (alternative to texts)."""
     normalize: bool = False
     truncate: bool | None = None
     skip_cache: bool = False
@@ -52,6 +58,10 @@ class EmbedResult:
     batch_sizes: list[int] = field(default_factory=list)
 
 
+_Vector = tuple[np.ndarray, bool]
+"""One input's vector and whether it came from the response cache."""
+
+
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
@@ -67,24 +77,45 @@ class EmbeddingService:
         cache: ResponseCache | None = None,
         token_source: TokenSource | None = None,
         name: str = SERVICE,
+        task: Task = "embedding",
     ) -> None:
         self.config = config
         self.cache = cache if config.cache_enabled else None
         self.name = name
+        self.task: Task = task
+        """Encoder task; the classifier reuses this service for "sequence-classification" logits."""
         self._token_source = token_source
         self.model: EncoderModel | None = None
         self.batcher: Batcher[list[int], np.ndarray] | None = None
+        self.inflight: Coalescer[_Vector] = Coalescer(self.cache.service if self.cache is not None else name)
+        self.tuning_curve: list[TuningPoint] = []
+        """The measured batching curve behind a tuned budget (empty when the budget is configured)."""
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Loads the model off the event loop, then starts the batcher."""
-        model = await asyncio.to_thread(EncoderModel, self.config.model, "embedding")
+        model = await asyncio.to_thread(EncoderModel, self.config.model, self.task)
         self.model = model
         if self._token_source is None:
             self._token_source = LocalTokenSource(model.tokenizer)
+        elif callable(bind := getattr(self._token_source, "bind", None)):
+            # A remote token source (runtime/remote_tokens.py) learns the model and its length cut.
+            bind(model.info.name, model.tokenizer.max_length)
         labels = {"service": self.name, "model": model.info.name}
         metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
+        tuned = await asyncio.to_thread(
+            startup_budget,
+            model,
+            self.config.tuned_budget_file,
+            self.config.autotune,
+            self.config.tuning,
+            batcher=self.config.batcher,
+        )
         self.batcher = Batcher(model.run_batch, self.config.batcher, service=self.name, model=model.info.name)
+        if tuned is not None:
+            self.batcher.set_budget(tuned.tuned.max_batch_size, tuned.tuned.max_batch_tokens, tuned.source)
+            self.tuning_curve = list(tuned.tuned.curve)
+            publish_tuning(tuned.tuned, self.name, model.info.name)
         await self.batcher.start()
         metrics.MODEL_LOADED.labels(**labels).set(1)
         log.info(
@@ -128,52 +159,38 @@ class EmbeddingService:
         if self.model is None or self.batcher is None or self._token_source is None:
             raise NotReady("model is still loading")
         limits = self.config.limits
-        check_texts(params.texts, limits)
         truncate = limits.truncate if params.truncate is None else params.truncate
-        encoded = await self._token_source.encode(params.texts, deadline)
+        field = "texts"
+        if params.token_ids:
+            if params.texts:
+                raise InvalidInput("token_inputs", "set texts or token_inputs, not both")
+            field = "token_inputs"
+            check_token_ids(params.token_ids, limits.max_texts_per_request, self.model.vocab_size)
+            encoded = [self.model.tokenizer.truncate(list(ids)) for ids in params.token_ids]
+        else:
+            check_texts(params.texts, limits)
+            encoded = await self._token_source.encode(params.texts, deadline)
         tokenized = time.perf_counter()
         if not truncate:
             for index, item in enumerate(encoded):
                 if item.truncated:
                     raise InvalidInput(
-                        f"texts[{index}]",
+                        f"{field}[{index}]",
                         f"has {item.full_length} tokens; max_tokens_per_text={self._token_source.max_length} "
                         "(set truncation=TRUNCATE to cut it)",
                     )
         info = self.model.info
-        count = len(encoded)
-        vectors: list[np.ndarray | None] = [None] * count
-        cached = [False] * count
-        keys: list[str] = []
+        result = EmbedResult([], [len(e.ids) for e in encoded], [e.truncated for e in encoded], [])
+        keys = [self._key(info, e.ids) for e in encoded]
         use_cache = self.cache is not None and not params.skip_cache
-        if use_cache:
-            assert self.cache is not None
-            keys = [
-                self.cache.key(info.name, info.revision, "embed", info.pooling, np.asarray(e.ids, np.int32).tobytes())
-                for e in encoded
-            ]
-            for index, value in enumerate(await self.cache.get_many(keys)):
-                vector = _decode_vector(value, info.dimensions)
-                if vector is not None:
-                    vectors[index] = vector
-                    cached[index] = True
-        misses = [index for index in range(count) if vectors[index] is None]
-        result = EmbedResult([], [len(e.ids) for e in encoded], [e.truncated for e in encoded], cached)
-        if misses:
-            outputs = await self.batcher.run(
-                [encoded[i].ids for i in misses], [len(encoded[i].ids) for i in misses], deadline
-            )
-            for index, output in zip(misses, outputs, strict=True):
-                vectors[index] = output.value
-            result.queue_seconds = max(o.queue_seconds for o in outputs)
-            result.inference_seconds = max(o.inference_seconds for o in outputs)
-            result.batch_sizes = [o.batch_size for o in outputs]
-            if use_cache:
-                assert self.cache is not None
-                self.cache.put_many(
-                    [(keys[i], np.asarray(vectors[i], dtype="<f4").tobytes()) for i in misses]
-                )
-        stacked = np.stack([v for v in vectors if v is not None]).astype(np.float32, copy=False)
+
+        async def compute(indices: list[int], publish: Publish[_Vector]) -> None:
+            await self._compute(indices, encoded, keys, use_cache, deadline, result, publish)
+
+        # Identical inputs in flight are computed once (cache or not); skip_cache asks for a fresh one.
+        items = await self.inflight.run(keys, compute, deadline, share=not params.skip_cache)
+        result.cached = [from_cache for _, from_cache in items]
+        stacked = np.stack([vector for vector, _ in items]).astype(np.float32, copy=False)
         if params.normalize:
             stacked = normalize_rows(stacked)
         result.vectors = list(stacked)
@@ -181,6 +198,49 @@ class EmbeddingService:
         result.tokenize_seconds = tokenized - started
         result.total_seconds = time.perf_counter() - started
         return result
+
+    def _key(self, info: EncoderInfo, ids: Sequence[int]) -> str:
+        """Identity of one input's output: model, revision, task, pooling and the exact token ids."""
+        parts = (info.name, info.revision, self.task, info.pooling, np.asarray(ids, np.int32).tobytes())
+        return self.cache.key(*parts) if self.cache is not None else make_key(f"{self.name}:", *parts)
+
+    async def _compute(
+        self,
+        indices: list[int],
+        encoded: Sequence[Encoded],
+        keys: Sequence[str],
+        use_cache: bool,
+        deadline: float | None,
+        result: EmbedResult,
+        publish: Publish[_Vector],
+    ) -> None:
+        """One cache read for `indices`, one model run for the misses, one cache write."""
+        assert self.model is not None and self.batcher is not None
+        misses = indices
+        if use_cache and self.cache is not None:
+            dimensions = self.model.info.dimensions
+            values = await self.cache.get_decoded(
+                [keys[i] for i in indices], lambda value: _decode_vector(value, dimensions)
+            )
+            misses = []
+            for index, vector in zip(indices, values, strict=True):
+                if vector is None:
+                    misses.append(index)
+                else:
+                    publish(index, (vector, True))
+        if not misses:
+            return
+        outputs = await self.batcher.run(
+            [encoded[i].ids for i in misses], [len(encoded[i].ids) for i in misses], deadline
+        )
+        for index, output in zip(misses, outputs, strict=True):
+            publish(index, (output.value, False))
+        result.queue_seconds = max(o.queue_seconds for o in outputs)
+        result.inference_seconds = max(o.inference_seconds for o in outputs)
+        result.batch_sizes = [o.batch_size for o in outputs]
+        if use_cache and self.cache is not None:
+            packed = [np.asarray(o.value, dtype="<f4").tobytes() for o in outputs]
+            self.cache.put_many([(keys[i], value) for i, value in zip(misses, packed, strict=True)])
 
 
 def _decode_vector(value: bytes | None, dimensions: int) -> np.ndarray | None:

@@ -42,7 +42,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
 
     @stream_rpc(SERVICE, "EmbedStream")
     async def EmbedStream(
-        self, request_iterator: AsyncIterator[embedding_pb2.EmbedStreamRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[embedding_pb2.EmbedStreamRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[embedding_pb2.EmbedStreamResponse]:
         """Runs up to STREAM_WINDOW requests concurrently, answers in request order.
 
@@ -54,7 +56,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             STREAM_WINDOW
         )
 
-        async def one(position: int, item: embedding_pb2.EmbedStreamRequest) -> embedding_pb2.EmbedStreamResponse:
+        async def one(
+            position: int, item: embedding_pb2.EmbedStreamRequest
+        ) -> embedding_pb2.EmbedStreamResponse:
             try:
                 params = convert.embed_params(item.request, field_prefix=f"stream[{position}].request.")
                 result = await self.service.embed(params, deadline)

@@ -8,6 +8,7 @@ Two implementations: ONNX Runtime (graph exported once and cached on disk) and t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -172,6 +173,9 @@ class OnnxEncoderBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if config.intra_op_threads:
             options.intra_op_num_threads = config.intra_op_threads
+        # Idle ORT threads must not spin: the event loop shares these cores with them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -229,6 +233,15 @@ class EncoderModel:
             labels=labels,
         )
         self.load_seconds = time.perf_counter() - started
+
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        """Token ids the model accepts are below this (tokenizer and embedding table agree)."""
+        sizes = [len(self.tokenizer.hf)]
+        configured = (self.files.read_json("config.json") or {}).get("vocab_size")
+        if isinstance(configured, int) and configured > 0:
+            sizes.append(configured)
+        return min(sizes)
 
     def pad(self, batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Right-pads id lists to the longest; returns int64 ids and attention mask."""

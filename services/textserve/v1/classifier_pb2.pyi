@@ -71,7 +71,7 @@ class ClassifierInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClassifierInfoResponse(_message.Message):
-    __slots__ = ("kind", "model", "labels", "label_sets", "limits")
+    __slots__ = ("kind", "model", "labels", "label_sets", "limits", "max_labels_per_request", "default_temperature")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[ClassifierInfoResponse.Kind]
@@ -87,9 +87,13 @@ class ClassifierInfoResponse(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SETS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LABELS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     kind: ClassifierInfoResponse.Kind
     model: _common_pb2.ModelInfo
     labels: _containers.RepeatedScalarFieldContainer[str]
     label_sets: _containers.RepeatedScalarFieldContainer[str]
     limits: _common_pb2.Limits
-    def __init__(self, kind: _Optional[_Union[ClassifierInfoResponse.Kind, str]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., label_sets: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[_common_pb2.Limits, _Mapping]] = ...) -> None: ...
+    max_labels_per_request: int
+    default_temperature: float
+    def __init__(self, kind: _Optional[_Union[ClassifierInfoResponse.Kind, str]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., label_sets: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[_common_pb2.Limits, _Mapping]] = ..., max_labels_per_request: _Optional[int] = ..., default_temperature: _Optional[float] = ...) -> None: ...

@@ -1,4 +1,5 @@
 from textserve.v1 import common_pb2 as _common_pb2
+from textserve.v1 import tokenizer_pb2 as _tokenizer_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -8,16 +9,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("texts", "normalize", "truncation", "skip_cache")
+    __slots__ = ("texts", "normalize", "truncation", "skip_cache", "token_inputs")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_INPUTS_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     normalize: bool
     truncation: _common_pb2.TruncationPolicy
     skip_cache: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, str]] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
+    token_inputs: _containers.RepeatedCompositeFieldContainer[_tokenizer_pb2.TokenIds]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, str]] = ..., skip_cache: _Optional[bool] = ..., token_inputs: _Optional[_Iterable[_Union[_tokenizer_pb2.TokenIds, _Mapping]]] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values", "input_tokens", "truncated")

@@ -1,0 +1,757 @@
+"""Builds the Grafana dashboards and syncs the monitoring files the chart ships.
+
+Canonical copies live inside the chart, because Helm can only read files under the chart
+directory (`.Files.Get`):
+  deploy/helm/textserve/dashboards/*.json      written from the panel lists below
+  deploy/helm/textserve/rules/textserve.rules.yaml   hand-written alerting rules
+Plain copies for users without the chart (Grafana import, Prometheus rule_files):
+  deploy/grafana/*.json, deploy/prometheus/textserve.rules.yaml
+
+    python deploy/build_assets.py          # rewrite every file
+    python deploy/build_assets.py --check  # exit 1 if a file is stale (CI; tests/deploy do the same)
+
+Dashboards query only metrics defined in services/textserve/core/metrics.py (tests check
+this, and a live Prometheus test runs every query). Variables: $datasource, $namespace
+(the Prometheus Operator's target label; "All" also matches series without it), $service
+and $model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEPLOY = Path(__file__).resolve().parent
+CHART_DASHBOARDS = DEPLOY / "helm" / "textserve" / "dashboards"
+CHART_RULES = DEPLOY / "helm" / "textserve" / "rules" / "textserve.rules.yaml"
+GRAFANA_DIR = DEPLOY / "grafana"
+PROMETHEUS_RULES = DEPLOY / "prometheus" / "textserve.rules.yaml"
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"
+SERVER_ERROR_CODES = "INTERNAL|UNKNOWN|UNAVAILABLE|DATA_LOSS|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|5.."
+"""gRPC codes (and gateway HTTP 5xx) that are the server's fault; overload included."""
+
+
+@dataclass
+class Target:
+    """One PromQL query of a panel."""
+
+    expr: str
+    legend: str = ""
+
+
+@dataclass
+class Panel:
+    """One panel; `width` is in Grafana's 24-column grid."""
+
+    title: str
+    description: str
+    targets: list[Target]
+    unit: str = "short"
+    kind: str = "timeseries"
+    width: int = 12
+    height: int = 8
+    stack: bool = False
+    min_zero: bool = True
+    max_one: bool = False
+
+
+@dataclass
+class Row:
+    """A row of panels."""
+
+    title: str
+    panels: list[Panel] = field(default_factory=list)
+
+
+@dataclass
+class Dashboard:
+    """One dashboard file."""
+
+    uid: str
+    title: str
+    description: str
+    rows: list[Row]
+    variables: list[str]
+
+
+def _sel(*matchers: str) -> str:
+    """A label selector body: namespace always, plus the given matchers."""
+    return ", ".join(('namespace=~"$namespace"', *matchers))
+
+
+def _quantiles(
+    metric: str, selector: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.95, 0.99)
+) -> list[Target]:
+    group = f"{by}, le" if by else "le"
+    prefix = f"{{{{{by}}}}} " if by else ""
+    return [
+        Target(
+            f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{selector}}}[{RATE}])))",
+            f"{prefix}p{round(q * 100)}",
+        )
+        for q in qs
+    ]
+
+
+def _ratio_or_zero(numerator: str, denominator: str, by: str) -> str:
+    """num/den by labels, 0 (not "no data") when the numerator has no series yet."""
+    return (
+        f"(sum by ({by}) ({numerator}) or 0 * sum by ({by}) ({denominator})) / sum by ({by}) ({denominator})"
+    )
+
+
+# --- Overview --------------------------------------------------------------------------
+def overview() -> Dashboard:
+    all_svc = _sel()
+    requests = f"rate(textserve_requests_total{{{all_svc}}}[{RATE}])"
+    error_sel = _sel(f'code=~"{SERVER_ERROR_CODES}"')
+    errors = f"rate(textserve_requests_total{{{error_sel}}}[{RATE}])"
+    hits = f"rate(textserve_cache_hits_total{{{all_svc}}}[{RATE}])"
+    misses = f"rate(textserve_cache_misses_total{{{all_svc}}}[{RATE}])"
+    rows = [
+        Row(
+            "Services",
+            [
+                Panel(
+                    "Models loaded",
+                    "Pods per service whose model is loaded and serving (textserve_model_loaded).",
+                    [Target(f"sum by (service) (textserve_model_loaded{{{all_svc}}})", "{{service}}")],
+                    kind="stat",
+                    width=8,
+                    height=5,
+                ),
+                Panel(
+                    "Requests per second",
+                    "All RPCs finished per second, every service.",
+                    [Target(f"sum(rate(textserve_requests_total{{{all_svc}}}[{RATE}]))", "requests/s")],
+                    unit="reqps",
+                    kind="stat",
+                    width=8,
+                    height=5,
+                ),
+                Panel(
+                    "Generated tokens per second",
+                    "Tokens generated per second by the generation service.",
+                    [
+                        Target(
+                            f"sum(rate(textserve_generation_tokens_total{{{all_svc}}}[{RATE}]))", "tokens/s"
+                        )
+                    ],
+                    kind="stat",
+                    width=8,
+                    height=5,
+                ),
+            ],
+        ),
+        Row(
+            "Traffic and errors",
+            [
+                Panel(
+                    "Request rate by service",
+                    "RPCs finished per second (gateway: HTTP requests).",
+                    [Target(f"sum by (service) ({requests})", "{{service}}")],
+                    unit="reqps",
+                    stack=True,
+                ),
+                Panel(
+                    "Server error ratio by service",
+                    "Share of requests that failed on the server side "
+                    f"({SERVER_ERROR_CODES.replace('|', ', ')}).",
+                    [Target(_ratio_or_zero(errors, requests, "service"), "{{service}}")],
+                    unit="percentunit",
+                ),
+                Panel(
+                    "p99 latency by service",
+                    "99th percentile of successful RPC wall time.",
+                    _quantiles("textserve_request_duration_seconds", _sel('code="OK"'), "service", (0.99,)),
+                    unit="s",
+                ),
+                Panel(
+                    "Requests in flight by service",
+                    "RPCs being handled right now.",
+                    [Target(f"sum by (service) (textserve_requests_in_flight{{{all_svc}}})", "{{service}}")],
+                ),
+            ],
+        ),
+        Row(
+            "Batching and cache",
+            [
+                Panel(
+                    "Queue depth by service",
+                    "Texts waiting in the batch queues (sum over pods).",
+                    [Target(f"sum by (service) (textserve_queue_depth{{{all_svc}}})", "{{service}}")],
+                ),
+                Panel(
+                    "Queue saturation by service",
+                    "Fullest pod's queue depth / max_queue_size; 100% rejects.",
+                    [
+                        Target(
+                            f"max by (service) (textserve_queue_depth{{{all_svc}}} / "
+                            f"textserve_queue_capacity{{{all_svc}}})",
+                            "{{service}}",
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                ),
+                Panel(
+                    "Cache hit ratio by service",
+                    "Response-cache lookups answered from the cache.",
+                    [
+                        Target(
+                            f"sum by (service) ({hits}) / "
+                            f"(sum by (service) ({hits}) + sum by (service) ({misses}))",
+                            "{{service}}",
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                ),
+                Panel(
+                    "Generation time to first token (p95)",
+                    "95th percentile time from request to first token.",
+                    _quantiles(
+                        "textserve_generation_time_to_first_token_seconds", all_svc, "service", (0.95,)
+                    ),
+                    unit="s",
+                ),
+            ],
+        ),
+    ]
+    return Dashboard(
+        "textserve-overview",
+        "textserve / overview",
+        "Every textserve service at a glance: traffic, errors, latency, queues, cache, generation.",
+        rows,
+        ["datasource", "namespace"],
+    )
+
+
+# --- One service -----------------------------------------------------------------------
+def service() -> Dashboard:
+    svc = _sel('service="$service"')
+    svc_model = _sel('service="$service"', 'model=~"$model"')
+    requests = f"rate(textserve_requests_total{{{svc}}}[{RATE}])"
+    error_sel = _sel('service="$service"', f'code=~"{SERVER_ERROR_CODES}"')
+    errors = f"rate(textserve_requests_total{{{error_sel}}}[{RATE}])"
+    hits = f"rate(textserve_cache_hits_total{{{svc}}}[{RATE}])"
+    misses = f"rate(textserve_cache_misses_total{{{svc}}}[{RATE}])"
+    cache_errors = f"rate(textserve_cache_errors_total{{{svc}}}[{RATE}])"
+    rows = [
+        Row(
+            "Requests",
+            [
+                Panel(
+                    "Request rate by method",
+                    "RPCs finished per second.",
+                    [Target(f"sum by (method) ({requests})", "{{method}}")],
+                    unit="reqps",
+                    stack=True,
+                ),
+                Panel(
+                    "Responses by status code",
+                    "RPCs finished per second by gRPC status code.",
+                    [Target(f"sum by (code) ({requests})", "{{code}}")],
+                    unit="reqps",
+                    stack=True,
+                ),
+                Panel(
+                    "Server error ratio",
+                    f"Share of requests failing on the server side ({SERVER_ERROR_CODES}).",
+                    [Target(_ratio_or_zero(errors, requests, "service"), "errors")],
+                    unit="percentunit",
+                ),
+                Panel(
+                    "Latency percentiles (OK)",
+                    "Percentiles of successful RPC wall time, receipt to response.",
+                    _quantiles("textserve_request_duration_seconds", _sel('service="$service"', 'code="OK"')),
+                    unit="s",
+                ),
+                Panel(
+                    "Mean latency by method",
+                    "Mean RPC wall time by method (all status codes).",
+                    [
+                        Target(
+                            f"sum by (method) (rate(textserve_request_duration_seconds_sum{{{svc}}}[{RATE}]))"
+                            " / "
+                            f"sum by (method) "
+                            f"(rate(textserve_request_duration_seconds_count{{{svc}}}[{RATE}]))",
+                            "{{method}}",
+                        )
+                    ],
+                    unit="s",
+                ),
+                Panel(
+                    "Requests in flight by method",
+                    "RPCs being handled right now.",
+                    [Target(f"sum by (method) (textserve_requests_in_flight{{{svc}}})", "{{method}}")],
+                ),
+            ],
+        ),
+        Row(
+            "Batching",
+            [
+                Panel(
+                    "Batch size",
+                    "Texts per batch run by the model.",
+                    [
+                        *_quantiles("textserve_batch_size", svc_model, qs=(0.5, 0.95)),
+                        Target(
+                            f"sum(rate(textserve_batch_size_sum{{{svc_model}}}[{RATE}])) / "
+                            f"sum(rate(textserve_batch_size_count{{{svc_model}}}[{RATE}]))",
+                            "mean",
+                        ),
+                    ],
+                ),
+                Panel(
+                    "Padded tokens per batch",
+                    "Batch size x longest text, per batch.",
+                    _quantiles("textserve_batch_tokens", svc_model, qs=(0.5, 0.95)),
+                ),
+                Panel(
+                    "Queue time",
+                    "Time a text waited for its batch to start.",
+                    _quantiles("textserve_queue_duration_seconds", svc_model),
+                    unit="s",
+                ),
+                Panel(
+                    "Inference time per batch",
+                    "Model forward time of one batch.",
+                    _quantiles("textserve_inference_duration_seconds", svc_model),
+                    unit="s",
+                ),
+                Panel(
+                    "Queue depth and capacity",
+                    "Texts waiting, against max_queue_size (sum over pods).",
+                    [
+                        Target(f"sum(textserve_queue_depth{{{svc_model}}})", "waiting"),
+                        Target(f"sum(textserve_queue_capacity{{{svc_model}}})", "capacity"),
+                    ],
+                ),
+                Panel(
+                    "Dropped and rejected texts",
+                    "Rejected: queue full (RESOURCE_EXHAUSTED). Dropped: cancelled "
+                    "by the client or past their deadline before their batch ran.",
+                    [
+                        Target(
+                            f"sum(rate(textserve_batcher_rejected_total{{{svc_model}}}[{RATE}]))", "rejected"
+                        ),
+                        Target(
+                            f"sum by (reason) (rate(textserve_batcher_dropped_total{{{svc_model}}}[{RATE}]))",
+                            "dropped: {{reason}}",
+                        ),
+                    ],
+                    unit="cps",
+                ),
+                Panel(
+                    "Input tokens per second",
+                    "Tokens processed (after truncation, special tokens included).",
+                    [Target(f"sum(rate(textserve_input_tokens_total{{{svc_model}}}[{RATE}]))", "tokens/s")],
+                ),
+                Panel(
+                    "Batch budget in force",
+                    "max_batch_size and max_batch_tokens per pod (configured or tuned).",
+                    [
+                        Target(
+                            f"max by (model) (textserve_batch_budget_size{{{svc_model}}})",
+                            "max batch size {{model}}",
+                        ),
+                        Target(
+                            f"max by (model) (textserve_batch_budget_tokens{{{svc_model}}})",
+                            "max batch tokens {{model}}",
+                        ),
+                    ],
+                ),
+            ],
+        ),
+        Row(
+            "Cache",
+            [
+                Panel(
+                    "Cache hit ratio",
+                    "Lookups answered from the response cache.",
+                    [Target(f"sum({hits}) / (sum({hits}) + sum({misses}))", "hit ratio")],
+                    unit="percentunit",
+                    max_one=True,
+                    width=8,
+                ),
+                Panel(
+                    "Cache operations",
+                    "Hits, misses and failed or timed-out operations per second "
+                    "(errors are served from the model: fail open).",
+                    [
+                        Target(f"sum({hits})", "hits"),
+                        Target(f"sum({misses})", "misses"),
+                        Target(f"sum({cache_errors})", "errors"),
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+                Panel(
+                    "Cache read and write time (p99)",
+                    "99th percentile of one batched cache read / write.",
+                    [
+                        *[
+                            Target(t.expr, "read " + t.legend)
+                            for t in _quantiles("textserve_cache_read_duration_seconds", svc, qs=(0.99,))
+                        ],
+                        *[
+                            Target(t.expr, "write " + t.legend)
+                            for t in _quantiles("textserve_cache_write_duration_seconds", svc, qs=(0.99,))
+                        ],
+                    ],
+                    unit="s",
+                    width=8,
+                ),
+            ],
+        ),
+        Row(
+            "Model",
+            [
+                Panel(
+                    "Model loaded",
+                    "1 once the model is loaded and serving, per pod.",
+                    [Target(f"textserve_model_loaded{{{svc_model}}}", "{{model}} {{instance}}")],
+                    max_one=True,
+                ),
+                Panel(
+                    "Model load time",
+                    "Time the last model load took (including any ONNX export), per pod.",
+                    [
+                        Target(
+                            f"textserve_model_load_duration_seconds{{{svc_model}}}", "{{model}} {{instance}}"
+                        )
+                    ],
+                    unit="s",
+                ),
+            ],
+        ),
+    ]
+    return Dashboard(
+        "textserve-service",
+        "textserve / service",
+        "One textserve service in depth: requests, latency, batching, queue, cache and model.",
+        rows,
+        ["datasource", "namespace", "service", "model"],
+    )
+
+
+# --- Generation ------------------------------------------------------------------------
+def generation() -> Dashboard:
+    gen = _sel('service="generation"', 'model=~"$model"')
+    req = _sel('service="generation"')
+    gateway = _sel('service="gateway"')
+    rows = [
+        Row(
+            "Throughput",
+            [
+                Panel(
+                    "Generated tokens per second",
+                    "Tokens generated per second (sum over pods).",
+                    [
+                        Target(
+                            f"sum by (model) (rate(textserve_generation_tokens_total{{{gen}}}[{RATE}]))",
+                            "{{model}}",
+                        )
+                    ],
+                    width=8,
+                ),
+                Panel(
+                    "Running and waiting sequences",
+                    "Sequences in the decode batch, and waiting for admission.",
+                    [
+                        Target(f"sum(textserve_generation_running_sequences{{{gen}}})", "running"),
+                        Target(f"sum(textserve_generation_waiting_sequences{{{gen}}})", "waiting"),
+                    ],
+                    width=8,
+                ),
+                Panel(
+                    "KV cache used",
+                    "KV-cache tokens reserved by running sequences / the KV budget.",
+                    [
+                        Target(
+                            f"sum(textserve_generation_kv_tokens_used{{{gen}}}) / "
+                            f"sum(textserve_generation_kv_tokens_capacity{{{gen}}})",
+                            "used",
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                    width=8,
+                ),
+            ],
+        ),
+        Row(
+            "Latency",
+            [
+                Panel(
+                    "Time to first token",
+                    "Time from receiving a request to its first generated token.",
+                    _quantiles("textserve_generation_time_to_first_token_seconds", gen),
+                    unit="s",
+                    width=8,
+                ),
+                Panel(
+                    "Inter-token latency",
+                    "Time between consecutive tokens of one sequence.",
+                    _quantiles("textserve_generation_inter_token_seconds", gen),
+                    unit="s",
+                    width=8,
+                ),
+                Panel(
+                    "Request duration (OK)",
+                    "Whole RPC (stream) wall time of successful requests.",
+                    _quantiles(
+                        "textserve_request_duration_seconds", _sel('service="generation"', 'code="OK"')
+                    ),
+                    unit="s",
+                    width=8,
+                ),
+            ],
+        ),
+        Row(
+            "Requests",
+            [
+                Panel(
+                    "Finished sequences by reason",
+                    "Sequences finished per second: length, stop, eos, cancelled.",
+                    [
+                        Target(
+                            f"sum by (reason) (rate(textserve_generation_finished_total{{{gen}}}[{RATE}]))",
+                            "{{reason}}",
+                        )
+                    ],
+                    unit="cps",
+                    stack=True,
+                ),
+                Panel(
+                    "Responses by method and status code",
+                    "Generation RPCs finished per second.",
+                    [
+                        Target(
+                            f"sum by (method, code) (rate(textserve_requests_total{{{req}}}[{RATE}]))",
+                            "{{method}} {{code}}",
+                        )
+                    ],
+                    unit="reqps",
+                    stack=True,
+                ),
+                Panel(
+                    "Gateway requests by status code",
+                    "HTTP requests through the OpenAI-compatible gateway.",
+                    [
+                        Target(
+                            f"sum by (code) (rate(textserve_requests_total{{{gateway}}}[{RATE}]))", "{{code}}"
+                        )
+                    ],
+                    unit="reqps",
+                    stack=True,
+                ),
+            ],
+        ),
+    ]
+    return Dashboard(
+        "textserve-generation",
+        "textserve / generation",
+        "The generation service: tokens per second, time to first token, inter-token latency, "
+        "continuous batching and KV cache.",
+        rows,
+        ["datasource", "namespace", "model"],
+    )
+
+
+# --- JSON ------------------------------------------------------------------------------
+def _variable(name: str) -> dict[str, Any]:
+    if name == "datasource":
+        return {
+            "name": "datasource",
+            "label": "Data source",
+            "type": "datasource",
+            "query": "prometheus",
+            "current": {},
+            "hide": 0,
+            "refresh": 1,
+            "regex": "",
+            "options": [],
+        }
+    queries = {
+        "namespace": ("Namespace", "label_values(textserve_requests_total, namespace)"),
+        "service": ("Service", 'label_values(textserve_requests_total{namespace=~"$namespace"}, service)'),
+        "model": ("Model", 'label_values(textserve_model_loaded{namespace=~"$namespace"}, model)'),
+    }
+    label, query = queries[name]
+    all_of = name != "service"
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": f"{name}-query"},
+        "definition": query,
+        "refresh": 2,
+        "sort": 1,
+        "hide": 0,
+        "multi": all_of,
+        "includeAll": all_of,
+        "allValue": ".*" if all_of else None,
+        "current": {},
+        "options": [],
+        "regex": "",
+    }
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    refs = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    defaults: dict[str, Any] = {"unit": panel.unit}
+    if panel.min_zero:
+        defaults["min"] = 0
+    if panel.max_one:
+        defaults["max"] = 1
+    body: dict[str, Any] = {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "targets": [
+            {
+                "refId": refs[index],
+                "datasource": DATASOURCE,
+                "expr": target.expr,
+                "legendFormat": target.legend or "__auto",
+                "range": True,
+            }
+            for index, target in enumerate(panel.targets)
+        ],
+    }
+    if panel.kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "stacking": {"mode": "normal" if panel.stack else "none", "group": "A"},
+        }
+        body["options"] = {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    else:
+        body["options"] = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "textMode": "auto",
+        }
+    body["fieldConfig"] = {"defaults": defaults, "overrides": []}
+    return body
+
+
+def dashboard_json(dashboard: Dashboard) -> dict[str, Any]:
+    """The Grafana JSON model of a dashboard (rows laid out top to bottom)."""
+    panels: list[dict[str, Any]] = []
+    panel_id = 1
+    y = 0
+    for row in dashboard.rows:
+        panels.append(
+            {
+                "id": panel_id,
+                "type": "row",
+                "title": row.title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
+        panel_id += 1
+        y += 1
+        x = 0
+        row_height = 0
+        for panel in row.panels:
+            if x + panel.width > 24:
+                x, y, row_height = 0, y + row_height, 0
+            panels.append(_panel_json(panel, panel_id, x, y))
+            panel_id += 1
+            x += panel.width
+            row_height = max(row_height, panel.height)
+        y += row_height
+    return {
+        "uid": dashboard.uid,
+        "title": dashboard.title,
+        "description": dashboard.description,
+        "tags": ["textserve"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timezone": "",
+        "links": [
+            {
+                "title": "textserve",
+                "type": "dashboards",
+                "tags": ["textserve"],
+                "asDropdown": True,
+                "includeVars": True,
+                "keepTime": True,
+            }
+        ],
+        "annotations": {"list": []},
+        "templating": {"list": [_variable(name) for name in dashboard.variables]},
+        "panels": panels,
+    }
+
+
+DASHBOARDS = (overview, service, generation)
+
+
+def rendered_files() -> dict[Path, str]:
+    """Every file this script owns, with the text it must hold."""
+    files: dict[Path, str] = {}
+    for build in DASHBOARDS:
+        dashboard = build()
+        text = json.dumps(dashboard_json(dashboard), indent=2, ensure_ascii=False) + "\n"
+        files[CHART_DASHBOARDS / f"{dashboard.uid}.json"] = text
+        files[GRAFANA_DIR / f"{dashboard.uid}.json"] = text
+    files[PROMETHEUS_RULES] = CHART_RULES.read_text()
+    return files
+
+
+def stale_files() -> list[Path]:
+    """Files whose content differs from what this script writes (or that are missing, or extra)."""
+    files = rendered_files()
+    stale = [path for path, text in files.items() if not path.is_file() or path.read_text() != text]
+    for directory in (CHART_DASHBOARDS, GRAFANA_DIR):
+        stale += [path for path in sorted(directory.glob("*.json")) if path not in files]
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Writes (or with --check, verifies) every dashboard and the rules copy."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="only report stale files (exit 1 if any)")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files()
+        for path in stale:
+            print(f"stale: {path.relative_to(DEPLOY.parent)} (run python deploy/build_assets.py)")
+        return 1 if stale else 0
+    for path, text in rendered_files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path.relative_to(DEPLOY.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

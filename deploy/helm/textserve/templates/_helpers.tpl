@@ -1,0 +1,510 @@
+{{/*
+Helpers of the textserve chart. Every helper is named textserve.<thing>; per-service
+helpers take (dict "ctx" $ "svc" "embedding") where svc is one of tokenizer, embedding,
+classifier, generation, gateway (or redis / monitoring / test for shared objects).
+*/}}
+
+{{/* The four gRPC services, in start order. */}}
+{{- define "textserve.grpcServices" -}}
+tokenizer embedding classifier generation
+{{- end -}}
+
+{{/* Chart name, cut to 63 characters. */}}
+{{- define "textserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-qualified name, cut to 63 characters (the release name alone when it already holds the chart name). */}}
+{{- define "textserve.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Name of a per-service object: <fullname>-<svc>[-<suffix>]. The fullname part is cut so
+the whole name fits 63 characters and the service part always survives (names of
+different services never collide, however long the release name).
+*/}}
+{{- define "textserve.componentName" -}}
+{{- $tail := .svc -}}
+{{- if .suffix -}}
+{{- $tail = printf "%s-%s" .svc .suffix -}}
+{{- end -}}
+{{- $base := include "textserve.fullname" .ctx | trunc (int (sub 62 (len $tail))) | trimSuffix "-" -}}
+{{- printf "%s-%s" $base $tail -}}
+{{- end -}}
+
+{{/* chart label value */}}
+{{- define "textserve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels of one component; a subset of textserve.labels. */}}
+{{- define "textserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "textserve.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .svc }}
+{{- end -}}
+
+{{/* Labels of every object of one component. */}}
+{{- define "textserve.labels" -}}
+helm.sh/chart: {{ include "textserve.chart" .ctx }}
+{{ include "textserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: textserve
+{{- end -}}
+
+{{/* Labels matching every textserve pod of this release (network policies). */}}
+{{- define "textserve.releasePodLabels" -}}
+app.kubernetes.io/name: {{ include "textserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+Deep merge of .src into .dst (mutates .dst): maps merge key by key, anything else from
+.src replaces, false/0/"" included (sprig mergeOverwrite would skip those).
+*/}}
+{{- define "textserve.mergeInto" -}}
+{{- $dst := .dst -}}
+{{- range $key, $value := .src -}}
+{{- if and (kindIs "map" $value) (hasKey $dst $key) (kindIs "map" (index $dst $key)) -}}
+{{- include "textserve.mergeInto" (dict "dst" (index $dst $key) "src" $value) -}}
+{{- else if or (kindIs "map" $value) (kindIs "slice" $value) -}}
+{{- $_ := set $dst $key (deepCopy $value) -}}
+{{- else -}}
+{{- $_ := set $dst $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Values of one service: services.<svc>, or gateway. Returned as YAML (use fromYaml). */}}
+{{- define "textserve.serviceValues" -}}
+{{- if eq .svc "gateway" -}}
+{{- toYaml .ctx.Values.gateway -}}
+{{- else -}}
+{{- toYaml (index .ctx.Values.services .svc) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the service is enabled, else empty. */}}
+{{- define "textserve.enabled" -}}
+{{- if eq .svc "gateway" -}}
+{{- if .ctx.Values.gateway.enabled }}true{{ end -}}
+{{- else -}}
+{{- if (index .ctx.Values.services .svc).enabled }}true{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Full gRPC service name reported in grpc.health.v1 (readiness). */}}
+{{- define "textserve.grpcServiceName" -}}
+{{- $names := dict "tokenizer" "TokenizerService" "embedding" "EmbeddingService" "classifier" "ClassifierService" "generation" "GenerationService" -}}
+{{- printf "textserve.v1.%s" (get $names .) -}}
+{{- end -}}
+
+{{/* Environment variable prefix of a service's config section: TEXTSERVE_EMBEDDING. */}}
+{{- define "textserve.envPrefix" -}}
+{{- printf "TEXTSERVE_%s" (upper .) -}}
+{{- end -}}
+
+{{/* Image reference of one service: repository:tag-variant, or repository@digest. */}}
+{{- define "textserve.image" -}}
+{{- $g := .ctx.Values.global.image -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- $own := $v.image | default dict -}}
+{{- $repository := $own.repository | default $g.repository -}}
+{{- $digest := $own.digest | default $g.digest -}}
+{{- if $digest -}}
+{{- printf "%s@%s" $repository $digest -}}
+{{- else -}}
+{{- $tag := $own.tag | default $g.tag | default .ctx.Chart.AppVersion -}}
+{{- printf "%s:%s-%s" $repository $tag (include "textserve.imageVariant" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* cpu or cuda for one service. */}}
+{{- define "textserve.imageVariant" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- ($v.image | default dict).variant | default .ctx.Values.global.image.variant -}}
+{{- end -}}
+
+{{/* Whole CPU cores of a CPU quantity ("2", 2, "2000m"), else empty. */}}
+{{- define "textserve.wholeCores" -}}
+{{- if . -}}
+{{- $s := toString . -}}
+{{- if regexMatch "^[1-9][0-9]*$" $s -}}
+{{- $s -}}
+{{- else if regexMatch "^[1-9][0-9]*000m$" $s -}}
+{{- trimSuffix "000m" $s -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A dict of camelCase values as snake_case config keys, empty strings left out (YAML). */}}
+{{- define "textserve.snakeKeys" -}}
+{{- $out := dict -}}
+{{- range $key, $value := . -}}
+{{- if not (and (kindIs "string" $value) (eq $value "")) -}}
+{{- $_ := set $out (snakecase $key) $value -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* host:port another service uses to reach this one (headless DNS or the ClusterIP Service). */}}
+{{- define "textserve.address" -}}
+{{- $ctx := .ctx -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- $name := include "textserve.componentName" (dict "ctx" $ctx "svc" .svc) -}}
+{{- if eq $ctx.Values.global.serviceDiscovery "headless" -}}
+{{- $name = include "textserve.componentName" (dict "ctx" $ctx "svc" .svc "suffix" "headless") -}}
+{{- end -}}
+{{- printf "%s.%s.svc.%s:%d" $name $ctx.Release.Namespace $ctx.Values.global.clusterDomain (int $v.port) -}}
+{{- end -}}
+
+{{/* Redis URL the services use (chart Redis or the external one). */}}
+{{- define "textserve.redisUrl" -}}
+{{- $r := .Values.global.redis -}}
+{{- if $r.deploy -}}
+{{- printf "redis://%s.%s.svc.%s:6379/0" (include "textserve.componentName" (dict "ctx" . "svc" "redis")) .Release.Namespace .Values.global.clusterDomain -}}
+{{- else -}}
+{{- $r.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* True when the chart deploys its own Redis. */}}
+{{- define "textserve.deployRedis" -}}
+{{- if and (eq .Values.global.cache.backend "redis") .Values.global.redis.deploy -}}true{{- end -}}
+{{- end -}}
+
+{{/* Paths inside the containers. */}}
+{{- define "textserve.configDir" -}}/etc/textserve/config{{- end -}}
+{{- define "textserve.configFile" -}}/etc/textserve/config/textserve.yaml{{- end -}}
+{{- define "textserve.healthScript" -}}/etc/textserve/config/grpc_health_check.py{{- end -}}
+{{- define "textserve.tlsDir" -}}/etc/textserve/tls{{- end -}}
+{{- define "textserve.authDir" -}}/etc/textserve/auth{{- end -}}
+{{- define "textserve.redisSecretDir" -}}/etc/textserve/redis{{- end -}}
+{{- define "textserve.redisTlsDir" -}}/etc/textserve/redis-tls{{- end -}}
+{{- define "textserve.cacheDir" -}}/var/cache/textserve{{- end -}}
+{{- define "textserve.onnxCacheDir" -}}/var/cache/textserve/onnx{{- end -}}
+
+{{/*
+The textserve config file (YAML, the structure of textserve.core.config.Settings) of one
+service: log, metrics and cache from `global`, and the service's own section derived from
+model, batcher and addresses, with `config` merged over it. Ports, secrets and mount paths
+are set through the environment (textserve.env).
+*/}}
+{{- define "textserve.config" -}}
+{{- $ctx := .ctx -}}
+{{- $svc := .svc -}}
+{{- $g := $ctx.Values.global -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- $root := dict -}}
+{{- $_ := set $root "log" (dict "level" $g.log.level "format" $g.log.format) -}}
+{{- $_ := set $root "metrics" (dict "enabled" $g.metrics.enabled "host" "0.0.0.0") -}}
+{{- $cache := dict "backend" $g.cache.backend "ttl_s" (int $g.cache.ttlSeconds) "timeout_ms" $g.cache.timeoutMs -}}
+{{- if eq $g.cache.backend "redis" -}}
+{{- $_ := set $cache "url" (include "textserve.redisUrl" $ctx) -}}
+{{- end -}}
+{{- include "textserve.mergeInto" (dict "dst" $cache "src" ($g.cache.config | default dict)) -}}
+{{- $_ := set $root "cache" $cache -}}
+{{- $section := dict -}}
+{{- if ne $svc "gateway" -}}
+{{- $model := include "textserve.snakeKeys" ($v.model | default dict) | fromYaml -}}
+{{- if and (hasKey $model "intra_op_threads") (eq (int $model.intra_op_threads) 0) -}}
+{{- $cores := include "textserve.wholeCores" ((($v.resources | default dict).limits | default dict).cpu) -}}
+{{- if $cores -}}
+{{- $_ := set $model "intra_op_threads" (int $cores) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $svc "tokenizer" -}}
+{{- $_ := set $section "models" (list $model) -}}
+{{- else -}}
+{{- $_ := set $section "model" $model -}}
+{{- end -}}
+{{- $batcher := include "textserve.snakeKeys" ($v.batcher | default dict) | fromYaml -}}
+{{- if eq $svc "generation" -}}
+{{- include "textserve.mergeInto" (dict "dst" $section "src" $batcher) -}}
+{{- else if $v.batcher -}}
+{{- $_ := set $section "batcher" $batcher -}}
+{{- end -}}
+{{- if and (eq $svc "embedding") $v.useTokenizerService -}}
+{{- $_ := set $section "tokenizer_address" (include "textserve.address" (dict "ctx" $ctx "svc" "tokenizer")) -}}
+{{- end -}}
+{{- if and (eq $svc "classifier") $v.useEmbeddingService -}}
+{{- $_ := set $section "embedding_address" (include "textserve.address" (dict "ctx" $ctx "svc" "embedding")) -}}
+{{- end -}}
+{{- else -}}
+{{- if $ctx.Values.services.embedding.enabled -}}
+{{- $_ := set $section "embedding_address" (include "textserve.address" (dict "ctx" $ctx "svc" "embedding")) -}}
+{{- end -}}
+{{- if $ctx.Values.services.generation.enabled -}}
+{{- $_ := set $section "generation_address" (include "textserve.address" (dict "ctx" $ctx "svc" "generation")) -}}
+{{- end -}}
+{{- end -}}
+{{- include "textserve.mergeInto" (dict "dst" $section "src" ($v.config | default dict)) -}}
+{{- $_ := set $root $svc $section -}}
+{{- toYaml $root -}}
+{{- end -}}
+
+{{/* Environment of one service's container: config file, ports, mount paths and secrets. */}}
+{{- define "textserve.env" -}}
+{{- $ctx := .ctx -}}
+{{- $svc := .svc -}}
+{{- $g := $ctx.Values.global -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- $p := include "textserve.envPrefix" $svc -}}
+- name: TEXTSERVE_CONFIG_FILE
+  value: {{ include "textserve.configFile" $ctx | quote }}
+{{- if eq $svc "gateway" }}
+- name: TEXTSERVE_GATEWAY__PORT
+  value: {{ $v.port | int | quote }}
+{{- else }}
+- name: {{ $p }}__SERVER__PORT
+  value: {{ $v.port | int | quote }}
+{{- end }}
+- name: TEXTSERVE_METRICS__PORT
+  value: {{ $g.metrics.port | int | quote }}
+- name: HF_HOME
+  value: {{ printf "%s/huggingface" (include "textserve.cacheDir" $ctx) | quote }}
+{{- if and (ne $svc "gateway") (ne $svc "tokenizer") }}
+- name: {{ $p }}__MODEL__ONNX_CACHE_DIR
+  value: {{ include "textserve.onnxCacheDir" $ctx | quote }}
+{{- end }}
+{{- if eq $g.cache.backend "redis" }}
+{{- if $g.redis.auth.existingSecret }}
+- name: TEXTSERVE_CACHE__PASSWORD_FILE
+  value: {{ printf "%s/%s" (include "textserve.redisSecretDir" $ctx) $g.redis.auth.passwordKey | quote }}
+{{- end }}
+{{- if $g.redis.tls.enabled }}
+- name: TEXTSERVE_CACHE__TLS_CA_FILE
+  value: {{ printf "%s/%s" (include "textserve.redisTlsDir" $ctx) $g.redis.tls.caKey | quote }}
+{{- if $g.redis.tls.certKey }}
+- name: TEXTSERVE_CACHE__TLS_CERT_FILE
+  value: {{ printf "%s/%s" (include "textserve.redisTlsDir" $ctx) $g.redis.tls.certKey | quote }}
+- name: TEXTSERVE_CACHE__TLS_KEY_FILE
+  value: {{ printf "%s/%s" (include "textserve.redisTlsDir" $ctx) $g.redis.tls.keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $g.tls.enabled }}
+{{- $tls := include "textserve.tlsDir" $ctx }}
+{{- if ne $svc "gateway" }}
+- name: {{ $p }}__SERVER__TLS__ENABLED
+  value: "true"
+- name: {{ $p }}__SERVER__TLS__CERT_FILE
+  value: {{ printf "%s/tls.crt" $tls | quote }}
+- name: {{ $p }}__SERVER__TLS__KEY_FILE
+  value: {{ printf "%s/tls.key" $tls | quote }}
+- name: {{ $p }}__SERVER__TLS__CA_FILE
+  value: {{ printf "%s/ca.crt" $tls | quote }}
+- name: {{ $p }}__SERVER__TLS__REQUIRE_CLIENT_CERT
+  value: {{ $g.tls.requireClientCert | toString | quote }}
+{{- end }}
+- name: {{ $p }}__CLIENT__TLS__ENABLED
+  value: "true"
+- name: {{ $p }}__CLIENT__TLS__CA_FILE
+  value: {{ printf "%s/ca.crt" $tls | quote }}
+{{- if $g.tls.requireClientCert }}
+- name: {{ $p }}__CLIENT__TLS__CERT_FILE
+  value: {{ printf "%s/tls.crt" $tls | quote }}
+- name: {{ $p }}__CLIENT__TLS__KEY_FILE
+  value: {{ printf "%s/tls.key" $tls | quote }}
+{{- end }}
+{{- end }}
+{{- if and $g.auth.enabled (ne $svc "gateway") }}
+- name: {{ $p }}__SERVER__AUTH__ENABLED
+  value: "true"
+- name: {{ $p }}__SERVER__AUTH__TOKENS_FILE
+  value: {{ printf "%s/%s" (include "textserve.authDir" $ctx) $g.auth.tokensKey | quote }}
+- name: {{ $p }}__SERVER__AUTH__CLIENT_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $g.auth.existingSecret | quote }}
+      key: {{ $g.auth.clientTokenKey | quote }}
+{{- end }}
+{{- with $g.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Volume mounts of one service's container. */}}
+{{- define "textserve.volumeMounts" -}}
+{{- $ctx := .ctx -}}
+{{- $g := $ctx.Values.global -}}
+- name: config
+  mountPath: {{ include "textserve.configDir" $ctx }}
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+- name: cache
+  mountPath: {{ include "textserve.cacheDir" $ctx }}
+{{- if $g.models.volume }}
+- name: models
+  mountPath: {{ $g.models.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if and (eq $g.cache.backend "redis") $g.redis.auth.existingSecret }}
+- name: redis-password
+  mountPath: {{ include "textserve.redisSecretDir" $ctx }}
+  readOnly: true
+{{- end }}
+{{- if and (eq $g.cache.backend "redis") $g.redis.tls.enabled }}
+- name: redis-tls
+  mountPath: {{ include "textserve.redisTlsDir" $ctx }}
+  readOnly: true
+{{- end }}
+{{- if $g.tls.enabled }}
+- name: tls
+  mountPath: {{ include "textserve.tlsDir" $ctx }}
+  readOnly: true
+{{- end }}
+{{- if and $g.auth.enabled (ne .svc "gateway") }}
+- name: auth
+  mountPath: {{ include "textserve.authDir" $ctx }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of one service's pod. */}}
+{{- define "textserve.volumes" -}}
+{{- $ctx := .ctx -}}
+{{- $g := $ctx.Values.global -}}
+- name: config
+  configMap:
+    name: {{ include "textserve.componentName" . }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ $g.tmpSizeLimit }}
+- name: cache
+{{- if $g.onnxCache.volume }}
+  {{- toYaml $g.onnxCache.volume | nindent 2 }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ $g.onnxCache.sizeLimit }}
+{{- end }}
+{{- if $g.models.volume }}
+- name: models
+  {{- toYaml $g.models.volume | nindent 2 }}
+{{- end }}
+{{- if and (eq $g.cache.backend "redis") $g.redis.auth.existingSecret }}
+- name: redis-password
+  secret:
+    secretName: {{ $g.redis.auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $g.redis.auth.passwordKey }}
+        path: {{ $g.redis.auth.passwordKey }}
+{{- end }}
+{{- if and (eq $g.cache.backend "redis") $g.redis.tls.enabled }}
+- name: redis-tls
+  secret:
+    secretName: {{ $g.redis.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if $g.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ $g.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if and $g.auth.enabled (ne .svc "gateway") }}
+- name: auth
+  secret:
+    secretName: {{ $g.auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $g.auth.tokensKey }}
+        path: {{ $g.auth.tokensKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Host name a TLS client checks in the service certificate (the address's host). */}}
+{{- define "textserve.tlsServerName" -}}
+{{- include "textserve.address" . | splitList ":" | first -}}
+{{- end -}}
+
+{{/*
+One probe of a gRPC service: native kubelet gRPC probe, or with TLS on an exec probe
+running grpc_health_check.py (kubelet gRPC probes speak plaintext only).
+Takes (dict "ctx" $ "svc" "embedding" "healthService" "" "probe" $v.probes.readiness).
+*/}}
+{{- define "textserve.grpcProbe" -}}
+{{- $ctx := .ctx -}}
+{{- $g := $ctx.Values.global -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- if $g.tls.enabled }}
+exec:
+  command:
+    - python
+    - {{ include "textserve.healthScript" $ctx }}
+    - --timeout
+    - {{ .probe.timeoutSeconds | default 1 | int | toString | quote }}
+    - --tls-ca
+    - {{ printf "%s/ca.crt" (include "textserve.tlsDir" $ctx) }}
+    {{- if $g.tls.requireClientCert }}
+    - --tls-cert
+    - {{ printf "%s/tls.crt" (include "textserve.tlsDir" $ctx) }}
+    - --tls-key
+    - {{ printf "%s/tls.key" (include "textserve.tlsDir" $ctx) }}
+    {{- end }}
+    - --server-name
+    - {{ include "textserve.tlsServerName" . }}
+    - {{ printf "grpc://127.0.0.1:%d/%s" (int $v.port) .healthService | quote }}
+{{- else }}
+grpc:
+  port: {{ $v.port | int }}
+  service: {{ .healthService | quote }}
+{{- end }}
+{{- range $key, $value := .probe }}
+{{ $key }}: {{ $value }}
+{{- end }}
+{{- end -}}
+
+{{/* Probe of the HTTP gateway: HTTP GET on healthPath, else a TCP connect. */}}
+{{- define "textserve.httpProbe" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- if $v.healthPath }}
+httpGet:
+  path: {{ $v.healthPath }}
+  port: http
+{{- else }}
+tcpSocket:
+  port: http
+{{- end }}
+{{- range $key, $value := .probe }}
+{{ $key }}: {{ $value }}
+{{- end }}
+{{- end -}}
+
+{{/* Service account name of one component. */}}
+{{- define "textserve.serviceAccountName" -}}
+{{- if .ctx.Values.global.serviceAccount.create -}}
+{{- include "textserve.componentName" . -}}
+{{- else -}}
+default
+{{- end -}}
+{{- end -}}
+
+{{/* Soft spreading of a component's pods over nodes, used when `affinity` is empty. */}}
+{{- define "textserve.defaultAffinity" -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "textserve.selectorLabels" . | nindent 12 }}
+{{- end -}}

@@ -1,0 +1,160 @@
+{{/*
+Cross-field rules values.schema.json cannot express. Each textserve.validateValues.<topic>
+helper prints one message per broken rule; textserve.validateValues gathers them and
+fails once, listing them all (as bitnami charts do).
+*/}}
+{{- define "textserve.validateValues" -}}
+{{- $messages := list -}}
+{{- $messages = append $messages (include "textserve.validateValues.nothingEnabled" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.dependencies" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.redis" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.secrets" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.gpu" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.scaling" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.shutdown" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.ingress" .) -}}
+{{- $messages = without $messages "" -}}
+{{- if $messages -}}
+{{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Every component switched off. */}}
+{{- define "textserve.validateValues.nothingEnabled" -}}
+{{- $s := .Values.services -}}
+{{- if not (or $s.tokenizer.enabled $s.embedding.enabled $s.classifier.enabled $s.generation.enabled .Values.gateway.enabled) -}}
+textserve: every service and the gateway are disabled; enable at least one of services.{tokenizer,embedding,classifier,generation}.enabled or gateway.enabled.
+{{- end -}}
+{{- end -}}
+
+{{/* A service that calls another one over gRPC needs that one deployed. */}}
+{{- define "textserve.validateValues.dependencies" -}}
+{{- $s := .Values.services -}}
+{{- $out := list -}}
+{{- if and $s.classifier.enabled $s.classifier.useEmbeddingService (not $s.embedding.enabled) -}}
+{{- $out = append $out "services.classifier: useEmbeddingService=true calls the embedding service over gRPC, but services.embedding.enabled=false; enable embedding, or set services.classifier.useEmbeddingService=false to embed in-process." -}}
+{{- end -}}
+{{- if and $s.embedding.enabled $s.embedding.useTokenizerService (not $s.tokenizer.enabled) -}}
+{{- $out = append $out "services.embedding: useTokenizerService=true calls the tokenizer service over gRPC, but services.tokenizer.enabled=false; enable tokenizer, or set services.embedding.useTokenizerService=false to tokenize in-process." -}}
+{{- end -}}
+{{- if and .Values.gateway.enabled (not $s.embedding.enabled) (not $s.generation.enabled) -}}
+{{- $out = append $out "gateway: enabled=true, but both services.embedding.enabled and services.generation.enabled are false, so the gateway has nothing to serve; enable one of them or set gateway.enabled=false." -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/* The cache backend and where Redis comes from. */}}
+{{- define "textserve.validateValues.redis" -}}
+{{- $r := .Values.global.redis -}}
+{{- $out := list -}}
+{{- if eq .Values.global.cache.backend "redis" -}}
+{{- if and $r.deploy $r.url -}}
+{{- $out = append $out (printf "global.redis: deploy=true and url=%q are both set; use the chart's Redis (deploy=true, url empty) or an external one (deploy=false, url set)." $r.url) -}}
+{{- end -}}
+{{- if and (not $r.deploy) (not $r.url) -}}
+{{- $out = append $out "global.redis: global.cache.backend=redis needs Redis: set global.redis.deploy=true, or global.redis.url to an external Redis, or global.cache.backend to memory or none." -}}
+{{- end -}}
+{{- if and $r.deploy $r.tls.enabled -}}
+{{- $out = append $out "global.redis: tls.enabled=true is for an external Redis (rediss://); the chart's own Redis serves plaintext inside the cluster. Set global.redis.deploy=false with url, or tls.enabled=false." -}}
+{{- end -}}
+{{- if and $r.tls.enabled (not $r.tls.existingSecret) -}}
+{{- $out = append $out "global.redis: tls.enabled=true needs tls.existingSecret (a Secret holding the CA bundle)." -}}
+{{- end -}}
+{{- if and $r.tls.enabled (ne (not $r.tls.certKey) (not $r.tls.keyKey)) -}}
+{{- $out = append $out (printf "global.redis: tls.certKey=%q and tls.keyKey=%q must be given together (mutual TLS) or both left empty." $r.tls.certKey $r.tls.keyKey) -}}
+{{- end -}}
+{{- if and $r.url (not (regexMatch "^rediss?://" $r.url)) -}}
+{{- $out = append $out (printf "global.redis: url=%q must start with redis:// or rediss://." $r.url) -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/* Features that need a Secret name. */}}
+{{- define "textserve.validateValues.secrets" -}}
+{{- $g := .Values.global -}}
+{{- $out := list -}}
+{{- if and $g.tls.enabled (not $g.tls.existingSecret) -}}
+{{- $out = append $out "global.tls: enabled=true needs existingSecret (a Secret with tls.crt, tls.key and ca.crt, e.g. made by cert-manager)." -}}
+{{- end -}}
+{{- if and $g.tls.requireClientCert (not $g.tls.enabled) -}}
+{{- $out = append $out "global.tls: requireClientCert=true needs enabled=true." -}}
+{{- end -}}
+{{- if and $g.auth.enabled (not $g.auth.existingSecret) -}}
+{{- $out = append $out "global.auth: enabled=true needs existingSecret (a Secret with the accepted tokens and the services' client token)." -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/* GPU requests, devices and image variants agree. */}}
+{{- define "textserve.validateValues.gpu" -}}
+{{- $out := list -}}
+{{- range $svc := splitList " " (include "textserve.grpcServices" $) -}}
+{{- $c := dict "ctx" $ "svc" $svc -}}
+{{- $v := index $.Values.services $svc -}}
+{{- if $v.enabled -}}
+{{- $limits := ($v.resources | default dict).limits | default dict -}}
+{{- $gpus := index $limits "nvidia.com/gpu" | default 0 | int -}}
+{{- $variant := include "textserve.imageVariant" $c -}}
+{{- $device := (($v.model | default dict).device | default "auto") -}}
+{{- if and (gt $gpus 0) (ne $variant "cuda") (not $.Values.global.image.digest) -}}
+{{- $out = append $out (printf "services.%s: resources.limits asks for nvidia.com/gpu=%d but the image variant is %q; set services.%s.image.variant (or global.image.variant) to cuda." $svc $gpus $variant $svc) -}}
+{{- end -}}
+{{- if and (eq $device "cuda") (eq $gpus 0) -}}
+{{- $out = append $out (printf "services.%s: model.device=cuda but resources.limits has no nvidia.com/gpu; add resources.limits.nvidia.com/gpu: 1 (or set model.device to auto or cpu)." $svc) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/* Autoscaling bounds and disruption budgets. */}}
+{{- define "textserve.validateValues.scaling" -}}
+{{- $out := list -}}
+{{- range $svc := splitList " " (printf "%s gateway" (include "textserve.grpcServices" $)) -}}
+{{- $c := dict "ctx" $ "svc" $svc -}}
+{{- $v := include "textserve.serviceValues" $c | fromYaml -}}
+{{- $path := ternary "gateway" (printf "services.%s" $svc) (eq $svc "gateway") -}}
+{{- if $v.enabled -}}
+{{- $a := $v.autoscaling -}}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- $out = append $out (printf "%s.autoscaling: minReplicas=%d is greater than maxReplicas=%d." $path (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- end -}}
+{{- if and $a.enabled (not $a.targetCPUUtilizationPercentage) (not (and $a.queueDepth $a.queueDepth.enabled)) -}}
+{{- $out = append $out (printf "%s.autoscaling: enabled=true but no metric is set; set targetCPUUtilizationPercentage or queueDepth.enabled=true." $path) -}}
+{{- end -}}
+{{- if and $v.pdb.enabled $v.pdb.minAvailable (not (kindIs "string" $v.pdb.minAvailable)) -}}
+{{- $least := ternary (int $a.minReplicas) (int $v.replicas) (eq $a.enabled true) -}}
+{{- if ge (int $v.pdb.minAvailable) $least -}}
+{{- $out = append $out (printf "%s.pdb: minAvailable=%d with %d replica(s) would block every voluntary eviction (node drains); lower it or use maxUnavailable." $path (int $v.pdb.minAvailable) $least) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/* terminationGracePeriodSeconds leaves room for the preStop sleep and the server's drain. */}}
+{{- define "textserve.validateValues.shutdown" -}}
+{{- $out := list -}}
+{{- range $svc := splitList " " (include "textserve.grpcServices" $) -}}
+{{- $v := index $.Values.services $svc -}}
+{{- if $v.enabled -}}
+{{- $grace := 10.0 -}}
+{{- with $v.config -}}{{- with .server -}}{{- if hasKey . "grace_period_s" -}}{{- $grace = float64 .grace_period_s -}}{{- end -}}{{- end -}}{{- end -}}
+{{- $needed := addf (float64 ($v.preStopSleepSeconds | default 0)) $grace -}}
+{{- if lt (float64 $v.terminationGracePeriodSeconds) $needed -}}
+{{- $out = append $out (printf "services.%s: terminationGracePeriodSeconds=%d is shorter than preStopSleepSeconds=%d + config.server.grace_period_s=%v; in-flight requests would be killed. Raise it to at least %v." $svc (int $v.terminationGracePeriodSeconds) (int ($v.preStopSleepSeconds | default 0)) $grace (ceil $needed)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/* The gateway Ingress needs somewhere to route. */}}
+{{- define "textserve.validateValues.ingress" -}}
+{{- $gw := .Values.gateway -}}
+{{- if and $gw.enabled $gw.ingress.enabled (not $gw.ingress.hosts) -}}
+gateway.ingress: enabled=true needs at least one entry in hosts.
+{{- end -}}
+{{- end -}}

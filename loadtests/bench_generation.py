@@ -1,0 +1,305 @@
+"""Generation benchmark: continuous batching vs sequential `generate()`, in one run, one table.
+
+The model is a GPT-2-shaped random model built offline (default 4 layers, 256 wide,
+byte-level BPE tokenizer; the same shape as the demo model), written to a temporary
+folder so the baseline and the service load the very same weights.
+Measured:
+  * baseline: transformers' `generate()` on one prompt at a time (greedy), in this process,
+    with a streamer recording when each token appears (so it has TTFT and inter-token too);
+  * service: a `textserve serve generation` subprocess (or --in-process), driven by asyncio
+    gRPC clients holding 1, 8 and 32 concurrent GenerateStream calls.
+Every request generates exactly --max-new-tokens tokens (EOS ignored), from prompts of
+16-64 tokens. Ratios are aggregate generated tokens/s against the baseline measured in
+the same run. Client and server share the machine's cores; the ratios are what to compare.
+
+    python -m loadtests.bench_generation                       # full run
+    python -m loadtests.bench_generation --max-new-tokens 16 --requests-per-stream 1 \\
+        --baseline-requests 2 --concurrency 1,8                # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+_WORDS = (
+    "the model server answers requests from many clients at once while tokens stream back one at a time "
+    "and new sequences join the running batch between two decode steps on every node of the cluster"
+).split()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """q-th percentile (0-100) by linear interpolation."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_prompts(count: int, seed: int = 5) -> list[str]:
+    """Prompts of 12-48 words (about 16-64 tokens), different from each other."""
+    rng = random.Random(seed)
+    return [f"{i}: " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(12, 48))) for i in range(count)]
+
+
+def build_model(folder: Path, layers: int, hidden: int, heads: int) -> Path:
+    """The benchmark model, saved as a Hugging Face model directory."""
+    from textserve.runtime.random_lm import byte_level_tokenizer, demo_config, save_random_model
+
+    tokenizer = byte_level_tokenizer()
+    config = demo_config(tokenizer, layers=layers, hidden=hidden, heads=heads)
+    return save_random_model(folder / "bench-gpt2", config, tokenizer, seed=1)
+
+
+@dataclass
+class Point:
+    """One measured row of the table."""
+
+    setup: str
+    streams: int
+    requests: int
+    tokens: int
+    seconds: float
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def measure_baseline(model_dir: Path, prompts: list[str], max_new_tokens: int) -> Point:
+    """Sequential generate(), one prompt at a time, with per-token timestamps."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model.generation_config.eos_token_id = None  # every request makes max_new_tokens tokens
+
+    class Clock(BaseStreamer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def put(self, value: Any) -> None:
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    point = Point("generate() sequential", 1, len(prompts), 0, 0.0)
+    with torch.inference_mode():
+        ids = tokenizer(prompts[0], return_tensors="pt")["input_ids"]
+        model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)  # warm-up
+        started = time.perf_counter()
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            clock = Clock()
+            sent = time.perf_counter()
+            output = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, streamer=clock)
+            point.tokens += int(output.shape[1] - ids.shape[1])
+            token_times = clock.times[1:]  # the first put() is the prompt
+            if token_times:
+                point.ttft.append(token_times[0] - sent)
+                point.itl += [b - a for a, b in zip(token_times, token_times[1:], strict=False)]
+        point.seconds = time.perf_counter() - started
+    return point
+
+
+class ServerProcess:
+    """`textserve serve generation` in a subprocess serving the benchmark model."""
+
+    def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int) -> None:
+        self.port = free_port()
+        env = dict(os.environ)
+        env.update(
+            {
+                "TEXTSERVE_GENERATION__SERVER__HOST": "127.0.0.1",
+                "TEXTSERVE_GENERATION__SERVER__PORT": str(self.port),
+                "TEXTSERVE_GENERATION__MODEL__PATH": str(model_dir),
+                "TEXTSERVE_GENERATION__MAX_RUNNING_SEQUENCES": str(max_running),
+                "TEXTSERVE_GENERATION__MAX_NEW_TOKENS_LIMIT": str(max(max_new_tokens, 64)),
+                "TEXTSERVE_GENERATION__CACHE_ENABLED": "false",
+                "TEXTSERVE_METRICS__ENABLED": "false",
+                "TEXTSERVE_LOG__LEVEL": "WARNING",
+            }
+        )
+        self._log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "textserve.cli", "serve", "generation"], env=env, stderr=self._log
+        )
+        self.address = f"127.0.0.1:{self.port}"
+
+    async def wait_ready(self, limit_s: float = 180) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + limit_s
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if self.proc.poll() is not None:
+                    raise RuntimeError("generation server exited during start-up (set BENCH_SERVER_LOG=<file>)")
+                await asyncio.sleep(0.2)
+        raise TimeoutError("generation server not ready")
+
+    async def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+class InProcessServer:
+    """The generation service on a ServiceHost in this process (client and server share a loop)."""
+
+    def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int) -> None:
+        from textserve.core.config import GenerationServiceConfig, ModelConfig, ServerConfig
+        from textserve.core.server import ServiceHost
+        from textserve.generation.app import GenerationApp
+
+        config = GenerationServiceConfig(
+            server=ServerConfig(host="127.0.0.1", port=0),
+            model=ModelConfig(path=str(model_dir), backend="torch"),
+            max_running_sequences=max_running,
+            max_new_tokens_limit=max(max_new_tokens, 64),
+            cache_enabled=False,
+        )
+        self.host = ServiceHost([GenerationApp(config)])
+        self.address = ""
+
+    async def wait_ready(self) -> None:
+        await self.host.start()
+        self.address = f"127.0.0.1:{self.host.port_of('generation')}"
+
+    async def stop(self) -> None:
+        await self.host.stop(grace=1.0)
+
+
+async def drive(address: str, prompts: list[str], streams: int, per_stream: int, max_new_tokens: int) -> Point:
+    """`streams` clients, each sending `per_stream` GenerateStream calls back to back."""
+    from textserve.v1 import generation_pb2, generation_pb2_grpc
+
+    point = Point("service GenerateStream", streams, streams * per_stream, 0, 0.0)
+
+    async def client(stub: Any, index: int) -> None:
+        for turn in range(per_stream):
+            prompt = prompts[(index * per_stream + turn) % len(prompts)]
+            request = generation_pb2.GenerateRequest(
+                prompt=prompt,
+                params=generation_pb2.SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True),
+                skip_cache=True,
+            )
+            sent = last = time.perf_counter()
+            first = True
+            async for item in stub.GenerateStream(request, timeout=600):
+                now = time.perf_counter()
+                count = len(item.token_ids)
+                if not count:
+                    continue
+                point.tokens += count
+                if first:
+                    point.ttft.append(now - sent)
+                    first = False
+                    count -= 1
+                if count:
+                    point.itl += [(now - last) / count] * count
+                last = now
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        await client(stub, -1)  # warm-up
+        point.tokens, point.ttft, point.itl = 0, [], []
+        started = time.perf_counter()
+        await asyncio.gather(*(client(stub, i) for i in range(streams)))
+        point.seconds = time.perf_counter() - started
+    return point
+
+
+def render(points: list[Point], baseline: Point) -> str:
+    header = (
+        f"{'setup':<24}{'streams':>8}{'requests':>9}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}"
+        f"{'x base':>8}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for point in points:
+        ms = [percentile(values, q) * 1000 for values, q in ((point.ttft, 50), (point.ttft, 99), (point.itl, 50), (point.itl, 99))]
+        lines.append(
+            f"{point.setup:<24}{point.streams:>8}{point.requests:>9}{point.tokens:>8}{point.seconds:>9.2f}"
+            f"{point.tokens_per_s:>10.1f}{point.tokens_per_s / baseline.tokens_per_s:>7.2f}x"
+            f"{ms[0]:>8.1f}ms{ms[1]:>8.1f}ms{ms[2]:>7.1f}ms{ms[3]:>7.1f}ms"
+        )
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> None:
+    levels = [int(x) for x in args.concurrency.split(",")]
+    prompts = make_prompts(max(max(levels) * args.requests_per_stream, args.baseline_requests) + 1)
+    with tempfile.TemporaryDirectory(prefix="bench-generation-") as folder:
+        model_dir = build_model(Path(folder), args.layers, args.hidden, args.heads)
+        print(f"model: GPT-2 shaped, {args.layers} layers x {args.hidden} wide (random weights); "
+              f"{args.max_new_tokens} new tokens per request", flush=True)
+        baseline = measure_baseline(model_dir, prompts[: args.baseline_requests], args.max_new_tokens)
+        print(f"baseline: {baseline.tokens_per_s:.1f} tokens/s", flush=True)
+        kind = InProcessServer if args.in_process else ServerProcess
+        server = kind(model_dir, max(levels), args.max_new_tokens)
+        points = [baseline]
+        try:
+            await server.wait_ready()
+            for streams in levels:
+                point = await drive(server.address, prompts, streams, args.requests_per_stream, args.max_new_tokens)
+                print(f"{streams} streams: {point.tokens_per_s:.1f} tokens/s", flush=True)
+                points.append(point)
+        finally:
+            await server.stop()
+    print()
+    print(render(points, baseline))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated stream counts")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request")
+    parser.add_argument("--requests-per-stream", type=int, default=2, help="requests each stream sends in turn")
+    parser.add_argument("--baseline-requests", type=int, default=8, help="prompts run through generate()")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--in-process", action="store_true", help="run the service in this process")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

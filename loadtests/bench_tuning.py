@@ -1,0 +1,329 @@
+"""Tuned batch budget vs fixed max_batch_size on a mixed workload, in one run, one table.
+
+The workload: a third each of short (~12 tokens), medium (~50) and long (~240) texts,
+`--concurrency` callers (default 64) each sending one text per request back to back.
+Measured in this same run:
+  * the raw model (no server): texts/s of each length class at each batch size; its
+    best per class gives the raw best on the mix, 3 / sum(1 / best_class);
+  * the tuner (`textserve tune`, default settings, nothing told about the workload);
+  * the service (`textserve serve embedding` subprocesses, cache off) with the tuned
+    budget file, and with each fixed max_batch_size in --sizes (max_batch_tokens default).
+All services run at once and are driven in --rounds rounds, each visiting every service
+for --seconds in a rotated order, so drifting machine load spreads over all of them;
+the raw model is measured between rounds. Results are the median over rounds.
+
+    python -m loadtests.bench_tuning                                  # full run (~5 min)
+    python -m loadtests.bench_tuning --rounds 1 --seconds 3 --tune-seconds 8   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from loadtests.texts import make_texts
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CLASSES = {"short": 12, "medium": 50, "long": 240}
+"""Length classes of the mix and their target tokens per text."""
+RAW_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+TEXTS_PER_CLASS = 96
+
+
+def class_texts(tokenizer: Any) -> dict[str, list[str]]:
+    """TEXTS_PER_CLASS distinct texts per class, each within 10% of the class's token target."""
+    result: dict[str, list[str]] = {}
+    for name, target in CLASSES.items():
+        words = max(2, int(target / 1.2))
+        for _ in range(40):
+            texts = make_texts(TEXTS_PER_CLASS, words, seed=target)
+            mean = statistics.mean(len(e.ids) for e in tokenizer.encode_many(texts))
+            if abs(mean - target) <= 0.1 * target:
+                break
+            words = max(2, round(words * target / mean))
+        result[name] = texts
+    return result
+
+
+def measure_raw(
+    model: Any, ids: dict[str, list[list[int]]], seconds_per_point: float
+) -> dict[str, dict[int, float]]:
+    """Texts/s of each class at each raw batch size (tokenization excluded)."""
+    rates: dict[str, dict[int, float]] = {}
+    for name, rows in ids.items():
+        rates[name] = {}
+        for size in RAW_BATCHES:
+            model.run_batch(rows[:size])
+            done, cursor, started = 0, 0, time.perf_counter()
+            while time.perf_counter() - started < seconds_per_point or done < 3 * size:
+                model.run_batch([rows[(cursor + j) % len(rows)] for j in range(size)])
+                cursor += size
+                done += size
+            rates[name][size] = done / (time.perf_counter() - started)
+    return rates
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """`textserve serve embedding` in a subprocess with extra TEXTSERVE_* settings."""
+
+    def __init__(self, label: str, settings: dict[str, str]) -> None:
+        self.label = label
+        self.port = free_port()
+        env = dict(os.environ)
+        env.update(
+            {
+                "TEXTSERVE_EMBEDDING__SERVER__HOST": "127.0.0.1",
+                "TEXTSERVE_EMBEDDING__SERVER__PORT": str(self.port),
+                "TEXTSERVE_METRICS__ENABLED": "false",
+                "TEXTSERVE_CACHE__BACKEND": "none",
+                "TEXTSERVE_EMBEDDING__CACHE_ENABLED": "false",
+                "TEXTSERVE_LOG__LEVEL": "WARNING",
+                **settings,
+            }
+        )
+        self._log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "textserve.cli", "serve", "embedding"], env=env, stderr=self._log
+        )
+        self.address = f"127.0.0.1:{self.port}"
+
+    async def wait_ready(self, limit_s: float = 180) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + limit_s
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server {self.label} exited during start-up")
+                await asyncio.sleep(0.3)
+        raise TimeoutError(f"server {self.label} not ready")
+
+    async def budget(self) -> tuple[int, int, str]:
+        """The budget the service reports in Info: (max_batch_size, max_batch_tokens, source)."""
+        from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            info = await embedding_pb2_grpc.EmbeddingServiceStub(channel).Info(
+                embedding_pb2.InfoRequest(), timeout=10
+            )
+        budget = info.batch_budget
+        return budget.max_batch_size, budget.max_batch_tokens, budget.source
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+async def drive(address: str, texts: list[str], concurrency: int, seconds: float) -> float:
+    """Closed loop of `concurrency` callers, one text per request; completed texts per second."""
+    from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+    channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
+    stubs = [embedding_pb2_grpc.EmbeddingServiceStub(c) for c in channels]
+    requests = [embedding_pb2.EmbedRequest(texts=[t], skip_cache=True) for t in texts]
+    errors = 0
+    stop_at = 0.0
+
+    async def caller(index: int) -> int:
+        nonlocal errors
+        stub, count, cursor = stubs[index % len(stubs)], 0, index
+        while time.perf_counter() < stop_at:
+            try:
+                await stub.Embed(requests[cursor % len(requests)], timeout=60)
+                count += 1
+            except grpc.aio.AioRpcError:
+                errors += 1
+            cursor += concurrency
+        return count
+
+    stop_at = time.perf_counter() + min(1.0, seconds / 3)  # warm-up
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    started = time.perf_counter()
+    stop_at = started + seconds
+    done = sum(await asyncio.gather(*(caller(i) for i in range(concurrency))))
+    elapsed = time.perf_counter() - started
+    for channel in channels:
+        await channel.close()
+    if errors:
+        print(f"warning: {errors} failed requests against {address}", file=sys.stderr)
+    return done / elapsed
+
+
+def mix_rate(rates: dict[str, float]) -> float:
+    """Throughput of an equal mix when each class runs at the given rate: n / sum(1 / rate)."""
+    return len(rates) / sum(1.0 / rate for rate in rates.values())
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from textserve.core.config import ModelConfig, TuningConfig
+    from textserve.runtime.encoder import EncoderModel
+    from textserve.runtime.tuning import tune
+
+    model = EncoderModel(ModelConfig())
+    texts = class_texts(model.tokenizer)
+    ids = {name: [e.ids for e in model.tokenizer.encode_many(rows)] for name, rows in texts.items()}
+    tokens = {name: statistics.mean(len(i) for i in rows) for name, rows in ids.items()}
+    mixed = [text for triple in zip(*texts.values(), strict=True) for text in triple]
+    random.Random(0).shuffle(mixed)
+
+    print(f"... tuning ({args.tune_seconds:.0f} s of measurement)", file=sys.stderr, flush=True)
+    tune_started = time.perf_counter()
+    tuned = tune(model, TuningConfig(seconds=args.tune_seconds))
+    tune_seconds = time.perf_counter() - tune_started
+    workdir = Path(tempfile.mkdtemp(prefix="bench-tuning-"))
+    tuned_file = workdir / "tuned-budget.json"
+    tuned.save(tuned_file)
+
+    setups: list[tuple[str, dict[str, str]]] = [
+        ("tuned", {"TEXTSERVE_EMBEDDING__TUNED_BUDGET_FILE": str(tuned_file)})
+    ]
+    setups += [
+        (f"fixed max_batch_size={s}", {"TEXTSERVE_EMBEDDING__BATCHER__MAX_BATCH_SIZE": str(s)})
+        for s in args.sizes
+    ]
+    servers = [ServerProcess(label, settings) for label, settings in setups]
+    results: dict[str, list[float]] = {server.label: [] for server in servers}
+    raw_rounds: list[dict[str, dict[int, float]]] = []
+    try:
+        print(f"... starting {len(servers)} services", file=sys.stderr, flush=True)
+        for server in servers:
+            await server.wait_ready()
+        budgets = {server.label: await server.budget() for server in servers}
+        for round_index in range(args.rounds):
+            print(f"... round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
+            raw_rounds.append(measure_raw(model, ids, args.raw_seconds))
+            shift = round_index % len(servers)
+            for server in servers[shift:] + servers[:shift]:
+                results[server.label].append(
+                    await drive(server.address, mixed, args.concurrency, args.seconds)
+                )
+    finally:
+        for server in servers:
+            server.stop()
+    raw = {
+        name: {size: statistics.median(r[name][size] for r in raw_rounds) for size in RAW_BATCHES}
+        for name in CLASSES
+    }
+    return {
+        "tokens": tokens,
+        "raw": raw,
+        "tuned": tuned.to_json(),
+        "tune_seconds": tune_seconds,
+        "budgets": budgets,
+        "service": {label: statistics.median(values) for label, values in results.items()},
+        "rounds": results,
+        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    """The per-class raw table, then the mixed-workload table with ratios."""
+    raw: dict[str, dict[int, float]] = result["raw"]
+    best = {name: max(rates.values()) for name, rates in raw.items()}
+    raw_mix = mix_rate(best)
+    lines = ["raw model, texts/s by batch size (best per class starred):", ""]
+    lines.append("| class | tokens | " + " | ".join(str(s) for s in RAW_BATCHES) + " |")
+    lines.append("|---|---:|" + "---:|" * len(RAW_BATCHES))
+    for name, rates in raw.items():
+        cells = [f"{rates[s]:.0f}{'*' if rates[s] == best[name] else ''}" for s in RAW_BATCHES]
+        lines.append(f"| {name} | {result['tokens'][name]:.0f} | " + " | ".join(cells) + " |")
+    tuned = result["tuned"]
+    lines += [
+        "",
+        f"tuner: max_batch_size={tuned['max_batch_size']} max_batch_tokens={tuned['max_batch_tokens']} "
+        f"in {result['tune_seconds']:.1f} s (measurement {result['args']['tune_seconds']:.0f} s)",
+        "",
+        f"mixed workload (1/3 each class, {result['args']['concurrency']} in flight, 1 text/request), "
+        f"median of {result['args']['rounds']} rounds x {result['args']['seconds']:.0f} s:",
+        "",
+        "| setup | budget in force (size / tokens) | texts/s | x best fixed | x raw best on the mix |",
+        "|---|---|---:|---:|---:|",
+    ]
+    service: dict[str, float] = result["service"]
+    fixed = {label: rate for label, rate in service.items() if label.startswith("fixed")}
+    best_fixed_label = max(fixed, key=lambda label: fixed[label])
+    best_fixed = fixed[best_fixed_label]
+    lines.append(
+        f"| raw model, best batch per class (no server) | - | {raw_mix:.0f} "
+        f"| {raw_mix / best_fixed:.2f} | 1.00 |"
+    )
+    lines.append(
+        f"| raw model, batch 1 (no server) | - | {mix_rate({n: r[1] for n, r in raw.items()}):.0f} | "
+        f"{mix_rate({n: r[1] for n, r in raw.items()}) / best_fixed:.2f} | "
+        f"{mix_rate({n: r[1] for n, r in raw.items()}) / raw_mix:.2f} |"
+    )
+    for label, rate in service.items():
+        size, tokens, _source = result["budgets"][label]
+        lines.append(
+            f"| service, {label} | {size} / {tokens} | {rate:.0f} "
+            f"| {rate / best_fixed:.2f} | {rate / raw_mix:.2f} |"
+        )
+    tuned_rate = service["tuned"]
+    lines += [
+        "",
+        f"tuned vs best fixed ({best_fixed_label}): {tuned_rate / best_fixed:.2f}x (target >= 1.00); "
+        f"tuned vs raw best on the mix: {tuned_rate / raw_mix:.2f}x (target >= 0.90)",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per service per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all services")
+    parser.add_argument(
+        "--raw-seconds", type=float, default=0.5, help="raw model time per (class, batch size)"
+    )
+    parser.add_argument(
+        "--tune-seconds", type=float, default=30.0, help="tuner measuring time (tuning.seconds)"
+    )
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64], help="fixed max_batch_size values"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    print(render(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

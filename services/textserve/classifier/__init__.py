@@ -1,0 +1,1 @@
+"""Classifier service: scores texts against labels (sequence-classification, zero-shot, linear head)."""

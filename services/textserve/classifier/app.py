@@ -1,0 +1,45 @@
+"""The classifier ServiceApp: the servicer, its model or head lifecycle and its registration."""
+
+from __future__ import annotations
+
+import grpc
+
+from textserve.classifier.service import SERVICE, ClassifierService
+from textserve.classifier.servicer import ClassifierServicer
+from textserve.classifier.vector_source import VectorSource
+from textserve.core.cache import ResponseCache
+from textserve.core.config import ClassifierServiceConfig
+from textserve.core.registration import add_servicer
+from textserve.inference.classifier import ClassifierAdapter
+from textserve.inference.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
+from textserve.v1 import classifier_pb2
+
+_DESCRIPTOR = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"]
+
+
+class ClassifierApp:
+    """Classifier service as run by ServiceHost."""
+
+    name = SERVICE
+    service_names: tuple[str, ...] = (_DESCRIPTOR.full_name, INFERENCE_SERVICE_NAME)
+
+    def __init__(
+        self,
+        config: ClassifierServiceConfig,
+        cache: ResponseCache | None = None,
+        source: VectorSource | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.server_config = config.server
+        self.service = ClassifierService(config, cache, source, token)
+        self.servicer = ClassifierServicer(self.service)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        add_servicer(server, self.servicer, _DESCRIPTOR)
+        add_inference_servicer(server, self.name, [ClassifierAdapter(self.service)])
+
+    async def start(self) -> None:
+        await self.service.start()
+
+    async def stop(self) -> None:
+        await self.service.stop()

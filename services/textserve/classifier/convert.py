@@ -1,0 +1,73 @@
+"""Classifier requests and responses <-> the service's dataclasses."""
+
+from __future__ import annotations
+
+from textserve.api import common
+from textserve.classifier.service import ClassifierDescription, ClassifyParams, ClassifyResult, Kind
+from textserve.classifier.vector_source import EncoderDescription
+from textserve.classifier.zero_shot import Label
+from textserve.core.config import ClassifierServiceConfig
+from textserve.core.errors import InvalidInput
+from textserve.v1 import classifier_pb2, common_pb2
+
+_KINDS: dict[Kind, classifier_pb2.ClassifierInfoResponse.Kind] = {
+    "sequence_classification": classifier_pb2.ClassifierInfoResponse.KIND_SEQUENCE_CLASSIFICATION,
+    "zero_shot": classifier_pb2.ClassifierInfoResponse.KIND_ZERO_SHOT,
+    "linear_head": classifier_pb2.ClassifierInfoResponse.KIND_LINEAR_HEAD,
+}
+
+
+def model_info(model: EncoderDescription) -> common_pb2.ModelInfo:
+    """ModelInfo of the model behind the classifier."""
+    return common.model_info(model.name, model.revision, model.backend, model.device, model.max_length)
+
+
+def classify_params(request: classifier_pb2.ClassifyRequest) -> ClassifyParams:
+    """ClassifyRequest -> ClassifyParams."""
+    if request.truncation not in common_pb2.TruncationPolicy.values():
+        raise InvalidInput("truncation", f"unknown TruncationPolicy value {request.truncation}")
+    return ClassifyParams(
+        texts=list(request.texts),
+        labels=[Label(spec.name, spec.description, tuple(spec.examples)) for spec in request.labels],
+        label_set=request.label_set,
+        temperature=float(request.temperature),
+        top_k=int(request.top_k),
+        truncate=common.truncate_flag(request.truncation),
+        skip_cache=request.skip_cache,
+    )
+
+
+def classify_response(result: ClassifyResult) -> classifier_pb2.ClassifyResponse:
+    """ClassifyResult -> ClassifyResponse."""
+    response = classifier_pb2.ClassifyResponse(
+        model=model_info(result.model),
+        usage=common_pb2.Usage(
+            input_tokens=sum(result.tokens),
+            truncated_texts=sum(result.truncated),
+            cached_texts=result.cached,
+        ),
+        timing=common.timing(
+            result.tokenize_seconds, result.queue_seconds, result.inference_seconds, result.total_seconds
+        ),
+    )
+    for item in result.classifications:
+        classification = response.classifications.add(top_label=item.top_label)
+        classification.logits.extend(item.logits)
+        for label, score in item.scores:
+            classification.scores.add(label=label, score=score)
+    return response
+
+
+def info_response(
+    description: ClassifierDescription, config: ClassifierServiceConfig
+) -> classifier_pb2.ClassifierInfoResponse:
+    """ClassifierDescription -> ClassifierInfoResponse."""
+    return classifier_pb2.ClassifierInfoResponse(
+        kind=_KINDS[description.kind],
+        model=model_info(description.model),
+        labels=list(description.labels),
+        label_sets=list(description.label_sets),
+        limits=common.limits(config.limits, config.server, description.model.max_length),
+        max_labels_per_request=description.max_labels_per_request,
+        default_temperature=description.default_temperature,
+    )

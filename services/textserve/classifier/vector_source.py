@@ -1,0 +1,245 @@
+"""Where the classifier gets vectors: in this process, or from the embedding service over gRPC.
+
+`LocalVectorSource` runs an EmbeddingService inside the classifier (the same tokenization,
+batcher and runtime as the embedding service; with task "sequence-classification" its
+vectors are a classification model's logits), or shares the one of the embedding app in
+the same process (`serve all`). `RemoteVectorSource` calls a running
+embedding service (`embedding_address`): each call gets what is left of the request's
+deadline, does not wait for a connection (an unreachable service is UNAVAILABLE at once)
+and reconnects on its own once the service is back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from textserve.core.channels import open_channel
+from textserve.core.config import ClientConfig, EmbeddingServiceConfig
+from textserve.core.errors import NotReady
+from textserve.core.upstream import call_timeout, record_call, upstream_error
+from textserve.embedding.service import EmbeddingService, EmbedParams
+from textserve.runtime.encoder import Task
+from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
+
+
+@dataclass(frozen=True)
+class EncoderDescription:
+    """The model behind the vectors."""
+
+    name: str
+    revision: str
+    backend: str
+    device: str
+    max_length: int
+    dimensions: int
+    labels: tuple[str, ...] = ()
+    """Output labels of a sequence-classification model (empty for embeddings)."""
+
+
+@dataclass
+class Vectors:
+    """One row per text, with token accounting and where time went."""
+
+    values: np.ndarray
+    tokens: list[int]
+    truncated: list[bool]
+    cached: int = 0
+    tokenize_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+
+
+class VectorSource(Protocol):
+    """Texts -> vectors (unit length for embeddings) for the classifier."""
+
+    location: str
+    """"in-process" or the embedding service's address (for logs and errors)."""
+
+    async def start(self) -> None:
+        """Loads the model (in-process) or does nothing (remote: connects on first use)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stops the batcher or closes the channel."""
+        ...
+
+    async def describe(self, deadline: float | None) -> EncoderDescription:
+        """The model behind the vectors; NotReady while it loads or is unreachable."""
+        ...
+
+    async def embed(
+        self, texts: Sequence[str], deadline: float | None, truncate: bool | None, skip_cache: bool
+    ) -> Vectors:
+        """Vectors of texts; raises the error kinds of the embedding service."""
+        ...
+
+
+class LocalVectorSource:
+    """An EmbeddingService in this process (no response cache of its own when created here).
+
+    Owned (the default): the classifier's own copy of the model, started and stopped with
+    the classifier. Shared (`owned=False`): the embedding app's service in this same process
+    (`serve all`), started and stopped by that app; describe() is NotReady until it loads.
+    """
+
+    def __init__(self, embedding: EmbeddingService, *, owned: bool = True) -> None:
+        self.embedding = embedding
+        self.owned = owned
+        self.normalize = embedding.task == "embedding"
+        self.location = "in-process" if owned else "embedding service in this process"
+
+    @classmethod
+    def create(
+        cls, config: EmbeddingServiceConfig, *, service: str, task: Task = "embedding"
+    ) -> LocalVectorSource:
+        """A source with its own model (loaded by start())."""
+        return cls(EmbeddingService(config, None, None, name=service, task=task))
+
+    async def start(self) -> None:
+        if self.owned:
+            await self.embedding.start()
+
+    async def stop(self) -> None:
+        if self.owned:
+            await self.embedding.stop()
+
+    async def describe(self, deadline: float | None) -> EncoderDescription:
+        info = self.embedding.info
+        return EncoderDescription(
+            info.name, info.revision, info.backend, info.device, info.max_length, info.dimensions, info.labels
+        )
+
+    async def embed(
+        self, texts: Sequence[str], deadline: float | None, truncate: bool | None, skip_cache: bool
+    ) -> Vectors:
+        result = await self.embedding.embed(
+            EmbedParams(
+                texts=list(texts), normalize=self.normalize, truncate=truncate, skip_cache=skip_cache
+            ),
+            deadline,
+        )
+        return Vectors(
+            values=np.stack(result.vectors).astype(np.float32, copy=False),
+            tokens=list(result.tokens),
+            truncated=list(result.truncated),
+            cached=sum(result.cached),
+            tokenize_seconds=result.tokenize_seconds,
+            queue_seconds=result.queue_seconds,
+            inference_seconds=result.inference_seconds,
+        )
+
+
+def _truncation(truncate: bool | None) -> common_pb2.TruncationPolicy:
+    if truncate is None:
+        return common_pb2.TRUNCATION_POLICY_UNSPECIFIED
+    return common_pb2.TRUNCATION_POLICY_TRUNCATE if truncate else common_pb2.TRUNCATION_POLICY_REJECT
+
+
+class RemoteVectorSource:
+    """Unit-length vectors from an embedding service over gRPC."""
+
+    def __init__(
+        self, address: str, client: ClientConfig | None = None, *, token: str | None = None, service: str
+    ) -> None:
+        self.location = address
+        self._client = client or ClientConfig()
+        self._token = token
+        self._service = service
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: embedding_pb2_grpc.EmbeddingServiceStub | None = None
+        self._description: EncoderDescription | None = None
+
+    @property
+    def upstream(self) -> str:
+        """How errors name the embedding service."""
+        return f"embedding service at {self.location}"
+
+    def _get_stub(self) -> embedding_pb2_grpc.EmbeddingServiceStub:
+        if self._stub is None:
+            self._channel = open_channel(self.location, self._client, token=self._token)
+            self._stub = embedding_pb2_grpc.EmbeddingServiceStub(self._channel)
+        return self._stub
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+            self._channel = None
+            self._stub = None
+
+    async def describe(self, deadline: float | None) -> EncoderDescription:
+        if self._description is not None:
+            return self._description
+        stub = self._get_stub()
+        timeout = call_timeout(deadline, self._client.timeout_s)
+        started = time.perf_counter()
+        try:
+            info = await stub.Info(embedding_pb2.InfoRequest(), timeout=timeout, wait_for_ready=False)
+        except grpc.aio.AioRpcError as error:
+            record_call(self._service, "EmbeddingService/Info", error.code(), started)
+            raise upstream_error(error, self.upstream) from error
+        record_call(self._service, "EmbeddingService/Info", grpc.StatusCode.OK, started)
+        model = info.model
+        self._description = EncoderDescription(
+            model.name, model.revision, model.backend, model.device, model.max_input_tokens, info.dimensions
+        )
+        return self._description
+
+    async def embed(
+        self, texts: Sequence[str], deadline: float | None, truncate: bool | None, skip_cache: bool
+    ) -> Vectors:
+        stub = self._get_stub()
+        request = embedding_pb2.EmbedRequest(
+            texts=list(texts), normalize=True, truncation=_truncation(truncate), skip_cache=skip_cache
+        )
+        timeout = call_timeout(deadline, self._client.timeout_s)
+        started = time.perf_counter()
+        try:
+            response = await stub.Embed(request, timeout=timeout, wait_for_ready=False)
+        except grpc.aio.AioRpcError as error:
+            record_call(self._service, "EmbeddingService/Embed", error.code(), started)
+            raise upstream_error(error, self.upstream) from error
+        record_call(self._service, "EmbeddingService/Embed", grpc.StatusCode.OK, started)
+        if len(response.embeddings) != len(texts):
+            raise NotReady(
+                f"{self.upstream} answered {len(response.embeddings)} vectors for {len(texts)} texts"
+            )
+        values = np.array([item.values for item in response.embeddings], dtype=np.float32)
+        self._note_model(response.model, values.shape[1])
+        timing = response.timing
+        return Vectors(
+            values=values,
+            tokens=[item.input_tokens for item in response.embeddings],
+            truncated=[item.truncated for item in response.embeddings],
+            cached=response.usage.cached_texts,
+            tokenize_seconds=timing.tokenize_time_ns / 1e9,
+            queue_seconds=timing.queue_time_ns / 1e9,
+            inference_seconds=timing.inference_time_ns / 1e9,
+        )
+
+    def _note_model(self, model: common_pb2.ModelInfo, dimensions: int) -> None:
+        """Keeps the description current when the embedding service was replaced by another model."""
+        known = self._description
+        if known is None or (known.name, known.revision, known.dimensions) != (
+            model.name,
+            model.revision,
+            dimensions,
+        ):
+            self._description = dataclasses.replace(
+                known or EncoderDescription("", "", "", "", 0, 0),
+                name=model.name,
+                revision=model.revision,
+                backend=model.backend,
+                device=model.device,
+                max_length=model.max_input_tokens,
+                dimensions=dimensions,
+            )

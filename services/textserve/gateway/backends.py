@@ -1,0 +1,273 @@
+"""The gateway's long-lived gRPC channels to the services: calls, health and served model names.
+
+One channel per configured service, opened at start-up and shared by every request (gRPC
+multiplexes them over HTTP/2). Each call is counted in textserve_upstream_requests_total
+with its status. A service whose address is empty is not configured: its endpoints answer
+404. Served model names come from the services' Info RPCs and are cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from textserve.core.channels import open_channel
+from textserve.core.config import GatewayConfig
+from textserve.core.upstream import record_call
+from textserve.gateway.calls import CallOptions
+from textserve.gateway.errors import GatewayError, Renamer, http_error
+from textserve.v1 import embedding_pb2, embedding_pb2_grpc, generation_pb2, generation_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = "gateway"
+"""`service` label of the gateway's metrics."""
+
+BackendKind = Literal["embedding", "generation"]
+
+_SERVICE_NAMES: dict[BackendKind, str] = {
+    "embedding": embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
+    "generation": generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
+}
+_MODEL_REFRESH_S = 5.0
+"""Least time between two Info calls made because a request named an unknown model."""
+_INFO_TIMEOUT_S = 5.0
+"""Deadline of the Info calls behind GET /v1/models."""
+
+
+@dataclass
+class Backend:
+    """One configured service."""
+
+    kind: BackendKind
+    address: str
+    channel: grpc.aio.Channel
+    stub: Any
+    model: str | None = None
+    """Served model name, once an Info call has answered."""
+    model_fetched: float = 0.0
+
+
+class UpstreamStream:
+    """A server-streaming call: `read()` gives messages until None; counted once when it ends."""
+
+    def __init__(self, call: Any, method: str, rename: Renamer | None, upstream: str) -> None:
+        self._call = call
+        self._method = method
+        self._rename = rename
+        self._upstream = upstream
+        self._started = time.perf_counter()
+        self._recorded = False
+        self._primed: list[Any] = []
+        self._eof = False
+
+    def _record(self, code: grpc.StatusCode) -> None:
+        if not self._recorded:
+            self._recorded = True
+            record_call(SERVICE, self._method, code, self._started)
+
+    async def prime(self) -> None:
+        """Reads the first message now, so that a rejected request fails before any HTTP byte is sent."""
+        message = await self.read()
+        if message is None:
+            self._eof = True
+        else:
+            self._primed.append(message)
+
+    async def read(self) -> Any | None:
+        """The next message, or None when the stream ended; a failure raises GatewayError."""
+        if self._primed:
+            return self._primed.pop()
+        if self._eof:
+            return None
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as error:
+            self._record(error.code())
+            raise http_error(error, self._rename, self._upstream) from None
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        if message is grpc.aio.EOF:  # type: ignore[attr-defined]
+            self._record(grpc.StatusCode.OK)
+            self._eof = True
+            return None
+        return message
+
+    def cancel(self) -> None:
+        """Cancels the call (the service frees its work at once); no-op once it ended."""
+        if not self._recorded:
+            self._record(grpc.StatusCode.CANCELLED)
+        self._call.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        while (message := await self.read()) is not None:
+            yield message
+
+
+class Backends:
+    """Channels, stubs, health and model names of the services the gateway fronts."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._backends: dict[BackendKind, Backend] = {}
+        self._addresses: dict[BackendKind, str] = {
+            "embedding": config.embedding_address,
+            "generation": config.generation_address,
+        }
+
+    @property
+    def configured(self) -> list[BackendKind]:
+        """Services with an address, in a stable order."""
+        return [kind for kind, address in self._addresses.items() if address]
+
+    async def open(self) -> None:
+        """Opens one channel per configured service and starts connecting."""
+        stubs = {
+            "embedding": embedding_pb2_grpc.EmbeddingServiceStub,
+            "generation": generation_pb2_grpc.GenerationServiceStub,
+        }
+        for kind in self.configured:
+            address = self._addresses[kind]
+            channel = open_channel(address, self.config.client, token=self._client_token())
+            channel.get_state(try_to_connect=True)
+            self._backends[kind] = Backend(kind, address, channel, stubs[kind](channel))
+            log.info("backend channel opened", extra={"backend": kind, "address": address})
+
+    def _client_token(self) -> str | None:
+        if self.config.client_token is not None:
+            return self.config.client_token.get_secret_value() or None
+        if self.config.client_token_file is not None:
+            return self.config.client_token_file.read_text().strip() or None
+        return None
+
+    async def close(self) -> None:
+        """Closes every channel (in-flight calls are cancelled)."""
+        for backend in self._backends.values():
+            await backend.channel.close(None)
+        self._backends.clear()
+
+    def get(self, kind: BackendKind) -> Backend:
+        """The backend, or 404 when its address is not configured."""
+        backend = self._backends.get(kind)
+        if backend is None:
+            raise GatewayError(
+                404,
+                f"this gateway has no {kind} service (gateway.{kind}_address is empty)",
+                "not_found_error",
+                code="endpoint_not_configured",
+            )
+        return backend
+
+    async def unary(
+        self,
+        kind: BackendKind,
+        method: str,
+        request: Any,
+        options: CallOptions,
+        rename: Renamer | None = None,
+    ) -> Any:
+        """Calls a unary RPC with the request's deadline and metadata; failures raise GatewayError."""
+        backend = self.get(kind)
+        label = f"{_SERVICE_NAMES[kind].rsplit('.', 1)[-1]}/{method}"
+        started = time.perf_counter()
+        try:
+            response = await getattr(backend.stub, method)(
+                request, timeout=options.timeout(), metadata=options.metadata, wait_for_ready=False
+            )
+        except grpc.aio.AioRpcError as error:
+            record_call(SERVICE, label, error.code(), started)
+            raise http_error(error, rename, kind) from None
+        except asyncio.CancelledError:
+            record_call(SERVICE, label, grpc.StatusCode.CANCELLED, started)
+            raise
+        record_call(SERVICE, label, grpc.StatusCode.OK, started)
+        return response
+
+    def stream(
+        self,
+        kind: BackendKind,
+        method: str,
+        request: Any,
+        options: CallOptions,
+        rename: Renamer | None = None,
+    ) -> UpstreamStream:
+        """Starts a server-streaming RPC with the request's deadline and metadata."""
+        backend = self.get(kind)
+        label = f"{_SERVICE_NAMES[kind].rsplit('.', 1)[-1]}/{method}"
+        call = getattr(backend.stub, method)(
+            request, timeout=options.timeout(), metadata=options.metadata, wait_for_ready=False
+        )
+        return UpstreamStream(call, label, rename, kind)
+
+    # --- health ---------------------------------------------------------------------------
+    async def _health_of(self, backend: Backend) -> str:
+        stub = health_pb2_grpc.HealthStub(backend.channel)
+        try:
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=_SERVICE_NAMES[backend.kind]),
+                timeout=self.config.health_timeout_s,
+                wait_for_ready=False,
+            )
+        except grpc.aio.AioRpcError as error:
+            return str(error.code().name)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    async def health(self) -> dict[str, str]:
+        """grpc.health.v1 status of each configured service (SERVING, NOT_SERVING, UNAVAILABLE, ...)."""
+        backends = list(self._backends.values())
+        statuses = await asyncio.gather(*(self._health_of(b) for b in backends))
+        return {b.kind: status for b, status in zip(backends, statuses, strict=True)}
+
+    # --- models ---------------------------------------------------------------------------
+    async def model_name(self, kind: BackendKind, options: CallOptions, refresh: bool = False) -> str:
+        """The service's model name (cached; fetched with Info when unknown or on refresh)."""
+        backend = self.get(kind)
+        if backend.model is not None and not refresh:
+            return backend.model
+        if kind == "embedding":
+            info = await self.unary(kind, "Info", embedding_pb2.InfoRequest(), options)
+        else:
+            info = await self.unary(kind, "GenerationInfo", generation_pb2.GenerationInfoRequest(), options)
+        backend.model = str(info.model.name)
+        backend.model_fetched = time.monotonic()
+        return backend.model
+
+    async def check_model(self, kind: BackendKind, requested: str, options: CallOptions) -> str:
+        """The served model name when `requested` names it; else 404 model_not_found."""
+        name = await self.model_name(kind, options)
+        if requested == name:
+            return name
+        backend = self.get(kind)
+        if time.monotonic() - backend.model_fetched > _MODEL_REFRESH_S:
+            name = await self.model_name(kind, options, refresh=True)
+            if requested == name:
+                return name
+        raise GatewayError(
+            404,
+            f"model: the model {requested!r} does not exist on this {kind} endpoint; it serves {name!r}",
+            "not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+
+    async def served_models(self, options: CallOptions) -> list[tuple[BackendKind, str]]:
+        """(kind, model name) of every configured service that answers Info within a few seconds."""
+        short = CallOptions(min(options.deadline, time.monotonic() + _INFO_TIMEOUT_S), options.metadata)
+
+        async def one(kind: BackendKind) -> str | None:
+            try:
+                return await self.model_name(kind, short, refresh=True)
+            except GatewayError:
+                return None
+
+        kinds = self.configured
+        names = await asyncio.gather(*(one(kind) for kind in kinds))
+        return [(kind, name) for kind, name in zip(kinds, names, strict=True) if name is not None]

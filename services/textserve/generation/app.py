@@ -1,0 +1,38 @@
+"""The generation ServiceApp: the servicer, its model lifecycle and its registration."""
+
+from __future__ import annotations
+
+import grpc
+
+from textserve.core.cache import ResponseCache
+from textserve.core.config import GenerationServiceConfig
+from textserve.core.registration import add_servicer
+from textserve.generation.service import SERVICE, GenerationService
+from textserve.generation.servicer import GenerationServicer
+from textserve.inference.generation import GenerationAdapter
+from textserve.inference.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
+from textserve.v1 import generation_pb2
+
+_DESCRIPTOR = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"]
+
+
+class GenerationApp:
+    """Generation service as run by ServiceHost."""
+
+    name = SERVICE
+    service_names: tuple[str, ...] = (_DESCRIPTOR.full_name, INFERENCE_SERVICE_NAME)
+
+    def __init__(self, config: GenerationServiceConfig, cache: ResponseCache | None = None) -> None:
+        self.server_config = config.server
+        self.service = GenerationService(config, cache)
+        self.servicer = GenerationServicer(self.service)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        add_servicer(server, self.servicer, _DESCRIPTOR)
+        add_inference_servicer(server, self.name, [GenerationAdapter(self.service)])
+
+    async def start(self) -> None:
+        await self.service.start()
+
+    async def stop(self) -> None:
+        await self.service.stop()

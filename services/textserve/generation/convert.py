@@ -1,0 +1,94 @@
+"""GenerateRequest / GenerateResponse / GenerateStreamResponse <-> the service's dataclasses."""
+
+from __future__ import annotations
+
+from textserve.api import common
+from textserve.generation.params import GenerateParams
+from textserve.generation.scheduler import FinishStatus
+from textserve.generation.service import GenerateResult, GenerationChunk, GenerationInfo
+from textserve.v1 import common_pb2, generation_pb2
+
+_FINISH_REASONS = {
+    FinishStatus.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
+    FinishStatus.STOPPED: generation_pb2.FINISH_REASON_STOP,
+    FinishStatus.EOS: generation_pb2.FINISH_REASON_EOS,
+    FinishStatus.ABORTED: generation_pb2.FINISH_REASON_CANCELLED,
+    FinishStatus.EXPIRED: generation_pb2.FINISH_REASON_CANCELLED,
+}
+
+
+def generate_params(request: generation_pb2.GenerateRequest) -> GenerateParams:
+    """GenerateRequest -> GenerateParams (values are checked by the service)."""
+    which = request.WhichOneof("input")
+    sampling = request.params
+    return GenerateParams(
+        prompt=request.prompt if which == "prompt" else None,
+        chat=(
+            tuple((message.role, message.content) for message in request.chat.messages)
+            if which == "chat"
+            else None
+        ),
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        repetition_penalty=sampling.repetition_penalty,
+        stop=tuple(sampling.stop),
+        seed=sampling.seed if sampling.HasField("seed") else None,
+        ignore_eos=sampling.ignore_eos,
+        skip_cache=request.skip_cache,
+    )
+
+
+def finish_reason(status: FinishStatus | None) -> generation_pb2.FinishReason.ValueType:
+    """FinishStatus -> FinishReason (UNSPECIFIED while not finished)."""
+    if status is None:
+        return generation_pb2.FINISH_REASON_UNSPECIFIED
+    return _FINISH_REASONS[status]
+
+
+def model_info(info: GenerationInfo) -> common_pb2.ModelInfo:
+    """ModelInfo of the served model (max_input_tokens is the context length)."""
+    model = info.model
+    return common.model_info(model.name, model.revision, model.backend, model.device, info.max_context_tokens)
+
+
+def generate_response(result: GenerateResult, info: GenerationInfo) -> generation_pb2.GenerateResponse:
+    """GenerateResult -> GenerateResponse."""
+    return generation_pb2.GenerateResponse(
+        text=result.text,
+        token_ids=result.token_ids,
+        finish_reason=finish_reason(result.finish),
+        model=model_info(info),
+        usage=common_pb2.Usage(
+            input_tokens=result.prompt_tokens,
+            output_tokens=result.output_tokens,
+            cached_texts=1 if result.cached else 0,
+        ),
+        time_to_first_token_ns=int(result.first_token_seconds * 1e9),
+    )
+
+
+def stream_response(chunk: GenerationChunk, info: GenerationInfo) -> generation_pb2.GenerateStreamResponse:
+    """GenerationChunk -> GenerateStreamResponse (usage and model only on the last one)."""
+    response = generation_pb2.GenerateStreamResponse(
+        text_delta=chunk.text, token_ids=chunk.token_ids, finish_reason=finish_reason(chunk.finish)
+    )
+    if chunk.finish is not None:
+        response.usage.CopyFrom(
+            common_pb2.Usage(input_tokens=chunk.prompt_tokens, output_tokens=chunk.output_tokens)
+        )
+        response.model.CopyFrom(model_info(info))
+    return response
+
+
+def info_response(info: GenerationInfo) -> generation_pb2.GenerationInfoResponse:
+    """GenerationInfoResponse for the loaded model."""
+    return generation_pb2.GenerationInfoResponse(
+        model=model_info(info),
+        max_context_tokens=info.max_context_tokens,
+        max_new_tokens_limit=info.max_new_tokens_limit,
+        max_running_sequences=info.max_running_sequences,
+        kv_budget_tokens=info.kv_budget_tokens,
+        has_chat_template=info.model.has_chat_template,
+    )

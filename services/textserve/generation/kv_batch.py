@@ -1,0 +1,139 @@
+"""The running batch's KV cache: one left-padded transformers `DynamicCache` for all sequences.
+
+Every running sequence is one row. Rows are right-aligned (left padding), so a decode
+step feeds one token per row with an attention mask over the padding and per-row
+position ids, exactly as `generate()` runs a left-padded batch. New sequences are
+prefilled together (their own left-padded forward, only the last position's logits
+kept) and then joined to the batch by padding the shorter cache on the left. Rows of
+finished sequences are dropped before the next forward, and padding columns that no
+row needs any more are cut, so the cache stays `rows x longest sequence`.
+
+Only the tensors inside transformers' cache layers are touched; the model's attention,
+masks (`create_causal_mask`) and position handling are its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+
+class PaddedKVBatch:
+    """Rows of running sequences over one left-padded DynamicCache."""
+
+    def __init__(self, model: Any, device: str, pad_token_id: int = 0) -> None:
+        self.model = model
+        self.device = device
+        self.pad_token_id = pad_token_id
+        self.rows: list[int] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # [rows, width], 1 where a token is held
+        self._lengths: torch.Tensor | None = None  # [rows], tokens held per row
+
+    # --- shape ---------------------------------------------------------------------------
+    @property
+    def width(self) -> int:
+        """Padded length of the cache (0 when empty)."""
+        return 0 if self._mask is None else int(self._mask.shape[1])
+
+    def reset(self) -> None:
+        """Drops every row (after a failed forward)."""
+        self.rows = []
+        self._cache = self._mask = self._lengths = None
+
+    def keep(self, seq_ids: Collection[int]) -> None:
+        """Drops the rows of sequences not in `seq_ids`, then the padding no row needs."""
+        if not self.rows:
+            return
+        keep_rows = [row for row, seq_id in enumerate(self.rows) if seq_id in seq_ids]
+        if len(keep_rows) == len(self.rows):
+            return
+        if not keep_rows:
+            self.reset()
+            return
+        assert self._cache is not None and self._mask is not None and self._lengths is not None
+        index = torch.tensor(keep_rows, device=self.device)
+        self._cache.batch_select_indices(index)
+        self._mask = self._mask.index_select(0, index)
+        self._lengths = self._lengths.index_select(0, index)
+        self.rows = [self.rows[row] for row in keep_rows]
+        unused = self.width - int(self._lengths.max().item())
+        if unused > 0:
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[..., unused:, :]
+                layer.values = layer.values[..., unused:, :]
+            self._mask = self._mask[:, unused:]
+
+    # --- forward passes ------------------------------------------------------------------
+    def decode(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feeds one token per row (in `rows` order); returns next-token logits [rows, vocab]."""
+        assert self._cache is not None and self._mask is not None and self._lengths is not None
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
+        ones = torch.ones((len(self.rows), 1), dtype=self._mask.dtype, device=self.device)
+        self._mask = torch.cat([self._mask, ones], dim=1)
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=self._mask,
+            position_ids=self._lengths.unsqueeze(1),
+            cache=self._cache,
+            use_cache=True,
+        )
+        self._cache = output.cache
+        self._lengths = self._lengths + 1
+        logits: torch.Tensor = output.logits[:, -1, :]
+        return logits
+
+    def prefill(self, seq_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Prefills new sequences and joins them to the batch; returns their logits [new, vocab]."""
+        width = max(len(prompt) for prompt in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        lengths = mask.sum(dim=1)
+        self._join(list(seq_ids), output.cache, mask, lengths)
+        logits: torch.Tensor = output.logits[:, -1, :]
+        return logits
+
+    def _join(self, seq_ids: list[int], cache: DynamicCache, mask: torch.Tensor, lengths: torch.Tensor) -> None:
+        if self._cache is None or self._mask is None or self._lengths is None:
+            self.rows, self._cache, self._mask, self._lengths = seq_ids, cache, mask, lengths
+            return
+        width = max(self.width, int(mask.shape[1]))
+        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)], dim=0)
+            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)], dim=0)
+        self._mask = torch.cat([_pad_left_2d(self._mask, width), _pad_left_2d(mask, width)], dim=0)
+        self._lengths = torch.cat([self._lengths, lengths])
+        self.rows = self.rows + seq_ids
+
+
+def _pad_left(states: torch.Tensor, width: int) -> torch.Tensor:
+    """[batch, heads, seq, dim] padded with zeros on the left of the seq axis to `width`."""
+    missing = width - states.shape[-2]
+    if missing <= 0:
+        return states
+    shape = (*states.shape[:-2], missing, states.shape[-1])
+    return torch.cat([states.new_zeros(shape), states], dim=-2)
+
+
+def _pad_left_2d(mask: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - mask.shape[1]
+    if missing <= 0:
+        return mask
+    return torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)

@@ -1,0 +1,395 @@
+"""Generation logic: validate, tokenize (or render chat), submit to the engine, stream back.
+
+Knows nothing of protobuf; the servicer converts in and out (generation/convert.py).
+`stream` yields text deltas as the engine produces them; `generate` collects a whole
+completion and serves deterministic requests (greedy or seeded) from the response cache.
+A caller that goes away (its task is cancelled) aborts its sequence, which frees the
+sequence's batch slot and KV reservation at the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from textserve.core import metrics
+from textserve.core.cache import ResponseCache
+from textserve.core.config import GenerationServiceConfig
+from textserve.core.errors import BackendFailure, DeadlineExceeded, InvalidInput, NotReady
+from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
+from textserve.generation.params import (
+    GenerateParams,
+    check_input,
+    check_max_new_tokens,
+    check_stop,
+    sampling_config,
+)
+from textserve.generation.scheduler import FinishStatus, Scheduler, SchedulerLimits
+from textserve.runtime.causal_lm import CausalLM, CausalLMInfo
+
+log = logging.getLogger(__name__)
+
+SERVICE = "generation"
+# Prompts longer than this (characters) are tokenized off the event loop.
+_THREAD_THRESHOLD_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    """The served model and the limits requests must stay within."""
+
+    model: CausalLMInfo
+    max_context_tokens: int
+    """Prompt plus generated tokens (the model's limit, capped by the KV budget)."""
+    max_new_tokens_limit: int
+    max_running_sequences: int
+    kv_budget_tokens: int
+
+
+@dataclass
+class GenerationChunk:
+    """One piece of a streamed completion; the last one carries `finish` and the usage."""
+
+    text: str
+    token_ids: list[int]
+    finish: FinishStatus | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class GenerateResult:
+    """A whole completion."""
+
+    text: str
+    token_ids: list[int]
+    finish: FinishStatus
+    prompt_tokens: int
+    output_tokens: int
+    first_token_seconds: float = 0.0
+    cached: bool = False
+
+
+@dataclass
+class _Prepared:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    request: EngineRequest | None = None
+    events: asyncio.Queue[list[SequenceEvent]] = field(default_factory=asyncio.Queue)
+    first_token_seconds: float = 0.0
+
+
+class GenerationService:
+    """Owns the causal LM, the continuous-batching engine and the cache use."""
+
+    def __init__(
+        self, config: GenerationServiceConfig, cache: ResponseCache | None = None, name: str = SERVICE
+    ) -> None:
+        self.config = config
+        self.cache = cache if config.cache_enabled else None
+        self.name = name
+        self.model: CausalLM | None = None
+        self.engine: GenerationEngine | None = None
+        self._info: GenerationInfo | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count(1)
+        self._streams: dict[int, asyncio.Queue[list[SequenceEvent]]] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Loads the model off the event loop, then starts the engine thread."""
+        self._loop = asyncio.get_running_loop()
+        model = await asyncio.to_thread(CausalLM, self.config.model)
+        self.model = model
+        info = model.info
+        context = min(info.max_context_tokens, self.config.kv_budget_tokens)
+        self._info = GenerationInfo(
+            model=info,
+            max_context_tokens=context,
+            max_new_tokens_limit=self.config.max_new_tokens_limit,
+            max_running_sequences=self.config.max_running_sequences,
+            kv_budget_tokens=self.config.kv_budget_tokens,
+        )
+        scheduler = Scheduler(
+            SchedulerLimits(
+                max_running=self.config.max_running_sequences,
+                max_waiting=self.config.max_waiting_sequences,
+                kv_budget_tokens=self.config.kv_budget_tokens,
+                max_prefill_tokens=self.config.max_prefill_tokens,
+            )
+        )
+        pad = model.tokenizer.pad_token_id
+        self.engine = GenerationEngine(
+            model.model,
+            model.tokenizer,
+            model.device,
+            info.vocab_size,
+            scheduler,
+            self._on_events,
+            service=self.name,
+            model_name=info.name,
+            eos_token_ids=info.eos_token_ids,
+            pad_token_id=int(pad) if pad is not None else 0,
+        )
+        self.engine.start()
+        labels = {"service": self.name, "model": info.name}
+        metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
+        metrics.MODEL_LOADED.labels(**labels).set(1)
+        if info.random_demo:
+            log.warning(
+                "serving the built-in RANDOM demo model (weights drawn from a fixed seed; its output is "
+                "gibberish); set generation.model.path to a Hugging Face causal LM directory for real text",
+                extra={"service": self.name, "model": info.name, "revision": info.revision},
+            )
+        log.info(
+            "model loaded",
+            extra={
+                "service": self.name,
+                "model": info.name,
+                "device": info.device,
+                "max_context_tokens": context,
+                "seconds": round(model.load_seconds, 3),
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stops the engine (ending what still runs) and closes the cache."""
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
+        if self.model is not None:
+            metrics.MODEL_LOADED.labels(service=self.name, model=self.model.info.name).set(0)
+        if self.cache is not None:
+            await self.cache.close()
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and the engine runs."""
+        return self.engine is not None and self.engine.alive
+
+    @property
+    def info(self) -> GenerationInfo:
+        """Model and limits; NotReady before the model is loaded."""
+        if self._info is None:
+            raise NotReady("model is still loading")
+        return self._info
+
+    # --- the request path ----------------------------------------------------------------
+    async def stream(self, params: GenerateParams, deadline: float | None = None) -> AsyncIterator[GenerationChunk]:
+        """Streams a completion; raises InvalidInput, Overloaded, DeadlineExceeded or NotReady."""
+        arrival = time.monotonic()
+        prepared = await self._prepare(params, deadline, arrival)
+        async for chunk in self._run(prepared):
+            yield chunk
+
+    async def generate(self, params: GenerateParams, deadline: float | None = None) -> GenerateResult:
+        """A whole completion; deterministic requests are served from and written to the cache."""
+        arrival = time.monotonic()
+        prepared = await self._prepare(params, deadline, arrival)
+        assert prepared.request is not None
+        key = self._cache_key(prepared, params)
+        if key is not None:
+            assert self.cache is not None
+            cached = _decode_result((await self.cache.get_many([key]))[0])
+            if cached is not None:
+                return cached
+        texts: list[str] = []
+        ids: list[int] = []
+        last: GenerationChunk | None = None
+        async for chunk in self._run(prepared):
+            texts.append(chunk.text)
+            ids.extend(chunk.token_ids)
+            last = chunk
+        assert last is not None and last.finish is not None
+        result = GenerateResult(
+            text="".join(texts),
+            token_ids=ids,
+            finish=last.finish,
+            prompt_tokens=last.prompt_tokens,
+            output_tokens=last.output_tokens,
+            first_token_seconds=prepared.first_token_seconds,
+        )
+        if key is not None and result.finish in (FinishStatus.LENGTH, FinishStatus.EOS, FinishStatus.STOPPED):
+            assert self.cache is not None
+            self.cache.put_many([(key, _encode_result(result))])
+        return result
+
+    async def _prepare(self, params: GenerateParams, deadline: float | None, arrival: float) -> _Prepared:
+        """Checks the request and tokenizes it; nothing is queued yet."""
+        model, info = self.model, self._info
+        if model is None or info is None or self.engine is None:
+            raise NotReady("model is still loading")
+        config = self.config
+        check_input(params, config)
+        check_max_new_tokens(params.max_new_tokens, config)
+        check_stop(params.stop, config)
+        sampling = sampling_config(params)
+        if params.chat is not None and not info.model.has_chat_template:
+            raise InvalidInput(
+                "chat", f"model {info.model.name!r} has no chat template; send a raw prompt instead"
+            )
+        prompt_ids = await self._tokenize(model, params)
+        field_name = "prompt" if params.prompt is not None else "chat"
+        context = info.max_context_tokens
+        if not prompt_ids:
+            raise InvalidInput(field_name, "produced no tokens")
+        if len(prompt_ids) >= context:
+            raise InvalidInput(
+                field_name,
+                f"has {len(prompt_ids)} tokens; max_context_tokens={context} (prompt plus at least one new token)",
+            )
+        room = context - len(prompt_ids)
+        if params.max_new_tokens == 0:
+            max_new = min(config.max_new_tokens_default, room)
+        elif params.max_new_tokens > room:
+            raise InvalidInput(
+                "params.max_new_tokens",
+                f"is {params.max_new_tokens} but the prompt has {len(prompt_ids)} tokens, so at most {room} fit "
+                f"in max_context_tokens={context}",
+            )
+        else:
+            max_new = params.max_new_tokens
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceeded("deadline passed before generation started; not computed")
+        seq_id = next(self._ids)
+        prepared = _Prepared(prompt_ids, max_new)
+        prepared.request = EngineRequest(
+            seq_id=seq_id,
+            prompt_ids=prompt_ids,
+            max_new_tokens=max_new,
+            sampling=sampling,
+            stop=params.stop,
+            ignore_eos=params.ignore_eos,
+            deadline=deadline,
+            arrival=arrival,
+        )
+        return prepared
+
+    async def _tokenize(self, model: CausalLM, params: GenerateParams) -> list[int]:
+        if params.prompt is not None:
+            if len(params.prompt) > _THREAD_THRESHOLD_CHARS:
+                return await asyncio.to_thread(model.encode, params.prompt)
+            return model.encode(params.prompt)
+        assert params.chat is not None
+        try:
+            return await asyncio.to_thread(model.encode_chat, params.chat)
+        except Exception as exc:  # the template itself rejected the conversation
+            raise InvalidInput("chat.messages", f"the model's chat template failed: {exc}") from exc
+
+    async def _run(self, prepared: _Prepared) -> AsyncIterator[GenerationChunk]:
+        """Submits the sequence and yields its chunks; aborts it if the caller goes away."""
+        assert self.engine is not None and prepared.request is not None
+        request = prepared.request
+        seq_id = request.seq_id
+        self._streams[seq_id] = prepared.events
+        interval = self.config.stream_interval_tokens
+        finished = False
+        try:
+            self.engine.submit(request)
+            pending = GenerationChunk("", [])
+            produced = 0
+            while not finished:
+                batch = await prepared.events.get()
+                while not prepared.events.empty():
+                    batch += prepared.events.get_nowait()
+                for event in batch:
+                    if event.error is not None:
+                        finished = True
+                        raise BackendFailure(event.error)
+                    if event.first_token_seconds is not None:
+                        prepared.first_token_seconds = event.first_token_seconds
+                    pending.text += event.text
+                    pending.token_ids += event.token_ids
+                    produced = event.output_tokens or produced
+                    if event.finish is not None:
+                        finished = True
+                        if not produced and event.finish is FinishStatus.EXPIRED:
+                            raise DeadlineExceeded("deadline passed before the first token; not computed")
+                        if not produced and event.finish is FinishStatus.ABORTED:
+                            raise NotReady("server is shutting down")
+                        pending.finish = _client_status(event.finish)
+                        pending.prompt_tokens = len(prepared.prompt_ids)
+                        pending.output_tokens = produced
+                if pending.finish is not None or len(pending.token_ids) >= interval:
+                    yield pending
+                    pending = GenerationChunk("", [])
+        finally:
+            self._streams.pop(seq_id, None)
+            if not finished:
+                self.engine.abort(seq_id)
+
+    def _on_events(self, events: list[SequenceEvent]) -> None:
+        """Engine thread -> event loop, once per step."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+            loop.call_soon_threadsafe(self._dispatch, events)
+
+    def _dispatch(self, events: list[SequenceEvent]) -> None:
+        for event in events:
+            queue = self._streams.get(event.seq_id)
+            if queue is not None:
+                queue.put_nowait([event])
+
+    # --- cache ---------------------------------------------------------------------------
+    def _cache_key(self, prepared: _Prepared, params: GenerateParams) -> str | None:
+        request = prepared.request
+        if self.cache is None or params.skip_cache or request is None or not request.sampling.deterministic:
+            return None
+        info = self.info.model
+        sampling = request.sampling
+        return self.cache.key(
+            info.name,
+            info.revision,
+            "generate",
+            json.dumps(request.prompt_ids),
+            request.max_new_tokens,
+            sampling.temperature,
+            sampling.top_k,
+            sampling.top_p,
+            sampling.repetition_penalty,
+            -1 if sampling.greedy or sampling.seed is None else sampling.seed,
+            json.dumps(list(request.stop)),
+            request.ignore_eos,
+        )
+
+
+def _client_status(status: FinishStatus) -> FinishStatus:
+    """What the client is told: an expired sequence was cancelled."""
+    return FinishStatus.ABORTED if status is FinishStatus.EXPIRED else status
+
+
+def _encode_result(result: GenerateResult) -> bytes:
+    return json.dumps(
+        {
+            "text": result.text,
+            "token_ids": result.token_ids,
+            "finish": result.finish.value,
+            "prompt_tokens": result.prompt_tokens,
+            "output_tokens": result.output_tokens,
+        }
+    ).encode()
+
+
+def _decode_result(value: bytes | None) -> GenerateResult | None:
+    """A cached completion, or None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        data = json.loads(value)
+        return GenerateResult(
+            text=str(data["text"]),
+            token_ids=[int(i) for i in data["token_ids"]],
+            finish=FinishStatus(data["finish"]),
+            prompt_tokens=int(data["prompt_tokens"]),
+            output_tokens=int(data["output_tokens"]),
+            cached=True,
+        )
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,256 @@
+"""gRPC servicer of inference.GRPCInferenceService for the models of one server.
+
+Each model service registers this servicer next to its own API (`add_inference_servicer`),
+with one adapter per model it serves. Every RPC goes through the same decorators as the
+native API (error mapping, textserve_requests_total by service/method/code), and every
+inference through the service's own validation, batcher and cache.
+
+ModelStreamInfer follows Triton: requests of one stream run concurrently, each answered by
+one or more responses that carry its id, and a failed request is answered in-band with
+error_message while the stream goes on. Every streamed response has the parameter
+triton_final_response; a request with triton_enable_empty_final_response=true gets an
+extra empty response to mark its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from types import MethodType
+from typing import Any
+
+import grpc
+
+import textserve
+from textserve.core.errors import TextserveError
+from textserve.core.registration import MalformedRequest, add_servicer, check_request
+from textserve.core.rpc import request_deadline, stream_rpc, unary_rpc
+from textserve.inference import parameters, tensors
+from textserve.inference.model import InferInputs, InferOutcome, ModelAdapter, ModelCard, TensorSpec
+from textserve.inference.registry import ModelRegistry
+from textserve.oip import grpc_predict_v2_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+INFERENCE_SERVICE_NAME = SERVICE_DESCRIPTOR.full_name
+""""inference.GRPCInferenceService", for health and reflection."""
+
+SERVER_NAME = "textserve"
+EXTENSIONS = ("parameters",)
+"""Protocol extensions reported by ServerMetadata."""
+
+FINAL_RESPONSE = "triton_final_response"
+EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
+
+STREAM_WINDOW = 64
+"""Requests of one ModelStreamInfer call processed at once."""
+STREAM_BUFFER = 256
+"""Responses of one ModelStreamInfer call waiting to be sent."""
+
+_UNARY = {
+    "ServerLive": "_server_live",
+    "ServerReady": "_server_ready",
+    "ModelReady": "_model_ready",
+    "ServerMetadata": "_server_metadata",
+    "ModelMetadata": "_model_metadata",
+    "ModelInfer": "_model_infer",
+}
+
+
+def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=list(s.shape))
+        for s in specs
+    ]
+
+
+class InferenceServicer:
+    """Transport only: decode tensors, call the model's adapter, encode tensors."""
+
+    def __init__(self, service: str, adapters: Sequence[ModelAdapter]) -> None:
+        self.service = service
+        self.registry = ModelRegistry(adapters)
+        # The RPC decorators label metrics by service, which is known only here.
+        for rpc, impl in _UNARY.items():
+            setattr(self, rpc, MethodType(unary_rpc(service, rpc)(getattr(type(self), impl)), self))
+        self.ModelStreamInfer = MethodType(
+            stream_rpc(service, "ModelStreamInfer")(type(self)._model_stream_infer), self
+        )
+
+    # --- health and metadata -------------------------------------------------------------
+    async def _server_live(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        check_request(request)
+        return pb.ServerLiveResponse(live=True)
+
+    async def _server_ready(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        check_request(request)
+        return pb.ServerReadyResponse(ready=await self.registry.ready(request_deadline(context)))
+
+    async def _model_ready(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        check_request(request)
+        try:
+            await self.registry.find(request.name, request.version, request_deadline(context), field="name")
+        except TextserveError as error:
+            if error.code == grpc.StatusCode.UNAVAILABLE:  # still loading: not ready (yet)
+                return pb.ModelReadyResponse(ready=False)
+            raise
+        return pb.ModelReadyResponse(ready=True)
+
+    async def _server_metadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        check_request(request)
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=textserve.__version__, extensions=EXTENSIONS
+        )
+
+    async def _model_metadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        check_request(request)
+        deadline = request_deadline(context)
+        _, card = await self.registry.find(request.name, request.version, deadline, field="name")
+        return pb.ModelMetadataResponse(
+            name=card.name,
+            versions=[card.version] if card.version else [],
+            platform=card.platform,
+            inputs=_tensor_metadata(card.inputs),
+            outputs=_tensor_metadata(card.outputs),
+        )
+
+    # --- inference -----------------------------------------------------------------------
+    async def _prepare(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> tuple[ModelAdapter, ModelCard, InferInputs, tensors.OutputPlan]:
+        adapter, card = await self.registry.find(request.model_name, request.model_version, deadline)
+        texts = tensors.decode_inputs(request, card.inputs)
+        plan = tensors.plan_outputs(request, card.outputs)
+        inputs = InferInputs(texts, parameters.Parameters.of(request.parameters), deadline)
+        return adapter, card, inputs, plan
+
+    @staticmethod
+    def _response(
+        request: pb.ModelInferRequest,
+        card: ModelCard,
+        outcome: InferOutcome,
+        plan: tensors.OutputPlan,
+        extra: dict[str, parameters.ParamValue] | None = None,
+    ) -> pb.ModelInferResponse:
+        response = pb.ModelInferResponse(model_name=card.name, model_version=card.version, id=request.id)
+        parameters.encode(response.parameters, {**outcome.parameters, **(extra or {})})
+        by_name = {output.name: output for output in outcome.outputs}
+        for name in plan.names:
+            if name in by_name:
+                tensors.encode_output(response, by_name[name], plan.raw)
+        return response
+
+    async def _model_infer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        check_request(request)
+        adapter, card, inputs, plan = await self._prepare(request, request_deadline(context))
+        outcome = await adapter.infer(inputs)
+        return self._response(request, card, outcome, plan)
+
+    async def _stream_one(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> AsyncIterator[pb.ModelInferResponse]:
+        """The responses to one request of a stream, the last one marked final."""
+        adapter, card, inputs, plan = await self._prepare(request, deadline)
+        empty_final = inputs.parameters.get_bool(EMPTY_FINAL_RESPONSE, False)
+        finished = False
+        async for outcome in adapter.stream(inputs):
+            finished = outcome.final and not empty_final
+            yield self._response(request, card, outcome, plan, {FINAL_RESPONSE: finished})
+        if not finished:
+            yield self._response(request, card, InferOutcome([]), plan, {FINAL_RESPONSE: True})
+
+    @staticmethod
+    def _stream_error(request: Any, error: BaseException) -> pb.ModelStreamInferResponse:
+        """An in-band error answer, carrying the failed request's id when it decoded."""
+        if isinstance(request, MalformedRequest):
+            error = request.error()
+        if isinstance(error, TextserveError):
+            message = f"{error.code.name}: {error.message}"
+        else:
+            log.error("unexpected error in ModelStreamInfer", exc_info=error)
+            message = f"INTERNAL: internal error in ModelStreamInfer: {type(error).__name__}"
+        response = pb.ModelStreamInferResponse(error_message=message)
+        if isinstance(request, pb.ModelInferRequest):
+            response.infer_response.id = request.id
+            response.infer_response.model_name = request.model_name
+            response.infer_response.model_version = request.model_version
+        return response
+
+    async def _model_stream_infer(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        deadline = request_deadline(context)
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue(STREAM_BUFFER)
+        slots = asyncio.Semaphore(STREAM_WINDOW)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: Any) -> None:
+            try:
+                check_request(request)
+                async for response in self._stream_one(request, deadline):
+                    await out.put(pb.ModelStreamInferResponse(infer_response=response))
+            except Exception as error:
+                await out.put(self._stream_error(request, error))
+            finally:
+                slots.release()
+
+        async def reader() -> None:
+            async for request in request_iterator:
+                await slots.acquire()
+                task = asyncio.create_task(answer(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*tasks)
+            await out.put(None)
+
+        read_task = asyncio.create_task(reader())
+        try:
+            while True:
+                if read_task.done():
+                    read_task.result()  # re-raises a failure of the request stream
+                    item = await out.get()
+                else:
+                    get = asyncio.ensure_future(out.get())
+                    await asyncio.wait({get, read_task}, return_when=asyncio.FIRST_COMPLETED)
+                    if not get.done():
+                        get.cancel()  # the item, if any, stays queued
+                        continue
+                    item = get.result()
+                if item is None:
+                    break
+                yield item
+        finally:
+            read_task.cancel()
+            for task in list(tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await read_task
+
+
+def add_inference_servicer(
+    server: grpc.aio.Server, service: str, adapters: Sequence[ModelAdapter]
+) -> InferenceServicer:
+    """Serves inference.GRPCInferenceService for `adapters` on `server` (lenient decoding).
+
+    Apps call this from `register` and add INFERENCE_SERVICE_NAME to their
+    `service_names`, so health and reflection include the protocol.
+    """
+    servicer = InferenceServicer(service, adapters)
+    add_servicer(server, servicer, SERVICE_DESCRIPTOR)
+    return servicer

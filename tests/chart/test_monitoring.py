@@ -1,0 +1,128 @@
+"""Monitoring objects of the chart: ServiceMonitors, the PrometheusRule and the dashboard ConfigMaps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.conftest import (
+    CHART_DIR,
+    NAMESPACE,
+    Scenario,
+    component_of,
+    documents,
+    enabled_components,
+    of_kind,
+    render,
+    scenario_docs,
+)
+
+ALL_ON = Scenario("ci-cpu", ("ci/cpu-values.yaml",))
+SERVICE_MONITOR_KEYS = {"selector", "namespaceSelector", "endpoints"}
+ENDPOINT_KEYS = {"port", "path", "interval", "scrapeTimeout", "honorLabels"}
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    return path
+
+
+def test_monitoring_objects_are_off_by_default() -> None:
+    docs = scenario_docs(Scenario("default"))
+    assert not of_kind(docs, "ServiceMonitor") and not of_kind(docs, "PrometheusRule")
+    assert not [d for d in of_kind(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
+
+
+def test_service_monitors_scrape_each_service_once_keeping_its_labels() -> None:
+    docs = scenario_docs(ALL_ON)
+    monitors = of_kind(docs, "ServiceMonitor")
+    assert sorted(component_of(m) for m in monitors) == sorted(enabled_components(ALL_ON))
+    services = of_kind(docs, "Service")
+    for monitor in monitors:
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        spec = monitor["spec"]
+        assert set(spec) == SERVICE_MONITOR_KEYS
+        (endpoint,) = spec["endpoints"]
+        assert set(endpoint) <= ENDPOINT_KEYS
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        assert endpoint["honorLabels"] is True, "keep textserve's own `service` label"
+        selector = spec["selector"]
+        selected = [
+            s
+            for s in services
+            if all(s["metadata"]["labels"].get(k) == v for k, v in selector["matchLabels"].items())
+            and all(e["key"] not in s["metadata"]["labels"] for e in selector["matchExpressions"])
+        ]
+        assert len(selected) == 1, [s["metadata"]["name"] for s in selected]
+        assert "metrics" in {p["name"] for p in selected[0]["spec"]["ports"]}
+        assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+def _prometheus_rule(values: dict[str, Any]) -> dict[str, Any]:
+    (rule,) = of_kind(documents(render(values)), "PrometheusRule")
+    return rule
+
+
+def test_prometheus_rule_ships_the_rules_file_with_extra_labels() -> None:
+    rule = _prometheus_rule(ALL_ON.values())
+    shipped = yaml.safe_load((CHART_DIR / "rules" / "textserve.rules.yaml").read_text())
+    assert [g["name"] for g in rule["spec"]["groups"]] == [g["name"] for g in shipped["groups"]]
+    for got_group, want_group in zip(rule["spec"]["groups"], shipped["groups"], strict=True):
+        assert len(got_group["rules"]) == len(want_group["rules"])
+        for got, want in zip(got_group["rules"], want_group["rules"], strict=True):
+            assert got["expr"] == want["expr"] and got["annotations"] == want["annotations"]
+            assert got["labels"] == {**want["labels"], "team": "ml-platform"}
+            assert got["for"] == want["for"]
+
+
+def test_an_alert_label_wins_over_additional_labels() -> None:
+    rule = _prometheus_rule(
+        {
+            "global": {
+                "metrics": {
+                    "prometheusRule": {"enabled": True, "additionalAlertLabels": {"severity": "page"}}
+                }
+            }
+        }
+    )
+    severities = {r["labels"]["severity"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert severities <= {"warning", "critical"}
+
+
+def test_prometheus_rule_spec_passes_promtool(tmp_path: Path) -> None:
+    promtool = _promtool()
+    rule = _prometheus_rule(ALL_ON.values())
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_dashboards_are_provisioned_for_the_grafana_sidecar() -> None:
+    maps = [d for d in of_kind(scenario_docs(ALL_ON), "ConfigMap") if component_of(d) == "monitoring"]
+    files = sorted((CHART_DIR / "dashboards").glob("*.json"))
+    assert len(maps) == len(files) >= 3
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["annotations"]["grafana_folder"] == "textserve"
+        ((key, text),) = config_map["data"].items()
+        assert json.loads(text) == json.loads((CHART_DIR / "dashboards" / key).read_text())
+        assert len(text.encode()) < 1024 * 1024, "ConfigMaps hold at most 1 MiB"
+
+
+def test_dashboards_can_go_to_grafanas_namespace() -> None:
+    values = {"global": {"metrics": {"dashboards": {"enabled": True, "namespace": "monitoring"}}}}
+    maps = [d for d in of_kind(documents(render(values)), "ConfigMap") if component_of(d) == "monitoring"]
+    assert maps and {m["metadata"]["namespace"] for m in maps} == {"monitoring"}

@@ -1,0 +1,127 @@
+"""Grafana dashboards: well-formed, provisioned from the chart, identical in deploy/grafana, valid PromQL."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.promql import DASHBOARD_DIR, REPO, dashboard_queries
+
+GRAFANA_DIR = REPO / "deploy" / "grafana"
+FILES = sorted(DASHBOARD_DIR.glob("*.json"))
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+def _build_assets() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_assets", REPO / "deploy" / "build_assets.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("build_assets", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_expected_dashboards_exist() -> None:
+    assert [f.name for f in FILES] == [
+        "textserve-generation.json",
+        "textserve-overview.json",
+        "textserve-service.json",
+    ]
+
+
+def test_deploy_grafana_holds_the_same_files_as_the_chart() -> None:
+    grafana = sorted(GRAFANA_DIR.glob("*.json"))
+    assert [f.name for f in grafana] == [f.name for f in FILES]
+    for chart_file, copy in zip(FILES, grafana, strict=True):
+        assert chart_file.read_bytes() == copy.read_bytes(), (
+            f"{copy} differs: run python deploy/build_assets.py"
+        )
+
+
+def test_generated_files_are_up_to_date() -> None:
+    stale = _build_assets().stale_files()
+    assert not stale, f"stale {stale}: run python deploy/build_assets.py"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
+def test_dashboard_structure(path: Path) -> None:
+    dashboard = _load(path)
+    assert dashboard["uid"] == path.stem and len(dashboard["uid"]) <= 40
+    assert dashboard["title"].startswith("textserve / ")
+    assert "textserve" in dashboard["tags"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
+    assert variables["namespace"]["allValue"] == ".*", "All must also match series without a namespace label"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        covered = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not covered & cells, f"{panel['title']} overlaps another panel"
+        cells |= covered
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["description"], f"{panel['title']} needs a description"
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip() and target["datasource"]["uid"] == "${datasource}"
+            assert 'namespace=~"$namespace"' in target["expr"], f"{panel['title']}: filter by namespace"
+
+
+def test_required_panels_exist() -> None:
+    titles = {path.stem: {p["title"] for p in _load(path)["panels"]} for path in FILES}
+    assert {
+        "Request rate by method",
+        "Responses by status code",
+        "Server error ratio",
+        "Latency percentiles (OK)",
+        "Batch size",
+        "Queue time",
+        "Queue depth and capacity",
+        "Cache hit ratio",
+    } <= titles["textserve-service"]
+    assert {"Time to first token", "Inter-token latency", "Generated tokens per second"} <= titles[
+        "textserve-generation"
+    ]
+    assert {"Request rate by service", "Cache hit ratio by service", "p99 latency by service"} <= titles[
+        "textserve-overview"
+    ]
+
+
+def test_every_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each query (dashboard variables set to their "All" values)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    queries = dashboard_queries()
+    rules = [
+        {"record": f"check:query_{index}", "expr": query.concrete()} for index, query in enumerate(queries)
+    ]
+    path = tmp_path / "queries.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout

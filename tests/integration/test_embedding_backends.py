@@ -1,0 +1,123 @@
+"""Both backends match sentence-transformers; a server is NOT_SERVING/UNAVAILABLE until loaded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from textserve.core.server import ServiceHost
+from textserve.embedding.app import EmbeddingApp
+from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+from tests.support import embedding_config, model_config
+
+TEXTS = [
+    "A man is eating food.",
+    "A man is riding a horse on a sunny beach while children play nearby.",
+    "Das ist ein Test.",
+    "word " * 300,
+    "?",
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+    from textserve.core.config import default_model_path
+
+    return np.asarray(SentenceTransformer(default_model_path(), device="cpu").encode(TEXTS))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+async def test_backend_matches_sentence_transformers(backend: str, reference: np.ndarray) -> None:
+    app = EmbeddingApp(embedding_config(model=model_config(backend=backend)))
+    host = ServiceHost([app])
+    await host.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port_of('embedding')}") as channel:
+            stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+            response = await stub.Embed(embedding_pb2.EmbedRequest(texts=TEXTS, normalize=True))
+    finally:
+        await host.stop(grace=1)
+    assert response.model.backend == backend
+    for item, expected in zip(response.embeddings, reference, strict=True):
+        got = np.asarray(item.values)
+        assert float(got @ expected / np.linalg.norm(expected)) >= 0.999
+
+
+class SlowStartApp(EmbeddingApp):
+    """The real embedding app whose model load waits for the test's signal."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        super().__init__(embedding_config(model=model_config(backend="torch")))
+        self.release = release
+
+    async def start(self) -> None:
+        await self.release.wait()
+        await super().start()
+
+
+async def test_unavailable_and_not_serving_until_model_loaded() -> None:
+    release = asyncio.Event()
+    host = ServiceHost([SlowStartApp(release)])
+    await host.start(wait_ready=False)
+    address = f"127.0.0.1:{host.port_of('embedding')}"
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service="textserve.v1.EmbeddingService"))
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Embed(embedding_pb2.EmbedRequest(texts=["early"]))
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            release.set()
+            await asyncio.wait_for(host.running[0].ready.wait(), 60)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service="textserve.v1.EmbeddingService"))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert len((await stub.Embed(embedding_pb2.EmbedRequest(texts=["now"]))).embeddings) == 1
+    finally:
+        await host.stop(grace=1)
+
+
+async def test_deadline_exceeded_work_is_not_computed(embedding_address: str) -> None:
+    """A request whose deadline passes while queued gets DEADLINE_EXCEEDED and is dropped."""
+    from textserve.core.metrics import REGISTRY
+
+    def dropped() -> float:
+        return sum(
+            REGISTRY.get_sample_value(
+                "textserve_batcher_dropped_total",
+                {"service": "embedding", "model": "all-MiniLM-L6-v2", "reason": reason},
+            )
+            or 0.0
+            for reason in ("expired", "cancelled")
+        )
+
+    before = dropped()
+    async with grpc.aio.insecure_channel(embedding_address) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        # Fill the queue with long texts so the short-deadline requests wait behind them.
+        busy = [
+            asyncio.ensure_future(
+                stub.Embed(
+                    embedding_pb2.EmbedRequest(texts=[f"{i} " + "long text " * 120] * 16, skip_cache=True)
+                )
+            )
+            for i in range(6)
+        ]
+        await asyncio.sleep(0.15)  # the first long batch is running; the rest is queued
+        hurried = [
+            stub.Embed(embedding_pb2.EmbedRequest(texts=[f"hurry {i}"], skip_cache=True), timeout=0.05)
+            for i in range(8)
+        ]
+        results = await asyncio.gather(*busy, *hurried, return_exceptions=True)
+    assert all(isinstance(r, embedding_pb2.EmbedResponse) for r in results[:6])
+    codes = [r.code() for r in results[6:] if isinstance(r, grpc.aio.AioRpcError)]
+    assert codes and set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    # Each timed-out text left the queue uncomputed (the gRPC deadline cancels the call,
+    # or the batcher finds it expired first).
+    assert dropped() - before >= len(codes)

@@ -1,0 +1,405 @@
+"""A real Prometheus server scrapes textserve and runs every dashboard query and alert rule.
+
+Two sources of metrics:
+- `test_dashboards_against_every_metric`: a process that fills every metric of
+  textserve.core.metrics (all services, generation and cache included), so every panel of
+  every dashboard must return data.
+- `test_live_embedding_service`: `textserve serve embedding` as a subprocess, driven with real
+  RPCs; its /metrics is scraped directly (names checked against core/metrics.py) and by
+  Prometheus, and every panel whose series that service exports must return data. The list
+  of panels checked (and left out, with the reason) is printed and recorded as a property.
+
+Needs the `prometheus` binary (Debian package `prometheus`); skipped only when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.deploy.promql import REPO, RULES_FILE, Query, dashboard_queries, exported_series
+
+RATE_WINDOW = "15s"
+SCRAPE_INTERVAL = "1s"
+TEXTSERVE = Path(sys.executable).parent / "textserve"
+# Series selectors (name plus optional {matchers}) inside a PromQL expression.
+_SELECTOR = re.compile(r"\b(textserve_[a-z0-9_]+)(\{[^}]*\})?")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return str(response.read().decode())
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+# --- Prometheus -------------------------------------------------------------------------
+@dataclass
+class Prometheus:
+    """A running Prometheus server on loopback."""
+
+    url: str
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query; raises on a PromQL error."""
+        body = _get(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+        answer = json.loads(body)
+        assert answer["status"] == "success", f"{expr}: {answer}"
+        return list(answer["data"]["result"])
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule with its evaluation health."""
+        answer = json.loads(_get(f"{self.url}/api/v1/rules"))
+        return [rule for group in answer["data"]["groups"] for rule in group["rules"]]
+
+
+@contextmanager
+def run_prometheus(tmp_path: Path, target: str) -> Iterator[Prometheus]:
+    """Prometheus scraping `target` every second, with the textserve alert rules loaded."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
+    port = _free_port()
+    config = {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "rule_files": [str(RULES_FILE)],
+        "scrape_configs": [
+            {
+                "job_name": "textserve",
+                # As the chart's ServiceMonitors: textserve's own `service` label wins.
+                "honor_labels": True,
+                "static_configs": [{"targets": [target]}],
+            }
+        ],
+    }
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    log = (tmp_path / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = Prometheus(f"http://127.0.0.1:{port}")
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
+            try:
+                return "Ready" in _get(f"{server.url}/-/ready", timeout=1)
+            except (urllib.error.URLError, ConnectionError):
+                return False
+
+        _wait(ready, 30, "Prometheus to start")
+        _wait(lambda: bool(server.query('up{job="textserve"} == 1')), 30, "the first successful scrape")
+        yield server
+    finally:
+        _stop(process)
+        log.close()
+
+
+# --- checking dashboard queries ---------------------------------------------------------
+@dataclass
+class PanelCheck:
+    """What happened to one dashboard query."""
+
+    query: Query
+    checked: bool
+    detail: str
+
+
+def _concrete(query: Query, service: str) -> str:
+    expr = query.expr.replace("$__rate_interval", RATE_WINDOW).replace("$service", service)
+    return Query(query.source, query.title, expr).concrete()
+
+
+def check_dashboards(prometheus: Prometheus, service: str, require_all: bool) -> list[PanelCheck]:
+    """Runs every dashboard query. A query whose series all exist must return data; with
+    require_all every query must (every metric is being exported)."""
+    results = []
+    for query in dashboard_queries():
+        expr = _concrete(query, service)
+        missing = [
+            sel
+            for sel in {m.group(0) for m in _SELECTOR.finditer(expr)}
+            if not prometheus.query(f"count({sel})")
+        ]
+        if missing and not require_all:
+            results.append(PanelCheck(query, False, f"not exported by this service: {sorted(missing)}"))
+            continue
+        assert not missing, f"{query.source} / {query.title}: no series for {missing}"
+        samples = prometheus.query(expr)
+        assert samples, f"{query.source} / {query.title}: no data for {expr}"
+        values = [float(sample["value"][1]) for sample in samples]
+        if require_all:
+            assert any(math.isfinite(v) for v in values), f"{query.title}: only NaN/Inf for {expr}"
+        results.append(PanelCheck(query, True, f"{len(samples)} series"))
+    return results
+
+
+def check_rules(prometheus: Prometheus) -> None:
+    """Every alert rule has been evaluated without error."""
+
+    def evaluated() -> bool:
+        return all(rule.get("lastEvaluation", "").startswith("20") for rule in prometheus.rules())
+
+    _wait(evaluated, 20, "every rule to be evaluated")
+    rules = prometheus.rules()
+    assert len(rules) >= 10
+    broken = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
+    assert not broken, broken
+
+
+def report(checks: list[PanelCheck], record: Callable[[str, object], None]) -> str:
+    """A readable list of the panels checked and left out."""
+    lines = [
+        f"{'checked' if c.checked else 'skipped'}: {c.query.source} / {c.query.title}: {c.detail}"
+        for c in checks
+    ]
+    record("panels_checked", [f"{c.query.source} / {c.query.title}" for c in checks if c.checked])
+    record(
+        "panels_skipped", [f"{c.query.source} / {c.query.title}: {c.detail}" for c in checks if not c.checked]
+    )
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+# --- 1: every metric filled -------------------------------------------------------------
+FILL_EVERY_METRIC = r"""
+import random, sys, time
+from prometheus_client.metrics import MetricWrapperBase
+from textserve.core import metrics
+
+VALUES = {
+    "service": ["tokenizer", "embedding", "classifier", "generation", "gateway"],
+    "model": ["all-MiniLM-L6-v2"],
+    "method": ["Embed", "Classify"],
+    "code": ["OK", "OK", "OK", "INVALID_ARGUMENT", "INTERNAL", "RESOURCE_EXHAUSTED"],
+    "reason": ["cancelled", "expired", "length", "stop"],
+}
+port = metrics.start_metrics_server("127.0.0.1", 0)
+print(port, flush=True)
+every = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+
+def children(metric):
+    combos = [{}]
+    for label in metric._labelnames:
+        combos = [{**c, label: v} for c in combos for v in VALUES.get(label, ["x"])]
+    return [metric.labels(**c) if c else metric for c in combos]
+
+while True:
+    for metric in every:
+        for child in children(metric):
+            if metric._type == "counter":
+                child.inc(random.randint(1, 5))
+            elif metric._type == "gauge":
+                child.set(random.uniform(1, 100) if "capacity" not in metric._name else 1000)
+            elif metric._type == "histogram":
+                child.observe(random.uniform(0.001, 2.0))
+    time.sleep(0.2)
+"""
+
+
+@pytest.fixture
+def every_metric_exporter() -> Iterator[str]:
+    """host:port of a process exporting every textserve metric, changing all the time."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", FILL_EVERY_METRIC], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(process)
+
+
+def test_dashboards_against_every_metric(
+    tmp_path: Path, every_metric_exporter: str, record_property: Callable[[str, object], None]
+) -> None:
+    with run_prometheus(tmp_path, every_metric_exporter) as prometheus:
+        time.sleep(3)  # a few scrapes, so rates have two points
+        checks = check_dashboards(prometheus, "embedding", require_all=True)
+        report(checks, record_property)
+        assert all(c.checked for c in checks)
+        check_rules(prometheus)
+
+
+# --- 2: a live embedding service --------------------------------------------------------
+@pytest.fixture
+def live_embedding(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(gRPC address, metrics address) of `textserve serve embedding` started as a subprocess.
+
+    The lead's in-process `serve all` fixture can replace this one: the test only needs the
+    two addresses.
+    """
+    if not TEXTSERVE.exists():
+        pytest.skip(f"{TEXTSERVE} is missing (pip install -e .)")
+    from tests.support import ONNX_CACHE
+
+    grpc_port, metrics_port = _free_port(), _free_port()
+    config = {
+        "log": {"level": "WARNING"},
+        "metrics": {"host": "127.0.0.1", "port": metrics_port},
+        "cache": {"backend": "memory"},
+        "embedding": {
+            "server": {"host": "127.0.0.1", "port": grpc_port, "grace_period_s": 1},
+            "model": {"onnx_cache_dir": str(ONNX_CACHE)},
+            "batcher": {"max_queue_delay_ms": 2},
+        },
+    }
+    config_file = tmp_path / "textserve.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEXTSERVE_")}
+    log = (tmp_path / "textserve.log").open("w")
+    process = subprocess.Popen(
+        [str(TEXTSERVE), "serve", "embedding", "--config", str(config_file)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    address = f"127.0.0.1:{grpc_port}"
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            def serving() -> bool:
+                assert process.poll() is None, (tmp_path / "textserve.log").read_text()[-4000:]
+                try:
+                    response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                except grpc.RpcError:
+                    return False
+                return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+            _wait(serving, 180, "the embedding service to load its model")
+        yield address, f"127.0.0.1:{metrics_port}"
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _drive(address: str, stop: threading.Event) -> None:
+    """Embeds (repeated texts: cache hits and misses) until stopped, with one bad request a round."""
+    from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+    texts = [f"sentence number {i} about serving models" for i in range(40)]
+    with grpc.insecure_channel(address) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        round_ = 0
+        while not stop.is_set():
+            batch = texts[round_ % 8 * 5 : round_ % 8 * 5 + 5]
+            stub.Embed(embedding_pb2.EmbedRequest(texts=batch), timeout=10)
+            try:
+                stub.Embed(embedding_pb2.EmbedRequest(texts=[]), timeout=10)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            round_ += 1
+            time.sleep(0.05)
+
+
+def test_live_embedding_service(
+    tmp_path: Path, live_embedding: tuple[str, str], record_property: Callable[[str, object], None]
+) -> None:
+    address, metrics_address = live_embedding
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            _drive(address, stop)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    try:
+        # The live scrape: every textserve series is one core/metrics.py defines.
+        time.sleep(1)
+        text = _get(f"http://{metrics_address}/metrics")
+        exported = exported_series()
+        names = {
+            s.name
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name.startswith("textserve_")
+        }
+        assert names, "no textserve metrics on /metrics"
+        assert names <= set(exported), f"not in core/metrics.py: {sorted(names - set(exported))}"
+
+        with run_prometheus(tmp_path, metrics_address) as prometheus:
+            time.sleep(4)
+            assert not errors, errors
+            checks = check_dashboards(prometheus, "embedding", require_all=False)
+            check_rules(prometheus)
+    finally:
+        stop.set()
+        driver.join(timeout=15)
+    assert not errors, errors
+    text = report(checks, record_property)
+    checked = {c.query.title for c in checks if c.checked}
+    must = {
+        "Request rate by method",
+        "Responses by status code",
+        "Server error ratio",
+        "Latency percentiles (OK)",
+        "Batch size",
+        "Queue time",
+        "Inference time per batch",
+        "Queue depth and capacity",
+        "Cache hit ratio",
+        "Request rate by service",
+        "Cache hit ratio by service",
+    }
+    assert must <= checked, f"panels the embedding service must feed were not checked:\n{text}"

@@ -1,0 +1,244 @@
+"""Response cache pieces without a model: keys, the memory LRU, fail-open reads and writes,
+the circuit breaker, and coalescing of identical inputs in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from textserve.core.breaker import CircuitBreaker
+from textserve.core.cache import CacheUnavailable, MemoryCacheBackend, ResponseCache, build_cache, make_key
+from textserve.core.coalesce import Coalescer, Publish
+from textserve.core.config import CacheConfig, ConfigError, load_settings
+from textserve.core.errors import DeadlineExceeded
+from textserve.core.metrics import REGISTRY
+from textserve.core.redis_cache import RedisCacheBackend, connection_pool, redacted_url
+
+from tests.support import free_port
+
+
+def sample(name: str, service: str) -> float:
+    return REGISTRY.get_sample_value(name, {"service": service}) or 0.0
+
+
+# --- keys -------------------------------------------------------------------------------
+def test_key_hashes_every_part_without_collisions() -> None:
+    base = make_key("p:", "model", "rev1", "embed", b"\x01\x02")
+    assert base.startswith("p:") and len(base) == len("p:") + 64
+    assert make_key("p:", "model", "rev1", "embed", b"\x01\x02") == base
+    assert make_key("p:", "model", "rev2", "embed", b"\x01\x02") != base
+    assert make_key("p:", "model", "rev1", "embed", b"\x01\x03") != base
+    assert make_key("p:", "ab", "c") != make_key("p:", "a", "bc")
+    assert make_key("p:", 1) != make_key("p:", "1") != make_key("p:", 1.0)
+    cache = ResponseCache(MemoryCacheBackend(10), CacheConfig(key_prefix="ts:"), "embedding")
+    assert cache.key("m").startswith("ts:embedding:")
+
+
+# --- memory backend and ResponseCache ---------------------------------------------------
+async def test_memory_backend_is_an_lru_with_expiry() -> None:
+    backend = MemoryCacheBackend(max_entries=2)
+    await backend.set_many([("a", b"1"), ("b", b"2")], ttl_s=60)
+    assert await backend.get_many(["a"]) == [b"1"]  # a is now the most recently used
+    await backend.set_many([("c", b"3")], ttl_s=60)
+    assert await backend.get_many(["a", "b", "c"]) == [b"1", None, b"3"]
+    await backend.set_many([("d", b"4")], ttl_s=0)  # already expired
+    assert await backend.get_many(["d"]) == [None]
+
+
+async def test_response_cache_counts_hits_and_misses_and_skips_large_values() -> None:
+    config = CacheConfig(max_entry_bytes=16)
+    cache = ResponseCache(MemoryCacheBackend(100), config, "unit-memory")
+    hits, misses = (
+        sample("textserve_cache_hits_total", "unit-memory"),
+        sample("textserve_cache_misses_total", "unit-memory"),
+    )
+    cache.put_many([("small", b"x" * 16), ("large", b"x" * 17)])
+    await cache.flush()
+    assert await cache.get_many(["small", "large", "absent"]) == [b"x" * 16, None, None]
+    assert sample("textserve_cache_hits_total", "unit-memory") == hits + 1
+    assert sample("textserve_cache_misses_total", "unit-memory") == misses + 2
+    assert await cache.get_many([]) == []
+    await cache.close()
+
+
+def test_build_cache_follows_the_backend_setting() -> None:
+    assert build_cache(CacheConfig(backend="none"), "x") is None
+    memory = build_cache(CacheConfig(backend="memory"), "x")
+    assert memory is not None and isinstance(memory.backend, MemoryCacheBackend)
+    shared = build_cache(CacheConfig(backend="redis", url="redis://127.0.0.1:1/0"), "x")
+    assert shared is not None and isinstance(shared.backend, RedisCacheBackend)
+
+
+async def test_unreachable_redis_fails_open_then_is_skipped_without_io() -> None:
+    """Connection refused: the read answers 'all misses', counts an error, opens the breaker;
+    the next read is refused at once (no connection attempt) and counted too."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    config = CacheConfig(backend="redis", url=url, reconnect_backoff_min_s=30.0, reconnect_backoff_max_s=30.0)
+    cache = build_cache(config, "unit-down")
+    assert cache is not None and isinstance(cache.backend, RedisCacheBackend)
+    errors = sample("textserve_cache_errors_total", "unit-down")
+    assert await cache.get_many(["a", "b"]) == [None, None]
+    assert cache.backend.breaker.state == "open"
+    with pytest.raises(CacheUnavailable):
+        await cache.backend.get_many(["a"])
+    assert await cache.get_many(["a"]) == [None]
+    cache.put_many([("a", b"1")])
+    await cache.flush()
+    assert sample("textserve_cache_errors_total", "unit-down") == errors + 3
+    await cache.close()
+
+
+# --- configuration ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"url": "http://cache:6379"}, "redis://, rediss://"),
+        ({"tls_ca_file": "/ca.pem"}, "cache.tls_ca_file need cache.url to start with rediss://"),
+        ({"url": "rediss://c:6380", "tls_cert_file": "/c.pem"}, "tls_cert_file and cache.tls_key_file"),
+        ({"password": "a", "password_file": "/p"}, "not both"),
+        ({"reconnect_backoff_min_s": 9.0, "reconnect_backoff_max_s": 1.0}, "reconnect_backoff_min_s=9.0"),
+    ],
+)
+def test_bad_redis_settings_fail_at_startup(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={}, overrides={"cache": {"backend": "redis", **overrides}})
+    assert message in str(caught.value)
+
+
+def test_password_file_wins_over_the_url_and_is_never_logged(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("from-file\n")
+    config = CacheConfig(backend="redis", url="redis://user:in-url@cache:6379/2", password_file=secret)
+    pool = connection_pool(config)
+    assert pool.connection_kwargs["password"] == "from-file"
+    assert pool.connection_kwargs["username"] == "user"
+    assert pool.connection_kwargs["db"] == 2
+    assert pool.max_connections == config.pool_size
+    assert redacted_url(config.url) == "redis://user:***@cache:6379/2"
+    assert "in-url" not in redacted_url("redis://:in-url@cache:6379")
+
+
+# --- circuit breaker --------------------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_backs_off_exponentially_with_one_probe_at_a_time() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(0.1, 1.0, clock=clock, rng=lambda: 0.0)
+    assert breaker.allow() and breaker.state == "closed"
+    assert breaker.failure() == pytest.approx(0.1)
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now += 0.1
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # everyone else keeps skipping while it runs
+    assert breaker.failure() == pytest.approx(0.2)
+    waits = []
+    for _ in range(5):
+        clock.now += 10
+        assert breaker.allow()
+        waits.append(breaker.failure())
+    assert waits == pytest.approx([0.4, 0.8, 1.0, 1.0, 1.0])
+    clock.now += 10
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.allow()
+    assert breaker.failure() == pytest.approx(0.1)  # backoff starts over
+
+
+def test_breaker_ignores_late_failures_and_cancelled_probes() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(0.1, 5.0, clock=clock, rng=lambda: 0.0)
+    breaker.failure()
+    for _ in range(50):  # calls in flight when Redis died fail too: the wait stays 0.1 s
+        breaker.failure()
+    assert breaker.retry_in == pytest.approx(0.1)
+    clock.now += 0.1
+    assert breaker.allow()
+    breaker.release()  # the probe was cancelled by its caller
+    assert breaker.allow()  # another caller may probe at once
+
+
+# --- coalescing -------------------------------------------------------------------------
+class Doubler:
+    """compute() for a Coalescer: value = 2 * int(key); records every index it computes."""
+
+    def __init__(self, gate: asyncio.Event | None = None, fail: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.gate = gate
+        self.fail = fail
+
+    def for_keys(self, keys: list[str]):  # type: ignore[no-untyped-def]
+        async def compute(indices: list[int], publish: Publish[int]) -> None:
+            self.calls.append([keys[i] for i in indices])
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail:
+                raise RuntimeError("leader failed")
+            for i in indices:
+                publish(i, 2 * int(keys[i]))
+
+        return compute
+
+
+async def test_duplicates_within_a_call_are_computed_once() -> None:
+    coalescer: Coalescer[int] = Coalescer("unit-coalesce")
+    before = sample("textserve_cache_coalesced_total", "unit-coalesce")
+    keys = ["1", "2", "1", "1", "3"]
+    doubler = Doubler()
+    assert await coalescer.run(keys, doubler.for_keys(keys)) == [2, 4, 2, 2, 6]
+    assert doubler.calls == [["1", "2", "3"]]
+    assert sample("textserve_cache_coalesced_total", "unit-coalesce") == before + 2
+    assert coalescer.in_flight == 0
+
+
+async def test_identical_keys_in_flight_across_calls_are_computed_once() -> None:
+    coalescer: Coalescer[int] = Coalescer("unit-coalesce")
+    gate = asyncio.Event()
+    leader, follower = Doubler(gate), Doubler()
+    first_keys, second_keys = ["1", "2"], ["2", "3"]
+    first = asyncio.create_task(coalescer.run(first_keys, leader.for_keys(first_keys)))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(coalescer.run(second_keys, follower.for_keys(second_keys)))
+    await asyncio.sleep(0.01)
+    assert follower.calls == [["3"]] and not second.done()  # "2" is awaited, not recomputed
+    gate.set()
+    assert await first == [2, 4] and await second == [4, 6]
+    assert leader.calls == [["1", "2"]] and coalescer.in_flight == 0
+
+
+async def test_followers_take_over_when_the_leader_fails() -> None:
+    coalescer: Coalescer[int] = Coalescer("unit-coalesce")
+    gate = asyncio.Event()
+    leader, follower = Doubler(gate, fail=True), Doubler()
+    keys = ["7"]
+    first = asyncio.create_task(coalescer.run(keys, leader.for_keys(keys)))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(coalescer.run(keys, follower.for_keys(keys)))
+    await asyncio.sleep(0.01)
+    gate.set()
+    with pytest.raises(RuntimeError, match="leader failed"):
+        await first
+    assert await second == [14]
+    assert follower.calls == [["7"]]
+
+
+async def test_follower_waits_no_longer_than_its_deadline_and_share_false_never_waits() -> None:
+    coalescer: Coalescer[int] = Coalescer("unit-coalesce")
+    gate = asyncio.Event()
+    keys = ["5"]
+    leader = asyncio.create_task(coalescer.run(keys, Doubler(gate).for_keys(keys)))
+    await asyncio.sleep(0)
+    with pytest.raises(DeadlineExceeded):
+        await coalescer.run(keys, Doubler().for_keys(keys), deadline=time.monotonic() + 0.02)
+    independent = Doubler()
+    assert await coalescer.run(keys, independent.for_keys(keys), share=False) == [10]
+    assert independent.calls == [["5"]]
+    gate.set()
+    assert await leader == [10]

@@ -1,0 +1,182 @@
+"""The engine step by step (no worker thread) with a tiny random GPT-2 built here, plus sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
+from textserve.generation.sampling import SamplingConfig, SequenceSampler, sample_next
+from textserve.generation.scheduler import FinishStatus, Scheduler, SchedulerLimits
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Any, Any]:
+    from transformers import GPT2Config
+
+    from textserve.runtime.random_lm import byte_level_tokenizer, random_causal_lm
+
+    tokenizer = byte_level_tokenizer(chat_template=None)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2
+    )
+    return random_causal_lm(config, seed=3), tokenizer
+
+
+class Harness:
+    """An engine driven by hand, collecting its events."""
+
+    def __init__(self, tiny: tuple[Any, Any], max_running: int = 8, kv_budget_tokens: int = 4096) -> None:
+        model, tokenizer = tiny
+        self.tokenizer = tokenizer
+        self.events: list[SequenceEvent] = []
+        self.scheduler = Scheduler(SchedulerLimits(max_running, 64, kv_budget_tokens, 4096))
+        self.engine = GenerationEngine(
+            model,
+            tokenizer,
+            "cpu",
+            len(tokenizer),
+            self.scheduler,
+            self.events.extend,
+            service="generation-test",
+            model_name="tiny-engine",
+            eos_token_ids=frozenset({int(tokenizer.eos_token_id)}),
+        )
+
+    def submit(self, seq_id: int, prompt: str, max_new: int = 8, **kwargs: Any) -> None:
+        ids = self.tokenizer(prompt)["input_ids"]
+        sampling = kwargs.pop("sampling", SamplingConfig())
+        self.engine.submit(EngineRequest(seq_id, ids, max_new, sampling, ignore_eos=True, **kwargs))
+
+    def step(self) -> None:
+        with torch.inference_mode():
+            self.engine.step()
+
+    def of(self, seq_id: int) -> list[SequenceEvent]:
+        return [e for e in self.events if e.seq_id == seq_id]
+
+
+def test_sequences_join_and_finish_independently(tiny: tuple[Any, Any]) -> None:
+    h = Harness(tiny)
+    h.submit(1, "Hello world", max_new=3)
+    h.step()
+    h.submit(2, "Another prompt", max_new=2)
+    h.step()
+    assert h.engine.batch.rows == [1, 2]
+    h.step()  # 1 reaches 3 tokens, 2 reaches 2: both leave in this step
+    assert h.engine.batch.rows == [1, 2]  # rows are dropped before the next forward
+    assert h.scheduler.stats().running == 0 and h.scheduler.stats().kv_tokens_used == 0
+    for seq_id, count in ((1, 3), (2, 2)):
+        events = h.of(seq_id)
+        assert sum(len(e.token_ids) for e in events) == count
+        assert events[-1].finish is FinishStatus.LENGTH and events[-1].output_tokens == count
+        assert events[0].first_token_seconds is not None
+    h.submit(3, "third", max_new=1)
+    h.step()
+    assert h.engine.batch.rows == [3]
+
+
+def test_abort_frees_the_slot_at_once_and_the_row_next_step(tiny: tuple[Any, Any]) -> None:
+    h = Harness(tiny)
+    h.submit(1, "Hello world", max_new=50)
+    h.submit(2, "Other", max_new=50)
+    h.step()
+    h.engine.abort(1)
+    assert list(h.scheduler.running) == [2]
+    assert h.scheduler.stats().kv_tokens_used == len(h.tokenizer("Other")["input_ids"]) + 50
+    h.step()
+    assert h.engine.batch.rows == [2]
+    assert h.of(1)[-1].finish is FinishStatus.ABORTED
+    tokens_of_1 = sum(len(e.token_ids) for e in h.of(1))
+    h.step()
+    assert sum(len(e.token_ids) for e in h.of(1)) == tokens_of_1  # nothing more computed for 1
+
+
+def test_expired_while_waiting_is_never_computed(tiny: tuple[Any, Any]) -> None:
+    h = Harness(tiny, max_running=1)
+    h.submit(1, "Hello world", max_new=20)
+    h.submit(2, "late", max_new=5, deadline=0.0)  # monotonic 0.0 is long past
+    h.step()
+    events = h.of(2)
+    assert len(events) == 1 and events[0].finish is FinishStatus.EXPIRED and events[0].token_ids == []
+    assert h.scheduler.num_waiting == 0
+
+
+def test_expired_while_running_ends_the_sequence(tiny: tuple[Any, Any]) -> None:
+    h = Harness(tiny)
+    h.submit(1, "Hello world", max_new=20, deadline=10.0**12)
+    h.step()
+    h.scheduler._running[1].deadline = 0.0  # the deadline passes between two steps
+    h.step()
+    assert h.of(1)[-1].finish is FinishStatus.EXPIRED
+    assert h.engine.batch.rows == [] and h.scheduler.stats().running == 0
+
+
+def test_stop_sequence_finishes_and_frees(tiny: tuple[Any, Any]) -> None:
+    h = Harness(tiny)
+    h.submit(1, "Hello world", max_new=30)
+    for _ in range(30):
+        h.step()
+    text = "".join(e.text for e in h.of(1))
+    stop = text[4:6]
+    h.submit(2, "Hello world", max_new=30, stop=(stop,))
+    for _ in range(30):
+        h.step()
+    events = h.of(2)
+    assert events[-1].finish is FinishStatus.STOPPED
+    assert "".join(e.text for e in events) == text[: text.find(stop)]
+    assert h.scheduler.stats().running == 0
+
+
+def test_a_failed_forward_fails_its_sequences_and_the_engine_carries_on(tiny: tuple[Any, Any]) -> None:
+    h = Harness(tiny)
+    h.submit(1, "Hello world", max_new=5)
+    original = h.engine.batch.prefill
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    h.engine.batch.prefill = broken  # type: ignore[method-assign]
+    h.step()
+    assert h.of(1)[-1].error is not None and "boom" in (h.of(1)[-1].error or "")
+    assert h.scheduler.stats().running == 0
+    h.engine.batch.prefill = original  # type: ignore[method-assign]
+    h.submit(2, "Hello world", max_new=2)
+    h.step()
+    h.step()
+    assert h.of(2)[-1].finish is FinishStatus.LENGTH
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 100)
+    config = SamplingConfig(temperature=0.8, top_k=20, top_p=0.9, seed=123)
+    alone = [SequenceSampler(config, 100, "cpu").choose(logits[2], []) for _ in range(3)]
+    samplers = [SequenceSampler(SamplingConfig(temperature=1.0, seed=i), 100, "cpu") for i in range(4)]
+    samplers[2] = SequenceSampler(config, 100, "cpu")
+    together = sample_next(logits, samplers, [[]] * 4)[2]
+    assert alone == [together] * 3
+
+
+def test_top_k_one_is_greedy_and_greedy_is_argmax() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(3, 50)
+    greedy = [SequenceSampler(SamplingConfig(), 50, "cpu") for _ in range(3)]
+    top1 = [SequenceSampler(SamplingConfig(temperature=2.0, top_k=1, seed=9), 50, "cpu") for _ in range(3)]
+    expected = logits.argmax(dim=-1).tolist()
+    assert sample_next(logits, greedy, [[]] * 3) == expected
+    assert sample_next(logits, top1, [[]] * 3) == expected
+
+
+def test_repetition_penalty_matches_transformers() -> None:
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    torch.manual_seed(2)
+    logits = torch.randn(50)
+    history = [int(logits.argmax())]  # the favourite token was already produced
+    sampler = SequenceSampler(SamplingConfig(repetition_penalty=5.0), 50, "cpu")
+    penalised = RepetitionPenaltyLogitsProcessor(5.0)(torch.tensor([history]), logits.clone().unsqueeze(0))
+    assert int(penalised.argmax()) != history[0]  # the penalty changed the choice
+    assert sampler.choose(logits, history) == int(penalised.argmax())

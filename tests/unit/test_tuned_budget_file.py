@@ -1,0 +1,90 @@
+"""The tuned-budget file and the tuning config: round trip, validation, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from textserve.core.config import ConfigError, TuningConfig, load_settings
+from textserve.runtime.tuned_budget import FORMAT, TunedBudget, TunedBudgetError, TuningPoint
+
+
+def sample(**overrides: object) -> TunedBudget:
+    values: dict[str, object] = {
+        "max_batch_size": 32,
+        "max_batch_tokens": 512,
+        "predicted_texts_per_second": 130.0,
+        "worst_batch_latency_ms": 40.0,
+        "latency_ceiling_ms": 100.0,
+        "mix_text_tokens": [16, 64, 256],
+        "concurrency": 64,
+        "model": "all-MiniLM-L6-v2",
+        "revision": "abc",
+        "backend": "onnxruntime",
+        "device": "cpu",
+        "hardware": "cpu: test x2",
+        "created": "2026-01-01T00:00:00+00:00",
+        "measure_seconds": 31.5,
+        "curve": [TuningPoint(16, 1, 16, 1.5, 666.7, 30), TuningPoint(16, 4, 64, 4.5, 888.9, 30)],
+        "fixed_sizes": [(1, 100.0), (4, 120.0)],
+    }
+    values.update(overrides)
+    return TunedBudget(**values)  # type: ignore[arg-type]
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "tuned.json"
+    sample().save(path)
+    assert json.loads(path.read_text())["format"] == FORMAT
+    assert TunedBudget.load(path) == sample()
+    assert not list(path.parent.glob(".*tmp"))  # written atomically, nothing left behind
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("not json", "Expecting value"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"format": "something-else"}', "format"),
+        (json.dumps({**sample().to_json(), "max_batch_tokens": 0}), "max_batch_tokens=0"),
+        (
+            json.dumps({k: v for k, v in sample().to_json().items() if k != "max_batch_size"}),
+            "max_batch_size",
+        ),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "tuned.json"
+    path.write_text(content)
+    with pytest.raises(TunedBudgetError) as caught:
+        TunedBudget.load(path)
+    assert str(path) in str(caught.value)
+    assert problem in str(caught.value)
+
+
+def test_mismatch_names_what_differs() -> None:
+    budget = sample()
+    assert budget.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cpu") is None
+    reason = budget.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cuda:0")
+    assert reason is not None and "device" in reason and "cuda:0" in reason
+
+
+def test_tuning_config_defaults_and_limits() -> None:
+    config = TuningConfig()
+    assert config.latency_ceiling_ms == 100.0 and config.batch_sizes == [1, 2, 4, 8, 16, 32, 64]
+    with pytest.raises(ValueError, match=r"tuning\.batch_sizes"):
+        TuningConfig(batch_sizes=[0, 8])
+    with pytest.raises(ValueError, match=r"tuning\.batch_sizes must not be empty"):
+        TuningConfig(batch_sizes=[])
+
+
+def test_tuning_is_configured_from_yaml_and_environment(tmp_path: Path) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("embedding:\n  autotune: true\n  tuning:\n    latency_ceiling_ms: 50\n")
+    settings = load_settings(config_file, environ={"TEXTSERVE_EMBEDDING__TUNING__TEXT_TOKENS": "[16, 128]"})
+    assert settings.embedding.autotune
+    assert settings.embedding.tuning.latency_ceiling_ms == 50
+    assert settings.embedding.tuning.text_tokens == [16, 128]
+    with pytest.raises(ConfigError, match=r"embedding\.tuning\.seconds"):
+        load_settings(environ={"TEXTSERVE_EMBEDDING__TUNING__SECONDS": "0"})
