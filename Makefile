@@ -47,6 +47,14 @@ bench: install ## benchmarks (prints ratio tables)
 bench-cache: install ## response-cache benchmark: hit vs miss latency, 90% hits vs no cache (own redis-server)
 	$(PY) -m loadtests.bench_cache
 
+.PHONY: bench-generation
+bench-generation: install ## continuous batching at 1/8/32 streams vs sequential generate() (~3 min)
+	$(PY) -m loadtests.bench_generation
+
+.PHONY: bench-classifier
+bench-classifier: install ## classifier: in-process vs shared model vs embedding service over gRPC, concurrency 1 and 32
+	$(PY) -m loadtests.bench_classifier
+
 .PHONY: bench-tuning
 bench-tuning: install ## tuned batch budget vs fixed max_batch_size on a mixed-length workload (~5 min)
 	$(PY) -m loadtests.bench_tuning

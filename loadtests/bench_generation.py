@@ -9,8 +9,9 @@ Measured:
   * service: a `textserve serve generation` subprocess (or --in-process), driven by asyncio
     gRPC clients holding 1, 8 and 32 concurrent GenerateStream calls.
 Every request generates exactly --max-new-tokens tokens (EOS ignored), from prompts of
-16-64 tokens. Ratios are aggregate generated tokens/s against the baseline measured in
-the same run. Client and server share the machine's cores; the ratios are what to compare.
+16-64 tokens. The baseline runs before and again after the service; ratios are aggregate
+generated tokens/s against the mean of those two runs. Client and server share the
+machine's cores; the ratios are what to compare.
 
     python -m loadtests.bench_generation                       # full run
     python -m loadtests.bench_generation --max-new-tokens 16 --requests-per-stream 1 \\
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import socket
@@ -38,10 +40,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-_WORDS = (
+_VOCABULARY = (
     "the model server answers requests from many clients at once while tokens stream back one at a time "
     "and new sequences join the running batch between two decode steps on every node of the cluster"
-).split()
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -63,7 +65,8 @@ def free_port() -> int:
 def make_prompts(count: int, seed: int = 5) -> list[str]:
     """Prompts of 12-48 words (about 16-64 tokens), different from each other."""
     rng = random.Random(seed)
-    return [f"{i}: " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(12, 48))) for i in range(count)]
+    words = _VOCABULARY.split()
+    return [f"{i}: " + " ".join(rng.choice(words) for _ in range(rng.randint(12, 48))) for i in range(count)]
 
 
 def build_model(folder: Path, layers: int, hidden: int, heads: int) -> Path:
@@ -92,7 +95,7 @@ class Point:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
-def measure_baseline(model_dir: Path, prompts: list[str], max_new_tokens: int) -> Point:
+def measure_baseline(model_dir: Path, prompts: list[str], max_new_tokens: int, when: str) -> Point:
     """Sequential generate(), one prompt at a time, with per-token timestamps."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,7 +115,7 @@ def measure_baseline(model_dir: Path, prompts: list[str], max_new_tokens: int) -
         def end(self) -> None:
             pass
 
-    point = Point("generate() sequential", 1, len(prompts), 0, 0.0)
+    point = Point(f"generate() seq. ({when})", 1, len(prompts), 0, 0.0)
     with torch.inference_mode():
         ids = tokenizer(prompts[0], return_tensors="pt")["input_ids"]
         model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)  # warm-up
@@ -121,12 +124,14 @@ def measure_baseline(model_dir: Path, prompts: list[str], max_new_tokens: int) -
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
             clock = Clock()
             sent = time.perf_counter()
-            output = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, streamer=clock)
+            output = model.generate(
+                ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, streamer=clock
+            )
             point.tokens += int(output.shape[1] - ids.shape[1])
             token_times = clock.times[1:]  # the first put() is the prompt
             if token_times:
                 point.ttft.append(token_times[0] - sent)
-                point.itl += [b - a for a, b in zip(token_times, token_times[1:], strict=False)]
+                point.itl += [b - a for a, b in itertools.pairwise(token_times)]
         point.seconds = time.perf_counter() - started
     return point
 
@@ -134,7 +139,7 @@ def measure_baseline(model_dir: Path, prompts: list[str], max_new_tokens: int) -
 class ServerProcess:
     """`textserve serve generation` in a subprocess serving the benchmark model."""
 
-    def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int) -> None:
+    def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int, threads: int) -> None:
         self.port = free_port()
         env = dict(os.environ)
         env.update(
@@ -143,6 +148,7 @@ class ServerProcess:
                 "TEXTSERVE_GENERATION__SERVER__PORT": str(self.port),
                 "TEXTSERVE_GENERATION__MODEL__PATH": str(model_dir),
                 "TEXTSERVE_GENERATION__MAX_RUNNING_SEQUENCES": str(max_running),
+                "TEXTSERVE_GENERATION__MODEL__INTRA_OP_THREADS": str(threads),
                 "TEXTSERVE_GENERATION__MAX_NEW_TOKENS_LIMIT": str(max(max_new_tokens, 64)),
                 "TEXTSERVE_GENERATION__CACHE_ENABLED": "false",
                 "TEXTSERVE_METRICS__ENABLED": "false",
@@ -169,7 +175,9 @@ class ServerProcess:
                 except grpc.aio.AioRpcError:
                     pass
                 if self.proc.poll() is not None:
-                    raise RuntimeError("generation server exited during start-up (set BENCH_SERVER_LOG=<file>)")
+                    raise RuntimeError(
+                        "generation server exited during start-up (set BENCH_SERVER_LOG=<file>)"
+                    )
                 await asyncio.sleep(0.2)
         raise TimeoutError("generation server not ready")
 
@@ -185,14 +193,14 @@ class ServerProcess:
 class InProcessServer:
     """The generation service on a ServiceHost in this process (client and server share a loop)."""
 
-    def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int) -> None:
+    def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int, threads: int) -> None:
         from textserve.core.config import GenerationServiceConfig, ModelConfig, ServerConfig
         from textserve.core.server import ServiceHost
         from textserve.generation.app import GenerationApp
 
         config = GenerationServiceConfig(
             server=ServerConfig(host="127.0.0.1", port=0),
-            model=ModelConfig(path=str(model_dir), backend="torch"),
+            model=ModelConfig(path=str(model_dir), backend="torch", intra_op_threads=threads),
             max_running_sequences=max_running,
             max_new_tokens_limit=max(max_new_tokens, 64),
             cache_enabled=False,
@@ -208,7 +216,9 @@ class InProcessServer:
         await self.host.stop(grace=1.0)
 
 
-async def drive(address: str, prompts: list[str], streams: int, per_stream: int, max_new_tokens: int) -> Point:
+async def drive(
+    address: str, prompts: list[str], streams: int, per_stream: int, max_new_tokens: int
+) -> Point:
     """`streams` clients, each sending `per_stream` GenerateStream calls back to back."""
     from textserve.v1 import generation_pb2, generation_pb2_grpc
 
@@ -248,17 +258,20 @@ async def drive(address: str, prompts: list[str], streams: int, per_stream: int,
     return point
 
 
-def render(points: list[Point], baseline: Point) -> str:
+def render(points: list[Point], reference: float) -> str:
     header = (
-        f"{'setup':<24}{'streams':>8}{'requests':>9}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}"
+        f"{'setup':<27}{'streams':>8}{'requests':>9}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}"
         f"{'x base':>8}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}"
     )
     lines = [header, "-" * len(header)]
     for point in points:
-        ms = [percentile(values, q) * 1000 for values, q in ((point.ttft, 50), (point.ttft, 99), (point.itl, 50), (point.itl, 99))]
+        ms = [
+            percentile(values, q) * 1000
+            for values, q in ((point.ttft, 50), (point.ttft, 99), (point.itl, 50), (point.itl, 99))
+        ]
         lines.append(
-            f"{point.setup:<24}{point.streams:>8}{point.requests:>9}{point.tokens:>8}{point.seconds:>9.2f}"
-            f"{point.tokens_per_s:>10.1f}{point.tokens_per_s / baseline.tokens_per_s:>7.2f}x"
+            f"{point.setup:<27}{point.streams:>8}{point.requests:>9}{point.tokens:>8}{point.seconds:>9.2f}"
+            f"{point.tokens_per_s:>10.1f}{point.tokens_per_s / reference:>7.2f}x"
             f"{ms[0]:>8.1f}ms{ms[1]:>8.1f}ms{ms[2]:>7.1f}ms{ms[3]:>7.1f}ms"
         )
     return "\n".join(lines)
@@ -269,35 +282,60 @@ async def run(args: argparse.Namespace) -> None:
     prompts = make_prompts(max(max(levels) * args.requests_per_stream, args.baseline_requests) + 1)
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as folder:
         model_dir = build_model(Path(folder), args.layers, args.hidden, args.heads)
-        print(f"model: GPT-2 shaped, {args.layers} layers x {args.hidden} wide (random weights); "
-              f"{args.max_new_tokens} new tokens per request", flush=True)
-        baseline = measure_baseline(model_dir, prompts[: args.baseline_requests], args.max_new_tokens)
-        print(f"baseline: {baseline.tokens_per_s:.1f} tokens/s", flush=True)
+        print(
+            f"model: GPT-2 shaped, {args.layers} layers x {args.hidden} wide (random weights); "
+            f"{args.max_new_tokens} new tokens per request",
+            flush=True,
+        )
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        before = measure_baseline(model_dir, prompts[: args.baseline_requests], args.max_new_tokens, "before")
+        print(f"baseline: {before.tokens_per_s:.1f} tokens/s", flush=True)
         kind = InProcessServer if args.in_process else ServerProcess
-        server = kind(model_dir, max(levels), args.max_new_tokens)
-        points = [baseline]
+        server = kind(model_dir, max(levels), args.max_new_tokens, args.threads)
+        points = [before]
         try:
             await server.wait_ready()
             for streams in levels:
-                point = await drive(server.address, prompts, streams, args.requests_per_stream, args.max_new_tokens)
+                point = await drive(
+                    server.address, prompts, streams, args.requests_per_stream, args.max_new_tokens
+                )
                 print(f"{streams} streams: {point.tokens_per_s:.1f} tokens/s", flush=True)
                 points.append(point)
         finally:
             await server.stop()
+        # Measured again after the service, so load that changed during the run shows up.
+        after = measure_baseline(model_dir, prompts[: args.baseline_requests], args.max_new_tokens, "after")
+        print(f"baseline again: {after.tokens_per_s:.1f} tokens/s", flush=True)
+        points.insert(1, after)
+    reference = (before.tokens_per_s + after.tokens_per_s) / 2
     print()
-    print(render(points, baseline))
+    print(render(points, reference))
+    print(f"x base: aggregate tokens/s over the mean of the two baseline runs ({reference:.1f} tokens/s)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated stream counts")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request")
-    parser.add_argument("--requests-per-stream", type=int, default=2, help="requests each stream sends in turn")
+    parser.add_argument(
+        "--requests-per-stream", type=int, default=2, help="requests each stream sends in turn"
+    )
     parser.add_argument("--baseline-requests", type=int, default=8, help="prompts run through generate()")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--in-process", action="store_true", help="run the service in this process")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads, baseline and service alike (0: default)",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

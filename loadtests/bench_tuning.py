@@ -91,12 +91,14 @@ class ServerProcess:
     def __init__(self, label: str, settings: dict[str, str]) -> None:
         self.label = label
         self.port = free_port()
+        self.metrics_port = free_port()
         env = dict(os.environ)
         env.update(
             {
                 "TEXTSERVE_EMBEDDING__SERVER__HOST": "127.0.0.1",
                 "TEXTSERVE_EMBEDDING__SERVER__PORT": str(self.port),
-                "TEXTSERVE_METRICS__ENABLED": "false",
+                "TEXTSERVE_METRICS__HOST": "127.0.0.1",
+                "TEXTSERVE_METRICS__PORT": str(self.metrics_port),
                 "TEXTSERVE_CACHE__BACKEND": "none",
                 "TEXTSERVE_EMBEDDING__CACHE_ENABLED": "false",
                 "TEXTSERVE_LOG__LEVEL": "WARNING",
@@ -138,6 +140,24 @@ class ServerProcess:
         budget = info.batch_budget
         return budget.max_batch_size, budget.max_batch_tokens, budget.source
 
+    def counters(self) -> dict[str, float]:
+        """Model busy seconds, batches and batched texts so far, from the service's /metrics."""
+        from urllib.request import urlopen
+
+        with urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        wanted = {
+            "textserve_inference_duration_seconds_sum": "busy_s",
+            "textserve_batch_size_count": "batches",
+            "textserve_batch_size_sum": "texts",
+        }
+        found = dict.fromkeys(wanted.values(), 0.0)
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in wanted and 'service="embedding"' in line:
+                found[wanted[name]] += float(line.rsplit(" ", 1)[1])
+        return found
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -147,8 +167,15 @@ class ServerProcess:
         self._log.close()
 
 
-async def drive(address: str, texts: list[str], concurrency: int, seconds: float) -> float:
-    """Closed loop of `concurrency` callers, one text per request; completed texts per second."""
+async def drive(
+    server: ServerProcess, texts: list[str], concurrency: int, seconds: float
+) -> dict[str, float]:
+    """Closed loop of `concurrency` callers, one text per request, after a short warm-up.
+
+    Returns completed texts per second, the share of the time the model was running a batch
+    (`busy`), and the mean texts per batch.
+    """
+    address = server.address
     from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
     channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
@@ -171,15 +198,22 @@ async def drive(address: str, texts: list[str], concurrency: int, seconds: float
 
     stop_at = time.perf_counter() + min(1.0, seconds / 3)  # warm-up
     await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    before = await asyncio.to_thread(server.counters)
     started = time.perf_counter()
     stop_at = started + seconds
     done = sum(await asyncio.gather(*(caller(i) for i in range(concurrency))))
     elapsed = time.perf_counter() - started
+    after = await asyncio.to_thread(server.counters)
     for channel in channels:
         await channel.close()
     if errors:
         print(f"warning: {errors} failed requests against {address}", file=sys.stderr)
-    return done / elapsed
+    batches = max(1.0, after["batches"] - before["batches"])
+    return {
+        "texts_per_second": done / elapsed,
+        "busy": (after["busy_s"] - before["busy_s"]) / elapsed,
+        "mean_batch": (after["texts"] - before["texts"]) / batches,
+    }
 
 
 def mix_rate(rates: dict[str, float]) -> float:
@@ -215,7 +249,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for s in args.sizes
     ]
     servers = [ServerProcess(label, settings) for label, settings in setups]
-    results: dict[str, list[float]] = {server.label: [] for server in servers}
+    results: dict[str, list[dict[str, float]]] = {server.label: [] for server in servers}
     raw_rounds: list[dict[str, dict[int, float]]] = []
     try:
         print(f"... starting {len(servers)} services", file=sys.stderr, flush=True)
@@ -227,9 +261,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             raw_rounds.append(measure_raw(model, ids, args.raw_seconds))
             shift = round_index % len(servers)
             for server in servers[shift:] + servers[:shift]:
-                results[server.label].append(
-                    await drive(server.address, mixed, args.concurrency, args.seconds)
-                )
+                results[server.label].append(await drive(server, mixed, args.concurrency, args.seconds))
     finally:
         for server in servers:
             server.stop()
@@ -243,7 +275,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "tuned": tuned.to_json(),
         "tune_seconds": tune_seconds,
         "budgets": budgets,
-        "service": {label: statistics.median(values) for label, values in results.items()},
+        "service": {
+            label: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+            for label, rounds in results.items()
+        },
         "rounds": results,
         "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
     }
@@ -269,27 +304,30 @@ def render(result: dict[str, Any]) -> str:
         f"mixed workload (1/3 each class, {result['args']['concurrency']} in flight, 1 text/request), "
         f"median of {result['args']['rounds']} rounds x {result['args']['seconds']:.0f} s:",
         "",
-        "| setup | budget in force (size / tokens) | texts/s | x best fixed | x raw best on the mix |",
-        "|---|---|---:|---:|---:|",
+        "| setup | budget in force (size / tokens) | texts/s | x best fixed | x raw best on the mix "
+        "| model busy | texts per batch |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    service: dict[str, float] = result["service"]
+    service = {label: row["texts_per_second"] for label, row in result["service"].items()}
     fixed = {label: rate for label, rate in service.items() if label.startswith("fixed")}
     best_fixed_label = max(fixed, key=lambda label: fixed[label])
     best_fixed = fixed[best_fixed_label]
+    raw_single = mix_rate({name: rates[1] for name, rates in raw.items()})
     lines.append(
         f"| raw model, best batch per class (no server) | - | {raw_mix:.0f} "
-        f"| {raw_mix / best_fixed:.2f} | 1.00 |"
+        f"| {raw_mix / best_fixed:.2f} | 1.00 | - | - |"
     )
     lines.append(
-        f"| raw model, batch 1 (no server) | - | {mix_rate({n: r[1] for n, r in raw.items()}):.0f} | "
-        f"{mix_rate({n: r[1] for n, r in raw.items()}) / best_fixed:.2f} | "
-        f"{mix_rate({n: r[1] for n, r in raw.items()}) / raw_mix:.2f} |"
+        f"| raw model, batch 1 (no server) | - | {raw_single:.0f} "
+        f"| {raw_single / best_fixed:.2f} | {raw_single / raw_mix:.2f} | - | - |"
     )
-    for label, rate in service.items():
+    for label, row in result["service"].items():
         size, tokens, _source = result["budgets"][label]
+        rate = row["texts_per_second"]
         lines.append(
             f"| service, {label} | {size} / {tokens} | {rate:.0f} "
-            f"| {rate / best_fixed:.2f} | {rate / raw_mix:.2f} |"
+            f"| {rate / best_fixed:.2f} | {rate / raw_mix:.2f} "
+            f"| {row['busy']:.0%} | {row['mean_batch']:.1f} |"
         )
     tuned_rate = service["tuned"]
     lines += [

@@ -61,24 +61,33 @@ def test_every_pod_config_loads(scenario: Scenario, tmp_path: Path) -> None:
         settings, raw = _pod_settings(docs, svc, tmp_path)
         assert set(raw) == {"log", "metrics", "cache", svc}, "a pod's file holds only its own section"
         assert settings.metrics.port == METRICS_PORT and settings.metrics.enabled
+        auth = values["global"]["auth"]["enabled"]
         if svc == "gateway":
             assert settings.gateway.port == DEFAULT_PORTS["gateway"]
-            if values["services"]["embedding"]["enabled"]:
-                assert settings.gateway.embedding_address == _headless("embedding")
-            if values["services"]["generation"]["enabled"]:
-                assert settings.gateway.generation_address == _headless("generation")
+            for backend in ("embedding", "generation"):
+                enabled = values["services"][backend]["enabled"]
+                address = getattr(settings.gateway, f"{backend}_address")
+                assert address == (_headless(backend) if enabled else ""), "empty switches the endpoint off"
+            if auth:
+                assert str(settings.gateway.client_token_file) == "/etc/textserve/auth/clientToken"
+            if values["global"]["tls"]["enabled"]:
+                assert settings.gateway.client.tls.enabled
             continue
         section = getattr(settings, svc)
         assert section.server.port == DEFAULT_PORTS[svc]
         tls = values["global"]["tls"]
         assert section.server.tls.enabled == tls["enabled"]
+        assert section.server.health_port == (tls["healthPort"] if tls["enabled"] else None)
         if tls["enabled"]:
             assert str(section.server.tls.cert_file) == "/etc/textserve/tls/tls.crt"
             assert section.server.tls.require_client_cert == tls["requireClientCert"]
             assert (
                 section.client.tls.enabled and str(section.client.tls.ca_file) == "/etc/textserve/tls/ca.crt"
             )
-        assert section.server.auth.enabled == values["global"]["auth"]["enabled"]
+        assert section.server.auth.enabled == auth
+        if auth:
+            assert str(section.server.auth.tokens_file) == "/etc/textserve/auth/tokens"
+            assert str(section.server.auth.client_token_file) == "/etc/textserve/auth/clientToken"
         if svc != "tokenizer":
             assert str(section.model.onnx_cache_dir) == "/var/cache/textserve/onnx"
 
@@ -134,6 +143,13 @@ def test_values_reach_the_service_sections(tmp_path: Path) -> None:
     assert generation.generation.model.path == "/models/qwen2.5-1.5b-instruct"
     tokenizer, raw = _pod_settings(gpu_docs, "tokenizer", tmp_path)
     assert [m.path for m in tokenizer.tokenizer.models] == ["/models/bge-base-en-v1.5"]
+
+
+def test_gateway_without_generation(tmp_path: Path) -> None:
+    docs = documents(render({"services": {"generation": {"enabled": False}}}))
+    settings, _ = _pod_settings(docs, "gateway", tmp_path)
+    assert settings.gateway.generation_address == ""
+    assert settings.gateway.embedding_address == _headless("embedding")
 
 
 def test_service_addresses_follow_service_discovery(tmp_path: Path) -> None:

@@ -180,6 +180,7 @@ def test_ports_follow_the_contract(scenario: Scenario) -> None:
         ctr = container(workload(docs, svc))
         ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
         main = "http" if svc == "gateway" else "grpc"
+        ports.pop("health", None)  # TLS only: test_grpc_probes
         assert ports == {main: port, "metrics": METRICS_PORT}, f"{svc}: {ports}"
         env = env_of(ctr)
         port_var = "TEXTSERVE_GATEWAY__PORT" if svc == "gateway" else f"TEXTSERVE_{svc.upper()}__SERVER__PORT"
@@ -229,48 +230,47 @@ def test_environment(scenario: Scenario) -> None:
                 assert set(value) == {"secretKeyRef"}, f"{svc}: {name} comes from {value}"
 
 
-def _probe_checks(scenario: Scenario, svc: str, probe: dict[str, Any], health_service: str) -> None:
-    port = _port(scenario, svc)
-    if _tls(scenario):
-        command = probe["exec"]["command"]
-        assert command[:2] == ["python", "/etc/textserve/config/grpc_health_check.py"]
-        assert command[-1] == f"grpc://127.0.0.1:{port}/{health_service}"
-        assert "--tls-ca" in command and "--server-name" in command
-    else:
-        assert probe["grpc"] == {"port": port, "service": health_service}
-
-
 def test_grpc_probes(scenario: Scenario) -> None:
+    """Native kubelet gRPC probes: "" for startup and liveness, the full service name for
+    readiness; with TLS on they go to the plaintext health-only port."""
     docs = scenario_docs(scenario)
+    values = merged_values(scenario)
     for svc in enabled_components(scenario):
         ctr = container(workload(docs, svc))
         if svc == "gateway":
-            path = merged_values(scenario)["gateway"]["healthPath"]
-            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            paths = {
+                "startupProbe": values["gateway"]["livenessPath"],
+                "livenessProbe": values["gateway"]["livenessPath"],
+                "readinessProbe": values["gateway"]["readinessPath"],
+            }
+            for kind, path in paths.items():
                 probe = ctr[kind]
-                assert (
-                    probe.get("httpGet", {}).get("path") == path
-                    if path
-                    else probe["tcpSocket"]["port"] == "http"
-                )
+                if path:
+                    assert probe["httpGet"] == {"path": path, "port": "http"}, kind
+                else:
+                    assert probe["tcpSocket"] == {"port": "http"}, kind
             continue
-        _probe_checks(scenario, svc, ctr["startupProbe"], "")
-        _probe_checks(scenario, svc, ctr["livenessProbe"], "")
-        _probe_checks(scenario, svc, ctr["readinessProbe"], GRPC_SERVICE_NAMES[svc])
+        port = values["global"]["tls"]["healthPort"] if _tls(scenario) else _port(scenario, svc)
+        assert ctr["startupProbe"]["grpc"] == {"port": port, "service": ""}
+        assert ctr["livenessProbe"]["grpc"] == {"port": port, "service": ""}
+        assert ctr["readinessProbe"]["grpc"] == {"port": port, "service": GRPC_SERVICE_NAMES[svc]}
         assert ctr["startupProbe"]["failureThreshold"] * ctr["startupProbe"]["periodSeconds"] >= 300, (
             "model loading (and ONNX export) needs minutes"
         )
+        if _tls(scenario):
+            env = env_of(ctr)
+            assert env[f"TEXTSERVE_{svc.upper()}__SERVER__HEALTH_PORT"] == str(port)
+            assert {"name": "health", "containerPort": port, "protocol": "TCP"} in ctr["ports"]
 
 
-def test_no_docker_healthcheck_style_probes(scenario: Scenario) -> None:
-    """Probes are gRPC health (or the TLS-capable health script), never shell pipelines."""
+def test_no_exec_probes(scenario: Scenario) -> None:
+    """No Docker-HEALTHCHECK-style commands: gRPC health, HTTP or TCP probes only."""
     for deployment in of_kind(scenario_docs(scenario), "Deployment"):
         if component_of(deployment) == "redis":
             continue
         ctr = container(deployment)
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
-            command = ctr[kind].get("exec", {}).get("command", [])
-            assert not command or command[0] == "python", command
+            assert "exec" not in ctr[kind], f"{deployment['metadata']['name']} {kind}"
 
 
 # --- security ---------------------------------------------------------------------------
@@ -420,7 +420,7 @@ def test_helm_test_pod_checks_every_enabled_service(scenario: Scenario) -> None:
             host = f"{RELEASE}-textserve-{svc}-headless.{NAMESPACE}.svc.cluster.local"
             expected.append(f"grpc://{host}:{DEFAULT_PORTS[svc]}/{GRPC_SERVICE_NAMES[svc]}")
     if "gateway" in enabled:
-        path = merged_values(scenario)["gateway"]["healthPath"]
+        path = merged_values(scenario)["gateway"]["readinessPath"]
         host = f"{RELEASE}-textserve-gateway.{NAMESPACE}.svc.cluster.local:8080"
         expected.append(f"http://{host}{path}" if path else f"tcp://{host}")
     assert targets == expected

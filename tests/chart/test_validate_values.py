@@ -96,6 +96,12 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "config.server.grace_period_s=120",
     ),
     (
+        "gateway grace period too short",
+        {"gateway": {"config": {"grace_period_s": 40}}},
+        "gateway: terminationGracePeriodSeconds=30 is shorter than preStopSleepSeconds=5 + "
+        "config.grace_period_s=40",
+    ),
+    (
         "ingress without hosts",
         {"gateway": {"ingress": {"enabled": True, "hosts": []}}},
         "gateway.ingress: enabled=true needs at least one entry in hosts",

@@ -39,6 +39,8 @@ class Query:
     source: str
     title: str
     expr: str
+    target: str = ""
+    """Which query of the panel (its legend), for messages."""
 
     def concrete(self) -> str:
         """The expression with dashboard variables replaced by their "All" values."""
@@ -56,7 +58,9 @@ def dashboard_queries() -> list[Query]:
         dashboard = json.loads(path.read_text())
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
-                queries.append(Query(path.name, panel["title"], target["expr"]))
+                queries.append(
+                    Query(path.name, panel["title"], target["expr"], target.get("legendFormat", ""))
+                )
         for variable in dashboard["templating"]["list"]:
             if variable["type"] == "query":
                 inner = re.fullmatch(r"label_values\((.*),\s*\w+\)", variable["definition"])

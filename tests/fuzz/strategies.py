@@ -36,18 +36,23 @@ _CHARS = st.characters(exclude_categories=("Cs",))
 _CONTROL = st.sampled_from(["\x00", "\x01", "\x1b", "\x7f", "\u200b", "\ufeff", "\u202e", "\n", "\r\n", "\t"])
 
 
-def texts() -> st.SearchStrategy[str]:
-    """Short arbitrary text, control-character soup, or (rarely) very long text."""
-    return st.one_of(
+def texts(long: bool = False) -> st.SearchStrategy[str]:
+    """Short arbitrary text or control-character soup; with `long`, now and then a text far over
+    the character limits (only where it is not multiplied by a list)."""
+    options = [
         st.text(_CHARS, max_size=40),
         st.lists(st.one_of(_CONTROL, _CHARS), max_size=20).map("".join),
         st.sampled_from(["", " ", "hello world", "positive", "negative", "default", "INPUT", "0", "-1"]),
-        st.builds(
-            lambda s, n: (s or "x") * n,
-            st.text(_CHARS, min_size=1, max_size=3),
-            st.sampled_from([3000, 150_000]),
-        ),
-    )
+    ]
+    if long:
+        options.append(
+            st.builds(_times, st.text(_CHARS, min_size=1, max_size=3), st.sampled_from([3000, 150_000]))
+        )
+    return st.one_of(*options)
+
+
+def _times(text: str, count: int) -> str:
+    return text * count
 
 
 def _integers(field_type: int) -> st.SearchStrategy[int]:
@@ -60,11 +65,11 @@ def _integers(field_type: int) -> st.SearchStrategy[int]:
     )
 
 
-def scalar(field: FD) -> st.SearchStrategy[Any]:
-    """Values for one non-message field element."""
+def scalar(field: FD, long: bool = False) -> st.SearchStrategy[Any]:
+    """Values for one non-message field element (`long`: strings may be very long)."""
     kind = field.type
     if kind == FD.TYPE_STRING:
-        return texts()
+        return texts(long)
     if kind == FD.TYPE_BYTES:
         return st.binary(max_size=64)
     if kind == FD.TYPE_BOOL:
@@ -82,30 +87,40 @@ def scalar(field: FD) -> st.SearchStrategy[Any]:
 
 
 def _repeated(element: st.SearchStrategy[Any], huge: bool) -> st.SearchStrategy[list[Any]]:
-    """Lists: usually short, sometimes empty, sometimes far over request limits."""
+    """Lists: usually short, sometimes empty; with `huge`, sometimes far over request limits."""
     options = [st.lists(element, max_size=5)]
     if huge:
-        options.append(st.builds(lambda item, n: [item] * n, element, st.sampled_from([257, 2000])))
+        options.append(st.builds(_repeat, element, st.sampled_from([257, 2000])))
     return st.one_of(*options)
 
 
+def _repeat(item: Any, count: int) -> list[Any]:
+    return [item] * count
+
+
 def field_values(field: FD, depth: int) -> st.SearchStrategy[Any]:
-    """Strategy for the value of `field` (a list for repeated, a dict for maps)."""
+    """Strategy for the value of `field` (a list for repeated, a dict for maps).
+
+    Sizes stay bounded: huge lists only of scalars near the top, very long strings only as
+    single values or as the one item of a top-level list.
+    """
+    near_top = depth <= 1
     if field.type == FD.TYPE_MESSAGE:
         entry = field.message_type
         if entry.GetOptions().map_entry:
             key = scalar(entry.fields_by_name["key"])
             value_field = entry.fields_by_name["value"]
-            value = (
-                messages(value_field.message_type, depth + 1)
-                if value_field.type == FD.TYPE_MESSAGE
-                else scalar(value_field)
-            )
-            return st.dictionaries(key, value, max_size=3)
+            if value_field.type == FD.TYPE_MESSAGE:
+                return st.dictionaries(key, messages(value_field.message_type, depth + 1), max_size=3)
+            return st.dictionaries(key, scalar(value_field), max_size=3)
         element: st.SearchStrategy[Any] = messages(field.message_type, depth + 1)
-        return _repeated(element, huge=depth == 0) if _is_repeated(field) else element
-    element = scalar(field)
-    return _repeated(element, huge=True) if _is_repeated(field) else element
+        return _repeated(element, huge=False) if _is_repeated(field) else element
+    if not _is_repeated(field):
+        return scalar(field, long=near_top)
+    lists = _repeated(scalar(field), huge=near_top)
+    if depth == 0 and field.type == FD.TYPE_STRING:
+        return st.one_of(lists, st.builds(lambda text: [text], texts(long=True)))
+    return lists
 
 
 def _is_repeated(field: FD) -> bool:
@@ -161,3 +176,35 @@ def wire_bytes() -> st.SearchStrategy[bytes]:
             ]
         ),
     )
+
+
+def _replaced(seed: _message.Message, field: FD, value: Any) -> _message.Message:
+    message = type(seed)()
+    message.CopyFrom(seed)
+    message.ClearField(field.name)
+    return _fill(message, {field.name: value})
+
+
+def near_valid(seeds: list[_message.Message]) -> st.SearchStrategy[_message.Message]:
+    """A valid seed request as is, or with one field replaced by an arbitrary value.
+
+    Random messages are mostly rejected at the first check; these reach the code behind it.
+    """
+    descriptor = seeds[0].DESCRIPTOR
+    fields = list(descriptor.fields)
+
+    def one_field(seed: _message.Message) -> st.SearchStrategy[_message.Message]:
+        return st.sampled_from(fields).flatmap(
+            lambda field: field_values(field, 0).map(lambda value: _replaced(seed, field, value))
+        )
+
+    return st.one_of(st.sampled_from(seeds), st.sampled_from(seeds).flatmap(one_field))
+
+
+def requests(
+    descriptor: _descriptor.Descriptor, seeds: list[_message.Message] | None = None
+) -> st.SearchStrategy[_message.Message]:
+    """Requests of one RPC: arbitrary messages, and near-valid ones when seeds are known."""
+    if not seeds:
+        return messages(descriptor)
+    return st.one_of(messages(descriptor), near_valid(seeds), near_valid(seeds))

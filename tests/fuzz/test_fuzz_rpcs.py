@@ -40,8 +40,8 @@ from textserve.core.server import ServiceHost
 from tests.fuzz import strategies
 from tests.support import embedding_config, loopback_server, model_config, start_host
 
-MESSAGE_EXAMPLES = 30
-WIRE_EXAMPLES = 12
+MESSAGE_EXAMPLES = 25
+WIRE_EXAMPLES = 10
 CALL_TIMEOUT_S = 60.0
 
 ALLOWED = {
@@ -145,7 +145,10 @@ def channel_for(fuzz_host: ServiceHost) -> Iterator[Any]:
 
     def get(app: str) -> grpc.Channel:
         if app not in opened:
-            opened[app] = grpc.insecure_channel(f"127.0.0.1:{fuzz_host.port_of(app)}")
+            opened[app] = grpc.insecure_channel(
+                f"127.0.0.1:{fuzz_host.port_of(app)}",
+                options=[("grpc.max_receive_message_length", 256 << 20)],
+            )
         return opened[app]
 
     yield get

@@ -389,6 +389,21 @@ async def test_trained_head_scores_held_out_texts_well_above_chance(
         assert error.details().startswith(field + ":")
 
 
+async def test_head_for_other_vectors_fails_at_start(tmp_path: Path, embedding_address: str) -> None:
+    from textserve.classifier.app import ClassifierApp
+    from textserve.classifier.linear_head import LinearHead
+    from textserve.classifier.service import HeadMismatch
+
+    path = tmp_path / "small.safetensors"
+    LinearHead(np.zeros((2, 4), np.float32), np.zeros(2, np.float32), ("a", "b"), "other", "r").save(path)
+    app = ClassifierApp(
+        classifier_config(kind="linear_head", head_path=path, embedding_address=embedding_address)
+    )
+    with pytest.raises(HeadMismatch, match="takes 4-dimensional vectors"):
+        await app.start()
+    await app.stop()
+
+
 # --- sequence classification ---------------------------------------------------------------
 ID2LABEL = {0: "alpha", 1: "beta", 2: "gamma"}
 
@@ -467,3 +482,34 @@ async def test_sequence_classification_matches_transformers(
     )
     assert errors[1].code() == grpc.StatusCode.INVALID_ARGUMENT
     assert errors[1].details().startswith("texts[0]:") and "max_tokens_per_text=64" in errors[1].details()
+
+
+# --- the `make run` layout --------------------------------------------------------------------
+async def test_embedding_and_classifier_in_one_process_share_the_model(onnx_cache_dir: Path) -> None:
+    """`serve embedding classifier` (as `serve all`): the classifier uses the embedding app's model."""
+    from textserve.apps import build_apps
+    from textserve.core.config import load_settings
+    from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+    loopback = {"host": "127.0.0.1", "port": 0, "grace_period_s": 1.0}
+    settings = load_settings(
+        environ={},
+        overrides={
+            "embedding": {"server": loopback, "model": {"onnx_cache_dir": str(onnx_cache_dir)}},
+            "classifier": {"server": loopback},
+        },
+    )
+    host = await start_host(build_apps(["embedding", "classifier"], settings))
+    try:
+        response = await classify(
+            f"127.0.0.1:{host.port_of('classifier')}",
+            classifier_pb2.ClassifyRequest(texts=[t for t, _ in SENTIMENT], skip_cache=True),
+        )
+        assert [c.top_label for c in response.classifications] == [label for _, label in SENTIMENT]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port_of('embedding')}") as channel:
+            embedded = await embedding_pb2_grpc.EmbeddingServiceStub(channel).Embed(
+                embedding_pb2.EmbedRequest(texts=["still serving embeddings"]), timeout=30
+            )
+        assert len(embedded.embeddings[0].values) == 384
+    finally:
+        await host.stop(grace=1.0)

@@ -273,3 +273,28 @@ async def test_client_leaving_a_unary_request_frees_the_slot(gateway: GatewaySer
             await request
     assert await wait_until(lambda: _finished_cancelled(model_name) == cancelled_before + 1)
     assert await wait_until(lambda: _running(model_name) == 0)
+
+
+async def test_stop_lets_open_streams_finish(generation_address: str, model_name: str) -> None:
+    body = {
+        "model": model_name,
+        "messages": MESSAGES,
+        "max_tokens": 24,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with running_gateway(generation_address=generation_address, grace_period_s=60.0) as server:
+        async with (
+            httpx.AsyncClient(base_url=base_url(server), timeout=60) as http,
+            http.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            lines = response.aiter_lines()
+            first = await anext(lines)
+            stopping = asyncio.create_task(server.stop())  # SIGTERM path: drain, then close
+            rest = [line async for line in lines]
+        await stopping
+    events = [line for line in [first, *rest] if line]
+    assert events[-1] == "data: [DONE]"
+    usage = json.loads(events[-2][len("data: ") :])["usage"]
+    assert usage["completion_tokens"] == 24

@@ -18,12 +18,12 @@ from typing import Any
 import grpc
 import pytest
 import torch
-
-from tests.support import loopback_server, start_host
 from textserve.core.config import CacheConfig, GenerationServiceConfig, LimitsConfig, ModelConfig
 from textserve.core.metrics import REGISTRY
 from textserve.core.server import ServiceHost
 from textserve.v1 import generation_pb2, generation_pb2_grpc, tokenizer_pb2
+
+from tests.support import loopback_server, start_host
 
 CONTEXT = 256
 MAX_NEW_LIMIT = 200
@@ -60,9 +60,8 @@ class Served:
 
 
 def _gpt2(path: Path) -> Path:
-    from transformers import GPT2Config
-
     from textserve.runtime.random_lm import byte_level_tokenizer, save_random_model
+    from transformers import GPT2Config
 
     tokenizer = byte_level_tokenizer(chat_template=None)
     eos = int(tokenizer.eos_token_id)
@@ -81,10 +80,9 @@ def _gpt2(path: Path) -> Path:
 
 
 def _llama(path: Path) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig
-
     from textserve.core.config import default_model_path
     from textserve.runtime.random_lm import save_random_model
+    from transformers import AutoTokenizer, LlamaConfig
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     tokenizer.chat_template = (
@@ -108,10 +106,9 @@ def _llama(path: Path) -> Path:
 
 
 async def _serve(path: Path) -> Served:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from textserve.generation.app import GenerationApp
     from textserve.core.cache import MemoryCacheBackend, ResponseCache
+    from textserve.generation.app import GenerationApp
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = GenerationServiceConfig(
         server=loopback_server(),
@@ -126,7 +123,12 @@ async def _serve(path: Path) -> Served:
     host = await start_host([GenerationApp(config, cache)])
     model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
     return Served(
-        path.name, path, host, f"127.0.0.1:{host.port_of('generation')}", AutoTokenizer.from_pretrained(str(path)), model
+        path.name,
+        path,
+        host,
+        f"127.0.0.1:{host.port_of('generation')}",
+        AutoTokenizer.from_pretrained(str(path)),
+        model,
     )
 
 
@@ -170,7 +172,9 @@ def request(prompt: str, **params: Any) -> generation_pb2.GenerateRequest:
     )
 
 
-async def collect(stub: generation_pb2_grpc.GenerationServiceStub, req: generation_pb2.GenerateRequest) -> Any:
+async def collect(
+    stub: generation_pb2_grpc.GenerationServiceStub, req: generation_pb2.GenerateRequest
+) -> Any:
     """Runs GenerateStream; returns (deltas, token ids, last message)."""
     deltas: list[str] = []
     ids: list[int] = []
@@ -189,7 +193,9 @@ def gauge(name: str, model: str) -> float:
 async def test_concurrent_greedy_equals_generate_alone(served: Served) -> None:
     """16 prompts at once (half streamed, half unary) == generate() on each prompt alone."""
     max_new = 12
-    before = REGISTRY.get_sample_value("textserve_batch_size_sum", {"service": "generation", "model": served.name})
+    before = REGISTRY.get_sample_value(
+        "textserve_batch_size_sum", {"service": "generation", "model": served.name}
+    )
     async with grpc.aio.insecure_channel(served.address) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
         calls = []
@@ -204,8 +210,12 @@ async def test_concurrent_greedy_equals_generate_alone(served: Served) -> None:
         usage = result.usage if isinstance(result, generation_pb2.GenerateResponse) else result[2].usage
         assert usage.input_tokens == len(prompt_ids)
         assert usage.output_tokens == len(ids)
-    after = REGISTRY.get_sample_value("textserve_batch_size_sum", {"service": "generation", "model": served.name})
-    steps = REGISTRY.get_sample_value("textserve_batch_size_count", {"service": "generation", "model": served.name})
+    after = REGISTRY.get_sample_value(
+        "textserve_batch_size_sum", {"service": "generation", "model": served.name}
+    )
+    steps = REGISTRY.get_sample_value(
+        "textserve_batch_size_count", {"service": "generation", "model": served.name}
+    )
     assert after is not None and steps is not None and after - (before or 0) > steps  # rows shared steps
 
 
@@ -222,7 +232,9 @@ async def test_stream_deltas_rebuild_the_text(served: Served) -> None:
         assert unary.text == served.tokenizer.decode(ids, skip_special_tokens=True)
     else:  # WordPiece: words are joined as in a decode of the whole sequence
         whole = served.tokenizer.decode(
-            served.tokenizer(prompt)["input_ids"] + ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            served.tokenizer(prompt)["input_ids"] + ids,
+            skip_special_tokens=True,
+            clean_up_tokenization_spaces=False,
         )
         assert whole.replace(" ", "").endswith(unary.text.replace(" ", ""))
     assert last.finish_reason == generation_pb2.FINISH_REASON_LENGTH
@@ -286,7 +298,9 @@ async def test_chat_is_rendered_with_the_template(llama: Served) -> None:
     )
     prompt_ids = llama.tokenizer(rendered, add_special_tokens=False)["input_ids"]
     req = generation_pb2.GenerateRequest(
-        chat=generation_pb2.ChatInput(messages=[tokenizer_pb2.ChatMessage(role=r, content=c) for r, c in messages]),
+        chat=generation_pb2.ChatInput(
+            messages=[tokenizer_pb2.ChatMessage(role=r, content=c) for r, c in messages]
+        ),
         params=generation_pb2.SamplingParams(max_new_tokens=10),
         skip_cache=True,
     )
@@ -317,9 +331,17 @@ async def test_chat_without_template_is_invalid_argument(gpt2: Served) -> None:
         (generation_pb2.GenerateRequest(prompt=""), "prompt", "empty"),
         (generation_pb2.GenerateRequest(), "input", "prompt or chat"),
         (generation_pb2.GenerateRequest(chat=generation_pb2.ChatInput()), "chat.messages", "at least one"),
-        (request("hi", max_new_tokens=MAX_NEW_LIMIT + 1), "params.max_new_tokens", f"max_new_tokens_limit={MAX_NEW_LIMIT}"),
+        (
+            request("hi", max_new_tokens=MAX_NEW_LIMIT + 1),
+            "params.max_new_tokens",
+            f"max_new_tokens_limit={MAX_NEW_LIMIT}",
+        ),
         (request("word " * 400), "prompt", f"max_context_tokens={CONTEXT}"),
-        (request("word " * 40, max_new_tokens=MAX_NEW_LIMIT), "params.max_new_tokens", f"max_context_tokens={CONTEXT}"),
+        (
+            request("word " * 40, max_new_tokens=MAX_NEW_LIMIT),
+            "params.max_new_tokens",
+            f"max_context_tokens={CONTEXT}",
+        ),
         (request("hi", temperature=-0.5), "params.temperature", ">= 0"),
         (request("hi", temperature=float("nan")), "params.temperature", ">= 0"),
         (request("hi", top_p=1.5), "params.top_p", "(0, 1]"),
@@ -367,7 +389,9 @@ async def test_client_disconnect_frees_the_slot(gpt2: Served) -> None:
         call.cancel()
         assert await _wait_for_gauge("textserve_generation_running_sequences", gpt2.name, 0) == 0
     assert gauge("textserve_generation_kv_tokens_used", gpt2.name) == 0
-    assert (REGISTRY.get_sample_value("textserve_generation_finished_total", labels) or 0.0) > cancelled_before
+    assert (
+        REGISTRY.get_sample_value("textserve_generation_finished_total", labels) or 0.0
+    ) > cancelled_before
 
 
 async def test_passed_deadline_is_not_computed(gpt2: Served) -> None:
@@ -381,7 +405,9 @@ async def test_passed_deadline_is_not_computed(gpt2: Served) -> None:
         "textserve_generation_tokens_total", {"service": "generation", "model": gpt2.name}
     )
     with pytest.raises(DeadlineExceeded):
-        await service.generate(GenerateParams(prompt="Hello", max_new_tokens=5), deadline=time.monotonic() - 1)
+        await service.generate(
+            GenerateParams(prompt="Hello", max_new_tokens=5), deadline=time.monotonic() - 1
+        )
     tokens_after = REGISTRY.get_sample_value(
         "textserve_generation_tokens_total", {"service": "generation", "model": gpt2.name}
     )
@@ -395,10 +421,14 @@ async def test_deterministic_requests_are_cached(gpt2: Served) -> None:
         second = await stub.Generate(request("cache me", max_new_tokens=8, skip_cache=False))
         skipped = await stub.Generate(request("cache me", max_new_tokens=8, skip_cache=True))
         seeded = [
-            await stub.Generate(request("cache me", max_new_tokens=8, temperature=1.0, seed=5, skip_cache=False))
+            await stub.Generate(
+                request("cache me", max_new_tokens=8, temperature=1.0, seed=5, skip_cache=False)
+            )
             for _ in range(2)
         ]
-        unseeded = await stub.Generate(request("cache me", max_new_tokens=8, temperature=1.0, skip_cache=False))
+        unseeded = await stub.Generate(
+            request("cache me", max_new_tokens=8, temperature=1.0, skip_cache=False)
+        )
         again = await stub.Generate(request("cache me", max_new_tokens=8, temperature=1.0, skip_cache=False))
     assert first.usage.cached_texts == 0 and second.usage.cached_texts == 1
     assert second.text == first.text and list(second.token_ids) == list(first.token_ids)

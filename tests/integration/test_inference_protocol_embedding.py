@@ -254,6 +254,14 @@ def _bad_requests(v2: SimpleNamespace) -> list[tuple[str, Any, grpc.StatusCode, 
     request.outputs.add(name="scores")
     request = case("raw and typed", grpc.StatusCode.INVALID_ARGUMENT, "inputs[text_input]: has both contents")
     request.raw_input_contents.append(struct.pack("<I", 1) + b"a")
+    request = case(
+        "classification", grpc.StatusCode.INVALID_ARGUMENT, "outputs[embedding].parameters[classif"
+    )
+    request.outputs.add(name="embedding").parameters["classification"].int64_param = 3
+    request = case(
+        "shared memory", grpc.StatusCode.INVALID_ARGUMENT, "inputs[text_input].parameters[shared_mem"
+    )
+    request.inputs[0].parameters["shared_memory_region"].string_param = "region"
     raw = pb.ModelInferRequest(model_name=MODEL)
     raw.inputs.add(name="text_input", datatype="BYTES", shape=[2])
     raw.raw_input_contents.append(struct.pack("<I", 3) + b"one" + struct.pack("<I", 9) + b"two")

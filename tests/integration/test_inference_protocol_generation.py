@@ -7,6 +7,7 @@ proto. Correctness is agreement with the native Generate API, not prose quality.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from textserve.core.cache import build_cache
 from textserve.core.config import CacheConfig, GenerationServiceConfig
+from textserve.core.metrics import REGISTRY
 from textserve.core.server import ServiceHost
 from textserve.v1 import generation_pb2, generation_pb2_grpc
 
@@ -189,3 +191,30 @@ async def test_stream_errors_are_in_band(client: Any, v2: SimpleNamespace) -> No
             break
     assert finals == ["good"]
     assert len(errors) == 1 and errors[0].startswith("INVALID_ARGUMENT: parameters[max_tokens]: is 100000")
+
+
+async def test_cancelled_stream_frees_its_sequence(stub: Any, v2: SimpleNamespace, client: Any) -> None:
+    """A client that leaves mid-generation aborts its sequence (counted as cancelled)."""
+    name = (await client.get_model_metadata("generation")).name
+    labels = {"service": "generation", "model": name, "reason": "cancelled"}
+    before = REGISTRY.get_sample_value("textserve_generation_finished_total", labels) or 0.0
+    request = v2.service_pb2.ModelInferRequest(model_name="generation")
+    request.inputs.add(name="text_input", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"Go")
+    request.parameters["max_tokens"].int64_param = 1000
+    request.parameters["ignore_eos"].bool_param = True
+    release = asyncio.Event()
+
+    async def one() -> AsyncIterator[Any]:
+        yield request
+        await release.wait()  # keep the request stream open
+
+    call = stub.ModelStreamInfer(one())
+    first = await call.read()
+    assert first.error_message == "" and first.infer_response.outputs
+    call.cancel()
+    release.set()
+    for _ in range(300):  # bounded wait for the engine's next step; no timing is asserted
+        if (REGISTRY.get_sample_value("textserve_generation_finished_total", labels) or 0.0) > before:
+            break
+        await asyncio.sleep(0.1)
+    assert (REGISTRY.get_sample_value("textserve_generation_finished_total", labels) or 0.0) == before + 1

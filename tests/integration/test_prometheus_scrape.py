@@ -164,27 +164,28 @@ def _concrete(query: Query, service: str) -> str:
     return Query(query.source, query.title, expr).concrete()
 
 
+def _name(query: Query) -> str:
+    return f"{query.source} / {query.title}" + (f" [{query.target}]" if query.target else "")
+
+
 def check_dashboards(prometheus: Prometheus, service: str, require_all: bool) -> list[PanelCheck]:
     """Runs every dashboard query. A query whose series all exist must return data; with
     require_all every query must (every metric is being exported)."""
     results = []
     for query in dashboard_queries():
         expr = _concrete(query, service)
-        missing = [
-            sel
-            for sel in {m.group(0) for m in _SELECTOR.finditer(expr)}
-            if not prometheus.query(f"count({sel})")
-        ]
-        if missing and not require_all:
-            results.append(PanelCheck(query, False, f"not exported by this service: {sorted(missing)}"))
-            continue
-        assert not missing, f"{query.source} / {query.title}: no series for {missing}"
         samples = prometheus.query(expr)
-        assert samples, f"{query.source} / {query.title}: no data for {expr}"
-        values = [float(sample["value"][1]) for sample in samples]
-        if require_all:
-            assert any(math.isfinite(v) for v in values), f"{query.title}: only NaN/Inf for {expr}"
-        results.append(PanelCheck(query, True, f"{len(samples)} series"))
+        if samples:
+            if require_all:
+                values = [float(sample["value"][1]) for sample in samples]
+                assert any(math.isfinite(v) for v in values), f"{_name(query)}: only NaN/Inf for {expr}"
+            results.append(PanelCheck(query, True, f"{len(samples)} series"))
+            continue
+        selectors = sorted({m.group(0) for m in _SELECTOR.finditer(expr)})
+        missing = [selector for selector in selectors if not prometheus.query(f"count({selector})")]
+        assert missing, f"{_name(query)}: its series exist but the query returns no data: {expr}"
+        assert not require_all, f"{_name(query)}: no series for {missing}"
+        results.append(PanelCheck(query, False, f"series not exported by this service: {missing}"))
     return results
 
 
@@ -203,14 +204,9 @@ def check_rules(prometheus: Prometheus) -> None:
 
 def report(checks: list[PanelCheck], record: Callable[[str, object], None]) -> str:
     """A readable list of the panels checked and left out."""
-    lines = [
-        f"{'checked' if c.checked else 'skipped'}: {c.query.source} / {c.query.title}: {c.detail}"
-        for c in checks
-    ]
-    record("panels_checked", [f"{c.query.source} / {c.query.title}" for c in checks if c.checked])
-    record(
-        "panels_skipped", [f"{c.query.source} / {c.query.title}: {c.detail}" for c in checks if not c.checked]
-    )
+    lines = [f"{'checked' if c.checked else 'skipped'}: {_name(c.query)}: {c.detail}" for c in checks]
+    record("panels_checked", [_name(c.query) for c in checks if c.checked])
+    record("panels_skipped", [f"{_name(c.query)}: {c.detail}" for c in checks if not c.checked])
     text = "\n".join(lines)
     print(text)
     return text

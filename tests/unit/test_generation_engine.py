@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
 from textserve.generation.sampling import SamplingConfig, SequenceSampler, sample_next
 from textserve.generation.scheduler import FinishStatus, Scheduler, SchedulerLimits
@@ -14,9 +13,8 @@ from textserve.generation.scheduler import FinishStatus, Scheduler, SchedulerLim
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[Any, Any]:
-    from transformers import GPT2Config
-
     from textserve.runtime.random_lm import byte_level_tokenizer, random_causal_lm
+    from transformers import GPT2Config
 
     tokenizer = byte_level_tokenizer(chat_template=None)
     config = GPT2Config(
@@ -180,3 +178,18 @@ def test_repetition_penalty_matches_transformers() -> None:
     penalised = RepetitionPenaltyLogitsProcessor(5.0)(torch.tensor([history]), logits.clone().unsqueeze(0))
     assert int(penalised.argmax()) != history[0]  # the penalty changed the choice
     assert sampler.choose(logits, history) == int(penalised.argmax())
+
+
+def test_full_waiting_queue_is_rejected_at_once(tiny: tuple[Any, Any]) -> None:
+    from textserve.core.errors import Overloaded
+
+    h = Harness(tiny)
+    h.scheduler.limits = SchedulerLimits(
+        max_running=1, max_waiting=2, kv_budget_tokens=4096, max_prefill_tokens=4096
+    )
+    for seq_id in (1, 2):
+        h.submit(seq_id, "Hello")
+    with pytest.raises(Overloaded, match="max_waiting_sequences=2"):
+        h.submit(3, "Hello")
+    h.step()  # 1 is admitted, which makes room for one more
+    h.submit(3, "Hello")

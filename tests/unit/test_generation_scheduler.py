@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from textserve.core.errors import Overloaded
 from textserve.generation.scheduler import (
     FinishStatus,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from textserve.generation.detokenize import IncrementalDetokenizer, StopMatcher
 
 TEXTS = [
@@ -25,9 +24,8 @@ def byte_level() -> Any:
 
 @pytest.fixture(scope="module")
 def wordpiece() -> Any:
-    from transformers import AutoTokenizer
-
     from textserve.core.config import default_model_path
+    from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(default_model_path())
 

@@ -45,10 +45,9 @@ from textserve.classifier.zero_shot import (
     cosine_logits,
     labels_fingerprint,
 )
-from textserve.core import metrics
 from textserve.core.cache import ResponseCache
 from textserve.core.config import ClassifierServiceConfig, EmbeddingServiceConfig
-from textserve.core.errors import BackendFailure, DeadlineExceeded, InvalidInput, NotReady
+from textserve.core.errors import BackendFailure, InvalidInput, NotReady, TextserveError
 from textserve.core.validation import check_texts
 
 log = logging.getLogger(__name__)
@@ -178,6 +177,10 @@ def build_source(config: ClassifierServiceConfig, token: str | None = None) -> V
     return LocalVectorSource.create(embedding_config_of(config), service=SERVICE)
 
 
+class HeadMismatch(BackendFailure):
+    """The linear head was trained on vectors of another size than the model gives."""
+
+
 class ClassifierService:
     """Owns the vector source, the labels (prototypes or head) and the cache use."""
 
@@ -238,7 +241,9 @@ class ClassifierService:
                     None if shared else min(give_up, time.monotonic() + self.config.client.timeout_s)
                 )
                 return
-            except (NotReady, DeadlineExceeded) as error:
+            except HeadMismatch:
+                raise
+            except TextserveError as error:
                 if time.monotonic() >= give_up:
                     log.warning(
                         "embedding service not reachable at start; serving anyway",
@@ -258,7 +263,7 @@ class ClassifierService:
         if head is None:
             return
         if head.dimensions != description.dimensions:
-            raise BackendFailure(
+            raise HeadMismatch(
                 f"linear head {self.config.head_path} takes {head.dimensions}-dimensional vectors "
                 f"(trained on {head.model_name!r}) but {description.name!r} from {self.source.location} "
                 f"gives {description.dimensions}"
@@ -385,7 +390,6 @@ class ClassifierService:
                         for row, index in enumerate(misses)
                     ]
                 )
-            metrics.INPUT_TOKENS.labels(service=SERVICE, model=model.name).inc(sum(vectors.tokens))
         stacked = np.stack([row for row in logits if row is not None])
         scores = softmax(stacked, temperature)
         for row in range(count):

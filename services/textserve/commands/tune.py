@@ -85,7 +85,11 @@ def _tune(args: argparse.Namespace) -> int:
     tuned = tune(model, tuning, batcher=config.batcher, progress=say)
     tuned.save(output)
     if args.plot:
-        tune_report.plot(tuned, args.plot)
+        try:
+            tune_report.plot(tuned, args.plot)
+        except ImportError:
+            print("--plot needs matplotlib (pip install matplotlib); the table follows", file=sys.stderr)
+            args.plot = None
     if args.json:
         print(json.dumps(tuned.to_json(), indent=2))
         return 0

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--address", default="127.0.0.1:50054", help="generation service host:port")
     parser.add_argument("--chat", action="store_true", help="send the prompt as a chat user message")
     parser.add_argument("--system", default="", help="system message (with --chat)")
-    parser.add_argument("--max-new-tokens", type=int, default=0, help="tokens to generate (0: server default)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=0, help="tokens to generate (0: server default)"
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 disables")
     parser.add_argument("--top-p", type=float, default=0.0, help="nucleus mass in (0, 1]; 0 leaves it unset")

@@ -40,7 +40,7 @@ def generate_params(request: generation_pb2.GenerateRequest) -> GenerateParams:
     )
 
 
-def finish_reason(status: FinishStatus | None) -> generation_pb2.FinishReason.ValueType:
+def finish_reason(status: FinishStatus | None) -> generation_pb2.FinishReason:
     """FinishStatus -> FinishReason (UNSPECIFIED while not finished)."""
     if status is None:
         return generation_pb2.FINISH_REASON_UNSPECIFIED

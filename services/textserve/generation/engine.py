@@ -153,7 +153,9 @@ class GenerationEngine:
         """Starts the worker thread."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name=f"generation-{self.labels['model']}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"generation-{self.labels['model']}", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -249,12 +251,14 @@ class GenerationEngine:
             self._metrics.queue(self.scheduler)
         for item in left:
             self._finish(item, events)
-        running = [seq_id for seq_id in plan.decode if seq_id in self._seqs]
-        self.batch.keep(set(running))
+        self.batch.keep({seq_id for seq_id in plan.decode if seq_id in self._seqs})
+        running = list(self.batch.rows)  # decode order is the batch's row order
         try:
             sampled = self._forward(running, admitted, events)
         except Exception as error:
-            log.exception("generation step failed", extra={**self.labels, "rows": len(running) + len(admitted)})
+            log.exception(
+                "generation step failed", extra={**self.labels, "rows": len(running) + len(admitted)}
+            )
             self._fail_step([*running, *(r.seq_id for r in admitted)], error, events)
             self.on_events(list(events.values()))
             return
@@ -262,12 +266,9 @@ class GenerationEngine:
         with self._lock:
             done = self.scheduler.update({seq_id: token for seq_id, (token, _) in sampled.items()})
             done += self.scheduler.finish(stopped, FinishStatus.STOPPED)
-            still = set(self.scheduler.running)
             self._metrics.queue(self.scheduler)
-        finished_ids = {item.seq_id for item in done}
-        for seq_id in sampled:
-            if seq_id not in still and seq_id not in finished_ids:
-                events.pop(seq_id, None)  # aborted while the step ran; its end is reported next step
+        # A sequence aborted while the step ran still gets this step's token; its end is
+        # reported with the next plan.
         for item in done:
             self._finish(item, events)
         if events:
@@ -331,7 +332,9 @@ class GenerationEngine:
         event.finish = item.status
         self._metrics.finished(item.status)
 
-    def _fail_step(self, seq_ids: Sequence[int], error: BaseException, events: dict[int, SequenceEvent]) -> None:
+    def _fail_step(
+        self, seq_ids: Sequence[int], error: BaseException, events: dict[int, SequenceEvent]
+    ) -> None:
         """Fails the step's sequences, and any other row lost with the batch cache."""
         failed = {*seq_ids, *self._seqs}
         with self._lock:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 class PaddedKVBatch:
@@ -62,9 +63,9 @@ class PaddedKVBatch:
         self.rows = [self.rows[row] for row in keep_rows]
         unused = self.width - int(self._lengths.max().item())
         if unused > 0:
-            for layer in self._cache.layers:
-                layer.keys = layer.keys[..., unused:, :]
-                layer.values = layer.values[..., unused:, :]
+            for layer, keys, values in _layers(self._cache):
+                layer.keys = keys[..., unused:, :]
+                layer.values = values[..., unused:, :]
             self._mask = self._mask[:, unused:]
 
     # --- forward passes ------------------------------------------------------------------
@@ -110,17 +111,34 @@ class PaddedKVBatch:
         logits: torch.Tensor = output.logits[:, -1, :]
         return logits
 
-    def _join(self, seq_ids: list[int], cache: DynamicCache, mask: torch.Tensor, lengths: torch.Tensor) -> None:
+    def _join(
+        self, seq_ids: list[int], cache: DynamicCache, mask: torch.Tensor, lengths: torch.Tensor
+    ) -> None:
         if self._cache is None or self._mask is None or self._lengths is None:
             self.rows, self._cache, self._mask, self._lengths = seq_ids, cache, mask, lengths
             return
         width = max(self.width, int(mask.shape[1]))
-        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)], dim=0)
-            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)], dim=0)
+        for (layer, keys, values), (_, new_keys, new_values) in zip(
+            _layers(self._cache), _layers(cache), strict=True
+        ):
+            layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)], dim=0)
+            layer.values = torch.cat([_pad_left(values, width), _pad_left(new_values, width)], dim=0)
         self._mask = torch.cat([_pad_left_2d(self._mask, width), _pad_left_2d(mask, width)], dim=0)
         self._lengths = torch.cat([self._lengths, lengths])
         self.rows = self.rows + seq_ids
+
+
+def _layers(cache: DynamicCache) -> list[tuple[DynamicLayer, torch.Tensor, torch.Tensor]]:
+    """(layer, keys, values) of each layer; only full-attention DynamicLayers can be padded and joined."""
+    layers: list[tuple[DynamicLayer, torch.Tensor, torch.Tensor]] = []
+    for layer in cache.layers:
+        if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
+            raise TypeError(
+                f"cache layer {type(layer).__name__} is not supported by the generation engine "
+                "(only models whose layers all use full attention with a DynamicCache)"
+            )
+        layers.append((layer, layer.keys, layer.values))
+    return layers
 
 
 def _pad_left(states: torch.Tensor, width: int) -> torch.Tensor:

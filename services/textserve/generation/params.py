@@ -86,7 +86,9 @@ def sampling_config(params: GenerateParams) -> SamplingConfig:
     """Checked sampling parameters with the proto3 defaults resolved (0 -> unset)."""
     temperature = params.temperature
     if not math.isfinite(temperature) or temperature < 0:
-        raise InvalidInput("params.temperature", f"must be a finite number >= 0 (0 is greedy); got {temperature}")
+        raise InvalidInput(
+            "params.temperature", f"must be a finite number >= 0 (0 is greedy); got {temperature}"
+        )
     top_p = params.top_p or 1.0
     if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0:
         raise InvalidInput("params.top_p", f"must be in (0, 1] (0 leaves it unset); got {params.top_p}")

@@ -180,7 +180,9 @@ class GenerationService:
         return self._info
 
     # --- the request path ----------------------------------------------------------------
-    async def stream(self, params: GenerateParams, deadline: float | None = None) -> AsyncIterator[GenerationChunk]:
+    async def stream(
+        self, params: GenerateParams, deadline: float | None = None
+    ) -> AsyncIterator[GenerationChunk]:
         """Streams a completion; raises InvalidInput, Overloaded, DeadlineExceeded or NotReady."""
         arrival = time.monotonic()
         prepared = await self._prepare(params, deadline, arrival)
@@ -241,7 +243,8 @@ class GenerationService:
         if len(prompt_ids) >= context:
             raise InvalidInput(
                 field_name,
-                f"has {len(prompt_ids)} tokens; max_context_tokens={context} (prompt plus at least one new token)",
+                f"has {len(prompt_ids)} tokens; max_context_tokens={context} "
+                "(prompt plus at least one new token)",
             )
         room = context - len(prompt_ids)
         if params.max_new_tokens == 0:
@@ -249,8 +252,8 @@ class GenerationService:
         elif params.max_new_tokens > room:
             raise InvalidInput(
                 "params.max_new_tokens",
-                f"is {params.max_new_tokens} but the prompt has {len(prompt_ids)} tokens, so at most {room} fit "
-                f"in max_context_tokens={context}",
+                f"is {params.max_new_tokens} but the prompt has {len(prompt_ids)} tokens, "
+                f"so at most {room} fit in max_context_tokens={context}",
             )
         else:
             max_new = params.max_new_tokens

@@ -220,6 +220,7 @@ class InferenceServicer:
             await out.put(None)
 
         read_task = asyncio.create_task(reader())
+        get: asyncio.Future[pb.ModelStreamInferResponse | None] | None = None
         try:
             while True:
                 if read_task.done():
@@ -236,6 +237,8 @@ class InferenceServicer:
                     break
                 yield item
         finally:
+            if get is not None:
+                get.cancel()
             read_task.cancel()
             for task in list(tasks):
                 task.cancel()

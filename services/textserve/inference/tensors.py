@@ -14,6 +14,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,17 @@ BINARY_DATA = "binary_data"
 """Requested-output parameter asking for that output in raw_output_contents."""
 BINARY_DATA_OUTPUT = "binary_data_output"
 """Request parameter asking for every output in raw_output_contents (Triton)."""
+_UNSUPPORTED = {
+    "shared_memory_region": "shared-memory tensors are not supported; send the data in the request",
+    "classification": "the classification extension is not supported",
+}
+"""Tensor parameters of Triton extensions we do not serve; ignoring them would give wrong answers."""
+
+
+def _check_supported(parameters: Any, field: str) -> None:
+    for key, problem in _UNSUPPORTED.items():
+        if key in parameters:
+            raise InvalidInput(f"{field}.parameters[{key}]", problem)
 
 
 def input_field(name: str) -> str:
@@ -84,6 +96,7 @@ def _has_typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bool:
 def decode_text(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> list[str]:
     """The UTF-8 texts of one BYTES input, from typed contents or its raw contents."""
     field = input_field(tensor.name)
+    _check_supported(tensor.parameters, field)
     if tensor.datatype != BYTES:
         raise InvalidInput(f"{field}.datatype", f"is {tensor.datatype or 'empty'!r}; expected BYTES")
     rows = text_rows(tensor.shape, field)
@@ -164,6 +177,7 @@ def plan_outputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec]) -> 
             raise InvalidInput(field, f"is not an output of this model; it has {', '.join(known)}")
         if output.name in names:
             raise InvalidInput(field, "is requested more than once")
+        _check_supported(output.parameters, field)
         names.append(output.name)
         choice = Parameters.of(output.parameters, f"{field}.parameters").get_bool(BINARY_DATA, None)
         if choice is not None:

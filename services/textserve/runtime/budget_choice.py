@@ -6,7 +6,8 @@ token budget gives every text length its own batch size: about max_batch_tokens 
 Which budget is best for a mix of lengths depends on the whole curve, so each candidate
 is scored by replaying a saturated queue (`concurrency` texts in flight, lengths drawn
 from the mix) through the real `form_batch`, each batch costing the latency the curve
-predicts. Candidates whose slowest possible batch passes the latency ceiling are out;
+predicts. Candidates that allow a batch of two or more texts slower than the latency
+ceiling are out (a single text always runs, however slow);
 of the rest, those within `tolerance` of the fastest are kept, and of these the fastest
 whose slowest batch is as quick as any of them wins.
 """

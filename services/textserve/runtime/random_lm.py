@@ -78,7 +78,9 @@ def random_causal_lm(config: Any, seed: int) -> Any:
     return model
 
 
-def demo_config(tokenizer: Any, layers: int = 4, hidden: int = 256, heads: int = 4, context: int = 1024) -> Any:
+def demo_config(
+    tokenizer: Any, layers: int = 4, hidden: int = 256, heads: int = 4, context: int = 1024
+) -> Any:
     """GPT-2-shaped config sized for `tokenizer` (the demo and benchmark model)."""
     from transformers import GPT2Config
 

@@ -240,9 +240,8 @@ class TokenizerService:
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Loads every configured tokenizer off the event loop; model names must be unique."""
-        loaded = await asyncio.gather(
-            *(asyncio.to_thread(LoadedTokenizer, model) for model in self.config.models)
-        )
+        # One at a time: transformers' lazy imports are not thread-safe on first use.
+        loaded = [await asyncio.to_thread(LoadedTokenizer, model) for model in self.config.models]
         models: dict[str, LoadedTokenizer] = {}
         for index, item in enumerate(loaded):
             if item.info.name in models:

@@ -188,7 +188,6 @@ Deep merge of .src into .dst (mutates .dst): maps merge key by key, anything els
 {{/* Paths inside the containers. */}}
 {{- define "textserve.configDir" -}}/etc/textserve/config{{- end -}}
 {{- define "textserve.configFile" -}}/etc/textserve/config/textserve.yaml{{- end -}}
-{{- define "textserve.healthScript" -}}/etc/textserve/config/grpc_health_check.py{{- end -}}
 {{- define "textserve.tlsDir" -}}/etc/textserve/tls{{- end -}}
 {{- define "textserve.authDir" -}}/etc/textserve/auth{{- end -}}
 {{- define "textserve.redisSecretDir" -}}/etc/textserve/redis{{- end -}}
@@ -243,11 +242,13 @@ are set through the environment (textserve.env).
 {{- $_ := set $section "embedding_address" (include "textserve.address" (dict "ctx" $ctx "svc" "embedding")) -}}
 {{- end -}}
 {{- else -}}
-{{- if $ctx.Values.services.embedding.enabled -}}
-{{- $_ := set $section "embedding_address" (include "textserve.address" (dict "ctx" $ctx "svc" "embedding")) -}}
+{{- /* An empty address switches the gateway's endpoints for that service off. */ -}}
+{{- range $backend := list "embedding" "generation" -}}
+{{- $address := "" -}}
+{{- if (index $ctx.Values.services $backend).enabled -}}
+{{- $address = include "textserve.address" (dict "ctx" $ctx "svc" $backend) -}}
 {{- end -}}
-{{- if $ctx.Values.services.generation.enabled -}}
-{{- $_ := set $section "generation_address" (include "textserve.address" (dict "ctx" $ctx "svc" "generation")) -}}
+{{- $_ := set $section (printf "%s_address" $backend) $address -}}
 {{- end -}}
 {{- end -}}
 {{- include "textserve.mergeInto" (dict "dst" $section "src" ($v.config | default dict)) -}}
@@ -298,6 +299,8 @@ are set through the environment (textserve.env).
 {{- if $g.tls.enabled }}
 {{- $tls := include "textserve.tlsDir" $ctx }}
 {{- if ne $svc "gateway" }}
+- name: {{ $p }}__SERVER__HEALTH_PORT
+  value: {{ $g.tls.healthPort | int | quote }}
 - name: {{ $p }}__SERVER__TLS__ENABLED
   value: "true"
 - name: {{ $p }}__SERVER__TLS__CERT_FILE
@@ -320,16 +323,19 @@ are set through the environment (textserve.env).
   value: {{ printf "%s/tls.key" $tls | quote }}
 {{- end }}
 {{- end }}
-{{- if and $g.auth.enabled (ne $svc "gateway") }}
+{{- if $g.auth.enabled }}
+{{- $auth := include "textserve.authDir" $ctx }}
+{{- if eq $svc "gateway" }}
+- name: TEXTSERVE_GATEWAY__CLIENT_TOKEN_FILE
+  value: {{ printf "%s/%s" $auth $g.auth.clientTokenKey | quote }}
+{{- else }}
 - name: {{ $p }}__SERVER__AUTH__ENABLED
   value: "true"
 - name: {{ $p }}__SERVER__AUTH__TOKENS_FILE
-  value: {{ printf "%s/%s" (include "textserve.authDir" $ctx) $g.auth.tokensKey | quote }}
-- name: {{ $p }}__SERVER__AUTH__CLIENT_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ $g.auth.existingSecret | quote }}
-      key: {{ $g.auth.clientTokenKey | quote }}
+  value: {{ printf "%s/%s" $auth $g.auth.tokensKey | quote }}
+- name: {{ $p }}__SERVER__AUTH__CLIENT_TOKEN_FILE
+  value: {{ printf "%s/%s" $auth $g.auth.clientTokenKey | quote }}
+{{- end }}
 {{- end }}
 {{- with $g.extraEnv }}
 {{ toYaml . }}
@@ -370,7 +376,7 @@ are set through the environment (textserve.env).
   mountPath: {{ include "textserve.tlsDir" $ctx }}
   readOnly: true
 {{- end }}
-{{- if and $g.auth.enabled (ne .svc "gateway") }}
+{{- if $g.auth.enabled }}
 - name: auth
   mountPath: {{ include "textserve.authDir" $ctx }}
   readOnly: true
@@ -419,14 +425,18 @@ are set through the environment (textserve.env).
     secretName: {{ $g.tls.existingSecret }}
     defaultMode: 0440
 {{- end }}
-{{- if and $g.auth.enabled (ne .svc "gateway") }}
+{{- if $g.auth.enabled }}
 - name: auth
   secret:
     secretName: {{ $g.auth.existingSecret }}
     defaultMode: 0440
     items:
+      {{- if ne .svc "gateway" }}
       - key: {{ $g.auth.tokensKey }}
         path: {{ $g.auth.tokensKey }}
+      {{- end }}
+      - key: {{ $g.auth.clientTokenKey }}
+        path: {{ $g.auth.clientTokenKey }}
 {{- end }}
 {{- end -}}
 
@@ -436,48 +446,35 @@ are set through the environment (textserve.env).
 {{- end -}}
 
 {{/*
-One probe of a gRPC service: native kubelet gRPC probe, or with TLS on an exec probe
-running grpc_health_check.py (kubelet gRPC probes speak plaintext only).
+One probe of a gRPC service: a native kubelet gRPC probe (grpc.health.v1). Kubelet's gRPC
+probes speak plaintext only, so with TLS on they go to the server's plaintext health-only
+port (server.health_port = global.tls.healthPort).
 Takes (dict "ctx" $ "svc" "embedding" "healthService" "" "probe" $v.probes.readiness).
 */}}
 {{- define "textserve.grpcProbe" -}}
-{{- $ctx := .ctx -}}
-{{- $g := $ctx.Values.global -}}
 {{- $v := include "textserve.serviceValues" . | fromYaml -}}
-{{- if $g.tls.enabled }}
-exec:
-  command:
-    - python
-    - {{ include "textserve.healthScript" $ctx }}
-    - --timeout
-    - {{ .probe.timeoutSeconds | default 1 | int | toString | quote }}
-    - --tls-ca
-    - {{ printf "%s/ca.crt" (include "textserve.tlsDir" $ctx) }}
-    {{- if $g.tls.requireClientCert }}
-    - --tls-cert
-    - {{ printf "%s/tls.crt" (include "textserve.tlsDir" $ctx) }}
-    - --tls-key
-    - {{ printf "%s/tls.key" (include "textserve.tlsDir" $ctx) }}
-    {{- end }}
-    - --server-name
-    - {{ include "textserve.tlsServerName" . }}
-    - {{ printf "grpc://127.0.0.1:%d/%s" (int $v.port) .healthService | quote }}
-{{- else }}
 grpc:
-  port: {{ $v.port | int }}
+  port: {{ include "textserve.probePort" (dict "ctx" .ctx "port" $v.port) }}
   service: {{ .healthService | quote }}
-{{- end }}
 {{- range $key, $value := .probe }}
 {{ $key }}: {{ $value }}
 {{- end }}
 {{- end -}}
 
-{{/* Probe of the HTTP gateway: HTTP GET on healthPath, else a TCP connect. */}}
+{{/* Port kubelet probes: the gRPC port, or the plaintext health port when TLS is on. */}}
+{{- define "textserve.probePort" -}}
+{{- if .ctx.Values.global.tls.enabled -}}
+{{- .ctx.Values.global.tls.healthPort | int -}}
+{{- else -}}
+{{- .port | int -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Probe of the HTTP gateway: HTTP GET on .path, else a TCP connect. */}}
 {{- define "textserve.httpProbe" -}}
-{{- $v := include "textserve.serviceValues" . | fromYaml -}}
-{{- if $v.healthPath }}
+{{- if .path }}
 httpGet:
-  path: {{ $v.healthPath }}
+  path: {{ .path }}
   port: http
 {{- else }}
 tcpSocket:

@@ -137,14 +137,18 @@ textserve: every service and the gateway are disabled; enable at least one of se
 {{/* terminationGracePeriodSeconds leaves room for the preStop sleep and the server's drain. */}}
 {{- define "textserve.validateValues.shutdown" -}}
 {{- $out := list -}}
-{{- range $svc := splitList " " (include "textserve.grpcServices" $) -}}
-{{- $v := index $.Values.services $svc -}}
+{{- range $svc := splitList " " (printf "%s gateway" (include "textserve.grpcServices" $)) -}}
+{{- $v := include "textserve.serviceValues" (dict "ctx" $ "svc" $svc) | fromYaml -}}
+{{- $path := ternary "gateway" (printf "services.%s" $svc) (eq $svc "gateway") -}}
+{{- $field := ternary "config.grace_period_s" "config.server.grace_period_s" (eq $svc "gateway") -}}
 {{- if $v.enabled -}}
 {{- $grace := 10.0 -}}
-{{- with $v.config -}}{{- with .server -}}{{- if hasKey . "grace_period_s" -}}{{- $grace = float64 .grace_period_s -}}{{- end -}}{{- end -}}{{- end -}}
+{{- $config := $v.config | default dict -}}
+{{- $section := ternary $config ($config.server | default dict) (eq $svc "gateway") -}}
+{{- if hasKey $section "grace_period_s" -}}{{- $grace = float64 $section.grace_period_s -}}{{- end -}}
 {{- $needed := addf (float64 ($v.preStopSleepSeconds | default 0)) $grace -}}
 {{- if lt (float64 $v.terminationGracePeriodSeconds) $needed -}}
-{{- $out = append $out (printf "services.%s: terminationGracePeriodSeconds=%d is shorter than preStopSleepSeconds=%d + config.server.grace_period_s=%v; in-flight requests would be killed. Raise it to at least %v." $svc (int $v.terminationGracePeriodSeconds) (int ($v.preStopSleepSeconds | default 0)) $grace (ceil $needed)) -}}
+{{- $out = append $out (printf "%s: terminationGracePeriodSeconds=%d is shorter than preStopSleepSeconds=%d + %s=%v; in-flight requests would be killed. Raise it to at least %v." $path (int $v.terminationGracePeriodSeconds) (int ($v.preStopSleepSeconds | default 0)) $field $grace (ceil $needed)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
