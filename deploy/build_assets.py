@@ -35,6 +35,8 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
 SERVER_ERROR_CODES = "INTERNAL|UNKNOWN|UNAVAILABLE|DATA_LOSS|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|5.."
 """gRPC codes (and gateway HTTP 5xx) that are the server's fault; overload included."""
+NOT_PROBES = 'method!~"/health|/ready"'
+"""The gateway counts its probe endpoints too; /ready answers 503 while a backend is down."""
 
 
 @dataclass
@@ -109,8 +111,8 @@ def _ratio_or_zero(numerator: str, denominator: str, by: str) -> str:
 # --- Overview --------------------------------------------------------------------------
 def overview() -> Dashboard:
     all_svc = _sel()
-    requests = f"rate(textserve_requests_total{{{all_svc}}}[{RATE}])"
-    error_sel = _sel(f'code=~"{SERVER_ERROR_CODES}"')
+    requests = f"rate(textserve_requests_total{{{_sel(NOT_PROBES)}}}[{RATE}])"
+    error_sel = _sel(f'code=~"{SERVER_ERROR_CODES}"', NOT_PROBES)
     errors = f"rate(textserve_requests_total{{{error_sel}}}[{RATE}])"
     hits = f"rate(textserve_cache_hits_total{{{all_svc}}}[{RATE}])"
     misses = f"rate(textserve_cache_misses_total{{{all_svc}}}[{RATE}])"
@@ -238,7 +240,9 @@ def service() -> Dashboard:
     svc = _sel('service="$service"')
     svc_model = _sel('service="$service"', 'model=~"$model"')
     requests = f"rate(textserve_requests_total{{{svc}}}[{RATE}])"
-    error_sel = _sel('service="$service"', f'code=~"{SERVER_ERROR_CODES}"')
+    served_sel = _sel('service="$service"', NOT_PROBES)
+    served = f"rate(textserve_requests_total{{{served_sel}}}[{RATE}])"
+    error_sel = _sel('service="$service"', f'code=~"{SERVER_ERROR_CODES}"', NOT_PROBES)
     errors = f"rate(textserve_requests_total{{{error_sel}}}[{RATE}])"
     hits = f"rate(textserve_cache_hits_total{{{svc}}}[{RATE}])"
     misses = f"rate(textserve_cache_misses_total{{{svc}}}[{RATE}])"
@@ -264,7 +268,7 @@ def service() -> Dashboard:
                 Panel(
                     "Server error ratio",
                     f"Share of requests failing on the server side ({SERVER_ERROR_CODES}).",
-                    [Target(_ratio_or_zero(errors, requests, "service"), "errors")],
+                    [Target(_ratio_or_zero(errors, served, "service"), "errors")],
                     unit="percentunit",
                 ),
                 Panel(

@@ -6,10 +6,14 @@ from each app's registered service names and the protobuf descriptors, so servic
 methods added later (including the Open Inference Protocol API every service serves) are
 fuzzed without editing this file.
 
-For each RPC, hypothesis sends arbitrary well-typed messages (`strategies.messages`) and
-arbitrary bytes on the wire (`strategies.wire_bytes`). Every call must end OK or with a
-well-formed status from ALLOWED (never UNKNOWN, INTERNAL, UNAVAILABLE, ...), every response
-must parse as its declared type, and the server must still report SERVING afterwards.
+For each RPC, hypothesis sends arbitrary well-typed messages (`strategies.messages`),
+valid requests with one field replaced by an arbitrary value (`strategies.near_valid`, so
+the fuzzing reaches past the first check; Open Inference Protocol seeds are built from each
+model's live metadata) and arbitrary bytes on the wire (`strategies.wire_bytes`). Every
+call must end OK or with a well-formed status from ALLOWED (never UNKNOWN, INTERNAL,
+UNAVAILABLE, ...), every response must parse as its declared type, in-band stream errors
+(ModelStreamInfer's error_message) must carry an allowed code too, and the server must
+still report SERVING afterwards.
 Calls are made by a synchronous gRPC client in a worker thread while the servers run on
 the session's event loop.
 """
@@ -36,12 +40,19 @@ from textserve.core.config import (
     TokenizerServiceConfig,
 )
 from textserve.core.server import ServiceHost
+from textserve.oip import grpc_predict_v2_pb2 as oip
+from textserve.v1 import (
+    classifier_pb2,
+    embedding_pb2,
+    generation_pb2,
+    tokenizer_pb2,
+)
 
 from tests.fuzz import strategies
 from tests.support import embedding_config, loopback_server, model_config, start_host
 
-MESSAGE_EXAMPLES = 25
-WIRE_EXAMPLES = 10
+MESSAGE_EXAMPLES = 40
+WIRE_EXAMPLES = 12
 CALL_TIMEOUT_S = 60.0
 
 ALLOWED = {
@@ -138,6 +149,61 @@ async def fuzz_host() -> AsyncIterator[ServiceHost]:
     await host.stop(grace=1.0)
 
 
+def _static_seeds() -> dict[str, list[Any]]:
+    """Valid requests of the textserve.v1 RPCs, by request type."""
+    embed = embedding_pb2.EmbedRequest(texts=["hello world", "a second text"])
+    labels = [
+        classifier_pb2.LabelSpec(name="good", description="something good"),
+        classifier_pb2.LabelSpec(name="bad", examples=["awful", "terrible"]),
+    ]
+    chat = [tokenizer_pb2.ChatMessage(role="user", content="hello")]
+    seeds: list[Any] = [
+        embed,
+        embedding_pb2.EmbedStreamRequest(request_id="r1", request=embed),
+        tokenizer_pb2.TokenizeRequest(texts=["hello world"], return_tokens=True, return_offsets=True),
+        tokenizer_pb2.CountTokensRequest(texts=["hello world"]),
+        tokenizer_pb2.DetokenizeRequest(sequences=[tokenizer_pb2.TokenIds(ids=[101, 7592, 2088, 102])]),
+        tokenizer_pb2.ApplyChatTemplateRequest(messages=chat, add_generation_prompt=True),
+        classifier_pb2.ClassifyRequest(texts=["I love it", "I hate it"]),
+        classifier_pb2.ClassifyRequest(texts=["I love it"], labels=labels, top_k=1),
+        generation_pb2.GenerateRequest(
+            prompt="Hello", params=generation_pb2.SamplingParams(max_new_tokens=4)
+        ),
+        generation_pb2.GenerateRequest(
+            chat=generation_pb2.ChatInput(messages=chat),
+            params=generation_pb2.SamplingParams(max_new_tokens=3, temperature=0.8, top_k=5, seed=1),
+        ),
+    ]
+    by_type: dict[str, list[Any]] = {}
+    for seed in seeds:
+        by_type.setdefault(seed.DESCRIPTOR.full_name, []).append(seed)
+    return by_type
+
+
+STATIC_SEEDS = _static_seeds()
+
+
+def _oip_seeds(channel: grpc.Channel, model: str) -> list[Any]:
+    """Valid ModelInferRequests for `model`, built from its live ModelMetadata."""
+    metadata = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelMetadata",
+        request_serializer=oip.ModelMetadataRequest.SerializeToString,
+        response_deserializer=oip.ModelMetadataResponse.FromString,
+    )(oip.ModelMetadataRequest(name=model), timeout=30)
+    request = oip.ModelInferRequest(model_name=model, id="fuzz")
+    for spec in metadata.inputs:
+        tensor = request.inputs.add(name=spec.name, datatype=spec.datatype, shape=[2])
+        if spec.datatype == "BYTES":
+            tensor.contents.bytes_contents.extend([b"hello world", b"second"])
+        elif spec.datatype.startswith("UINT"):
+            tensor.contents.uint_contents.extend([101, 102])
+        elif spec.datatype.startswith("INT"):
+            tensor.contents.int_contents.extend([101, 102])
+        elif spec.datatype.startswith("FP"):
+            tensor.contents.fp32_contents.extend([0.5, 1.0])
+    return [request]
+
+
 @pytest.fixture
 def channel_for(fuzz_host: ServiceHost) -> Iterator[Any]:
     """Synchronous channels (for the worker thread), one per service, closed after the test."""
@@ -170,25 +236,42 @@ def _call(
         "request_serializer": serialize,
         "response_deserializer": response_class.FromString,  # every response must parse
     }
+    responses: list[Any] = []
+    timeout = CALL_TIMEOUT_S
     try:
         if method.client_streaming and method.server_streaming:
-            for _ in channel.stream_stream(target.path, **kwargs)(iter(requests), timeout=CALL_TIMEOUT_S):
-                pass
+            responses.extend(channel.stream_stream(target.path, **kwargs)(iter(requests), timeout=timeout))
         elif method.client_streaming:
-            channel.stream_unary(target.path, **kwargs)(iter(requests), timeout=CALL_TIMEOUT_S)
+            responses.append(channel.stream_unary(target.path, **kwargs)(iter(requests), timeout=timeout))
         elif method.server_streaming:
-            for _ in channel.unary_stream(target.path, **kwargs)(requests[0], timeout=CALL_TIMEOUT_S):
-                pass
+            responses.extend(channel.unary_stream(target.path, **kwargs)(requests[0], timeout=timeout))
         else:
-            channel.unary_unary(target.path, **kwargs)(requests[0], timeout=CALL_TIMEOUT_S)
+            responses.append(channel.unary_unary(target.path, **kwargs)(requests[0], timeout=timeout))
     except grpc.RpcError as error:
         return error.code(), error.details() or ""  # type: ignore[attr-defined]
+    for response in responses:
+        in_band = _in_band_error(response)
+        if in_band is not None:
+            return in_band
     return grpc.StatusCode.OK, ""
 
 
+def _in_band_error(response: Any) -> tuple[grpc.StatusCode, str] | None:
+    """A stream's in-band error ("CODE: message" in error_message) whose code is not allowed."""
+    message = getattr(response, "error_message", "")
+    if not message:
+        return None
+    code = getattr(grpc.StatusCode, message.split(":", 1)[0], grpc.StatusCode.UNKNOWN)
+    return None if code in ALLOWED else (code, message)
+
+
 def _fuzz(channel: grpc.Channel, target: Target) -> None:
-    """Runs hypothesis on one RPC: typed messages, then raw bytes."""
-    request_strategy = strategies.messages(target.method.input_type)
+    """Runs hypothesis on one RPC: typed (arbitrary and near-valid) messages, then raw bytes."""
+    input_type = target.method.input_type
+    seeds = STATIC_SEEDS.get(input_type.full_name)
+    if input_type.full_name == oip.ModelInferRequest.DESCRIPTOR.full_name:
+        seeds = _oip_seeds(channel, target.app)
+    request_strategy = strategies.requests(input_type, seeds)
     many = target.method.client_streaming
 
     def check(requests: list[Any], raw: bool) -> None:

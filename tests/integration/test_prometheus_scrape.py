@@ -4,10 +4,11 @@ Two sources of metrics:
 - `test_dashboards_against_every_metric`: a process that fills every metric of
   textserve.core.metrics (all services, generation and cache included), so every panel of
   every dashboard must return data.
-- `test_live_embedding_service`: `textserve serve embedding` as a subprocess, driven with real
-  RPCs; its /metrics is scraped directly (names checked against core/metrics.py) and by
-  Prometheus, and every panel whose series that service exports must return data. The list
-  of panels checked (and left out, with the reason) is printed and recorded as a property.
+- `test_live_services`: `textserve serve embedding generation gateway` as a subprocess, driven
+  with real RPCs and HTTP calls; its /metrics is scraped directly (names checked against
+  core/metrics.py) and by Prometheus, and every panel whose series these services export
+  must return data. The panels checked (and those left out, with the reason: e.g. no
+  request was ever rejected) are printed and recorded as a property.
 
 Needs the `prometheus` binary (Debian package `prometheus`); skipped only when it is missing.
 """
@@ -36,7 +37,6 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.promql import REPO, RULES_FILE, Query, dashboard_queries, exported_series
@@ -185,7 +185,7 @@ def check_dashboards(prometheus: Prometheus, service: str, require_all: bool) ->
         missing = [selector for selector in selectors if not prometheus.query(f"count({selector})")]
         assert missing, f"{_name(query)}: its series exist but the query returns no data: {expr}"
         assert not require_all, f"{_name(query)}: no series for {missing}"
-        results.append(PanelCheck(query, False, f"series not exported by this service: {missing}"))
+        results.append(PanelCheck(query, False, f"no series yet (never recorded): {missing}"))
     return results
 
 
@@ -273,88 +273,128 @@ def test_dashboards_against_every_metric(
         check_rules(prometheus)
 
 
-# --- 2: a live embedding service --------------------------------------------------------
+# --- 2: live services ------------------------------------------------------------------
+LIVE_SERVICES = ("embedding", "generation", "gateway")
+"""What `textserve serve` runs for the live test: one process, one /metrics."""
+
+
+@dataclass
+class LiveServices:
+    """Addresses of the live services."""
+
+    embedding: str
+    generation: str
+    gateway: str
+    metrics: str
+
+
 @pytest.fixture
-def live_embedding(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(gRPC address, metrics address) of `textserve serve embedding` started as a subprocess.
+def live_services(tmp_path: Path) -> Iterator[LiveServices]:
+    """`textserve serve embedding generation gateway` as a subprocess, once every service is ready.
 
     The lead's in-process `serve all` fixture can replace this one: the test only needs the
-    two addresses.
+    addresses.
     """
     if not TEXTSERVE.exists():
         pytest.skip(f"{TEXTSERVE} is missing (pip install -e .)")
     from tests.support import ONNX_CACHE
 
-    grpc_port, metrics_port = _free_port(), _free_port()
+    ports = {name: _free_port() for name in ("embedding", "generation", "gateway", "metrics")}
+    live = LiveServices(**{name: f"127.0.0.1:{port}" for name, port in ports.items()})
+    server = {"host": "127.0.0.1", "grace_period_s": 1}
     config = {
         "log": {"level": "WARNING"},
-        "metrics": {"host": "127.0.0.1", "port": metrics_port},
+        "metrics": {"host": "127.0.0.1", "port": ports["metrics"]},
         "cache": {"backend": "memory"},
         "embedding": {
-            "server": {"host": "127.0.0.1", "port": grpc_port, "grace_period_s": 1},
+            "server": {**server, "port": ports["embedding"]},
             "model": {"onnx_cache_dir": str(ONNX_CACHE)},
             "batcher": {"max_queue_delay_ms": 2},
+        },
+        # Empty model path: the built-in tiny random model.
+        "generation": {"server": {**server, "port": ports["generation"]}},
+        "gateway": {
+            "host": "127.0.0.1",
+            "port": ports["gateway"],
+            "grace_period_s": 1,
+            "embedding_address": live.embedding,
+            "generation_address": live.generation,
         },
     }
     config_file = tmp_path / "textserve.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEXTSERVE_")}
-    log = (tmp_path / "textserve.log").open("w")
+    log_path = tmp_path / "textserve.log"
+    log = log_path.open("w")
     process = subprocess.Popen(
-        [str(TEXTSERVE), "serve", "embedding", "--config", str(config_file)],
+        [str(TEXTSERVE), "serve", *LIVE_SERVICES, "--config", str(config_file)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
     )
-    address = f"127.0.0.1:{grpc_port}"
     try:
-        with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
 
-            def serving() -> bool:
-                assert process.poll() is None, (tmp_path / "textserve.log").read_text()[-4000:]
-                try:
-                    response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                except grpc.RpcError:
-                    return False
-                return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+        def gateway_ready() -> bool:
+            assert process.poll() is None, log_path.read_text()[-4000:]
+            try:
+                _get(f"http://{live.gateway}/ready", timeout=2)  # 200 once both backends serve
+            except (urllib.error.URLError, ConnectionError):
+                return False
+            return True
 
-            _wait(serving, 180, "the embedding service to load its model")
-        yield address, f"127.0.0.1:{metrics_port}"
+        _wait(gateway_ready, 180, "the services to load their models and the gateway to be ready")
+        yield live
     finally:
         _stop(process)
         log.close()
 
 
-def _drive(address: str, stop: threading.Event) -> None:
-    """Embeds (repeated texts: cache hits and misses) until stopped, with one bad request a round."""
-    from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+def _drive(live: LiveServices, stop: threading.Event) -> None:
+    """Traffic on every live service until stopped: embeddings (repeated texts: cache hits and
+    misses), one bad request a round, a short generation stream, an HTTP embedding call."""
+    from textserve.v1 import embedding_pb2, embedding_pb2_grpc, generation_pb2, generation_pb2_grpc
 
     texts = [f"sentence number {i} about serving models" for i in range(40)]
-    with grpc.insecure_channel(address) as channel:
-        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+    body = json.dumps({"model": "all-MiniLM-L6-v2", "input": ["through the gateway"]}).encode()
+    with (
+        grpc.insecure_channel(live.embedding) as embed_channel,
+        grpc.insecure_channel(live.generation) as gen_channel,
+    ):
+        embed = embedding_pb2_grpc.EmbeddingServiceStub(embed_channel)
+        generate = generation_pb2_grpc.GenerationServiceStub(gen_channel)
         round_ = 0
         while not stop.is_set():
-            batch = texts[round_ % 8 * 5 : round_ % 8 * 5 + 5]
-            stub.Embed(embedding_pb2.EmbedRequest(texts=batch), timeout=10)
+            embed.Embed(
+                embedding_pb2.EmbedRequest(texts=texts[round_ % 8 * 5 : round_ % 8 * 5 + 5]), timeout=10
+            )
             try:
-                stub.Embed(embedding_pb2.EmbedRequest(texts=[]), timeout=10)
+                embed.Embed(embedding_pb2.EmbedRequest(texts=[]), timeout=10)
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            request = generation_pb2.GenerateRequest(
+                prompt=f"round {round_}", params=generation_pb2.SamplingParams(max_new_tokens=4)
+            )
+            assert sum(1 for _ in generate.GenerateStream(request, timeout=30)) >= 1
+            http = urllib.request.Request(
+                f"http://{live.gateway}/v1/embeddings",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(http, timeout=10) as response:
+                assert response.status == 200
             round_ += 1
             time.sleep(0.05)
 
 
-def test_live_embedding_service(
-    tmp_path: Path, live_embedding: tuple[str, str], record_property: Callable[[str, object], None]
+def test_live_services(
+    tmp_path: Path, live_services: LiveServices, record_property: Callable[[str, object], None]
 ) -> None:
-    address, metrics_address = live_embedding
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def drive() -> None:
         try:
-            _drive(address, stop)
+            _drive(live_services, stop)
         except BaseException as error:  # surfaced below
             errors.append(error)
 
@@ -363,7 +403,7 @@ def test_live_embedding_service(
     try:
         # The live scrape: every textserve series is one core/metrics.py defines.
         time.sleep(1)
-        text = _get(f"http://{metrics_address}/metrics")
+        text = _get(f"http://{live_services.metrics}/metrics")
         exported = exported_series()
         names = {
             s.name
@@ -374,18 +414,19 @@ def test_live_embedding_service(
         assert names, "no textserve metrics on /metrics"
         assert names <= set(exported), f"not in core/metrics.py: {sorted(names - set(exported))}"
 
-        with run_prometheus(tmp_path, metrics_address) as prometheus:
+        with run_prometheus(tmp_path, live_services.metrics) as prometheus:
             time.sleep(4)
             assert not errors, errors
             checks = check_dashboards(prometheus, "embedding", require_all=False)
             check_rules(prometheus)
     finally:
         stop.set()
-        driver.join(timeout=15)
+        driver.join(timeout=30)
     assert not errors, errors
     text = report(checks, record_property)
     checked = {c.query.title for c in checks if c.checked}
     must = {
+        # service dashboard ($service = embedding)
         "Request rate by method",
         "Responses by status code",
         "Server error ratio",
@@ -395,7 +436,15 @@ def test_live_embedding_service(
         "Inference time per batch",
         "Queue depth and capacity",
         "Cache hit ratio",
+        # overview
         "Request rate by service",
         "Cache hit ratio by service",
+        "Generated tokens per second",
+        # generation
+        "Time to first token",
+        "Inter-token latency",
+        "Running and waiting sequences",
+        "KV cache used",
+        "Gateway requests by status code",
     }
-    assert must <= checked, f"panels the embedding service must feed were not checked:\n{text}"
+    assert must <= checked, f"panels the live services must feed were not checked:\n{text}"

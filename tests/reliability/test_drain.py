@@ -14,19 +14,18 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
+from tests.procs import ServeProcess
 from tests.support import ONNX_CACHE, free_port
 
 TOKEN = "drain-secret-token-91c4"
@@ -37,94 +36,48 @@ TEXTS_PER_REQUEST = 2
 QUEUE_DELAY_MS = 3000.0
 
 
-class ServerProcess:
-    """A `textserve serve embedding` subprocess with its ports and log file."""
+@dataclass
+class Server:
+    """The `textserve serve embedding` process under test and its ports."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.metrics_port = free_port()
-        tokens = tmp / "tokens"
-        tokens.write_text(TOKEN + "\n")
-        config = {
-            "log": {"level": "DEBUG", "format": "json"},
-            "metrics": {"enabled": True, "host": "127.0.0.1", "port": self.metrics_port},
-            "cache": {"backend": "memory"},
-            "embedding": {
-                "server": {
-                    "host": "127.0.0.1",
-                    "port": self.port,
-                    "grace_period_s": GRACE_S,
-                    "auth": {"enabled": True, "tokens_file": str(tokens)},
-                },
-                "model": {"onnx_cache_dir": str(ONNX_CACHE)},
-                # A lone request waits this long for its batch to fill: a window with requests in flight.
-                "batcher": {"max_batch_size": 256, "max_queue_delay_ms": QUEUE_DELAY_MS},
-            },
-        }
-        self.config_file = tmp / "textserve.yaml"
-        self.config_file.write_text(yaml.safe_dump(config))
-        self.log_file = tmp / "server.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        env = {k: v for k, v in env.items() if not k.startswith("TEXTSERVE_")}
-        with self.log_file.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "textserve.cli",
-                    "serve",
-                    "embedding",
-                    "--config",
-                    str(self.config_file),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+    process: ServeProcess
+    port: int
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def logs(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
     def in_flight(self, method: str) -> float:
-        """textserve_requests_in_flight of `method`, from the server's /metrics."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
-            text = reply.read().decode()
-        for line in text.splitlines():
-            if line.startswith("textserve_requests_in_flight{") and f'method="{method}"' in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        return self.process.gauge("textserve_requests_in_flight", method=method)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path)
+def server(tmp_path: Path) -> Iterator[Server]:
+    port = free_port()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    settings = {
+        "log": {"level": "DEBUG", "format": "json"},
+        "metrics": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
+        "cache": {"backend": "memory"},
+        "embedding": {
+            "server": {
+                "host": "127.0.0.1",
+                "port": port,
+                "grace_period_s": GRACE_S,
+                "auth": {"enabled": True, "tokens_file": str(tokens)},
+            },
+            "model": {"onnx_cache_dir": str(ONNX_CACHE)},
+            # A lone request waits this long for its batch to fill: a window with requests in flight.
+            "batcher": {"max_batch_size": 256, "max_queue_delay_ms": QUEUE_DELAY_MS},
+        },
+    }
+    process = ServeProcess(tmp_path, ["embedding"], settings)
+    process.start()
     try:
-        yield process
+        yield Server(process, port)
     finally:
         process.kill()
-
-
-async def _wait_serving(server: ServerProcess, limit_s: float = 180.0) -> None:
-    stop_at = time.monotonic() + limit_s
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < stop_at:
-            assert server.proc.poll() is None, server.logs()[-3000:]
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(0.25)
-    raise AssertionError("server did not become SERVING:\n" + server.logs()[-3000:])
 
 
 def _request(i: int) -> embedding_pb2.EmbedRequest:
@@ -140,8 +93,8 @@ async def _status(call: object) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(server: ServerProcess) -> None:
-    await _wait_serving(server)
+async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(server: Server) -> None:
+    await server.process.wait_serving(server.address)
     metadata = (("authorization", f"Bearer {TOKEN}"),)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
@@ -165,7 +118,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(server: Serve
         assert await asyncio.to_thread(server.in_flight, "Embed") >= BURST
         assert not any(call.done() for call in burst)
         sent = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
+        os.kill(server.process.pid, signal.SIGTERM)
 
         # The drain starts: health turns NOT_SERVING, and new connections are refused.
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -194,18 +147,18 @@ async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(server: Serve
     assert codes == [grpc.StatusCode.OK] * BURST, codes
     assert all(len(r.embeddings) == TEXTS_PER_REQUEST for r in responses)
 
-    returncode = await asyncio.to_thread(server.proc.wait, GRACE_S + 30)
-    assert returncode == 0, server.logs()[-3000:]
+    returncode = await asyncio.to_thread(server.process.wait, GRACE_S + 30)
+    assert returncode == 0, server.process.logs()[-3000:]
     assert time.monotonic() - sent < GRACE_S + 30
     with (
         contextlib.suppress(OSError),
         urllib.request.urlopen(  # noqa: ASYNC210
-            f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=2
+            f"http://127.0.0.1:{server.process.metrics_port}/metrics", timeout=2
         ),
     ):
         raise AssertionError("metrics endpoint still up after exit")
 
-    logs = server.logs()
+    logs = server.process.logs()
     assert "signal received; draining" in logs
     assert '"level": "error"' not in logs, logs[-3000:]
     assert TOKEN not in logs

@@ -1,8 +1,8 @@
 """Checks textserve services: grpc.health.v1 Check, HTTP GET or TCP connect; exit 0 when all pass.
 
-Used by the chart's `helm test` pod, and by the exec probes when TLS is on (kubelet's
-native gRPC probes speak plaintext only). Runs in the textserve image (grpcio and
-grpcio-health-checking are dependencies of the package).
+Used by the chart's `helm test` pod, which checks every service the way clients reach it
+(headless Service names, TLS and mutual TLS when on; kubelet's gRPC probes can do neither).
+Runs in the textserve image (grpcio and grpcio-health-checking are dependencies of the package).
 
 Targets:
   grpc://HOST:PORT[/SERVICE]   grpc.health.v1.Health/Check; SERVICE empty asks for the whole server
