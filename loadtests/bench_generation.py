@@ -13,7 +13,7 @@ Every request generates exactly --max-new-tokens tokens (EOS ignored), from prom
 generated tokens/s against the mean of those two runs. Client and server share the
 machine's cores; the ratios are what to compare.
 
-    python -m loadtests.bench_generation                       # full run
+    python -m loadtests.bench_generation                       # full run (~1 min)
     python -m loadtests.bench_generation --max-new-tokens 16 --requests-per-stream 1 \\
         --baseline-requests 2 --concurrency 1,8                # quick check
 """
@@ -323,7 +323,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated stream counts")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument(
-        "--requests-per-stream", type=int, default=2, help="requests each stream sends in turn"
+        "--requests-per-stream", type=int, default=3, help="requests each stream sends in turn"
     )
     parser.add_argument("--baseline-requests", type=int, default=8, help="prompts run through generate()")
     parser.add_argument("--layers", type=int, default=4)
@@ -333,8 +333,9 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="torch intra-op threads, baseline and service alike (0: default)",
+        default=1,
+        help="torch intra-op threads, baseline and service alike (0: torch's default; more than one "
+        "thread makes the numbers swing wildly on a shared machine)",
     )
     asyncio.run(run(parser.parse_args()))
 

@@ -20,6 +20,7 @@ The format (version 1):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -63,7 +64,9 @@ class LatencyStats:
     mean_ms: float
 
     @classmethod
-    def of(cls, latencies_s: Sequence[float], seconds: float, items: int | None = None, errors: int = 0) -> LatencyStats:
+    def of(
+        cls, latencies_s: Sequence[float], seconds: float, items: int | None = None, errors: int = 0
+    ) -> LatencyStats:
         """Stats of successful calls' latencies (seconds) over a run of `seconds`.
 
         Throughput counts `items` (texts, tokens) when given, else calls.
@@ -98,11 +101,13 @@ class Series:
 
 def host_info() -> dict[str, Any]:
     """Where the numbers were taken (they mean little without it)."""
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
-    try:
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    with contextlib.suppress(OSError):  # getloadavg is missing off Unix
         info["load1"], info["load5"], info["load15"] = (round(v, 2) for v in os.getloadavg())
-    except OSError:  # pragma: no cover - not on Linux
-        pass
     return info
 
 
@@ -134,6 +139,14 @@ class BenchResult:
                 return item
         self.series.append(Series(name, throughput_unit))
         return self.series[-1]
+
+    def add_ratio(
+        self, rows: Iterable[dict[str, Any]], key: str, baseline: float, name: str = "ratio"
+    ) -> None:
+        """`add_ratio` on some of this result's rows, with `name` added to the columns."""
+        add_ratio(rows, key, baseline, name)
+        if name not in self.columns:
+            self.columns.append(name)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -189,7 +202,9 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     return "\n".join(lines)
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = "") -> None:
+def print_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = ""
+) -> None:
     """Prints `format_table`, under a title."""
     if title:
         print(f"\n{title}")
@@ -204,7 +219,9 @@ def _series_from_rows(rows: list[dict[str, Any]]) -> list[Series]:
         if key is None or not isinstance(row.get("p50_ms"), (int, float)):
             continue
         name = " / ".join(str(row[k]) for k in LABEL_KEYS if isinstance(row.get(k), str)) or "all"
-        unit = key.replace("_per_s", "/s").replace("throughput_rps", "requests/s").replace("rps", "requests/s")
+        unit = (
+            key.replace("_per_s", "/s").replace("throughput_rps", "requests/s").replace("rps", "requests/s")
+        )
         series = found.setdefault(name, Series(name, unit))
         series.add(
             float(row.get("concurrency", len(series.points) + 1)),

@@ -193,3 +193,37 @@ def test_full_waiting_queue_is_rejected_at_once(tiny: tuple[Any, Any]) -> None:
         h.submit(3, "Hello")
     h.step()  # 1 is admitted, which makes room for one more
     h.submit(3, "Hello")
+
+
+def test_padded_batch_joins_and_drops_match_generate_alone(tiny: tuple[Any, Any]) -> None:
+    """Rows joining at different steps, rows leaving early, padding cut: every sequence's greedy
+    tokens equal generate() on its prompt alone."""
+    from textserve.generation.kv_batch import PaddedKVBatch
+
+    model, tokenizer = tiny
+    prompts = [tokenizer(f"prompt {i}: " + "the quick brown fox " * (i % 4))["input_ids"] for i in range(12)]
+    lengths = [6 + (i % 5) * 3 for i in range(12)]  # tokens wanted per sequence
+    with torch.inference_mode():
+        expected = [
+            model.generate(
+                torch.tensor([p]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+            )[0, len(p) :].tolist()
+            for p, n in zip(prompts, lengths, strict=True)
+        ]
+        batch = PaddedKVBatch(model, "cpu")
+        produced: dict[int, list[int]] = {i: [] for i in range(12)}
+        waves = {0: [0, 1, 2, 3], 2: [4, 5, 6], 5: [7, 8, 9, 10, 11]}
+        for step in range(40):
+            rows = list(batch.rows)
+            if rows:
+                logits = batch.decode([produced[i][-1] for i in rows])
+                for row, seq in enumerate(rows):
+                    produced[seq].append(int(logits[row].argmax()))
+            new = waves.get(step, [])
+            if new:
+                logits = batch.prefill(new, [prompts[i] for i in new])
+                for row, seq in enumerate(new):
+                    produced[seq].append(int(logits[row].argmax()))
+            batch.keep({i for i in batch.rows if len(produced[i]) < lengths[i]})
+    assert [produced[i] for i in range(12)] == expected
+    assert batch.rows == [] and batch.width == 0

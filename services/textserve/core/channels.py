@@ -31,6 +31,8 @@ def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
         ("grpc.enable_retries", 0),
+        # Headless Services resolve to every pod: spread calls over all of them.
+        ("grpc.lb_policy_name", "round_robin"),
     ]
 
 

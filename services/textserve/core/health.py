@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer (health.aio re-exports it)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
 

@@ -49,7 +49,11 @@ def _check_unknown(msg: _message.Message, path: str) -> MalformedRequest | None:
     for field, value in msg.ListFields():
         if field.type != _descriptor.FieldDescriptor.TYPE_MESSAGE:
             continue
-        if field.is_repeated and field.message_type is not None and not field.message_type.GetOptions().map_entry:
+        if (
+            field.is_repeated
+            and field.message_type is not None
+            and not field.message_type.GetOptions().map_entry
+        ):
             for index, item in enumerate(value):
                 found = _check_unknown(item, f"{path}{field.name}[{index}].")
                 if found:

@@ -158,6 +158,18 @@ class GenerationEngine:
         )
         self._thread.start()
 
+    def warmup(self) -> None:
+        """Runs every batch operation once on dummy tokens (prefill of two lengths, decode, a
+        join, a drop), so a model the engine cannot batch fails at start, not on a request."""
+        batch = PaddedKVBatch(self.model, self.device, self.batch.pad_token_id)
+        token = self.batch.pad_token_id
+        with torch.inference_mode():
+            batch.prefill([-1, -2], [[token] * 3, [token] * 5])
+            batch.decode([token, token])
+            batch.prefill([-3], [[token] * 2])
+            batch.keep({-2, -3})
+            batch.decode([token, token])
+
     def stop(self, timeout: float = 30.0) -> None:
         """Ends every sequence (ABORTED), then stops the worker thread."""
         with self._lock:

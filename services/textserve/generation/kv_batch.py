@@ -3,13 +3,16 @@
 Every running sequence is one row. Rows are right-aligned (left padding), so a decode
 step feeds one token per row with an attention mask over the padding and per-row
 position ids, exactly as `generate()` runs a left-padded batch. New sequences are
-prefilled together (their own left-padded forward, only the last position's logits
-kept) and then joined to the batch by padding the shorter cache on the left. Rows of
-finished sequences are dropped before the next forward, and padding columns that no
-row needs any more are cut, so the cache stays `rows x longest sequence`.
+prefilled in groups of similar prompt length (each a left-padded forward keeping only
+the last position's logits, so little compute goes to padding) and then joined to the
+batch by padding the shorter cache on the left. Rows of finished sequences are dropped
+before the next forward, and padding columns that no row needs any more are cut, so the
+cache stays `rows x longest sequence`.
 
-Only the tensors inside transformers' cache layers are touched; the model's attention,
-masks (`create_causal_mask`) and position handling are its own.
+The cache is transformers' `DynamicCache` with one change: its layers append a step's
+keys and values into spare capacity instead of `torch.cat`-ing the whole cache every
+step (`_AppendLayer`). Only the tensors inside the cache layers are touched; the
+model's attention, masks (`create_causal_mask`) and position handling are its own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+# A prefill group may hold this much padding, relative to its real prompt tokens.
+_PREFILL_PADDING_RATIO = 1.25
 
 
 class PaddedKVBatch:
@@ -88,7 +94,16 @@ class PaddedKVBatch:
         return logits
 
     def prefill(self, seq_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Prefills new sequences and joins them to the batch; returns their logits [new, vocab]."""
+        """Prefills new sequences and joins them to the batch; returns their logits [new, vocab]
+        in the order given."""
+        rows: list[torch.Tensor | None] = [None] * len(prompts)
+        for group in _length_groups([len(prompt) for prompt in prompts]):
+            logits = self._prefill_group([seq_ids[i] for i in group], [prompts[i] for i in group])
+            for position, index in enumerate(group):
+                rows[index] = logits[position]
+        return torch.stack([row for row in rows if row is not None])
+
+    def _prefill_group(self, seq_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         width = max(len(prompt) for prompt in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -97,7 +112,7 @@ class PaddedKVBatch:
             mask[row, width - len(prompt) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = _BatchCache()
         output = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -126,6 +141,82 @@ class PaddedKVBatch:
         self._mask = torch.cat([_pad_left_2d(self._mask, width), _pad_left_2d(mask, width)], dim=0)
         self._lengths = torch.cat([self._lengths, lengths])
         self.rows = self.rows + seq_ids
+
+
+def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices grouped by similar length (shortest first): a group grows while its padded
+    tokens stay within _PREFILL_PADDING_RATIO x its real tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    real = 0
+    for index in order:
+        length = lengths[index]
+        if groups and (len(groups[-1]) + 1) * length <= _PREFILL_PADDING_RATIO * (real + length):
+            groups[-1].append(index)
+            real += length
+        else:
+            groups.append([index])
+            real = length
+    return groups
+
+
+class _AppendLayer(DynamicLayer):
+    """A DynamicLayer that appends into spare capacity (amortised O(1) per token).
+
+    `keys` / `values` are views of the first `length` positions of larger buffers. When
+    they are replaced from outside (rows selected, padding cut, batches joined), the next
+    update copies them into fresh buffers with room to grow.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized or self.keys is None or self.values is None or self.keys.numel() == 0:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            self.keys, self.values = key_states, value_states
+            self._key_buffer = self._value_buffer = None
+            return self.keys, self.values
+        keys, values = self.keys, self.values
+        length, new = keys.shape[-2], key_states.shape[-2]
+        if not self._owns(keys, self._key_buffer) or not self._owns(values, self._value_buffer):
+            self._key_buffer = self._value_buffer = None
+        key_buffer, value_buffer = self._key_buffer, self._value_buffer
+        if key_buffer is None or value_buffer is None or length + new > key_buffer.shape[-2]:
+            capacity = max(2 * (length + new), 64)
+            key_buffer = keys.new_empty((*keys.shape[:-2], capacity, keys.shape[-1]))
+            value_buffer = values.new_empty((*values.shape[:-2], capacity, values.shape[-1]))
+            key_buffer[..., :length, :] = keys
+            value_buffer[..., :length, :] = values
+            self._key_buffer, self._value_buffer = key_buffer, value_buffer
+        key_buffer[..., length : length + new, :] = key_states
+        value_buffer[..., length : length + new, :] = value_states
+        self.keys = key_buffer[..., : length + new, :]
+        self.values = value_buffer[..., : length + new, :]
+        return self.keys, self.values
+
+    @staticmethod
+    def _owns(view: torch.Tensor, buffer: torch.Tensor | None) -> bool:
+        """True when `view` is still the leading part of `buffer` (nothing replaced it)."""
+        return (
+            buffer is not None
+            and view.data_ptr() == buffer.data_ptr()
+            and view.shape[:-2] == buffer.shape[:-2]
+            and view.stride() == buffer.stride()
+        )
+
+
+class _BatchCache(DynamicCache):
+    """transformers' DynamicCache whose layers are `_AppendLayer`s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_class_to_replicate = _AppendLayer
 
 
 def _layers(cache: DynamicCache) -> list[tuple[DynamicLayer, torch.Tensor, torch.Tensor]]:

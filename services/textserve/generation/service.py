@@ -137,6 +137,13 @@ class GenerationService:
             eos_token_ids=info.eos_token_ids,
             pad_token_id=int(pad) if pad is not None else 0,
         )
+        try:
+            await asyncio.to_thread(self.engine.warmup)
+        except Exception as exc:
+            raise RuntimeError(
+                f"model {info.name!r} cannot be served by the generation engine "
+                f"(it batches full-attention models with a DynamicCache): {type(exc).__name__}: {exc}"
+            ) from exc
         self.engine.start()
         labels = {"service": self.name, "model": info.name}
         metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
