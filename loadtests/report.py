@@ -80,11 +80,11 @@ def run_bench(bench: str, out: Path, extra: list[str], timeout_s: float) -> Outc
             "ok" if done.returncode == 0 else f"failed (exit {done.returncode})",
         )
     except subprocess.TimeoutExpired as expired:
-        log = f"{expired.stdout or ''}{expired.stderr or ''}"
+        log = _text(expired.stdout) + _text(expired.stderr)
         status = f"timed out after {timeout_s:.0f} s"
     seconds = time.monotonic() - started
-    (out / "raw" / f"{bench}.log").write_text(log if isinstance(log, str) else log.decode(errors="replace"))
-    outcome = Outcome(bench, status, seconds, log=log if isinstance(log, str) else "")
+    (out / "raw" / f"{bench}.log").write_text(log)
+    outcome = Outcome(bench, status, seconds, log=log)
     if raw.exists():
         try:
             outcome.result = load_result(raw, bench)
@@ -94,6 +94,12 @@ def run_bench(bench: str, out: Path, extra: list[str], timeout_s: float) -> Outc
         outcome.status = "ok (printed output only)"
     print(f"   {outcome.status} in {seconds:.0f} s", flush=True)
     return outcome
+
+
+def _text(output: str | bytes | None) -> str:
+    if output is None:
+        return ""
+    return output if isinstance(output, str) else output.decode(errors="replace")
 
 
 def plot(result: BenchResult, path: Path) -> bool:

@@ -229,3 +229,42 @@ async def test_deadline_passed_in_queue_is_not_computed(serial_host: ServiceHost
             break
         await asyncio.sleep(0.1)
     assert dropped() > before
+
+
+async def test_clients_that_never_read_do_not_block_others(embedding_host: ServiceHost) -> None:
+    """Streams whose clients keep writing but never read fill their flow-control windows and stall;
+    other clients are still served, and cancelling the stalled streams frees everything."""
+    address = f"127.0.0.1:{embedding_host.port_of('embedding')}"
+    in_flight = {"service": "embedding", "method": "EmbedStream"}
+    stalled_channel = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    stub = embedding_pb2_grpc.EmbeddingServiceStub(stalled_channel)
+    streams = [stub.EmbedStream(timeout=300) for _ in range(4)]
+
+    async def flood(stream: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        for i in range(2000):  # far more than the window and the flow-control buffers hold
+            request = embedding_pb2.EmbedRequest(texts=[f"unread {i} " + "x" * 200], skip_cache=True)
+            await stream.write(embedding_pb2.EmbedStreamRequest(request_id=str(i), request=request))
+
+    writers = [asyncio.create_task(flood(stream)) for stream in streams]
+    try:
+        for _ in range(100):  # until the writers are stuck on flow control
+            await asyncio.sleep(0.1)
+            if (REGISTRY.get_sample_value("textserve_requests_in_flight", in_flight) or 0) >= 4:
+                break
+        async with grpc.aio.insecure_channel(address) as other:
+            other_stub = embedding_pb2_grpc.EmbeddingServiceStub(other)
+            codes = await asyncio.gather(
+                *(_code(other_stub.Embed(_one(f"other {i}"), timeout=60)) for i in range(16))
+            )
+        assert set(codes) == {grpc.StatusCode.OK}
+        assert not all(writer.done() for writer in writers), "the floods finished: nothing was stalled"
+    finally:
+        for stream in streams:
+            stream.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
+        await stalled_channel.close()
+    for _ in range(100):
+        if (REGISTRY.get_sample_value("textserve_requests_in_flight", in_flight) or 0) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert (REGISTRY.get_sample_value("textserve_requests_in_flight", in_flight) or 0) == 0

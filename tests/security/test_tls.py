@@ -6,6 +6,7 @@ build their inter-service channels.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -148,3 +149,51 @@ async def test_mtls_server_still_serves_after_refusals(mtls_host: ServiceHost, p
     config = _client(ca=pki.ca, cert=pki.client.cert, key=pki.client.key)
     assert await _embed(_address(mtls_host), _client(ca=pki.ca), deadline_s=5) == REFUSED
     assert await _embed(_address(mtls_host), config) == grpc.StatusCode.OK
+
+
+async def test_rotated_certificates_are_used_without_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mounted files change (cert-manager renewal, here even a new CA): new connections get the
+    new certificate and a client certificate from the new CA is accepted, with no restart."""
+    import shutil
+
+    from textserve.core import tls as tls_module
+    from textserve.embedding.app import EmbeddingApp
+
+    monkeypatch.setattr(tls_module, "RECHECK_S", 0.0)
+    old, new = make_pki(tmp_path / "old", "old"), make_pki(tmp_path / "new", "new")
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+
+    def mount(pki: Pki, bump_ns: int) -> None:
+        """Writes the PKI's server files where the Secret is mounted, with a later mtime."""
+        for name, source in (("tls.crt", pki.server.cert), ("tls.key", pki.server.key), ("ca.crt", pki.ca)):
+            target = mounted / name
+            shutil.copyfile(source, target)
+            stat = target.stat()
+            os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + bump_ns))
+
+    mount(old, 0)
+    tls = TlsConfig(
+        enabled=True,
+        cert_file=mounted / "tls.crt",
+        key_file=mounted / "tls.key",
+        ca_file=mounted / "ca.crt",
+        require_client_cert=True,
+    )
+    host = await start_host([EmbeddingApp(embedding_config(server=loopback_server(tls=tls)))])
+    try:
+        address = _address(host)
+        old_client = _client(ca=old.ca, cert=old.client.cert, key=old.client.key)
+        new_client = _client(ca=new.ca, cert=new.client.cert, key=new.client.key)
+        assert await _embed(address, old_client) == grpc.StatusCode.OK
+        assert await _embed(address, new_client, deadline_s=5) == REFUSED
+
+        mount(new, 2_000_000_000)
+        # The first handshake after the change may still be served from the old files.
+        codes = [await _embed(address, new_client, deadline_s=5) for _ in range(3)]
+        assert codes[-1] == grpc.StatusCode.OK, codes
+        assert await _embed(address, old_client, deadline_s=5) == REFUSED
+    finally:
+        await host.stop(grace=1.0)

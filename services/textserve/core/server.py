@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from textserve.core.config import ServerConfig, TlsConfig
 from textserve.core.health import HEALTH_SERVICE_NAME, HealthState
 from textserve.core.interceptors import build_interceptors
+from textserve.core.tls import reloading_server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ class ServiceHost:
                 )
             address = f"{config.host}:{config.port}"
             if config.tls.enabled:
-                port = server.add_secure_port(address, server_credentials(config.tls))
+                # Re-read on new handshakes when the mounted files rotate (core/tls.py).
+                port = server.add_secure_port(address, reloading_server_credentials(config.tls))
             else:
                 port = server.add_insecure_port(address)
             if port == 0:
