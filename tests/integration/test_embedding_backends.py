@@ -100,11 +100,14 @@ async def test_deadline_exceeded_work_is_not_computed(embedding_address: str) ->
     before = dropped()
     async with grpc.aio.insecure_channel(embedding_address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-        # Fill the queue with long texts so the short-deadline requests wait behind them.
+        # Fill the queue with distinct long texts (identical ones would be computed once)
+        # so the short-deadline requests wait behind them.
         busy = [
             asyncio.ensure_future(
                 stub.Embed(
-                    embedding_pb2.EmbedRequest(texts=[f"{i} " + "long text " * 120] * 16, skip_cache=True)
+                    embedding_pb2.EmbedRequest(
+                        texts=[f"{i} {j} " + "long text " * 120 for j in range(16)], skip_cache=True
+                    )
                 )
             )
             for i in range(6)

@@ -118,6 +118,12 @@ class Batcher(Generic[In, Out]):
         self._config = config
         self.budget = BatchBudget(config.max_batch_size, config.max_batch_tokens)
         self._labels = {"service": service, "model": model}
+        # Children resolved once: .labels() on the hot path costs a lock and a dict lookup.
+        self._queue_depth = metrics.QUEUE_DEPTH.labels(**self._labels)
+        self._queue_duration = metrics.QUEUE_DURATION.labels(**self._labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(**self._labels)
+        self._batch_tokens = metrics.BATCH_TOKENS.labels(**self._labels)
+        self._inference_duration = metrics.INFERENCE_DURATION.labels(**self._labels)
         self._pending: list[_Entry[In, Out]] = []
         self._wakeup: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -191,7 +197,7 @@ class Batcher(Generic[In, Out]):
             future: asyncio.Future[BatchResult[Out]] = loop.create_future()
             self._pending.append(_Entry(item, max(1, int(count)), deadline, now, future))
             futures.append(future)
-        metrics.QUEUE_DEPTH.labels(**self._labels).set(len(self._pending))
+        self._queue_depth.set(len(self._pending))
         self._wakeup.set()
         return futures
 
@@ -221,7 +227,7 @@ class Batcher(Generic[In, Out]):
             if not entry.future.done():
                 entry.future.set_exception(error)
         self._pending.clear()
-        metrics.QUEUE_DEPTH.labels(**self._labels).set(0)
+        self._queue_depth.set(0)
 
     def _drop_dead_entries(self) -> None:
         """Removes entries whose client left or whose deadline passed; they are never computed."""
@@ -237,7 +243,7 @@ class Batcher(Generic[In, Out]):
                 alive.append(entry)
         if len(alive) != len(self._pending):
             self._pending = alive
-            metrics.QUEUE_DEPTH.labels(**self._labels).set(len(alive))
+            self._queue_depth.set(len(alive))
 
     async def _loop(self) -> None:
         assert self._wakeup is not None and self._slots is not None
@@ -287,7 +293,7 @@ class Batcher(Generic[In, Out]):
         chosen = set(indices)
         batch = [self._pending[i] for i in indices]
         self._pending = [entry for i, entry in enumerate(self._pending) if i not in chosen]
-        metrics.QUEUE_DEPTH.labels(**self._labels).set(len(self._pending))
+        self._queue_depth.set(len(self._pending))
         return batch
 
     async def _execute(self, batch: list[_Entry[In, Out]]) -> None:
@@ -296,9 +302,9 @@ class Batcher(Generic[In, Out]):
             started = time.monotonic()
             labels = self._labels
             for entry in batch:
-                metrics.QUEUE_DURATION.labels(**labels).observe(started - entry.enqueued)
-            metrics.BATCH_SIZE.labels(**labels).observe(len(batch))
-            metrics.BATCH_TOKENS.labels(**labels).observe(len(batch) * max(e.tokens for e in batch))
+                self._queue_duration.observe(started - entry.enqueued)
+            self._batch_size.observe(len(batch))
+            self._batch_tokens.observe(len(batch) * max(e.tokens for e in batch))
             items = [entry.item for entry in batch]
             loop = asyncio.get_running_loop()
             try:
@@ -310,7 +316,7 @@ class Batcher(Generic[In, Out]):
                 log.exception("batch forward failed", extra={"model": labels["model"], "batch": len(batch)})
                 self._fail(batch, BackendFailure(f"model forward failed: {type(exc).__name__}: {exc}"))
                 return
-            metrics.INFERENCE_DURATION.labels(**labels).observe(seconds)
+            self._inference_duration.observe(seconds)
             if len(outputs) != len(batch):
                 self._fail(batch, BackendFailure(f"backend returned {len(outputs)} outputs for {len(batch)}"))
                 return

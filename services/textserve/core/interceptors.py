@@ -114,8 +114,12 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 _record_deadline(context)
-                async for item in behaviour(request, context):
-                    yield item
+                inner = behaviour(request, context)
+                try:
+                    async for item in inner:
+                        yield item
+                finally:  # closing this generator closes the servicer's at once (its cleanup runs now)
+                    await inner.aclose()
 
             return _rebuild(handler, streaming)
         if inspect.iscoroutinefunction(behaviour):

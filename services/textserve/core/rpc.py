@@ -35,12 +35,18 @@ def request_deadline(context: grpc.aio.ServicerContext) -> float | None:
     return time.monotonic() + float(remaining)
 
 
+_CHILDREN: dict[tuple[str, str, grpc.StatusCode], tuple[Any, Any]] = {}
+
+
 def _record(service: str, method: str, code: grpc.StatusCode, started: float) -> None:
-    name = code.name
-    metrics.REQUESTS.labels(service=service, method=method, code=name).inc()
-    metrics.REQUEST_DURATION.labels(service=service, method=method, code=name).observe(
-        time.perf_counter() - started
-    )
+    key = (service, method, code)
+    children = _CHILDREN.get(key)
+    if children is None:  # first RPC with this outcome: resolve the labelled children once
+        labels = {"service": service, "method": method, "code": code.name}
+        children = (metrics.REQUESTS.labels(**labels), metrics.REQUEST_DURATION.labels(**labels))
+        _CHILDREN[key] = children
+    children[0].inc()
+    children[1].observe(time.perf_counter() - started)
 
 
 async def _abort(

@@ -28,9 +28,22 @@ class TextTokenizer:
         self.hf: Any = AutoTokenizer.from_pretrained(str(files.path), use_fast=True)
         self.max_length = max_length or model_max_length(files, self.hf)
         self.pad_id = int(self.hf.pad_token_id if self.hf.pad_token_id is not None else 0)
+        # The Rust tokenizer itself, without the tokenizer.json's own truncation/padding
+        # (we cut at max_length ourselves): skips the Python wrapper on the request path.
+        self._fast: Any = None
+        backend = getattr(self.hf, "backend_tokenizer", None)
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._fast = Tokenizer.from_str(backend.to_str())
+            self._fast.no_truncation()
+            self._fast.no_padding()
 
     def encode_many(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoded]:
         """Token ids for each text; texts over max_length are cut (and flagged)."""
+        if self._fast is not None:
+            encodings = self._fast.encode_batch_fast(list(texts), add_special_tokens=add_special_tokens)
+            return [self.truncate(encoding.ids) for encoding in encodings]
         batch = self.hf(
             list(texts),
             add_special_tokens=add_special_tokens,
