@@ -40,8 +40,22 @@ lint: install ## ruff + mypy
 	$(VENV)/bin/ruff format --check services tests loadtests
 	$(VENV)/bin/mypy
 
-bench: install ## benchmarks (prints ratio tables)
+bench: install ## every benchmark -> bench-report/report.md + PNG plots of latency against throughput (~13 min)
+	$(PY) -m loadtests.report --out bench-report
+
+.PHONY: bench-embedding
+bench-embedding: install ## embedding: raw model vs service (batching on/off) at concurrency 1-64, short and medium texts
 	$(PY) -m loadtests.bench_embedding
+
+loadtest: install ## Locust, headless, against `textserve serve all` on loopback (60 s; SOAK=1: 10-min soak + memory check)
+	$(PY) -m loadtests.run_locust $(if $(filter 1 true yes,$(SOAK)),--soak)
+
+.PHONY: deploy-check
+deploy-check: install ## dashboards/rules copies fresh, chart tests, promtool checks
+	$(PY) deploy/build_assets.py --check
+	$(PY) -m pytest -q -p no:cacheprovider tests/chart tests/deploy
+	promtool check rules deploy/prometheus/textserve.rules.yaml
+	promtool test rules deploy/prometheus/tests/textserve.rules.test.yaml
 
 .PHONY: bench-cache
 bench-cache: install ## response-cache benchmark: hit vs miss latency, 90% hits vs no cache (own redis-server)

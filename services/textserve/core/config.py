@@ -196,7 +196,7 @@ class ModelConfig(_Section):
     onnx_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "textserve" / "onnx")
     """Where exported ONNX graphs are cached (a writable volume in Kubernetes)."""
     intra_op_threads: int = Field(default=0, ge=0, le=1024)
-    """Threads per forward (0: the backend's default, usually the core count)."""
+    """Threads per forward (0: every CPU the process may use, the cgroup CPU quota respected)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Weights dtype for torch (auto: float16 on CUDA, float32 on CPU)."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from textserve.core.config import ModelConfig
-from textserve.runtime.device import resolve_torch_device
+from textserve.runtime.device import intra_op_threads, resolve_torch_device
 from textserve.runtime.model_files import resolve_model
 from textserve.runtime.random_lm import DEMO_NAME, demo_model
 
@@ -77,8 +77,7 @@ class CausalLM:
         started = time.perf_counter()
         self.config = config
         self.device = resolve_torch_device(config.device)
-        if config.intra_op_threads:
-            torch.set_num_threads(config.intra_op_threads)
+        torch.set_num_threads(intra_op_threads(config.intra_op_threads))
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
             config.dtype, torch.float16 if self.device.startswith("cuda") else torch.float32
         )

@@ -44,3 +44,28 @@ def resolve_onnx_providers(choice: DeviceChoice) -> tuple[list[str], str]:
             "(install the gpu extra: onnxruntime-gpu)"
         )
     return ["CPUExecutionProvider"], "cpu"
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: the affinity mask, capped by a cgroup CPU quota.
+
+    Torch and ONNX Runtime size their thread pools by the node's cores; under a
+    Kubernetes CPU limit that oversubscribes the pod and throttles it badly.
+    """
+    import math
+    import os
+    from pathlib import Path
+
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def intra_op_threads(configured: int) -> int:
+    """Threads for one forward: the configured number, else every CPU the process may use."""
+    return configured if configured > 0 else available_cpus()

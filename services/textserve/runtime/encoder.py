@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from textserve.core.config import ModelConfig
-from textserve.runtime.device import resolve_onnx_providers, resolve_torch_device
+from textserve.runtime.device import intra_op_threads, resolve_onnx_providers, resolve_torch_device
 from textserve.runtime.model_files import ModelFiles, resolve_model
 from textserve.runtime.tokenization import TextTokenizer
 
@@ -97,8 +97,7 @@ class TorchEncoderBackend:
         import torch
 
         self.device = resolve_torch_device(config.device)
-        if config.intra_op_threads:
-            torch.set_num_threads(config.intra_op_threads)
+        torch.set_num_threads(intra_op_threads(config.intra_op_threads))
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
             config.dtype, torch.float16 if self.device.startswith("cuda") else torch.float32
         )
@@ -171,8 +170,7 @@ class OnnxEncoderBackend:
         path = export_onnx(files, task, pooling, onnx_cache_path(files, task, pooling, config.onnx_cache_dir))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if config.intra_op_threads:
-            options.intra_op_num_threads = config.intra_op_threads
+        options.intra_op_num_threads = intra_op_threads(config.intra_op_threads)
         # Idle ORT threads must not spin: the event loop shares these cores with them.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
