@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,6 +40,8 @@ from typing import Any
 
 import grpc
 
+from loadtests.common import LoadRun, Sender, bench_parser, closed_loop, percentile
+from loadtests.serve import ServerProcess, free_port, metric_total
 from loadtests.texts import make_texts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,22 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS_PER_TEXT = 40  # ~50 tokens
 BACKENDS = ("redis", "memory", "none")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """q-th percentile (0-100) by linear interpolation."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+CACHE_COUNTERS = ("hits", "misses", "errors", "coalesced")
 
 
 class RedisProcess:
@@ -93,67 +79,20 @@ class RedisProcess:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-class ServerProcess:
-    """`textserve serve embedding` in a subprocess with the given cache backend."""
+def start_server(backend: str, redis_url: str, key_prefix: str) -> ServerProcess:
+    """`textserve serve embedding` in a subprocess with the given cache backend (launched, not ready)."""
+    settings = {
+        "TEXTSERVE_CACHE__BACKEND": backend,
+        "TEXTSERVE_CACHE__URL": redis_url,
+        "TEXTSERVE_CACHE__KEY_PREFIX": key_prefix,
+    }
+    return ServerProcess(["embedding"], settings, label=f"embedding server ({backend})").launch()
 
-    def __init__(self, backend: str, redis_url: str, key_prefix: str) -> None:
-        self.backend = backend
-        self.port = free_port()
-        self.metrics_port = free_port()
-        env = dict(os.environ)
-        env.update(
-            {
-                "TEXTSERVE_EMBEDDING__SERVER__HOST": "127.0.0.1",
-                "TEXTSERVE_EMBEDDING__SERVER__PORT": str(self.port),
-                "TEXTSERVE_METRICS__HOST": "127.0.0.1",
-                "TEXTSERVE_METRICS__PORT": str(self.metrics_port),
-                "TEXTSERVE_CACHE__BACKEND": backend,
-                "TEXTSERVE_CACHE__URL": redis_url,
-                "TEXTSERVE_CACHE__KEY_PREFIX": key_prefix,
-                "TEXTSERVE_LOG__LEVEL": "WARNING",
-            }
-        )
-        self._log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "textserve.cli", "serve", "embedding"], env=env, stderr=self._log
-        )
-        self.address = f"127.0.0.1:{self.port}"
 
-    async def wait_ready(self, limit_s: float = 180) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + limit_s
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"embedding server ({self.backend}) exited during start-up")
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"embedding server ({self.backend}) not ready")
-
-    def cache_counters(self) -> dict[str, float]:
-        """hits, misses, errors, coalesced of this server (from its /metrics)."""
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read()
-        counters = {"hits": 0.0, "misses": 0.0, "errors": 0.0, "coalesced": 0.0}
-        for line in body.decode().splitlines():
-            for name in counters:
-                if line.startswith(f"textserve_cache_{name}_total{{"):
-                    counters[name] += float(line.rsplit(" ", 1)[1])
-        return counters
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+def cache_counters(server: ServerProcess) -> dict[str, float]:
+    """hits, misses, errors, coalesced of a server (from its /metrics)."""
+    text = server.metrics()
+    return {name: metric_total(text, f"textserve_cache_{name}_total") for name in CACHE_COUNTERS}
 
 
 class Fresh:
@@ -214,39 +153,22 @@ async def latency(address: str, pick: Callable[[], str], requests: int) -> list[
 
 async def throughput(
     address: str, hot: list[str], fresh: Fresh, hit_ratio: float, concurrency: int, seconds: float, seed: int
-) -> tuple[float, list[float], int]:
-    """Requests/s, latencies (ms) and failures of `concurrency` callers for `seconds`."""
+) -> LoadRun:
+    """`concurrency` callers for `seconds`, a share `hit_ratio` of requests for a hot text."""
     from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
-    channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
-    stubs = [embedding_pb2_grpc.EmbeddingServiceStub(channel) for channel in channels]
-    latencies: list[float] = []
-    failures = 0
     rng = random.Random(seed)
-    stop_at = time.perf_counter() + seconds
 
-    async def worker(index: int) -> int:
-        nonlocal failures
-        stub = stubs[index % len(stubs)]
-        done = 0
-        while time.perf_counter() < stop_at:
+    def bind(channel: grpc.aio.Channel) -> Sender:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+
+        def send(_: int) -> Any:
             text = rng.choice(hot) if rng.random() < hit_ratio else fresh.next()
-            t0 = time.perf_counter()
-            try:
-                await stub.Embed(embedding_pb2.EmbedRequest(texts=[text]), timeout=60)
-            except grpc.aio.AioRpcError:
-                failures += 1
-                continue
-            latencies.append((time.perf_counter() - t0) * 1000)
-            done += 1
-        return done
+            return stub.Embed(embedding_pb2.EmbedRequest(texts=[text]), timeout=60)
 
-    started = time.perf_counter()
-    counts = await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    for channel in channels:
-        await channel.close()
-    return sum(counts) / elapsed, latencies, failures
+        return send
+
+    return await closed_loop(address, bind, concurrency, seconds, channels=4)
 
 
 async def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, float]]]:
@@ -255,7 +177,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, 
     redis = None if args.redis_url else RedisProcess()
     redis_url = args.redis_url or (redis.url if redis else "")
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
-    servers = {backend: ServerProcess(backend, redis_url, prefix) for backend in BACKENDS}
+    servers = {backend: start_server(backend, redis_url, prefix) for backend in BACKENDS}
     rows: list[Row] = []
     counters: dict[str, dict[str, float]] = {}
     try:
@@ -263,7 +185,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, 
         hot = make_texts(args.hot_texts, WORDS_PER_TEXT, seed=5)
         fresh = Fresh()
         for server in servers.values():  # warm-up: model, connections, and the hot set in the caches
-            async with grpc.aio.insecure_channel(server.address) as channel:
+            async with grpc.aio.insecure_channel(server.address()) as channel:
                 await embed_all(embedding_pb2_grpc.EmbeddingServiceStub(channel), hot)
             await asyncio.sleep(0.2)  # background cache writes land
 
@@ -271,10 +193,10 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, 
         samples: dict[tuple[str, str], list[float]] = {}
         rounds = 5
         per_round = max(1, args.latency_requests // rounds)
-        hot_cycle = iter(hot * (args.latency_requests // len(hot) + 2))
+        hot_cycle = itertools.cycle(hot)  # redis and memory both draw latency_requests from it
         for _ in range(rounds):
             for backend in ("redis", "memory"):
-                address = servers[backend].address
+                address = servers[backend].address()
                 samples.setdefault((backend, "hit"), []).extend(
                     await latency(address, lambda: next(hot_cycle), per_round)
                 )
@@ -282,7 +204,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, 
                     await latency(address, fresh.next, per_round)
                 )
             samples.setdefault(("none", "no cache"), []).extend(
-                await latency(servers["none"].address, fresh.next, per_round)
+                await latency(servers["none"].address(), fresh.next, per_round)
             )
         base_p50 = percentile(samples[("none", "no cache")], 50)
         for (backend, path), values in samples.items():
@@ -300,14 +222,14 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, 
             )
 
         # Throughput at the hit ratio vs no cache, alternating setups per round.
-        before = {backend: server.cache_counters() for backend, server in servers.items()}
-        measured: dict[str, list[tuple[float, list[float], int]]] = {backend: [] for backend in BACKENDS}
+        before = {backend: cache_counters(server) for backend, server in servers.items()}
+        measured: dict[str, list[LoadRun]] = {backend: [] for backend in BACKENDS}
         for round_index in range(args.rounds):
             order = BACKENDS[round_index % 3 :] + BACKENDS[: round_index % 3]
             for backend in order:
                 measured[backend].append(
                     await throughput(
-                        servers[backend].address,
+                        servers[backend].address(),
                         hot,
                         fresh,
                         args.hit_ratio,
@@ -316,7 +238,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, 
                         seed=round_index,
                     )
                 )
-        after = {backend: server.cache_counters() for backend, server in servers.items()}
+        after = {backend: cache_counters(server) for backend, server in servers.items()}
         for backend in BACKENDS:
             counters[backend] = {
                 name: after[backend][name] - before[backend][name] for name in after[backend]
@@ -324,11 +246,11 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, 
 
         def summary(backend: str) -> tuple[float, list[float], int]:
             results = measured[backend]
-            rates = sorted(rate for rate, _, _ in results)
+            rates = sorted(result.throughput for result in results)
             return (
                 rates[len(rates) // 2],
-                [ms for _, lat, _ in results for ms in lat],
-                sum(f for *_, f in results),
+                [s * 1000 for result in results for s in result.latencies_s],
+                sum(result.errors for result in results),
             )
 
         base_rate = summary("none")[0]
@@ -382,9 +304,7 @@ def render(rows: list[Row]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="throughput measurement per setup and round"
     )

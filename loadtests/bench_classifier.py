@@ -19,19 +19,16 @@ Throughput and latency ratios are against the in-process baseline at the same co
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
 
-from loadtests.bench_embedding import free_port, percentile
+from loadtests.common import Bind, Sender, bench_parser, closed_loop
+from loadtests.serve import ServerProcess, free_port
 from loadtests.texts import make_texts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,144 +56,66 @@ class Point:
     p50_ratio: float = 0.0
 
 
-class Server:
-    """`textserve serve <services>` in a subprocess on free loopback ports."""
-
-    def __init__(self, services: list[str], env_overrides: dict[str, str]) -> None:
-        env = dict(os.environ)
-        env.update(
-            {
-                "TEXTSERVE_METRICS__ENABLED": "false",
-                "TEXTSERVE_CACHE__BACKEND": "none",
-                "TEXTSERVE_LOG__LEVEL": "WARNING",
-            }
-        )
-        env.update(env_overrides)
-        self._log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "textserve.cli", "serve", *services], env=env, stderr=self._log
-        )
-
-    async def wait_ready(self, address: str, limit_s: float = 180) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + limit_s
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited during start-up (code {self.proc.returncode})")
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"server at {address} not ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+SETTINGS = {"TEXTSERVE_CACHE__BACKEND": "none"}
 
 
-def _bind(service: str, port: int) -> dict[str, str]:
-    prefix = f"TEXTSERVE_{service.upper()}__SERVER__"
-    return {f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port)}
-
-
-async def start_setup(setup: str) -> tuple[list[Server], str]:
+async def start_setup(setup: str) -> tuple[list[ServerProcess], str]:
     """The servers of one setup, ready, and the classifier's address."""
-    classifier_port, embedding_port = free_port(), free_port()
-    classifier = f"127.0.0.1:{classifier_port}"
-    embedding = f"127.0.0.1:{embedding_port}"
-    servers: list[Server] = []
+    ports = {"classifier": free_port(), "embedding": free_port()}
+    address_env = {"TEXTSERVE_CLASSIFIER__EMBEDDING_ADDRESS": f"127.0.0.1:{ports['embedding']}"}
+    servers: list[ServerProcess] = []
+
+    def server(services: list[str], env: dict[str, str]) -> ServerProcess:
+        servers.append(ServerProcess(services, SETTINGS | env, ports=ports, metrics=False).launch())
+        return servers[-1]
+
     try:
-        address_env = {"TEXTSERVE_CLASSIFIER__EMBEDDING_ADDRESS": embedding}
         if setup == BASELINE:
-            servers.append(Server(["classifier"], _bind("classifier", classifier_port)))
+            server(["classifier"], {})
         elif setup in (SHARED, GRPC_SAME):
-            env = _bind("classifier", classifier_port) | _bind("embedding", embedding_port)
-            servers.append(
-                Server(["embedding", "classifier"], env | (address_env if setup == GRPC_SAME else {}))
-            )
+            server(["embedding", "classifier"], address_env if setup == GRPC_SAME else {})
         else:
-            servers.append(Server(["embedding"], _bind("embedding", embedding_port)))
-            await servers[-1].wait_ready(embedding)
-            env = _bind("classifier", classifier_port) | address_env
+            await server(["embedding"], {}).wait_ready()
+            env = dict(address_env)
             if setup == GRPC_APART_UNMERGED:
                 env["TEXTSERVE_CLASSIFIER__EMBEDDING_CALLS_IN_FLIGHT"] = "0"
-            servers.append(Server(["classifier"], env))
-        await servers[-1].wait_ready(classifier)
+            server(["classifier"], env)
+        await servers[-1].wait_ready()
     except BaseException:
-        for server in servers:
-            server.stop()
+        for started in servers:
+            started.stop()
         raise
-    return servers, classifier
+    return servers, servers[-1].address("classifier")
 
 
-async def drive(
-    address: str, texts: list[str], concurrency: int, seconds: float
-) -> tuple[float, list[float], int]:
-    """`concurrency` callers each classifying one text per request, back to back."""
+def classify_call(texts: list[str]) -> Bind:
+    """One text per Classify request, cache skipped."""
     from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
-    channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, min(concurrency, 4)))]
-    stubs = [classifier_pb2_grpc.ClassifierServiceStub(c) for c in channels]
     requests = [classifier_pb2.ClassifyRequest(texts=[t], skip_cache=True) for t in texts]
-    latencies: list[float] = []
-    errors = 0
-    stop_at = 0.0
 
-    async def worker(index: int, record: bool) -> int:
-        nonlocal errors
-        stub = stubs[index % len(stubs)]
-        count, cursor = 0, index
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            try:
-                await stub.Classify(requests[cursor % len(requests)], timeout=30)
-            except grpc.aio.AioRpcError:
-                errors += record
-                continue
-            if record:
-                latencies.append((time.perf_counter() - t0) * 1000)
-            count += 1
-            cursor += concurrency
-        return count
+    def bind(channel: grpc.aio.Channel) -> Sender:
+        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        return lambda i: stub.Classify(requests[i % len(requests)], timeout=30)
 
-    stop_at = time.perf_counter() + min(1.0, seconds / 3)  # warm-up (prototypes, connections)
-    await asyncio.gather(*(worker(i, False) for i in range(concurrency)))
-    started = time.perf_counter()
-    stop_at = started + seconds
-    counts = await asyncio.gather(*(worker(i, True) for i in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    for channel in channels:
-        await channel.close()
-    return sum(counts) / elapsed, latencies, errors
+    return bind
 
 
 async def run(seconds: float, concurrencies: list[int], setups: list[str], words: int) -> list[Point]:
-    texts = make_texts(512, words)
+    call = classify_call(make_texts(512, words))
     points: list[Point] = []
     for setup in setups:
         servers, address = await start_setup(setup)
         try:
             for concurrency in concurrencies:
-                throughput, latencies, errors = await drive(address, texts, concurrency, seconds)
-                points.append(
-                    Point(
-                        setup,
-                        concurrency,
-                        throughput,
-                        percentile(latencies, 50),
-                        percentile(latencies, 99),
-                        errors,
+                # the warm-up loads the prototypes and opens the connections
+                stats = (
+                    await closed_loop(
+                        address, call, concurrency, seconds, warmup_s=min(1.0, seconds / 3), channels=4
                     )
+                ).stats()
+                points.append(
+                    Point(setup, concurrency, stats.throughput, stats.p50_ms, stats.p99_ms, stats.errors)
                 )
         finally:
             for server in reversed(servers):
@@ -228,9 +147,7 @@ def render(points: list[Point], words: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement time per point")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], help="concurrent callers")
     parser.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS), help="setups to measure")

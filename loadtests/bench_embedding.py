@@ -13,12 +13,10 @@ Ratios are against the raw best-batch throughput measured in this same run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +25,8 @@ from typing import Any
 
 import grpc
 
+from loadtests.common import Bind, LoadRun, Sender, bench_parser, closed_loop, percentile
+from loadtests.serve import ServerProcess
 from loadtests.texts import make_texts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,16 +35,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CONCURRENCY = (1, 8, 32, 64)
 RAW_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 LENGTHS = {"short": 10, "medium": 40}  # words -> ~12 and ~50 tokens
-
-
-def percentile(values: list[float], q: float) -> float:
-    """q-th percentile (0-100) by linear interpolation."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 @dataclass
@@ -87,107 +77,30 @@ def measure_raw(texts: list[str], seconds: float) -> tuple[dict[int, float], flo
     return per_batch, percentile(singles, 50), mean_tokens
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """`textserve serve embedding` in a subprocess with the given batcher settings."""
-
-    def __init__(self, max_batch_size: int) -> None:
-        self.port = free_port()
-        env = dict(os.environ)
-        env.update(
-            {
-                "TEXTSERVE_EMBEDDING__SERVER__HOST": "127.0.0.1",
-                "TEXTSERVE_EMBEDDING__SERVER__PORT": str(self.port),
-                "TEXTSERVE_METRICS__PORT": str(free_port()),
-                "TEXTSERVE_METRICS__HOST": "127.0.0.1",
-                "TEXTSERVE_EMBEDDING__BATCHER__MAX_BATCH_SIZE": str(max_batch_size),
-                "TEXTSERVE_CACHE__BACKEND": "none",
-                "TEXTSERVE_LOG__LEVEL": "WARNING",
-            }
-        )
-        self._log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "textserve.cli", "serve", "embedding"],
-            env=env,
-            stderr=self._log,
-        )
-        self.address = f"127.0.0.1:{self.port}"
-
-    async def wait_ready(self, limit_s: float = 120) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + limit_s
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                if self.proc.poll() is not None:
-                    raise RuntimeError("embedding server exited during start-up")
-                await asyncio.sleep(0.2)
-        raise TimeoutError("embedding server not ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
-
-
-async def drive(
-    address: str, texts: list[str], concurrency: int, seconds: float
-) -> tuple[float, list[float]]:
-    """`concurrency` callers each sending one text per request, back to back; texts/s and latencies (ms)."""
+def embed_call(texts: list[str], timeout: float = 30) -> Bind:
+    """One text per Embed request, cache skipped."""
     from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
-    channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, min(concurrency, 4)))]
-    stubs = [embedding_pb2_grpc.EmbeddingServiceStub(c) for c in channels]
     requests = [embedding_pb2.EmbedRequest(texts=[t], skip_cache=True) for t in texts]
-    latencies: list[float] = []
-    stop_at = 0.0
-    errors = 0
 
-    async def worker(index: int, record: bool) -> int:
-        nonlocal errors
-        stub = stubs[index % len(stubs)]
-        count, cursor = 0, index
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            try:
-                await stub.Embed(requests[cursor % len(requests)], timeout=30)
-            except grpc.aio.AioRpcError:
-                errors += 1
-                continue
-            if record:
-                latencies.append((time.perf_counter() - t0) * 1000)
-            count += 1
-            cursor += concurrency
-        return count
+    def bind(channel: grpc.aio.Channel) -> Sender:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        return lambda i: stub.Embed(requests[i % len(requests)], timeout=timeout)
 
-    stop_at = time.perf_counter() + min(1.0, seconds / 3)  # warm-up
-    await asyncio.gather(*(worker(i, False) for i in range(concurrency)))
-    started = time.perf_counter()
-    stop_at = started + seconds
-    counts = await asyncio.gather(*(worker(i, True) for i in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    for channel in channels:
-        await channel.close()
-    if errors:
-        print(f"warning: {errors} failed requests at concurrency {concurrency}", file=sys.stderr)
-    return sum(counts) / elapsed, latencies
+    return bind
+
+
+async def drive(address: str, texts: list[str], concurrency: int, seconds: float) -> LoadRun:
+    """`concurrency` callers each sending one text per request, back to back, after a warm-up."""
+    run = await closed_loop(
+        address, embed_call(texts), concurrency, seconds, warmup_s=min(1.0, seconds / 3), channels=4
+    )
+    if run.errors or run.warmup_errors:
+        print(
+            f"warning: {run.errors + run.warmup_errors} failed requests at concurrency {concurrency}",
+            file=sys.stderr,
+        )
+    return run
 
 
 async def run(seconds: float) -> list[Point]:
@@ -216,24 +129,24 @@ async def run(seconds: float) -> list[Point]:
             Point(name, "raw model, batch 1", 0, per_batch[1], single_p50, float("nan"), per_batch[1] / best)
         )
         for setup, max_batch in (("service, batching on", 32), ("service, batching off", 1)):
-            server = ServerProcess(max_batch)
-            try:
-                await server.wait_ready()
+            settings = {
+                "TEXTSERVE_EMBEDDING__BATCHER__MAX_BATCH_SIZE": str(max_batch),
+                "TEXTSERVE_CACHE__BACKEND": "none",
+            }
+            async with ServerProcess(["embedding"], settings, ready_limit_s=120) as server:
                 for concurrency in CONCURRENCY:
-                    throughput, latencies = await drive(server.address, texts, concurrency, seconds)
+                    stats = (await drive(server.address(), texts, concurrency, seconds)).stats()
                     points.append(
                         Point(
                             name,
                             setup,
                             concurrency,
-                            throughput,
-                            percentile(latencies, 50),
-                            percentile(latencies, 99),
-                            throughput / best,
+                            stats.throughput,
+                            stats.p50_ms,
+                            stats.p99_ms,
+                            stats.throughput / best,
                         )
                     )
-            finally:
-                server.stop()
     return points
 
 
@@ -270,9 +183,7 @@ def render(points: list[Point]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement time per point")
     parser.add_argument("--json", type=Path, help="also write the points as JSON")
     args = parser.parse_args()

@@ -16,6 +16,7 @@ machine's cores; the ratios are what to compare.
     python -m loadtests.bench_generation                       # full run (~1 min)
     python -m loadtests.bench_generation --max-new-tokens 16 --requests-per-stream 1 \\
         --baseline-requests 2 --concurrency 1,8                # quick check
+    python -m loadtests.bench_generation --json out.json       # also write the table as JSON
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ import asyncio
 import itertools
 import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from loadtests.common import BenchResult, bench_parser, percentile, run_bench
+from loadtests.serve import ServerProcess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,22 +45,6 @@ _VOCABULARY = (
     "the model server answers requests from many clients at once while tokens stream back one at a time "
     "and new sequences join the running batch between two decode steps on every node of the cluster"
 )
-
-
-def percentile(values: list[float], q: float) -> float:
-    """q-th percentile (0-100) by linear interpolation."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_prompts(count: int, seed: int = 5) -> list[str]:
@@ -136,58 +121,16 @@ def measure_baseline(model_dir: Path, prompts: list[str], max_new_tokens: int, w
     return point
 
 
-class ServerProcess:
+def start_server(model_dir: Path, max_running: int, max_new_tokens: int, threads: int) -> ServerProcess:
     """`textserve serve generation` in a subprocess serving the benchmark model."""
-
-    def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int, threads: int) -> None:
-        self.port = free_port()
-        env = dict(os.environ)
-        env.update(
-            {
-                "TEXTSERVE_GENERATION__SERVER__HOST": "127.0.0.1",
-                "TEXTSERVE_GENERATION__SERVER__PORT": str(self.port),
-                "TEXTSERVE_GENERATION__MODEL__PATH": str(model_dir),
-                "TEXTSERVE_GENERATION__MAX_RUNNING_SEQUENCES": str(max_running),
-                "TEXTSERVE_GENERATION__MODEL__INTRA_OP_THREADS": str(threads),
-                "TEXTSERVE_GENERATION__MAX_NEW_TOKENS_LIMIT": str(max(max_new_tokens, 64)),
-                "TEXTSERVE_GENERATION__CACHE_ENABLED": "false",
-                "TEXTSERVE_METRICS__ENABLED": "false",
-                "TEXTSERVE_LOG__LEVEL": "WARNING",
-            }
-        )
-        self._log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "textserve.cli", "serve", "generation"], env=env, stderr=self._log
-        )
-        self.address = f"127.0.0.1:{self.port}"
-
-    async def wait_ready(self, limit_s: float = 180) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + limit_s
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        "generation server exited during start-up (set BENCH_SERVER_LOG=<file>)"
-                    )
-                await asyncio.sleep(0.2)
-        raise TimeoutError("generation server not ready")
-
-    async def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+    settings = {
+        "TEXTSERVE_GENERATION__MODEL__PATH": str(model_dir),
+        "TEXTSERVE_GENERATION__MAX_RUNNING_SEQUENCES": str(max_running),
+        "TEXTSERVE_GENERATION__MODEL__INTRA_OP_THREADS": str(threads),
+        "TEXTSERVE_GENERATION__MAX_NEW_TOKENS_LIMIT": str(max(max_new_tokens, 64)),
+        "TEXTSERVE_GENERATION__CACHE_ENABLED": "false",
+    }
+    return ServerProcess(["generation"], settings, metrics=False, label="generation server")
 
 
 class InProcessServer:
@@ -206,13 +149,15 @@ class InProcessServer:
             cache_enabled=False,
         )
         self.host = ServiceHost([GenerationApp(config)])
-        self.address = ""
 
-    async def wait_ready(self) -> None:
+    def address(self) -> str:
+        return f"127.0.0.1:{self.host.port_of('generation')}"
+
+    async def __aenter__(self) -> InProcessServer:
         await self.host.start()
-        self.address = f"127.0.0.1:{self.host.port_of('generation')}"
+        return self
 
-    async def stop(self) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.host.stop(grace=1.0)
 
 
@@ -277,7 +222,7 @@ def render(points: list[Point], reference: float) -> str:
     return "\n".join(lines)
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace) -> BenchResult:
     levels = [int(x) for x in args.concurrency.split(",")]
     prompts = make_prompts(max(max(levels) * args.requests_per_stream, args.baseline_requests) + 1)
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as folder:
@@ -293,19 +238,15 @@ async def run(args: argparse.Namespace) -> None:
             torch.set_num_threads(args.threads)
         before = measure_baseline(model_dir, prompts[: args.baseline_requests], args.max_new_tokens, "before")
         print(f"baseline: {before.tokens_per_s:.1f} tokens/s", flush=True)
-        kind = InProcessServer if args.in_process else ServerProcess
-        server = kind(model_dir, max(levels), args.max_new_tokens, args.threads)
+        kind = InProcessServer if args.in_process else start_server
         points = [before]
-        try:
-            await server.wait_ready()
+        async with kind(model_dir, max(levels), args.max_new_tokens, args.threads) as server:
             for streams in levels:
                 point = await drive(
-                    server.address, prompts, streams, args.requests_per_stream, args.max_new_tokens
+                    server.address(), prompts, streams, args.requests_per_stream, args.max_new_tokens
                 )
                 print(f"{streams} streams: {point.tokens_per_s:.1f} tokens/s", flush=True)
                 points.append(point)
-        finally:
-            await server.stop()
         # Measured again after the service, so load that changed during the run shows up.
         after = measure_baseline(model_dir, prompts[: args.baseline_requests], args.max_new_tokens, "after")
         print(f"baseline again: {after.tokens_per_s:.1f} tokens/s", flush=True)
@@ -314,12 +255,39 @@ async def run(args: argparse.Namespace) -> None:
     print()
     print(render(points, reference))
     print(f"x base: aggregate tokens/s over the mean of the two baseline runs ({reference:.1f} tokens/s)")
+    return result_of(points, reference, args)
+
+
+def result_of(points: list[Point], reference: float, args: argparse.Namespace) -> BenchResult:
+    """The table as a BenchResult (loadtests/common.py format), TTFT against tokens/s as a curve."""
+    result = BenchResult(bench="generation", title="Generation: continuous batching vs sequential generate()")
+    curve = result.curve("generation: GenerateStream (TTFT)", "tokens/s")
+    for point in points:
+        ttft_p50, ttft_p99 = (percentile(point.ttft, q) * 1000 for q in (50, 99))
+        result.add_row(
+            setup=point.setup,
+            streams=point.streams,
+            requests=point.requests,
+            tokens=point.tokens,
+            seconds=point.seconds,
+            tokens_per_s=point.tokens_per_s,
+            x_base=point.tokens_per_s / reference,
+            ttft_p50_ms=ttft_p50,
+            ttft_p99_ms=ttft_p99,
+            itl_p50_ms=percentile(point.itl, 50) * 1000,
+            itl_p99_ms=percentile(point.itl, 99) * 1000,
+        )
+        if point.setup.startswith("service"):
+            curve.add(point.streams, point.tokens_per_s, ttft_p50, ttft_p99)
+    result.notes.append(
+        f"GPT-2 shaped random model, {args.layers} layers x {args.hidden} wide; {args.max_new_tokens} "
+        f"new tokens per request; x_base against the mean of the two baseline runs ({reference:.1f} tokens/s)"
+    )
+    return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated stream counts")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument(
@@ -330,6 +298,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--in-process", action="store_true", help="run the service in this process")
+    parser.add_argument("--json", type=Path, help="also write the result (loadtests/common.py format)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -337,7 +306,7 @@ def main() -> None:
         help="torch intra-op threads, baseline and service alike (0: torch's default; more than one "
         "thread makes the numbers swing wildly on a shared machine)",
     )
-    asyncio.run(run(parser.parse_args()))
+    run_bench(parser, run)
 
 
 if __name__ == "__main__":

@@ -19,58 +19,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from loadtests.common import BenchResult, LatencyStats, print_table
+from loadtests.common import BenchResult, Bind, Sender, bench_parser, closed_loop, print_table, run_bench
 from loadtests.serve import Served, servable
 from loadtests.texts import make_texts
 
-Call = Callable[[grpc.aio.Channel, int], Awaitable[Any]]
 
-
-def _calls(new_tokens: int) -> dict[str, tuple[str, Call]]:
-    from textserve.v1 import (
-        classifier_pb2,
-        classifier_pb2_grpc,
-        embedding_pb2,
-        embedding_pb2_grpc,
-        generation_pb2,
-        generation_pb2_grpc,
-        tokenizer_pb2,
-        tokenizer_pb2_grpc,
-    )
+def _calls(new_tokens: int) -> dict[str, tuple[str, Bind]]:
+    """Per service: the method measured, and how to call it (one ~50-token text per request)."""
+    from textserve.v1 import classifier_pb2 as cls
+    from textserve.v1 import classifier_pb2_grpc as cls_grpc
+    from textserve.v1 import embedding_pb2 as emb
+    from textserve.v1 import embedding_pb2_grpc as emb_grpc
+    from textserve.v1 import generation_pb2 as gen
+    from textserve.v1 import generation_pb2_grpc as gen_grpc
+    from textserve.v1 import tokenizer_pb2 as tok
+    from textserve.v1 import tokenizer_pb2_grpc as tok_grpc
 
     texts = make_texts(4096, 40, seed=11)
 
-    async def count(channel: grpc.aio.Channel, i: int) -> Any:
-        stub = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
-        return await stub.CountTokens(
-            tokenizer_pb2.CountTokensRequest(texts=[texts[i % len(texts)]]), timeout=60
+    def text(i: int) -> str:
+        return texts[i % len(texts)]
+
+    def count(channel: grpc.aio.Channel) -> Sender:
+        stub = tok_grpc.TokenizerServiceStub(channel)
+        return lambda i: stub.CountTokens(tok.CountTokensRequest(texts=[text(i)]), timeout=60)
+
+    def embed(channel: grpc.aio.Channel) -> Sender:
+        stub = emb_grpc.EmbeddingServiceStub(channel)
+        return lambda i: stub.Embed(emb.EmbedRequest(texts=[text(i)], skip_cache=True), timeout=60)
+
+    def classify(channel: grpc.aio.Channel) -> Sender:
+        stub = cls_grpc.ClassifierServiceStub(channel)
+        return lambda i: stub.Classify(cls.ClassifyRequest(texts=[text(i)], skip_cache=True), timeout=60)
+
+    def generate(channel: grpc.aio.Channel) -> Sender:
+        stub = gen_grpc.GenerationServiceStub(channel)
+        params = gen.SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+        return lambda i: stub.Generate(
+            gen.GenerateRequest(prompt=text(i)[:60], params=params, skip_cache=True), timeout=120
         )
-
-    async def embed(channel: grpc.aio.Channel, i: int) -> Any:
-        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-        request = embedding_pb2.EmbedRequest(texts=[texts[i % len(texts)]], skip_cache=True)
-        return await stub.Embed(request, timeout=60)
-
-    async def classify(channel: grpc.aio.Channel, i: int) -> Any:
-        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
-        request = classifier_pb2.ClassifyRequest(texts=[texts[i % len(texts)]], skip_cache=True)
-        return await stub.Classify(request, timeout=60)
-
-    async def generate(channel: grpc.aio.Channel, i: int) -> Any:
-        stub = generation_pb2_grpc.GenerationServiceStub(channel)
-        params = generation_pb2.SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-        request = generation_pb2.GenerateRequest(
-            prompt=texts[i % len(texts)][:60], params=params, skip_cache=True
-        )
-        return await stub.Generate(request, timeout=120)
 
     return {
         "tokenizer": ("CountTokens", count),
@@ -78,37 +70,6 @@ def _calls(new_tokens: int) -> dict[str, tuple[str, Call]]:
         "classifier": ("Classify", classify),
         "generation": ("Generate", generate),
     }
-
-
-async def _measure(address: str, call: Call, concurrency: int, seconds: float, warmup: float) -> LatencyStats:
-    """Closed loop: `concurrency` callers, each sending its next request when the last returns.
-
-    The first `warmup` seconds run the same load unmeasured (first-seen input shapes cost
-    extra on CPU backends, and would otherwise land in the lowest-concurrency point).
-    """
-    latencies: list[float] = []
-    errors = 0
-    counter = itertools.count()
-    async with grpc.aio.insecure_channel(address) as channel:
-
-        async def caller(stop_at: float, measured: bool) -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                try:
-                    await call(channel, next(counter))
-                except grpc.aio.AioRpcError:
-                    errors += measured
-                    continue
-                if measured:
-                    latencies.append(time.perf_counter() - started)
-
-        warm_until = time.perf_counter() + warmup
-        await asyncio.gather(*(caller(warm_until, False) for _ in range(concurrency)))
-        began = time.perf_counter()
-        await asyncio.gather(*(caller(began + seconds, True) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    return LatencyStats.of(latencies, elapsed, errors=errors)
 
 
 async def run(args: argparse.Namespace) -> BenchResult:
@@ -137,7 +98,12 @@ async def run(args: argparse.Namespace) -> BenchResult:
             rows = []
             curve = result.curve(f"{service}: {method}")
             for concurrency in levels:
-                stats = await _measure(server.address(service), call, concurrency, args.seconds, args.warmup)
+                # closed loop; the warm-up keeps first-seen input shapes (costly on CPU backends)
+                # out of the lowest-concurrency point
+                load = await closed_loop(
+                    server.address(service), call, concurrency, args.seconds, warmup_s=args.warmup
+                )
+                stats = load.stats()
                 rows.append(
                     result.add_row(
                         service=service,
@@ -171,9 +137,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -187,10 +151,7 @@ def main() -> None:
         "CPU-limited machine that spins and stalls: seconds-long latency spikes)",
     )
     parser.add_argument("--json", type=Path, help="also write the result (loadtests/common.py format)")
-    args = parser.parse_args()
-    result = asyncio.run(run(args))
-    if args.json:
-        result.write(args.json)
+    run_bench(parser, run)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,9 @@ from typing import Any
 
 import grpc
 
+from loadtests.bench_embedding import embed_call
+from loadtests.common import bench_parser, closed_loop
+from loadtests.serve import ServerProcess, metric_total
 from loadtests.texts import make_texts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +44,8 @@ CLASSES = {"short": 12, "medium": 50, "long": 240}
 """Length classes of the mix and their target tokens per text."""
 RAW_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 TEXTS_PER_CLASS = 96
+SETTINGS = {"TEXTSERVE_CACHE__BACKEND": "none", "TEXTSERVE_EMBEDDING__CACHE_ENABLED": "false"}
+"""Every service of the benchmark: response cache off."""
 
 
 def class_texts(tokenizer: Any) -> dict[str, list[str]]:
@@ -77,94 +81,29 @@ def measure_raw(
     return rates
 
 
-def free_port() -> int:
-    import socket
+async def budget(server: ServerProcess) -> tuple[int, int, str]:
+    """The budget the service reports in Info: (max_batch_size, max_batch_tokens, source)."""
+    from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """`textserve serve embedding` in a subprocess with extra TEXTSERVE_* settings."""
-
-    def __init__(self, label: str, settings: dict[str, str]) -> None:
-        self.label = label
-        self.port = free_port()
-        self.metrics_port = free_port()
-        env = dict(os.environ)
-        env.update(
-            {
-                "TEXTSERVE_EMBEDDING__SERVER__HOST": "127.0.0.1",
-                "TEXTSERVE_EMBEDDING__SERVER__PORT": str(self.port),
-                "TEXTSERVE_METRICS__HOST": "127.0.0.1",
-                "TEXTSERVE_METRICS__PORT": str(self.metrics_port),
-                "TEXTSERVE_CACHE__BACKEND": "none",
-                "TEXTSERVE_EMBEDDING__CACHE_ENABLED": "false",
-                "TEXTSERVE_LOG__LEVEL": "WARNING",
-                **settings,
-            }
+    async with grpc.aio.insecure_channel(server.address()) as channel:
+        info = await embedding_pb2_grpc.EmbeddingServiceStub(channel).Info(
+            embedding_pb2.InfoRequest(), timeout=10
         )
-        self._log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "textserve.cli", "serve", "embedding"], env=env, stderr=self._log
-        )
-        self.address = f"127.0.0.1:{self.port}"
+    budget = info.batch_budget
+    return budget.max_batch_size, budget.max_batch_tokens, budget.source
 
-    async def wait_ready(self, limit_s: float = 180) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        deadline = time.monotonic() + limit_s
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server {self.label} exited during start-up")
-                await asyncio.sleep(0.3)
-        raise TimeoutError(f"server {self.label} not ready")
+COUNTERS = {
+    "busy_s": "textserve_inference_duration_seconds_sum",
+    "batches": "textserve_batch_size_count",
+    "texts": "textserve_batch_size_sum",
+}
 
-    async def budget(self) -> tuple[int, int, str]:
-        """The budget the service reports in Info: (max_batch_size, max_batch_tokens, source)."""
-        from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            info = await embedding_pb2_grpc.EmbeddingServiceStub(channel).Info(
-                embedding_pb2.InfoRequest(), timeout=10
-            )
-        budget = info.batch_budget
-        return budget.max_batch_size, budget.max_batch_tokens, budget.source
-
-    def counters(self) -> dict[str, float]:
-        """Model busy seconds, batches and batched texts so far, from the service's /metrics."""
-        from urllib.request import urlopen
-
-        with urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
-            text = reply.read().decode()
-        wanted = {
-            "textserve_inference_duration_seconds_sum": "busy_s",
-            "textserve_batch_size_count": "batches",
-            "textserve_batch_size_sum": "texts",
-        }
-        found = dict.fromkeys(wanted.values(), 0.0)
-        for line in text.splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in wanted and 'service="embedding"' in line:
-                found[wanted[name]] += float(line.rsplit(" ", 1)[1])
-        return found
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+def counters(server: ServerProcess) -> dict[str, float]:
+    """Model busy seconds, batches and batched texts so far, from the service's /metrics."""
+    text = server.metrics()
+    return {key: metric_total(text, name, 'service="embedding"') for key, name in COUNTERS.items()}
 
 
 async def drive(
@@ -175,43 +114,31 @@ async def drive(
     Returns completed texts per second, the share of the time the model was running a batch
     (`busy`), and the mean texts per batch.
     """
-    address = server.address
-    from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+    seen: list[dict[str, float]] = []
 
-    channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
-    stubs = [embedding_pb2_grpc.EmbeddingServiceStub(c) for c in channels]
-    requests = [embedding_pb2.EmbedRequest(texts=[t], skip_cache=True) for t in texts]
-    errors = 0
-    stop_at = 0.0
+    async def read_counters() -> None:
+        seen.append(await asyncio.to_thread(counters, server))
 
-    async def caller(index: int) -> int:
-        nonlocal errors
-        stub, count, cursor = stubs[index % len(stubs)], 0, index
-        while time.perf_counter() < stop_at:
-            try:
-                await stub.Embed(requests[cursor % len(requests)], timeout=60)
-                count += 1
-            except grpc.aio.AioRpcError:
-                errors += 1
-            cursor += concurrency
-        return count
-
-    stop_at = time.perf_counter() + min(1.0, seconds / 3)  # warm-up
-    await asyncio.gather(*(caller(i) for i in range(concurrency)))
-    before = await asyncio.to_thread(server.counters)
-    started = time.perf_counter()
-    stop_at = started + seconds
-    done = sum(await asyncio.gather(*(caller(i) for i in range(concurrency))))
-    elapsed = time.perf_counter() - started
-    after = await asyncio.to_thread(server.counters)
-    for channel in channels:
-        await channel.close()
-    if errors:
-        print(f"warning: {errors} failed requests against {address}", file=sys.stderr)
+    run = await closed_loop(
+        server.address(),
+        embed_call(texts, timeout=60),
+        concurrency,
+        seconds,
+        warmup_s=min(1.0, seconds / 3),
+        channels=4,
+        before_measure=read_counters,
+        after_measure=read_counters,
+    )
+    if run.errors or run.warmup_errors:
+        print(
+            f"warning: {run.errors + run.warmup_errors} failed requests against {server.address()}",
+            file=sys.stderr,
+        )
+    before, after = seen
     batches = max(1.0, after["batches"] - before["batches"])
     return {
-        "texts_per_second": done / elapsed,
-        "busy": (after["busy_s"] - before["busy_s"]) / elapsed,
+        "texts_per_second": run.throughput,
+        "busy": (after["busy_s"] - before["busy_s"]) / run.seconds,
         "mean_batch": (after["texts"] - before["texts"]) / batches,
     }
 
@@ -248,14 +175,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         (f"fixed max_batch_size={s}", {"TEXTSERVE_EMBEDDING__BATCHER__MAX_BATCH_SIZE": str(s)})
         for s in args.sizes
     ]
-    servers = [ServerProcess(label, settings) for label, settings in setups]
+    servers = [
+        ServerProcess(["embedding"], SETTINGS | settings, label=label).launch() for label, settings in setups
+    ]
     results: dict[str, list[dict[str, float]]] = {server.label: [] for server in servers}
     raw_rounds: list[dict[str, dict[int, float]]] = []
     try:
         print(f"... starting {len(servers)} services", file=sys.stderr, flush=True)
         for server in servers:
             await server.wait_ready()
-        budgets = {server.label: await server.budget() for server in servers}
+        budgets = {server.label: await budget(server) for server in servers}
         for round_index in range(args.rounds):
             print(f"... round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
             raw_rounds.append(measure_raw(model, ids, args.raw_seconds))
@@ -339,9 +268,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per service per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all services")
     parser.add_argument(

@@ -1,4 +1,5 @@
-"""What every benchmark shares: percentiles, a ratio table printer, and one JSON result format.
+"""What every benchmark shares: percentiles, a ratio table printer, one JSON result format,
+and the closed-loop load driver.
 
 A benchmark builds a `BenchResult` (a table of rows, plus latency-vs-throughput series
 when it sweeps load), prints it with `print_table`, and writes it with
@@ -20,16 +21,21 @@ The format (version 1):
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import math
 import os
 import platform
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
 
 FORMAT = "textserve-bench/1"
 
@@ -37,6 +43,21 @@ THROUGHPUT_KEYS = ("throughput", "throughput_rps", "requests_per_s", "texts_per_
 """Row keys read as throughput when a benchmark's JSON is not in FORMAT (first found wins)."""
 LABEL_KEYS = ("setup", "length", "measure", "service", "method", "mode")
 """Row keys that name a series when a benchmark's JSON is not in FORMAT."""
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: --help shows its module docstring as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run_bench(
+    parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Coroutine[Any, Any, BenchResult]]
+) -> None:
+    """Parses the command line, runs the benchmark, writes its result to --json PATH if given."""
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    if args.json:
+        result.write(args.json)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -83,6 +104,92 @@ class LatencyStats:
             p99_ms=percentile(ms, 99),
             mean_ms=sum(ms) / len(ms) if ms else float("nan"),
         )
+
+
+Sender = Callable[[int], Awaitable[Any]]
+"""Sends request number i (callers stride through 0, 1, 2, ...) and awaits the reply."""
+Bind = Callable[["grpc.aio.Channel"], Sender]
+"""Makes a Sender on a channel (build stubs here, once per channel)."""
+
+
+@dataclass
+class LoadRun:
+    """What `closed_loop` measured: successful calls' latencies (seconds) over `seconds`."""
+
+    latencies_s: list[float]
+    seconds: float
+    errors: int = 0
+    warmup_errors: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def throughput(self) -> float:
+        """Successful calls per second."""
+        return self.count / self.seconds if self.seconds > 0 else 0.0
+
+    def stats(self) -> LatencyStats:
+        return LatencyStats.of(self.latencies_s, self.seconds, errors=self.errors)
+
+
+async def closed_loop(
+    address: str,
+    bind: Bind,
+    concurrency: int,
+    seconds: float,
+    *,
+    warmup_s: float = 0.0,
+    channels: int = 1,
+    before_measure: Callable[[], Awaitable[None]] | None = None,
+    after_measure: Callable[[], Awaitable[None]] | None = None,
+) -> LoadRun:
+    """`concurrency` callers, each sending its next request as soon as the last returns.
+
+    Caller k sends requests k, k + concurrency, k + 2 * concurrency, ... over up to
+    `channels` channels (round robin). The first `warmup_s` seconds run the same load
+    unmeasured; `before_measure` / `after_measure` run just before and after the measured
+    `seconds` (e.g. to read server counters). A failed call (grpc.aio.AioRpcError) counts
+    as an error and is not timed.
+    """
+    import grpc
+
+    opened = [grpc.aio.insecure_channel(address) for _ in range(max(1, min(channels, concurrency)))]
+    senders = [bind(channel) for channel in opened]
+    latencies: list[float] = []
+    errors = [0, 0]  # warm-up, measured
+
+    async def caller(index: int, stop_at: float, measured: bool) -> None:
+        send = senders[index % len(senders)]
+        cursor = index
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            try:
+                await send(cursor)
+            except grpc.aio.AioRpcError:
+                errors[measured] += 1
+                continue
+            finally:
+                cursor += concurrency
+            if measured:
+                latencies.append(time.perf_counter() - started)
+
+    try:
+        if warmup_s > 0:
+            warm_until = time.perf_counter() + warmup_s
+            await asyncio.gather(*(caller(i, warm_until, False) for i in range(concurrency)))
+        if before_measure is not None:
+            await before_measure()
+        began = time.perf_counter()
+        await asyncio.gather(*(caller(i, began + seconds, True) for i in range(concurrency)))
+        elapsed = time.perf_counter() - began
+        if after_measure is not None:
+            await after_measure()
+    finally:
+        for channel in opened:
+            await channel.close(None)
+    return LoadRun(latencies, elapsed, errors=errors[1], warmup_errors=errors[0])
 
 
 @dataclass
