@@ -93,8 +93,10 @@ class ServerConfig(_Section):
     """Largest request or response message."""
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     """RPCs handled at once per server; more are rejected with RESOURCE_EXHAUSTED."""
-    max_concurrent_streams: int = Field(default=100, ge=1, le=100000)
-    """HTTP/2 streams one client connection may hold open at once."""
+    max_concurrent_streams: int = Field(default=1024, ge=1, le=100000)
+    """HTTP/2 streams one client connection may hold open at once. gRPC clients multiplex
+    all their calls over one connection and grpc counts streams until both sides closed
+    them, so a low cap refuses bursts (REFUSED_STREAM -> UNAVAILABLE) well below it."""
     reflection: bool = True
     """Register gRPC server reflection."""
     health_port: int | None = Field(default=None, ge=0, le=65535)
