@@ -24,7 +24,7 @@ from textserve.runtime.tuned_budget import TunedBudget, TunedBudgetError, hardwa
 from textserve.runtime.tuning import SyntheticTexts, grid_lengths, measure_curve, tune
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
-from tests.support import embedding_config, model_config, start_host
+from tests.support import embedding_config, loopback_server, model_config, start_host
 
 TINY = TuningConfig(text_tokens=[8, 48], batch_sizes=[1, 2, 4], seconds=0.5, min_repeats=2, concurrency=8)
 
@@ -195,5 +195,56 @@ async def test_autotune_measures_before_serving_and_writes_the_file(tmp_path: Pa
         assert reply.batch_budget.source == f"tuned:{path}"
         assert reply.batch_budget.max_batch_tokens == written.max_batch_tokens
         assert len(reply.tuning_curve) == len(written.curve)
+    finally:
+        await host.stop(grace=1.0)
+
+
+def test_tune_command_measures_the_classifier_model(
+    tmp_path: Path, onnx_cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from textserve.cli import main
+
+    config = tmp_path / "config.yaml"
+    output = tmp_path / "tuned-classifier.json"
+    classifier = {"kind": "zero_shot", "model": {"onnx_cache_dir": str(onnx_cache_dir)}}
+    config.write_text(yaml.safe_dump({"classifier": classifier}))
+    args = ["tune", "classifier", "--config", str(config), "--output", str(output)]
+    args += ["--seconds", "0.5", "--text-tokens", "8", "--batch-sizes", "1", "2"]
+    assert main(args) == 0
+    written = TunedBudget.load(output)
+    assert written.model == "all-MiniLM-L6-v2" and written.max_batch_size in (1, 2)
+    assert f"set classifier.tuned_budget_file: {output}" in capsys.readouterr().out
+
+
+async def test_classifier_in_process_model_loads_the_tuned_file(tuned: TunedBudget, tmp_path: Path) -> None:
+    from textserve.classifier.app import ClassifierApp
+    from textserve.classifier.vector_source import LocalVectorSource
+    from textserve.core.config import ClassifierServiceConfig
+    from textserve.v1 import classifier_pb2, classifier_pb2_grpc
+
+    path = tmp_path / "tuned.json"
+    tuned.save(path)
+    config = ClassifierServiceConfig(
+        server=loopback_server(), model=model_config(), cache_enabled=False, tuned_budget_file=path
+    )
+    app = ClassifierApp(config)
+    host = await start_host([app])
+    try:
+        source = app.service.source
+        assert isinstance(source, LocalVectorSource) and source.owned
+        batcher = source.embedding.batcher
+        assert batcher is not None and batcher.budget.source == f"tuned:{path}"
+        assert (batcher.budget.max_batch_size, batcher.budget.max_batch_tokens) == (
+            tuned.max_batch_size,
+            tuned.max_batch_tokens,
+        )
+        labels = {"service": "classifier", "model": "all-MiniLM-L6-v2"}
+        assert REGISTRY.get_sample_value("textserve_batch_budget_tokens", labels) == tuned.max_batch_tokens
+        assert REGISTRY.get_sample_value("textserve_batch_budget_size", labels) == tuned.max_batch_size
+        address = f"127.0.0.1:{host.port_of('classifier')}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            reply = await stub.Classify(classifier_pb2.ClassifyRequest(texts=["I love it"]), timeout=30)
+        assert reply.classifications[0].top_label == "positive"
     finally:
         await host.stop(grace=1.0)

@@ -236,13 +236,18 @@ async def test_clients_that_never_read_do_not_block_others(embedding_host: Servi
     other clients are still served, and cancelling the stalled streams frees everything."""
     address = f"127.0.0.1:{embedding_host.port_of('embedding')}"
     in_flight = {"service": "embedding", "method": "EmbedStream"}
-    stalled_channel = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    # No BDP probing: the client's receive window stays at its initial size, so a client that
+    # never reads stalls the server's sends, and then the server's reads, whatever the speed.
+    stalled_channel = grpc.aio.insecure_channel(
+        address, options=[("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)]
+    )
     stub = embedding_pb2_grpc.EmbeddingServiceStub(stalled_channel)
     streams = [stub.EmbedStream(timeout=300) for _ in range(4)]
 
     async def flood(stream: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
         for i in range(2000):  # far more than the window and the flow-control buffers hold
-            request = embedding_pb2.EmbedRequest(texts=[f"unread {i} " + "x" * 200], skip_cache=True)
+            # 50 kB each: 100 MB per stream, more than any flow-control window grows to.
+            request = embedding_pb2.EmbedRequest(texts=[f"unread {i} " + "x" * 50_000], skip_cache=True)
             await stream.write(embedding_pb2.EmbedStreamRequest(request_id=str(i), request=request))
 
     writers = [asyncio.create_task(flood(stream)) for stream in streams]

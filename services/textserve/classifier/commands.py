@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from textserve.core.channels import open_channel
+from textserve.commands.client_options import add_client_options, open_client_channel
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--temperature", type=float, default=0.0, help="zero-shot temperature (0: default)")
     parser.add_argument("--json", action="store_true", help="print the classifications as JSON")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    add_client_options(parser)
     parser.set_defaults(handler=_classify)
 
     train = subparsers.add_parser(
@@ -69,7 +70,7 @@ async def _classify(args: argparse.Namespace) -> int:
         top_k=max(0, args.top_k),
         temperature=args.temperature,
     )
-    async with open_channel(args.address) as channel:
+    async with open_client_channel(args, args.address) as channel:
         stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
         try:
             response = await stub.Classify(request, timeout=args.timeout)
@@ -127,7 +128,10 @@ async def _train(args: argparse.Namespace) -> int:
     source: VectorSource = (
         RemoteVectorSource(address, config.client, service=SERVICE)
         if address
-        else LocalVectorSource.create(embedding_config_of(config), service=SERVICE)
+        # Training embeds once, offline: no start-up batch-budget measurement.
+        else LocalVectorSource.create(
+            embedding_config_of(config).model_copy(update={"autotune": False}), service=SERVICE
+        )
     )
     started = time.perf_counter()
     await source.start()

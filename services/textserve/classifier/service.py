@@ -151,7 +151,8 @@ def decode_entry(value: bytes | None, n_labels: int) -> tuple[np.ndarray, int, b
 
 
 def embedding_config_of(config: ClassifierServiceConfig) -> EmbeddingServiceConfig:
-    """The in-process encoder's config: the classifier's model, batcher and limits, no cache."""
+    """The in-process encoder's config: the classifier's model, batcher, limits and batch-budget
+    tuning, no cache."""
     return EmbeddingServiceConfig(
         server=config.server,
         client=config.client,
@@ -159,6 +160,9 @@ def embedding_config_of(config: ClassifierServiceConfig) -> EmbeddingServiceConf
         batcher=config.batcher,
         limits=config.limits,
         cache_enabled=False,
+        tuned_budget_file=config.tuned_budget_file,
+        autotune=config.autotune,
+        tuning=config.tuning,
     )
 
 

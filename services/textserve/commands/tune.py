@@ -3,6 +3,8 @@
 Loads the service's model as configured (same backend, device and threads), measures
 its batching curve, chooses max_batch_tokens and max_batch_size, prints the curve as a
 table (a PNG too with --plot) and writes the file `tuned_budget_file` loads at start.
+`classifier` measures the classifier's in-process model: the embedding model for zero_shot
+and linear_head, the sequence-classification model for sequence_classification.
 """
 
 from __future__ import annotations
@@ -12,11 +14,21 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from textserve.core.config import ConfigError, TuningConfig, load_settings
+from textserve.core.config import (
+    ClassifierServiceConfig,
+    ConfigError,
+    EmbeddingServiceConfig,
+    Settings,
+    TuningConfig,
+    load_settings,
+)
 
-TUNABLE = ("embedding",)
+if TYPE_CHECKING:
+    from textserve.runtime.encoder import Task
+
+TUNABLE = ("embedding", "classifier")
 """Services whose model the tuner can measure."""
 
 
@@ -63,6 +75,17 @@ def _tuning_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in flags.items() if value is not None}
 
 
+def _service_config(settings: Settings, service: str) -> EmbeddingServiceConfig | ClassifierServiceConfig:
+    return settings.classifier if service == "classifier" else settings.embedding
+
+
+def _task(config: EmbeddingServiceConfig | ClassifierServiceConfig) -> Task:
+    """The encoder task the service runs its model with (as its in-process EmbeddingService does)."""
+    if isinstance(config, ClassifierServiceConfig) and config.kind == "sequence_classification":
+        return "sequence-classification"
+    return "embedding"
+
+
 def _tune(args: argparse.Namespace) -> int:
     from textserve.commands import tune_report
     from textserve.runtime.encoder import EncoderModel
@@ -70,7 +93,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-        config = settings.embedding
+        config = _service_config(settings, args.service)
         tuning = TuningConfig.model_validate({**config.tuning.model_dump(), **_tuning_overrides(args)})
     except (ConfigError, ValueError) as exc:
         print(exc, file=sys.stderr)
@@ -78,8 +101,18 @@ def _tune(args: argparse.Namespace) -> int:
     output: Path = args.output or config.tuned_budget_file or Path(f"tuned-budget-{args.service}.json")
     say = (lambda _msg: None) if args.json else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
     started = time.perf_counter()
+    if (
+        isinstance(config, ClassifierServiceConfig)
+        and config.embedding_address
+        and _task(config) == "embedding"
+    ):
+        print(
+            f"note: classifier.embedding_address is set ({config.embedding_address}); the classifier's "
+            "budget only applies to its in-process model (the embedding service's own budget applies)",
+            file=sys.stderr,
+        )
     say(f"loading {config.model.path}")
-    model = EncoderModel(config.model, "embedding")
+    model = EncoderModel(config.model, _task(config))
     info = model.info
     say(f"loaded {info.name} ({info.backend} on {info.device}) in {model.load_seconds:.1f} s")
     tuned = tune(model, tuning, batcher=config.batcher, progress=say)

@@ -11,6 +11,7 @@ Cross-field rules fail at start-up with a message naming both fields and values.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -404,6 +405,15 @@ class ClassifierServiceConfig(_ServiceBase):
     embedding_wait_s: float = Field(default=30.0, ge=0.0, le=3600.0)
     """With embedding_address: at start, how long to wait for the embedding service to answer
     before reporting SERVING anyway (requests then get UNAVAILABLE until it is reachable)."""
+    tuned_budget_file: Path | None = None
+    """Batch budget written by `textserve tune classifier`; overrides batcher sizes when present.
+    Applies to the classifier's own in-process model only: with embedding_address, or when
+    sharing the embedding service's model in `serve all`, the embedding service's budget applies."""
+    autotune: bool = False
+    """Measure the in-process model's batch budget at start (as `textserve tune classifier`)
+    before serving; like tuned_budget_file, not used when the embedding service's model is used."""
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    """How `textserve tune classifier` and autotune measure and choose the batch budget."""
 
     @model_validator(mode="after")
     def _check_label_sets(self) -> ClassifierServiceConfig:
@@ -557,11 +567,24 @@ def _parse_env_value(raw: str) -> Any:
     return raw
 
 
+CLIENT_TOKEN_VARIABLE = "TEXTSERVE_CLIENT_TOKEN"
+"""Bearer token of the CLI client commands (`textserve embed`, ...) when --token-file is not given."""
+
+_NON_SETTINGS_VARIABLES = frozenset({"TEXTSERVE_CONFIG_FILE", CLIENT_TOKEN_VARIABLE})
+"""TEXTSERVE_ variables that are not settings fields (load_settings skips them)."""
+
+
+def cli_client_token(environ: Mapping[str, str] | None = None) -> SecretStr | None:
+    """The CLI client's bearer token from TEXTSERVE_CLIENT_TOKEN; None when unset or blank."""
+    raw = (os.environ if environ is None else environ).get(CLIENT_TOKEN_VARIABLE, "").strip()
+    return SecretStr(raw) if raw else None
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """TEXTSERVE_A__B__C=value -> {"a": {"b": {"c": value}}}; values may be YAML (lists, numbers)."""
     result: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith("TEXTSERVE_") or key == "TEXTSERVE_CONFIG_FILE":
+        if not key.startswith("TEXTSERVE_") or key in _NON_SETTINGS_VARIABLES:
             continue
         parts = key[len("TEXTSERVE_") :].lower().split("__")
         node = result

@@ -9,7 +9,7 @@ import sys
 import grpc
 import numpy as np
 
-from textserve.core.channels import open_channel
+from textserve.commands.client_options import add_client_options, open_client_channel
 from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 
@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--reject-long", action="store_true", help="reject overlong texts instead of cutting")
     parser.add_argument("--json", action="store_true", help="print full vectors as JSON")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    add_client_options(parser)
     parser.set_defaults(handler=_embed)
 
 
@@ -33,7 +34,7 @@ async def _embed(args: argparse.Namespace) -> int:
             common_pb2.TRUNCATION_POLICY_REJECT if args.reject_long else common_pb2.TRUNCATION_POLICY_TRUNCATE
         ),
     )
-    async with open_channel(args.address) as channel:
+    async with open_client_channel(args, args.address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         try:
             response = await stub.Embed(request, timeout=args.timeout)

@@ -7,7 +7,7 @@ import sys
 
 import grpc
 
-from textserve.core.channels import open_channel
+from textserve.commands.client_options import add_client_options, open_client_channel
 from textserve.v1 import generation_pb2, generation_pb2_grpc, tokenizer_pb2
 
 
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
     parser.add_argument("--no-stream", action="store_true", help="unary Generate instead of streaming")
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    add_client_options(parser)
     parser.set_defaults(handler=_generate)
 
 
@@ -58,7 +59,7 @@ def build_request(args: argparse.Namespace) -> generation_pb2.GenerateRequest:
 
 async def _generate(args: argparse.Namespace) -> int:
     request = build_request(args)
-    async with open_channel(args.address) as channel:
+    async with open_client_channel(args, args.address) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
         try:
             if args.no_stream:

@@ -8,7 +8,7 @@ import sys
 
 import grpc
 
-from textserve.core.channels import open_channel
+from textserve.commands.client_options import add_client_options, open_client_channel
 from textserve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--json", action="store_true", help="print the encodings as JSON")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    add_client_options(parser)
     parser.set_defaults(handler=_tokenize)
 
 
@@ -38,7 +39,7 @@ async def _tokenize(args: argparse.Namespace) -> int:
         return_offsets=True,
         max_tokens=max(0, args.max_tokens),
     )
-    async with open_channel(args.address) as channel:
+    async with open_client_channel(args, args.address) as channel:
         stub = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
         try:
             response = await stub.Tokenize(request, timeout=args.timeout)
