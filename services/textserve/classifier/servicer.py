@@ -6,7 +6,6 @@ import grpc
 
 from textserve.classifier import convert
 from textserve.classifier.service import SERVICE, ClassifierService
-from textserve.core.registration import check_request
 from textserve.core.rpc import request_deadline, unary_rpc
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
@@ -21,7 +20,6 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
     async def Classify(
         self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ClassifyResponse:
-        check_request(request)
         result = await self.service.classify(convert.classify_params(request), request_deadline(context))
         return convert.classify_response(result)
 
@@ -29,6 +27,5 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
     async def ClassifierInfo(
         self, request: classifier_pb2.ClassifierInfoRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ClassifierInfoResponse:
-        check_request(request)
         description = await self.service.describe(request_deadline(context))
         return convert.info_response(description, self.service.config)

@@ -19,6 +19,7 @@ import grpc
 
 from textserve.core import metrics
 from textserve.core.errors import TextserveError
+from textserve.core.registration import check_request
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def unary_rpc(
     [Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]],
     Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
 ]:
-    """Decorates a unary servicer method (error mapping + metrics)."""
+    """Decorates a unary servicer method (request decoding check, error mapping, metrics)."""
 
     def decorate(
         func: Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
@@ -85,6 +86,7 @@ def unary_rpc(
             started = time.perf_counter()
             in_flight.inc()
             try:
+                check_request(request)  # a request that did not decode -> INVALID_ARGUMENT
                 response = await func(self, request, context)
             except grpc.aio.AbortError:
                 code = context.code() if callable(getattr(context, "code", None)) else None
@@ -124,6 +126,7 @@ def stream_rpc(
             started = time.perf_counter()
             in_flight.inc()
             try:
+                check_request(request)  # a single request that did not decode (streams check each item)
                 async for item in func(self, request, context):
                     yield item
             except grpc.aio.AbortError:

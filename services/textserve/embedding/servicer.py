@@ -29,7 +29,6 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def Embed(
         self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedResponse:
-        check_request(request)
         result = await self.service.embed(convert.embed_params(request), request_deadline(context))
         return convert.embed_response(result, self.service)
 
@@ -37,7 +36,6 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def Info(
         self, request: embedding_pb2.InfoRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.InfoResponse:
-        check_request(request)
         return convert.info_response(self.service)
 
     @stream_rpc(SERVICE, "EmbedStream")

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from textserve.core.registration import check_request
 from textserve.core.rpc import request_deadline, stream_rpc, unary_rpc
 from textserve.generation import convert
 from textserve.generation.service import SERVICE, GenerationService
@@ -23,7 +22,6 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def Generate(
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.GenerateResponse:
-        check_request(request)
         result = await self.service.generate(convert.generate_params(request), request_deadline(context))
         return convert.generate_response(result, self.service.info)
 
@@ -32,7 +30,6 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         """One message per token (or per stream_interval_tokens); the last carries the finish reason."""
-        check_request(request)
         params = convert.generate_params(request)
         async for chunk in self.service.stream(params, request_deadline(context)):
             yield convert.stream_response(chunk, self.service.info)
@@ -41,5 +38,4 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def GenerationInfo(
         self, request: generation_pb2.GenerationInfoRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.GenerationInfoResponse:
-        check_request(request)
         return convert.info_response(self.service.info)

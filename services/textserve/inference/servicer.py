@@ -84,19 +84,16 @@ class InferenceServicer:
     async def _server_live(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
-        check_request(request)
         return pb.ServerLiveResponse(live=True)
 
     async def _server_ready(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        check_request(request)
         return pb.ServerReadyResponse(ready=await self.registry.ready(request_deadline(context)))
 
     async def _model_ready(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        check_request(request)
         try:
             await self.registry.find(request.name, request.version, request_deadline(context), field="name")
         except TextserveError as error:
@@ -108,7 +105,6 @@ class InferenceServicer:
     async def _server_metadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        check_request(request)
         return pb.ServerMetadataResponse(
             name=SERVER_NAME, version=textserve.__version__, extensions=EXTENSIONS
         )
@@ -116,7 +112,6 @@ class InferenceServicer:
     async def _model_metadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        check_request(request)
         deadline = request_deadline(context)
         _, card = await self.registry.find(request.name, request.version, deadline, field="name")
         return pb.ModelMetadataResponse(
@@ -156,7 +151,6 @@ class InferenceServicer:
     async def _model_infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        check_request(request)
         adapter, card, inputs, plan = await self._prepare(request, request_deadline(context))
         outcome = await adapter.infer(inputs)
         return self._response(request, card, outcome, plan)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 
-from textserve.core.registration import check_request
 from textserve.core.rpc import unary_rpc
 from textserve.tokenizer import convert
 from textserve.tokenizer.service import SERVICE, TokenizerService
@@ -21,7 +20,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     async def Tokenize(
         self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> tokenizer_pb2.TokenizeResponse:
-        check_request(request)
         result = await self.service.tokenize(convert.tokenize_params(request))
         return convert.tokenize_response(result)
 
@@ -29,7 +27,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     async def Detokenize(
         self, request: tokenizer_pb2.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> tokenizer_pb2.DetokenizeResponse:
-        check_request(request)
         result = await self.service.detokenize(convert.detokenize_params(request))
         return convert.detokenize_response(result)
 
@@ -37,7 +34,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     async def CountTokens(
         self, request: tokenizer_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> tokenizer_pb2.CountTokensResponse:
-        check_request(request)
         result = await self.service.count_tokens(convert.count_params(request))
         return convert.count_response(result)
 
@@ -45,7 +41,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     async def ApplyChatTemplate(
         self, request: tokenizer_pb2.ApplyChatTemplateRequest, context: grpc.aio.ServicerContext
     ) -> tokenizer_pb2.ApplyChatTemplateResponse:
-        check_request(request)
         result = await self.service.apply_chat_template(convert.chat_params(request))
         return convert.chat_response(result)
 
@@ -53,5 +48,4 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     async def ListModels(
         self, request: tokenizer_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> tokenizer_pb2.ListModelsResponse:
-        check_request(request)
         return convert.list_models_response(self.service.models)
