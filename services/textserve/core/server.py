@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import grpc
 from grpc_reflection.v1alpha import reflection
 
-from textserve.core.config import ServerConfig, TlsConfig
+from textserve.core.config import ServerConfig
 from textserve.core.health import HEALTH_SERVICE_NAME, HealthState
 from textserve.core.interceptors import build_interceptors
 from textserve.core.tls import reloading_server_credentials
@@ -48,18 +48,6 @@ class ServiceApp(Protocol):
     async def stop(self) -> None:
         """Stops background work after in-flight RPCs have finished."""
         ...
-
-
-def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    """TLS (or mutual TLS when require_client_cert) credentials from PEM files."""
-    if tls.cert_file is None or tls.key_file is None:
-        raise ValueError("server.tls.enabled=true needs server.tls.cert_file and server.tls.key_file")
-    root = tls.ca_file.read_bytes() if tls.ca_file else None
-    return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=root,
-        require_client_auth=tls.require_client_cert,
-    )
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
