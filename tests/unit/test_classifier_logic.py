@@ -25,7 +25,7 @@ from textserve.classifier.vector_source import Vectors
 from textserve.classifier.zero_shot import Label, labels_fingerprint
 from textserve.core.config import ConfigError, load_settings
 from textserve.core.errors import DeadlineExceeded, InvalidInput
-from textserve.tokenizer.service import kept_positions
+from textserve.runtime.tokenization import kept_positions
 
 
 def test_softmax_and_rank() -> None:

@@ -28,6 +28,8 @@ class TextTokenizer:
         self.hf: Any = AutoTokenizer.from_pretrained(str(files.path), use_fast=True)
         self.max_length = max_length or model_max_length(files, self.hf)
         self.pad_id = int(self.hf.pad_token_id if self.hf.pad_token_id is not None else 0)
+        self.special_ids: set[int] = {int(i) for i in self.hf.all_special_ids}
+        """Ids of the tokenizer's special tokens."""
         # The Rust tokenizer itself, without the tokenizer.json's own truncation/padding
         # (we cut at max_length ourselves): skips the Python wrapper on the request path.
         self._fast: Any = None
@@ -58,20 +60,24 @@ class TextTokenizer:
         full = len(ids)
         if full <= self.max_length:
             return Encoded(ids, False, full)
-        last = ids[-1]
-        cut = ids[: self.max_length]
-        if last in self.special_ids:
-            cut[-1] = last
-        return Encoded(cut, True, full)
+        kept = kept_positions(full, self.max_length, ids[-1] in self.special_ids)
+        return Encoded([ids[i] for i in kept], True, full)
 
-    @property
-    def special_ids(self) -> set[int]:
-        """Ids of the tokenizer's special tokens."""
-        cached: set[int] | None = getattr(self, "_special_ids", None)
-        if cached is None:
-            cached = {int(i) for i in self.hf.all_special_ids}
-            self._special_ids = cached
-        return cached
+
+def kept_positions(length: int, limit: int, last_is_special: bool) -> list[int]:
+    """Positions kept when `length` tokens are cut to `limit` (0: no cut).
+
+    The first limit tokens stay; when the last token is special (e.g. [SEP]) it replaces
+    the last kept one.
+    The one truncation rule: the model services' truncate and the tokenizer service's
+    max_tokens cut both use it.
+    """
+    if limit <= 0 or length <= limit:
+        return list(range(length))
+    kept = list(range(limit))
+    if last_is_special:
+        kept[-1] = length - 1
+    return kept
 
 
 def model_max_length(files: ModelFiles, hf_tokenizer: Any | None = None) -> int:

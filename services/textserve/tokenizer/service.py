@@ -20,7 +20,7 @@ from textserve.core.config import LimitsConfig, ModelConfig, TokenizerServiceCon
 from textserve.core.errors import InvalidInput, NotReady
 from textserve.core.validation import check_texts
 from textserve.runtime.model_files import resolve_model
-from textserve.runtime.tokenization import TextTokenizer
+from textserve.runtime.tokenization import TextTokenizer, kept_positions
 
 log = logging.getLogger(__name__)
 
@@ -133,20 +133,6 @@ class ChatResult:
     model: TokenizerInfo
     prompt: str
     ids: list[int]
-
-
-def kept_positions(length: int, limit: int, last_is_special: bool) -> list[int]:
-    """Positions kept when `length` tokens are cut to `limit` (0: no cut).
-
-    The first limit tokens stay; when the last token is special (e.g. [SEP]) it replaces
-    the last kept one, the rule of runtime/tokenization.TextTokenizer.truncate.
-    """
-    if limit <= 0 or length <= limit:
-        return list(range(length))
-    kept = list(range(limit))
-    if last_is_special:
-        kept[-1] = length - 1
-    return kept
 
 
 class LoadedTokenizer:
