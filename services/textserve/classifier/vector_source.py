@@ -22,8 +22,8 @@ import numpy as np
 
 from textserve.core.channels import open_channel
 from textserve.core.config import ClientConfig, EmbeddingServiceConfig
-from textserve.core.errors import NotReady
-from textserve.core.upstream import call_timeout, record_call, upstream_error
+from textserve.core.errors import NotReady, from_rpc_error
+from textserve.core.upstream import call_timeout, record_call
 from textserve.embedding.service import EmbeddingService, EmbedParams
 from textserve.runtime.encoder import Task
 from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
@@ -186,7 +186,7 @@ class RemoteVectorSource:
             info = await stub.Info(embedding_pb2.InfoRequest(), timeout=timeout, wait_for_ready=False)
         except grpc.aio.AioRpcError as error:
             record_call(self._service, "EmbeddingService/Info", error.code(), started)
-            raise upstream_error(error, self.upstream) from error
+            raise from_rpc_error(error, self.upstream) from error
         record_call(self._service, "EmbeddingService/Info", grpc.StatusCode.OK, started)
         model = info.model
         self._description = EncoderDescription(
@@ -207,7 +207,7 @@ class RemoteVectorSource:
             response = await stub.Embed(request, timeout=timeout, wait_for_ready=False)
         except grpc.aio.AioRpcError as error:
             record_call(self._service, "EmbeddingService/Embed", error.code(), started)
-            raise upstream_error(error, self.upstream) from error
+            raise from_rpc_error(error, self.upstream) from error
         record_call(self._service, "EmbeddingService/Embed", grpc.StatusCode.OK, started)
         if len(response.embeddings) != len(texts):
             raise NotReady(

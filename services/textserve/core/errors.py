@@ -79,7 +79,6 @@ class BackendFailure(TextserveError):
 
 
 _FROM_GRPC: dict[grpc.StatusCode, type[TextserveError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: TextserveError,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
@@ -91,13 +90,17 @@ _FROM_GRPC: dict[grpc.StatusCode, type[TextserveError]] = {
 
 
 def from_rpc_error(error: grpc.RpcError, upstream: str) -> TextserveError:
-    """Turns a failed call to another textserve service into our error, keeping its code."""
+    """Turns a failed call to another textserve service into our error, keeping its code.
+
+    INVALID_ARGUMENT keeps the other service's message unchanged: the fields it names
+    (`texts[3]`) are the ones the caller sent, forwarded as they were.
+    """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    message = f"{upstream}: {details}"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        err: TextserveError = TextserveError(message)
-        err.code = grpc.StatusCode.INVALID_ARGUMENT
-        return err
+        passed = TextserveError(details or f"{upstream}: invalid argument")
+        passed.code = grpc.StatusCode.INVALID_ARGUMENT
+        return passed
+    message = f"{upstream}: {details}"
     kind = _FROM_GRPC.get(code, NotReady if code == grpc.StatusCode.UNKNOWN else BackendFailure)
     return kind(message)

@@ -14,7 +14,7 @@ import time
 import grpc
 
 from textserve.core import metrics
-from textserve.core.errors import DeadlineExceeded, TextserveError, from_rpc_error
+from textserve.core.errors import DeadlineExceeded
 
 
 def call_timeout(deadline: float | None, default_s: float) -> float:
@@ -26,21 +26,6 @@ def call_timeout(deadline: float | None, default_s: float) -> float:
     if left <= 0:
         raise DeadlineExceeded("deadline passed before the call to another service; not computed")
     return left
-
-
-def upstream_error(error: grpc.RpcError, upstream: str) -> TextserveError:
-    """Our error for a failed call, keeping its status code.
-
-    INVALID_ARGUMENT keeps the other service's message unchanged: the fields it names
-    (`texts[3]`) are the ones the caller sent, forwarded as they were.
-    """
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        details = error.details() if hasattr(error, "details") else str(error)
-        passed: TextserveError = TextserveError(details or f"{upstream}: invalid argument")
-        passed.code = grpc.StatusCode.INVALID_ARGUMENT
-        return passed
-    return from_rpc_error(error, upstream)
 
 
 def record_call(service: str, method: str, code: grpc.StatusCode, started: float) -> None:

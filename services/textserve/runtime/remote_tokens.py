@@ -17,8 +17,8 @@ import grpc
 
 from textserve.core.channels import open_channel
 from textserve.core.config import ClientConfig
-from textserve.core.errors import NotReady
-from textserve.core.upstream import call_timeout, record_call, upstream_error
+from textserve.core.errors import NotReady, from_rpc_error
+from textserve.core.upstream import call_timeout, record_call
 from textserve.runtime.tokenization import Encoded
 from textserve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
@@ -82,7 +82,7 @@ class RemoteTokenSource:
                 raise NotReady(
                     f"{self.upstream} does not serve model {self.model!r}: {error.details()}"
                 ) from error
-            raise upstream_error(error, self.upstream) from error
+            raise from_rpc_error(error, self.upstream) from error
         record_call(self._service, "TokenizerService/Tokenize", grpc.StatusCode.OK, started)
         if len(response.encodings) != len(texts):
             raise NotReady(
