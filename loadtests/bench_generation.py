@@ -138,8 +138,8 @@ class InProcessServer:
 
     def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int, threads: int) -> None:
         from textserve.core.config import GenerationServiceConfig, ModelConfig, ServerConfig
-        from textserve.core.server import ServiceHost
         from textserve.generation.app import GenerationApp
+        from textserve.transport.server import ServiceHost
 
         config = GenerationServiceConfig(
             server=ServerConfig(host="127.0.0.1", port=0),

@@ -151,7 +151,7 @@ def mix_rate(rates: dict[str, float]) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from textserve.core.config import ModelConfig, TuningConfig
     from textserve.runtime.encoder import EncoderModel
-    from textserve.runtime.tuning import tune
+    from textserve.tuning.measure import tune
 
     model = EncoderModel(ModelConfig())
     texts = class_texts(model.tokenizer)

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 
 from tests.support import ONNX_CACHE, embedding_config, start_host
 

@@ -13,7 +13,7 @@ from textserve.core.config import (
     ModelConfig,
     ServerConfig,
 )
-from textserve.core.server import ServiceApp, ServiceHost
+from textserve.transport.server import ServiceApp, ServiceHost
 
 ONNX_CACHE = Path.home() / ".cache" / "textserve" / "onnx-tests"
 

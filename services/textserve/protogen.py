@@ -22,6 +22,18 @@ PROTO_PACKAGES: tuple[tuple[str, str], ...] = (
     ("textserve/oip", "inference"),
 )
 
+PACKAGE_DOCSTRINGS: dict[str, str] = {
+    "textserve/v1": "Generated protobuf stubs (make proto); do not edit.",
+    "textserve/oip": (
+        "Open Inference Protocol v2 (KServe / Triton): the generated stubs (make proto; do not edit\n"
+        "the *_pb2* files) and the protocol plumbing every model service's adapter uses: `tensors`\n"
+        "and `parameters` convert the protocol's tensors and parameters, `model` is the adapter\n"
+        "contract, `registry` resolves model names and versions, `servicer` serves\n"
+        "inference.GRPCInferenceService for the adapters of one server."
+    ),
+}
+"""Docstring of each generated package's __init__.py."""
+
 
 def proto_files() -> list[str]:
     """Import paths of every proto file to compile, in a stable order."""
@@ -53,7 +65,7 @@ def generate(out_root: Path, descriptor_set: Path | None = None) -> None:
         if package_dir.is_dir():
             init = package_dir / "__init__.py"
             if not init.exists():
-                init.write_text('"""Generated protobuf stubs (make proto); do not edit."""\n')
+                init.write_text(f'"""{PACKAGE_DOCSTRINGS[prefix]}"""\n')
 
 
 def generated_files(root: Path) -> dict[str, bytes]:

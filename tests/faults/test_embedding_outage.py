@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from textserve.core.config import ClassifierServiceConfig, ClientConfig, TlsConfig
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 from tests.pki import Pki, make_pki

@@ -40,8 +40,8 @@ from textserve.core.config import (
     LimitsConfig,
     TokenizerServiceConfig,
 )
-from textserve.core.server import ServiceHost
 from textserve.oip import grpc_predict_v2_pb2 as oip
+from textserve.transport.server import ServiceHost
 from textserve.v1 import (
     classifier_pb2,
     embedding_pb2,

@@ -23,9 +23,9 @@ from textserve.core.cache import ResponseCache, build_cache
 from textserve.core.config import CacheConfig
 from textserve.core.metrics import REGISTRY
 from textserve.core.redis_cache import RedisCacheBackend
-from textserve.core.server import ServiceHost
 from textserve.embedding.app import EmbeddingApp
 from textserve.embedding.service import EmbeddingService, EmbedParams
+from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.pki import make_pki

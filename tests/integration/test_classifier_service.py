@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 from textserve.core.config import ClassifierServiceConfig, ModelConfig, default_model_path
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 from tests.support import free_port, loopback_server, model_config, start_host

@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from textserve.core.server import ServiceHost
 from textserve.embedding.app import EmbeddingApp
+from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.support import embedding_config, model_config

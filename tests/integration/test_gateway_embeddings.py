@@ -20,8 +20,8 @@ import pytest
 from pydantic import SecretStr
 from textserve.core.config import AuthConfig, BatcherConfig
 from textserve.core.metrics import REGISTRY
-from textserve.core.server import ServiceHost
 from textserve.gateway.server import GatewayServer
+from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.gateway_support import base_url, openai_client, running_gateway

@@ -20,7 +20,7 @@ import pytest
 import torch
 from textserve.core.config import CacheConfig, GenerationServiceConfig, LimitsConfig, ModelConfig
 from textserve.core.metrics import REGISTRY
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 from textserve.v1 import generation_pb2, generation_pb2_grpc, tokenizer_pb2
 
 from tests.support import loopback_server, start_host

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from textserve.core.cache import build_cache
 from textserve.core.config import CacheConfig, ClassifierServiceConfig
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 from tests.oip_client import official

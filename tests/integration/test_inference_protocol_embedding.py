@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from textserve.core.cache import build_cache
 from textserve.core.config import CacheConfig
 from textserve.core.metrics import REGISTRY
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.oip_client import official

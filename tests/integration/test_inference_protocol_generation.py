@@ -18,7 +18,7 @@ import pytest
 from textserve.core.cache import build_cache
 from textserve.core.config import CacheConfig, GenerationServiceConfig
 from textserve.core.metrics import REGISTRY
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 from textserve.v1 import generation_pb2, generation_pb2_grpc
 
 from tests.oip_client import official

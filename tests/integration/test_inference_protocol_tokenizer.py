@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from textserve.core.config import ModelConfig, TokenizerServiceConfig
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 from textserve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 from tests.oip_client import official

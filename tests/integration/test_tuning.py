@@ -17,11 +17,11 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from textserve.core.config import TuningConfig
 from textserve.core.metrics import REGISTRY
-from textserve.core.server import ServiceHost
-from textserve.runtime.autotune import startup_budget
 from textserve.runtime.encoder import EncoderModel
-from textserve.runtime.tuned_budget import TunedBudget, TunedBudgetError, hardware_description
-from textserve.runtime.tuning import SyntheticTexts, grid_lengths, measure_curve, tune
+from textserve.transport.server import ServiceHost
+from textserve.tuning.budget import TunedBudget, TunedBudgetError, hardware_description
+from textserve.tuning.measure import SyntheticTexts, grid_lengths, measure_curve, tune
+from textserve.tuning.startup import startup_budget
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.support import embedding_config, loopback_server, model_config, start_host

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from textserve.core.channels import open_channel
 from textserve.core.config import ClientConfig
-from textserve.core.deadlines import current_deadline
-from textserve.core.interceptors import build_interceptors
+from textserve.transport.channels import open_channel
+from textserve.transport.deadlines import current_deadline
+from textserve.transport.interceptors import build_interceptors
 
 from tests.support import loopback_server
 

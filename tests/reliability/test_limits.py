@@ -13,7 +13,7 @@ import grpc
 import pytest
 from textserve.core.config import BatcherConfig
 from textserve.core.metrics import REGISTRY
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.support import embedding_config, loopback_server, start_host

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from textserve.cli import main as cli_main
 from textserve.core.config import AuthConfig, TlsConfig, load_settings
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 
 from tests.pki import Pki, make_pki
 from tests.support import embedding_config, loopback_server, model_config, start_host

@@ -18,7 +18,7 @@ import yaml
 from textserve.cli import main as cli_main
 from textserve.core.config import AuthConfig
 from textserve.core.logging import JsonFormatter
-from textserve.core.server import ServiceHost
+from textserve.transport.server import ServiceHost
 from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 from tests.support import embedding_config, loopback_server, start_host

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from textserve.core.channels import open_channel
 from textserve.core.config import ClientConfig, TlsConfig
-from textserve.core.server import ServiceHost
+from textserve.transport.channels import open_channel
+from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.pki import Pki, make_pki
@@ -158,8 +158,8 @@ async def test_rotated_certificates_are_used_without_restart(
     new certificate and a client certificate from the new CA is accepted, with no restart."""
     import shutil
 
-    from textserve.core import tls as tls_module
     from textserve.embedding.app import EmbeddingApp
+    from textserve.transport import tls as tls_module
 
     monkeypatch.setattr(tls_module, "RECHECK_S", 0.0)
     old, new = make_pki(tmp_path / "old", "old"), make_pki(tmp_path / "new", "new")

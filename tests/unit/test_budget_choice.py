@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from textserve.runtime.budget_choice import (
+from textserve.tuning.budget import TuningPoint
+from textserve.tuning.choice import (
     Budget,
     LatencyModel,
     batch_size_for,
@@ -11,7 +12,6 @@ from textserve.runtime.budget_choice import (
     choose_budget,
     simulate,
 )
-from textserve.runtime.tuned_budget import TuningPoint
 
 # Per-batch latency (ms) shaped like all-MiniLM-L6-v2 under onnxruntime on a 2-core CPU:
 # short texts gain ~1.8x from batching, medium ~1.3x up to 16, long texts are best alone.

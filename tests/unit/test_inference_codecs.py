@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from textserve.core.errors import InvalidInput, NotFound
-from textserve.inference import parameters, tensors
-from textserve.inference.model import BYTES, FP32, OutputTensor, TensorSpec, rename_fields
-from textserve.inference.parameters import Parameters
 from textserve.oip import grpc_predict_v2_pb2 as pb
+from textserve.oip import parameters, tensors
+from textserve.oip.model import BYTES, FP32, OutputTensor, TensorSpec, rename_fields
+from textserve.oip.parameters import Parameters
 
 SPECS = (TensorSpec("text_input", BYTES, (-1,)),)
 

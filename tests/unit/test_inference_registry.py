@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from textserve.core.errors import InvalidInput, NotFound, NotReady
-from textserve.inference.model import BYTES, InferInputs, InferOutcome, ModelAdapter, ModelCard, TensorSpec
-from textserve.inference.registry import ModelRegistry
+from textserve.oip.model import BYTES, InferInputs, InferOutcome, ModelAdapter, ModelCard, TensorSpec
+from textserve.oip.registry import ModelRegistry
 
 
 class StaticModel(ModelAdapter):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from textserve.core.config import ConfigError, TuningConfig, load_settings
-from textserve.runtime.tuned_budget import FORMAT, TunedBudget, TunedBudgetError, TuningPoint
+from textserve.tuning.budget import FORMAT, TunedBudget, TunedBudgetError, TuningPoint
 
 
 def sample(**overrides: object) -> TunedBudget:

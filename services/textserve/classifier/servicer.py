@@ -6,7 +6,7 @@ import grpc
 
 from textserve.classifier import convert
 from textserve.classifier.service import SERVICE, ClassifierService
-from textserve.core.rpc import request_deadline, unary_rpc
+from textserve.transport.rpc import request_deadline, unary_rpc
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 

@@ -20,12 +20,12 @@ from typing import Protocol
 import grpc
 import numpy as np
 
-from textserve.core.channels import open_channel
 from textserve.core.config import ClientConfig, EmbeddingServiceConfig
 from textserve.core.errors import NotReady, from_rpc_error
-from textserve.core.upstream import call_timeout, record_call
 from textserve.embedding.service import EmbeddingService, EmbedParams
 from textserve.runtime.encoder import Task
+from textserve.transport.channels import open_channel
+from textserve.transport.upstream import call_timeout, record_call
 from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 

@@ -20,8 +20,8 @@ from typing import NoReturn
 import grpc
 from pydantic import SecretStr, ValidationError
 
-from textserve.core.channels import open_channel
 from textserve.core.config import CLIENT_TOKEN_VARIABLE, ClientConfig, TlsConfig, cli_client_token
+from textserve.transport.channels import open_channel
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ def _show_config(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from textserve.apps import build_apps
-    from textserve.core.server import ServiceHost
+    from textserve.transport.server import ServiceHost
 
     try:
         settings = load_settings(args.config)

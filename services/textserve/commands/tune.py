@@ -87,9 +87,9 @@ def _task(config: EmbeddingServiceConfig | ClassifierServiceConfig) -> Task:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from textserve.commands import tune_report
     from textserve.runtime.encoder import EncoderModel
-    from textserve.runtime.tuning import tune
+    from textserve.tuning import report as tune_report
+    from textserve.tuning.measure import tune
 
     try:
         settings = load_settings(args.config)

@@ -6,12 +6,12 @@ import grpc
 
 from textserve.core.cache import ResponseCache
 from textserve.core.config import EmbeddingServiceConfig
-from textserve.core.registration import add_servicer
+from textserve.embedding.oip import EmbeddingAdapter
 from textserve.embedding.service import SERVICE, EmbeddingService
 from textserve.embedding.servicer import EmbeddingServicer
-from textserve.inference.embedding import EmbeddingAdapter
-from textserve.inference.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
+from textserve.oip.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
 from textserve.runtime.token_source import TokenSource
+from textserve.transport.registration import add_servicer
 from textserve.v1 import embedding_pb2
 
 

@@ -20,11 +20,11 @@ from textserve.core.coalesce import Coalescer, Publish
 from textserve.core.config import EmbeddingServiceConfig
 from textserve.core.errors import InvalidInput, NotReady
 from textserve.core.validation import check_texts, check_token_ids
-from textserve.runtime.autotune import publish_tuning, startup_budget
 from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
 from textserve.runtime.tokenization import Encoded
-from textserve.runtime.tuned_budget import TuningPoint
+from textserve.tuning.budget import TuningPoint
+from textserve.tuning.startup import publish_tuning, startup_budget
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from textserve.core.errors import InvalidInput, TextserveError
-from textserve.core.registration import check_request
-from textserve.core.rpc import request_deadline, stream_rpc, unary_rpc
 from textserve.embedding import convert
 from textserve.embedding.service import SERVICE, EmbeddingService
+from textserve.transport.registration import check_request
+from textserve.transport.rpc import request_deadline, stream_rpc, unary_rpc
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 # Requests of one EmbedStream call processed at once; responses still go out in order.

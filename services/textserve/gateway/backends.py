@@ -18,11 +18,11 @@ from typing import Any, Literal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from textserve.core.channels import open_channel
 from textserve.core.config import GatewayConfig
-from textserve.core.upstream import record_call
 from textserve.gateway.calls import CallOptions
 from textserve.gateway.errors import GatewayError, Renamer, http_error
+from textserve.transport.channels import open_channel
+from textserve.transport.upstream import record_call
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc, generation_pb2, generation_pb2_grpc
 
 log = logging.getLogger(__name__)

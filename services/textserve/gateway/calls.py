@@ -17,8 +17,8 @@ import grpc
 from starlette.requests import Request
 
 from textserve.core.config import GatewayConfig
-from textserve.core.deadlines import MIN_TIMEOUT_S
 from textserve.gateway.errors import from_status, invalid
+from textserve.transport.deadlines import MIN_TIMEOUT_S
 
 TIMEOUT_HEADER = "x-request-timeout"
 """Header a client may send to shorten the deadline (seconds, e.g. `2.5`)."""

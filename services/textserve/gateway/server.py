@@ -21,8 +21,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from textserve.core.config import GatewayConfig
-from textserve.core.server import ServiceHost
 from textserve.gateway.app import create_app
+from textserve.transport.server import ServiceHost
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import grpc
 
 from textserve.core.cache import ResponseCache
 from textserve.core.config import GenerationServiceConfig
-from textserve.core.registration import add_servicer
+from textserve.generation.oip import GenerationAdapter
 from textserve.generation.service import SERVICE, GenerationService
 from textserve.generation.servicer import GenerationServicer
-from textserve.inference.generation import GenerationAdapter
-from textserve.inference.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
+from textserve.oip.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
+from textserve.transport.registration import add_servicer
 from textserve.v1 import generation_pb2
 
 _DESCRIPTOR = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"]

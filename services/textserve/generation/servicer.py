@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from textserve.core.rpc import request_deadline, stream_rpc, unary_rpc
 from textserve.generation import convert
 from textserve.generation.service import SERVICE, GenerationService
+from textserve.transport.rpc import request_deadline, stream_rpc, unary_rpc
 from textserve.v1 import generation_pb2, generation_pb2_grpc
 
 

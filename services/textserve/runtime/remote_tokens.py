@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 import grpc
 
-from textserve.core.channels import open_channel
 from textserve.core.config import ClientConfig
 from textserve.core.errors import NotReady, from_rpc_error
-from textserve.core.upstream import call_timeout, record_call
 from textserve.runtime.tokenization import Encoded
+from textserve.transport.channels import open_channel
+from textserve.transport.upstream import call_timeout, record_call
 from textserve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 
 from textserve.core.config import TokenizerServiceConfig
-from textserve.core.registration import add_servicer
-from textserve.inference.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
-from textserve.inference.tokenizer import tokenizer_adapters
+from textserve.oip.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
+from textserve.tokenizer.oip import tokenizer_adapters
 from textserve.tokenizer.service import SERVICE, TokenizerService
 from textserve.tokenizer.servicer import TokenizerServicer
+from textserve.transport.registration import add_servicer
 from textserve.v1 import tokenizer_pb2
 
 _DESCRIPTOR = tokenizer_pb2.DESCRIPTOR.services_by_name["TokenizerService"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from textserve.core.rpc import unary_rpc
 from textserve.tokenizer import convert
 from textserve.tokenizer.service import SERVICE, TokenizerService
+from textserve.transport.rpc import unary_rpc
 from textserve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from textserve.classifier.service import SERVICE, ClassifierService, ClassifyParams
 from textserve.classifier.zero_shot import Label
 from textserve.core.errors import TextserveError
-from textserve.inference.model import (
+from textserve.oip.model import (
     BYTES,
     FP32,
     InferInputs,
@@ -27,7 +27,7 @@ from textserve.inference.model import (
     TensorSpec,
     rename_fields,
 )
-from textserve.inference.tensors import input_field
+from textserve.oip.tensors import input_field
 
 TEXT_INPUT = "text_input"
 LABELS_INPUT = "labels"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textserve.runtime.budget_choice import Budget, batch_size_for
-from textserve.runtime.tuned_budget import TunedBudget, TuningPoint
+from textserve.tuning.budget import TunedBudget, TuningPoint
+from textserve.tuning.choice import Budget, batch_size_for
 
 
 def _grid(curve: list[TuningPoint]) -> tuple[list[int], list[int], dict[tuple[int, int], TuningPoint]]:

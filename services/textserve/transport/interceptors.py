@@ -25,7 +25,7 @@ import grpc
 
 from textserve.core import metrics
 from textserve.core.config import ServerConfig
-from textserve.core.deadlines import set_current_deadline
+from textserve.transport.deadlines import set_current_deadline
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from textserve.core.errors import InvalidInput, TextserveError
 from textserve.generation.params import GenerateParams
 from textserve.generation.scheduler import FinishStatus
 from textserve.generation.service import SERVICE, GenerationService
-from textserve.inference.model import (
+from textserve.oip.model import (
     BYTES,
     InferInputs,
     InferOutcome,
@@ -30,8 +30,8 @@ from textserve.inference.model import (
     TensorSpec,
     rename_fields,
 )
-from textserve.inference.parameters import ParamValue
-from textserve.inference.tensors import input_field
+from textserve.oip.parameters import ParamValue
+from textserve.oip.tensors import input_field
 
 TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"

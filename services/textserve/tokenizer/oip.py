@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from textserve.core.errors import NotReady, TextserveError
-from textserve.inference.model import (
+from textserve.oip.model import (
     BYTES,
     INT64,
     InferInputs,
@@ -24,7 +24,7 @@ from textserve.inference.model import (
     TensorSpec,
     rename_fields,
 )
-from textserve.inference.tensors import input_field
+from textserve.oip.tensors import input_field
 from textserve.tokenizer.service import SERVICE, TokenizeParams, TokenizerInfo, TokenizerService
 
 TEXT_INPUT = "text_input"

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from textserve.core.errors import InvalidInput
-from textserve.inference.model import BYTES, FP32, INT64, OutputTensor, TensorSpec
-from textserve.inference.parameters import Parameters
 from textserve.oip import grpc_predict_v2_pb2 as pb
+from textserve.oip.model import BYTES, FP32, INT64, OutputTensor, TensorSpec
+from textserve.oip.parameters import Parameters
 
 _LENGTH = struct.Struct("<I")
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from textserve.core.batcher import form_batch
-from textserve.runtime.tuned_budget import TuningPoint
+from textserve.tuning.budget import TuningPoint
 
 # Spread of simulated text lengths around each mix length (real traffic is never one length).
 _LENGTH_JITTER = 0.15

@@ -18,7 +18,7 @@ import grpc
 from pydantic import SecretStr
 
 from textserve.core.config import AuthConfig, ClientConfig, TlsConfig
-from textserve.core.deadlines import outgoing_timeout
+from textserve.transport.deadlines import outgoing_timeout
 
 
 def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, Any]]:

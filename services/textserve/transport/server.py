@@ -20,9 +20,9 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 
 from textserve.core.config import ServerConfig
-from textserve.core.health import HEALTH_SERVICE_NAME, HealthState
-from textserve.core.interceptors import build_interceptors
-from textserve.core.tls import reloading_server_credentials
+from textserve.transport.health import HEALTH_SERVICE_NAME, HealthState
+from textserve.transport.interceptors import build_interceptors
+from textserve.transport.tls import reloading_server_credentials
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from textserve.core.config import BatcherConfig, TuningConfig
-from textserve.runtime.budget_choice import choose_budget
 from textserve.runtime.tokenization import TextTokenizer
-from textserve.runtime.tuned_budget import TunedBudget, TuningPoint, hardware_description, now_iso
+from textserve.tuning.budget import TunedBudget, TuningPoint, hardware_description, now_iso
+from textserve.tuning.choice import choose_budget
 
 log = logging.getLogger(__name__)
 

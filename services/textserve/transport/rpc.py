@@ -19,7 +19,7 @@ import grpc
 
 from textserve.core import metrics
 from textserve.core.errors import TextserveError
-from textserve.core.registration import check_request
+from textserve.transport.registration import check_request
 
 log = logging.getLogger(__name__)
 

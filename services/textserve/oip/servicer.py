@@ -25,12 +25,12 @@ import grpc
 
 import textserve
 from textserve.core.errors import TextserveError
-from textserve.core.registration import MalformedRequest, add_servicer, check_request
-from textserve.core.rpc import request_deadline, stream_rpc, unary_rpc
-from textserve.inference import parameters, tensors
-from textserve.inference.model import InferInputs, InferOutcome, ModelAdapter, ModelCard, TensorSpec
-from textserve.inference.registry import ModelRegistry
 from textserve.oip import grpc_predict_v2_pb2 as pb
+from textserve.oip import parameters, tensors
+from textserve.oip.model import InferInputs, InferOutcome, ModelAdapter, ModelCard, TensorSpec
+from textserve.oip.registry import ModelRegistry
+from textserve.transport.registration import MalformedRequest, add_servicer, check_request
+from textserve.transport.rpc import request_deadline, stream_rpc, unary_rpc
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from textserve.core.errors import TextserveError
 from textserve.embedding.service import EmbeddingService, EmbedParams
-from textserve.inference.model import (
+from textserve.oip.model import (
     BYTES,
     FP32,
     InferInputs,
@@ -24,7 +24,7 @@ from textserve.inference.model import (
     TensorSpec,
     rename_fields,
 )
-from textserve.inference.tensors import input_field
+from textserve.oip.tensors import input_field
 
 TEXT_INPUT = "text_input"
 EMBEDDING_OUTPUT = "embedding"

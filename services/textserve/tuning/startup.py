@@ -18,8 +18,8 @@ from pathlib import Path
 
 from textserve.core import metrics
 from textserve.core.config import BatcherConfig, TuningConfig
-from textserve.runtime.tuned_budget import TunedBudget, hardware_description
-from textserve.runtime.tuning import TunableModel, tune
+from textserve.tuning.budget import TunedBudget, hardware_description
+from textserve.tuning.measure import TunableModel, tune
 
 log = logging.getLogger(__name__)
 

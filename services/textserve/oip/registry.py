@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from textserve.core.errors import InvalidInput, NotFound, NotReady
-from textserve.inference.model import ModelAdapter, ModelCard
+from textserve.oip.model import ModelAdapter, ModelCard
 
 
 class ModelRegistry:

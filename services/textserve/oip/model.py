@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from textserve.core.errors import InvalidInput, TextserveError
-from textserve.inference.parameters import Parameters, ParamValue
+from textserve.oip.parameters import Parameters, ParamValue
 
 BYTES = "BYTES"
 """Datatype of text tensors (UTF-8 strings)."""

@@ -1,0 +1,1 @@
+"""gRPC transport: servers, interceptors, the RPC boundary, registration, channels, TLS, health."""
