@@ -35,10 +35,11 @@ proto: install ## regenerate Python stubs from protos/
 openapi: install ## rewrite docs/openapi.json from the gateway app (tests fail when it is stale)
 	$(PY) -m textserve.gateway.openapi_dump
 
-lint: install ## ruff + mypy
+lint: install ## ruff + mypy + the architecture's import contracts (docs/architecture.md)
 	$(VENV)/bin/ruff check services tests loadtests
 	$(VENV)/bin/ruff format --check services tests loadtests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install ## every benchmark -> bench-report/report.md + PNG plots of latency against throughput (~13 min)
 	$(PY) -m loadtests.report --out bench-report
