@@ -15,11 +15,11 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from textserve.core.config import TuningConfig
 from textserve.core.metrics import REGISTRY
 from textserve.runtime.encoder import EncoderModel
 from textserve.transport.server import ServiceHost
 from textserve.tuning.budget import TunedBudget, TunedBudgetError, hardware_description
+from textserve.tuning.config import TuningConfig
 from textserve.tuning.measure import SyntheticTexts, grid_lengths, measure_curve, tune
 from textserve.tuning.startup import startup_budget
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
@@ -218,8 +218,8 @@ def test_tune_command_measures_the_classifier_model(
 
 async def test_classifier_in_process_model_loads_the_tuned_file(tuned: TunedBudget, tmp_path: Path) -> None:
     from textserve.classifier.app import ClassifierApp
+    from textserve.classifier.config import ClassifierServiceConfig
     from textserve.classifier.vector_source import LocalVectorSource
-    from textserve.core.config import ClassifierServiceConfig
     from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
     path = tmp_path / "tuned.json"

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from textserve.core.config import ConfigError, TuningConfig, load_settings
+from textserve.core.config import ConfigError
+from textserve.settings import load_settings
 from textserve.tuning.budget import FORMAT, TunedBudget, TunedBudgetError, TuningPoint
+from textserve.tuning.config import TuningConfig
 
 
 def sample(**overrides: object) -> TunedBudget:

@@ -17,9 +17,9 @@ from textserve.core import metrics
 from textserve.core.batcher import Batcher
 from textserve.core.cache import ResponseCache, make_key
 from textserve.core.coalesce import Coalescer, Publish
-from textserve.core.config import EmbeddingServiceConfig
 from textserve.core.errors import InvalidInput, NotReady
 from textserve.core.validation import check_texts, check_token_ids
+from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
 from textserve.runtime.tokenization import Encoded

@@ -20,10 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from textserve.core.config import BatcherConfig, TuningConfig
+from textserve.core.config import BatcherConfig
 from textserve.runtime.tokenization import TextTokenizer
 from textserve.tuning.budget import TunedBudget, TuningPoint, hardware_description, now_iso
 from textserve.tuning.choice import choose_budget
+from textserve.tuning.config import TuningConfig
 
 log = logging.getLogger(__name__)
 

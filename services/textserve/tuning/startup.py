@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textserve.core import metrics
-from textserve.core.config import BatcherConfig, TuningConfig
+from textserve.core.config import BatcherConfig
 from textserve.tuning.budget import TunedBudget, hardware_description
+from textserve.tuning.config import TuningConfig
 from textserve.tuning.measure import TunableModel, tune
 
 log = logging.getLogger(__name__)
