@@ -33,6 +33,46 @@ class LabelConfig(ConfigSection):
     """Example texts; embedded and averaged into its prototype."""
 
 
+def default_label_sets() -> dict[str, list[LabelConfig]]:
+    """The label sets zero-shot serves when the config names none: `sentiment`, with sample texts."""
+    return {
+        "sentiment": [
+            LabelConfig(
+                name="positive",
+                description="This text expresses a positive, happy or approving opinion.",
+                examples=[
+                    "I love this, it is wonderful.",
+                    "Great job, very happy with it.",
+                    "Thank you so much, this made my day!",
+                    "Excellent quality, I highly recommend it.",
+                ],
+            ),
+            LabelConfig(
+                name="negative",
+                description="This text expresses a negative, angry or disapproving opinion.",
+                examples=[
+                    "I hate this, it is terrible.",
+                    "Awful experience, very disappointed.",
+                    "It broke after one day, a complete waste of money.",
+                    "The worst service I have ever had.",
+                ],
+            ),
+            LabelConfig(
+                name="neutral",
+                description="This text states a plain fact without any opinion.",
+                examples=[
+                    "The meeting is at 3 pm.",
+                    "The package contains two items.",
+                    "The office is on the second floor.",
+                    "The bus departs every twenty minutes.",
+                    "The document was updated on Monday.",
+                    "The form has three sections.",
+                ],
+            ),
+        ]
+    }
+
+
 class ClassifierServiceConfig(ServiceConfigBase):
     """Classifier service."""
 
@@ -47,44 +87,7 @@ class ClassifierServiceConfig(ServiceConfigBase):
     """Request limits."""
     embedding_address: str = ""
     """host:port of an embedding service to get vectors from; empty embeds in-process."""
-    label_sets: dict[str, list[LabelConfig]] = Field(
-        default_factory=lambda: {
-            "sentiment": [
-                LabelConfig(
-                    name="positive",
-                    description="This text expresses a positive, happy or approving opinion.",
-                    examples=[
-                        "I love this, it is wonderful.",
-                        "Great job, very happy with it.",
-                        "Thank you so much, this made my day!",
-                        "Excellent quality, I highly recommend it.",
-                    ],
-                ),
-                LabelConfig(
-                    name="negative",
-                    description="This text expresses a negative, angry or disapproving opinion.",
-                    examples=[
-                        "I hate this, it is terrible.",
-                        "Awful experience, very disappointed.",
-                        "It broke after one day, a complete waste of money.",
-                        "The worst service I have ever had.",
-                    ],
-                ),
-                LabelConfig(
-                    name="neutral",
-                    description="This text states a plain fact without any opinion.",
-                    examples=[
-                        "The meeting is at 3 pm.",
-                        "The package contains two items.",
-                        "The office is on the second floor.",
-                        "The bus departs every twenty minutes.",
-                        "The document was updated on Monday.",
-                        "The form has three sections.",
-                    ],
-                ),
-            ]
-        }
-    )
+    label_sets: dict[str, list[LabelConfig]] = Field(default_factory=default_label_sets)
     """Zero-shot label sets by name."""
     default_label_set: str = "sentiment"
     """Label set used when a request names none."""
