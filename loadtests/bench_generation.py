@@ -137,8 +137,9 @@ class InProcessServer:
     """The generation service on a ServiceHost in this process (client and server share a loop)."""
 
     def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int, threads: int) -> None:
-        from textserve.core.config import GenerationServiceConfig, ModelConfig, ServerConfig
+        from textserve.core.config import ModelConfig, ServerConfig
         from textserve.generation.app import GenerationApp
+        from textserve.generation.config import GenerationServiceConfig
         from textserve.transport.server import ServiceHost
 
         config = GenerationServiceConfig(

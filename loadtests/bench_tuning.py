@@ -149,8 +149,9 @@ def mix_rate(rates: dict[str, float]) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from textserve.core.config import ModelConfig, TuningConfig
+    from textserve.core.config import ModelConfig
     from textserve.runtime.encoder import EncoderModel
+    from textserve.tuning.config import TuningConfig
     from textserve.tuning.measure import tune
 
     model = EncoderModel(ModelConfig())

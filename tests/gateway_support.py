@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from openai import AsyncOpenAI
-from textserve.core.config import GatewayConfig
+from textserve.gateway.config import GatewayConfig
 from textserve.gateway.server import GatewayServer
 
 

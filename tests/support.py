@@ -7,12 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from textserve.core.config import (
-    BatcherConfig,
-    EmbeddingServiceConfig,
-    ModelConfig,
-    ServerConfig,
-)
+from textserve.core.config import BatcherConfig, ModelConfig, ServerConfig
+from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.transport.server import ServiceApp, ServiceHost
 
 ONNX_CACHE = Path.home() / ".cache" / "textserve" / "onnx-tests"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from textserve.core.cache import build_cache
-from textserve.core.config import EmbeddingServiceConfig, Settings
+from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.runtime.token_source import TokenSource
+from textserve.settings import Settings
 from textserve.transport.server import ServiceApp
 
 GRPC_SERVICES: tuple[str, ...] = ("tokenizer", "embedding", "classifier", "generation")

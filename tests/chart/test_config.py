@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-from textserve.core.config import ConfigError, Settings, load_settings
+from textserve.core.config import ConfigError
+from textserve.settings import Settings, load_settings
 
 from tests.chart.conftest import (
     DEFAULT_PORTS,

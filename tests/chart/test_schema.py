@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from helm_python import HelmValuesError
 from pydantic import BaseModel
-from textserve.core.config import BatcherConfig, GenerationServiceConfig, ModelConfig
+from textserve.core.config import BatcherConfig, ModelConfig
+from textserve.generation.config import GenerationServiceConfig
 
 from tests.chart.conftest import CHART_DIR, COMPONENTS, GRPC_SERVICES, SCENARIOS, Scenario, chart, render
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from textserve.core.config import load_settings
+from textserve.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from textserve.core.config import ClassifierServiceConfig, ClientConfig, TlsConfig
+from textserve.classifier.config import ClassifierServiceConfig
+from textserve.core.config import ClientConfig, TlsConfig
 from textserve.transport.server import ServiceHost
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 

@@ -34,13 +34,11 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from textserve.core.config import (
-    ClassifierServiceConfig,
-    GenerationServiceConfig,
-    LimitsConfig,
-    TokenizerServiceConfig,
-)
+from textserve.classifier.config import ClassifierServiceConfig
+from textserve.core.config import LimitsConfig
+from textserve.generation.config import GenerationServiceConfig
 from textserve.oip import grpc_predict_v2_pb2 as oip
+from textserve.tokenizer.config import TokenizerServiceConfig
 from textserve.transport.server import ServiceHost
 from textserve.v1 import (
     classifier_pb2,

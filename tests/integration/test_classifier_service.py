@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from textserve.core.config import ClassifierServiceConfig, ModelConfig, default_model_path
+from textserve.classifier.config import ClassifierServiceConfig
+from textserve.core.config import ModelConfig, default_model_path
 from textserve.transport.server import ServiceHost
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
@@ -488,7 +489,7 @@ async def test_sequence_classification_matches_transformers(
 async def test_embedding_and_classifier_in_one_process_share_the_model(onnx_cache_dir: Path) -> None:
     """`serve embedding classifier` (as `serve all`): the classifier uses the embedding app's model."""
     from textserve.apps import build_apps
-    from textserve.core.config import load_settings
+    from textserve.settings import load_settings
     from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
     loopback = {"host": "127.0.0.1", "port": 0, "grace_period_s": 1.0}

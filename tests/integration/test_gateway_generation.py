@@ -14,9 +14,10 @@ import grpc
 import httpx
 import openai
 import pytest
-from textserve.core.config import GenerationServiceConfig, ModelConfig
+from textserve.core.config import ModelConfig
 from textserve.core.metrics import REGISTRY
 from textserve.gateway.server import GatewayServer
+from textserve.generation.config import GenerationServiceConfig
 from textserve.v1 import generation_pb2, generation_pb2_grpc, tokenizer_pb2
 
 from tests.gateway_support import base_url, openai_client, running_gateway

@@ -18,8 +18,9 @@ from typing import Any
 import grpc
 import pytest
 import torch
-from textserve.core.config import CacheConfig, GenerationServiceConfig, LimitsConfig, ModelConfig
+from textserve.core.config import CacheConfig, LimitsConfig, ModelConfig
 from textserve.core.metrics import REGISTRY
+from textserve.generation.config import GenerationServiceConfig
 from textserve.transport.server import ServiceHost
 from textserve.v1 import generation_pb2, generation_pb2_grpc, tokenizer_pb2
 

@@ -14,8 +14,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from textserve.classifier.config import ClassifierServiceConfig
 from textserve.core.cache import build_cache
-from textserve.core.config import CacheConfig, ClassifierServiceConfig
+from textserve.core.config import CacheConfig
 from textserve.transport.server import ServiceHost
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 

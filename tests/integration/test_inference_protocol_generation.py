@@ -16,8 +16,9 @@ import grpc
 import numpy as np
 import pytest
 from textserve.core.cache import build_cache
-from textserve.core.config import CacheConfig, GenerationServiceConfig
+from textserve.core.config import CacheConfig
 from textserve.core.metrics import REGISTRY
+from textserve.generation.config import GenerationServiceConfig
 from textserve.transport.server import ServiceHost
 from textserve.v1 import generation_pb2, generation_pb2_grpc
 

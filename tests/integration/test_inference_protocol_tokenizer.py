@@ -13,7 +13,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from textserve.core.config import ModelConfig, TokenizerServiceConfig
+from textserve.core.config import ModelConfig
+from textserve.tokenizer.config import TokenizerServiceConfig
 from textserve.transport.server import ServiceHost
 from textserve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 

@@ -15,7 +15,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from textserve.core.config import ModelConfig, TokenizerServiceConfig, default_model_path
+from textserve.core.config import ModelConfig, default_model_path
+from textserve.tokenizer.config import TokenizerServiceConfig
 from textserve.transport.server import ServiceHost
 from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
 from transformers import AutoTokenizer

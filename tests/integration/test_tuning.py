@@ -15,12 +15,12 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from textserve.core.config import TuningConfig
 from textserve.core.metrics import REGISTRY
 from textserve.runtime.encoder import EncoderModel
 from textserve.transport.server import ServiceHost
-from textserve.tuning.budget import TunedBudget, TunedBudgetError, hardware_description
+from textserve.tuning.config import TuningConfig
 from textserve.tuning.measure import SyntheticTexts, grid_lengths, measure_curve, tune
+from textserve.tuning.result import TunedBudgetError, TuningResult, hardware_description
 from textserve.tuning.startup import startup_budget
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -35,7 +35,7 @@ def model(onnx_cache_dir: Path) -> Iterator[EncoderModel]:
 
 
 @pytest.fixture(scope="module")
-def tuned(model: EncoderModel) -> TunedBudget:
+def tuned(model: EncoderModel) -> TuningResult:
     return tune(model, TINY)
 
 
@@ -73,30 +73,33 @@ def test_sizes_past_the_ceiling_are_not_measured(model: EncoderModel) -> None:
     assert [p.batch_size for p in curve] == [1]
 
 
-def test_tune_describes_the_model_and_device(model: EncoderModel, tuned: TunedBudget) -> None:
+def test_tune_describes_the_model_and_device(model: EncoderModel, tuned: TuningResult) -> None:
     info = model.info
-    assert tuned.mismatch(info.name, info.revision, info.backend, info.device) is None
-    assert tuned.hardware == hardware_description(info.device)
-    assert tuned.max_batch_size in (1, 2, 4) and tuned.max_batch_tokens >= 8
+    assert tuned.provenance.mismatch(info.name, info.revision, info.backend, info.device) is None
+    assert tuned.provenance.hardware == hardware_description(info.device)
+    assert tuned.budget.max_batch_size in (1, 2, 4) and tuned.budget.max_batch_tokens >= 8
+    assert tuned.budget.source == "autotune"
     assert tuned.mix_text_tokens == [8, 48] and tuned.curve
 
 
 def test_startup_budget_uses_a_matching_file_and_skips_another_models(
-    model: EncoderModel, tuned: TunedBudget, tmp_path: Path
+    model: EncoderModel, tuned: TuningResult, tmp_path: Path
 ) -> None:
     path = tmp_path / "tuned.json"
     assert startup_budget(model, path, autotune=False, tuning=TINY) is None  # no file: configured budget
     tuned.save(path)
     chosen = startup_budget(model, path, autotune=False, tuning=TINY)
-    assert chosen is not None and chosen.source == f"tuned:{path}" and chosen.tuned == tuned
-    replace(tuned, revision="other").save(path)
+    assert chosen is not None and chosen.budget.source == f"tuned:{path}"
+    assert chosen == tuned.with_source(f"tuned:{path}")
+    replace(tuned, provenance=replace(tuned.provenance, revision="other")).save(path)
     assert startup_budget(model, path, autotune=False, tuning=TINY) is None
     # With autotune, a file from other hardware is measured again and rewritten.
-    replace(tuned, hardware="cpu: elsewhere x64").save(path)
+    replace(tuned, provenance=replace(tuned.provenance, hardware="cpu: elsewhere x64")).save(path)
     assert startup_budget(model, path, autotune=False, tuning=TINY) is not None  # used, with a warning
     again = startup_budget(model, path, autotune=True, tuning=TINY)
-    assert again is not None and again.tuned.hardware == hardware_description(model.info.device)
-    assert TunedBudget.load(path).hardware == again.tuned.hardware
+    assert again is not None and again.provenance.hardware == hardware_description(model.info.device)
+    assert again.budget.source == f"tuned:{path}"
+    assert TuningResult.load(path).provenance.hardware == again.provenance.hardware
     path.write_text("{}")
     with pytest.raises(TunedBudgetError, match=re.escape(str(path))):
         startup_budget(model, path, autotune=True, tuning=TINY)
@@ -123,10 +126,10 @@ def test_tune_command_writes_the_file_prints_the_table_and_plots(
     args += ["--seconds", "0.5", "--text-tokens", "8", "48", "--batch-sizes", "1", "2"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    written = TunedBudget.load(output)
+    written = TuningResult.load(output)
     assert (
-        f"chosen: max_batch_size={written.max_batch_size} max_batch_tokens={written.max_batch_tokens}"
-        in printed
+        f"chosen: max_batch_size={written.budget.max_batch_size} "
+        f"max_batch_tokens={written.budget.max_batch_tokens}" in printed
     )
     assert "tokens |" in printed and "    48 |" in printed
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -140,7 +143,7 @@ async def info(address: str) -> embedding_pb2.InfoResponse:
         )
 
 
-async def test_service_loads_the_tuned_file(tuned: TunedBudget, tmp_path: Path) -> None:
+async def test_service_loads_the_tuned_file(tuned: TuningResult, tmp_path: Path) -> None:
     from textserve.embedding.app import EmbeddingApp
 
     path = tmp_path / "tuned.json"
@@ -150,14 +153,17 @@ async def test_service_loads_the_tuned_file(tuned: TunedBudget, tmp_path: Path) 
         address = f"127.0.0.1:{host.port_of('embedding')}"
         reply = await info(address)
         assert reply.batch_budget.source == f"tuned:{path}"
-        assert reply.batch_budget.max_batch_size == tuned.max_batch_size
-        assert reply.batch_budget.max_batch_tokens == tuned.max_batch_tokens
+        assert reply.batch_budget.max_batch_size == tuned.budget.max_batch_size
+        assert reply.batch_budget.max_batch_tokens == tuned.budget.max_batch_tokens
         assert [(p.text_tokens, p.batch_size) for p in reply.tuning_curve] == [
             (p.text_tokens, p.batch_size) for p in tuned.curve
         ]
         assert reply.tuning_curve[0].texts_per_second == pytest.approx(tuned.curve[0].texts_per_second)
         labels = {"service": "embedding", "model": "all-MiniLM-L6-v2"}
-        assert REGISTRY.get_sample_value("textserve_batch_budget_tokens", labels) == tuned.max_batch_tokens
+        assert (
+            REGISTRY.get_sample_value("textserve_batch_budget_tokens", labels)
+            == tuned.budget.max_batch_tokens
+        )
         point = tuned.curve[-1]
         sample = REGISTRY.get_sample_value(
             "textserve_tuning_texts_per_second",
@@ -190,10 +196,10 @@ async def test_autotune_measures_before_serving_and_writes_the_file(tmp_path: Pa
             await asyncio.wait_for(host.running[0].ready.wait(), 120)
             late = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
             assert late.status == health_pb2.HealthCheckResponse.SERVING
-        written = TunedBudget.load(path)
+        written = TuningResult.load(path)
         reply = await info(address)
         assert reply.batch_budget.source == f"tuned:{path}"
-        assert reply.batch_budget.max_batch_tokens == written.max_batch_tokens
+        assert reply.batch_budget.max_batch_tokens == written.budget.max_batch_tokens
         assert len(reply.tuning_curve) == len(written.curve)
     finally:
         await host.stop(grace=1.0)
@@ -211,15 +217,15 @@ def test_tune_command_measures_the_classifier_model(
     args = ["tune", "classifier", "--config", str(config), "--output", str(output)]
     args += ["--seconds", "0.5", "--text-tokens", "8", "--batch-sizes", "1", "2"]
     assert main(args) == 0
-    written = TunedBudget.load(output)
-    assert written.model == "all-MiniLM-L6-v2" and written.max_batch_size in (1, 2)
+    written = TuningResult.load(output)
+    assert written.provenance.model == "all-MiniLM-L6-v2" and written.budget.max_batch_size in (1, 2)
     assert f"set classifier.tuned_budget_file: {output}" in capsys.readouterr().out
 
 
-async def test_classifier_in_process_model_loads_the_tuned_file(tuned: TunedBudget, tmp_path: Path) -> None:
+async def test_classifier_in_process_model_loads_the_tuned_file(tuned: TuningResult, tmp_path: Path) -> None:
     from textserve.classifier.app import ClassifierApp
+    from textserve.classifier.config import ClassifierServiceConfig
     from textserve.classifier.vector_source import LocalVectorSource
-    from textserve.core.config import ClassifierServiceConfig
     from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
     path = tmp_path / "tuned.json"
@@ -235,12 +241,15 @@ async def test_classifier_in_process_model_loads_the_tuned_file(tuned: TunedBudg
         batcher = source.embedding.batcher
         assert batcher is not None and batcher.budget.source == f"tuned:{path}"
         assert (batcher.budget.max_batch_size, batcher.budget.max_batch_tokens) == (
-            tuned.max_batch_size,
-            tuned.max_batch_tokens,
+            tuned.budget.max_batch_size,
+            tuned.budget.max_batch_tokens,
         )
         labels = {"service": "classifier", "model": "all-MiniLM-L6-v2"}
-        assert REGISTRY.get_sample_value("textserve_batch_budget_tokens", labels) == tuned.max_batch_tokens
-        assert REGISTRY.get_sample_value("textserve_batch_budget_size", labels) == tuned.max_batch_size
+        assert (
+            REGISTRY.get_sample_value("textserve_batch_budget_tokens", labels)
+            == tuned.budget.max_batch_tokens
+        )
+        assert REGISTRY.get_sample_value("textserve_batch_budget_size", labels) == tuned.budget.max_batch_size
         address = f"127.0.0.1:{host.port_of('classifier')}"
         async with grpc.aio.insecure_channel(address) as channel:
             stub = classifier_pb2_grpc.ClassifierServiceStub(channel)

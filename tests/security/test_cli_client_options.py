@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from textserve.cli import main as cli_main
-from textserve.core.config import AuthConfig, TlsConfig, load_settings
+from textserve.core.config import AuthConfig, TlsConfig
+from textserve.settings import load_settings
 from textserve.transport.server import ServiceHost
 
 from tests.pki import Pki, make_pki

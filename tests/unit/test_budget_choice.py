@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from textserve.tuning.budget import TuningPoint
+from textserve.core.batcher import BatchBudget
 from textserve.tuning.choice import (
-    Budget,
     LatencyModel,
     batch_size_for,
     candidate_budgets,
     choose_budget,
     simulate,
 )
+from textserve.tuning.result import TuningPoint
 
 # Per-batch latency (ms) shaped like all-MiniLM-L6-v2 under onnxruntime on a 2-core CPU:
 # short texts gain ~1.8x from batching, medium ~1.3x up to 16, long texts are best alone.
@@ -42,14 +42,18 @@ def test_latency_model_interpolates_and_extrapolates() -> None:
 
 def test_candidates_cover_size_times_length_and_merge_unbound_token_budgets() -> None:
     budgets = candidate_budgets([16, 256], [1, 4], max_length=256)
-    assert Budget(4, 64) in budgets  # 4 texts of 16 tokens
-    assert Budget(4, 1024) in budgets  # 4 texts of 256 tokens: the token budget no longer binds
+    assert BatchBudget(4, 64) in budgets  # 4 texts of 16 tokens
+    assert BatchBudget(4, 1024) in budgets  # 4 texts of 256 tokens: the token budget no longer binds
     assert all(b.max_batch_tokens <= b.max_batch_size * 256 for b in budgets)
-    assert [b for b in budgets if b.max_batch_size == 1] == [Budget(1, 16), Budget(1, 64), Budget(1, 256)]
+    assert [b for b in budgets if b.max_batch_size == 1] == [
+        BatchBudget(1, 16),
+        BatchBudget(1, 64),
+        BatchBudget(1, 256),
+    ]
 
 
 def test_batch_size_for_a_length() -> None:
-    budget = Budget(max_batch_size=32, max_batch_tokens=512)
+    budget = BatchBudget(max_batch_size=32, max_batch_tokens=512)
     assert [batch_size_for(budget, n) for n in (12, 50, 240, 600)] == [32, 10, 2, 1]
 
 
@@ -93,6 +97,6 @@ def test_simulation_counts_padding_of_mixed_batches() -> None:
     model = LatencyModel(curve(CPU_LIKE))
     mixed = dict(mix=[16, 256], concurrency=64, max_length=256)
     # Grouping without a similarity limit lets short texts ride in long batches (padded to 256).
-    unlimited = simulate(model, Budget(64, 16384), **mixed, length_ratio=None)  # type: ignore[arg-type]
-    similar_only = simulate(model, Budget(64, 16384), **mixed, length_ratio=2.0)  # type: ignore[arg-type]
+    unlimited = simulate(model, BatchBudget(64, 16384), **mixed, length_ratio=None)  # type: ignore[arg-type]
+    similar_only = simulate(model, BatchBudget(64, 16384), **mixed, length_ratio=2.0)  # type: ignore[arg-type]
     assert similar_only > 1.2 * unlimited

@@ -11,10 +11,11 @@ import pytest
 from textserve.core.breaker import CircuitBreaker
 from textserve.core.cache import CacheUnavailable, MemoryCacheBackend, ResponseCache, build_cache, make_key
 from textserve.core.coalesce import Coalescer, Publish
-from textserve.core.config import CacheConfig, ConfigError, load_settings
+from textserve.core.config import CacheConfig, ConfigError
 from textserve.core.errors import DeadlineExceeded
 from textserve.core.metrics import REGISTRY
 from textserve.core.redis_cache import RedisCacheBackend, connection_pool, redacted_url
+from textserve.settings import load_settings
 
 from tests.support import free_port
 

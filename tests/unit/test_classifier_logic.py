@@ -23,9 +23,10 @@ from textserve.classifier.training import (
 )
 from textserve.classifier.vector_source import Vectors
 from textserve.classifier.zero_shot import Label, labels_fingerprint
-from textserve.core.config import ConfigError, load_settings
+from textserve.core.config import ConfigError
 from textserve.core.errors import DeadlineExceeded, InvalidInput
 from textserve.runtime.tokenization import kept_positions
+from textserve.settings import load_settings
 
 
 def test_softmax_and_rank() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textserve.core.config import ConfigError, load_settings
+from textserve.core.config import ConfigError
+from textserve.settings import load_settings
 
 
 def test_defaults_are_valid_and_offline() -> None:

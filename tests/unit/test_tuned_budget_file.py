@@ -6,39 +6,92 @@ import json
 from pathlib import Path
 
 import pytest
-from textserve.core.config import ConfigError, TuningConfig, load_settings
-from textserve.tuning.budget import FORMAT, TunedBudget, TunedBudgetError, TuningPoint
+from textserve.core.batcher import BatchBudget
+from textserve.core.config import ConfigError
+from textserve.settings import load_settings
+from textserve.tuning.config import TuningConfig
+from textserve.tuning.result import FORMAT, Provenance, TunedBudgetError, TuningPoint, TuningResult
 
 
-def sample(**overrides: object) -> TunedBudget:
-    values: dict[str, object] = {
-        "max_batch_size": 32,
-        "max_batch_tokens": 512,
-        "predicted_texts_per_second": 130.0,
-        "worst_batch_latency_ms": 40.0,
-        "latency_ceiling_ms": 100.0,
-        "mix_text_tokens": [16, 64, 256],
-        "concurrency": 64,
-        "model": "all-MiniLM-L6-v2",
-        "revision": "abc",
-        "backend": "onnxruntime",
-        "device": "cpu",
-        "hardware": "cpu: test x2",
-        "created": "2026-01-01T00:00:00+00:00",
-        "measure_seconds": 31.5,
-        "curve": [TuningPoint(16, 1, 16, 1.5, 666.7, 30), TuningPoint(16, 4, 64, 4.5, 888.9, 30)],
-        "fixed_sizes": [(1, 100.0), (4, 120.0)],
-    }
-    values.update(overrides)
-    return TunedBudget(**values)  # type: ignore[arg-type]
+def sample(source: str = "autotune") -> TuningResult:
+    return TuningResult(
+        budget=BatchBudget(max_batch_size=32, max_batch_tokens=512, source=source),
+        predicted_texts_per_second=130.0,
+        worst_batch_latency_ms=40.0,
+        latency_ceiling_ms=100.0,
+        mix_text_tokens=[16, 64, 256],
+        concurrency=64,
+        provenance=Provenance(
+            model="all-MiniLM-L6-v2",
+            revision="abc",
+            backend="onnxruntime",
+            device="cpu",
+            hardware="cpu: test x2",
+            created="2026-01-01T00:00:00+00:00",
+            measure_seconds=31.5,
+        ),
+        curve=[TuningPoint(16, 1, 16, 1.5, 666.7, 30), TuningPoint(16, 4, 64, 4.5, 888.9, 30)],
+        fixed_sizes=[(1, 100.0), (4, 120.0)],
+    )
+
+
+# sample() as `textserve tune --output` wrote it before the budget became a BatchBudget.
+V1_FILE = {
+    "format": "textserve.tuned-budget/v1",
+    "max_batch_size": 32,
+    "max_batch_tokens": 512,
+    "predicted_texts_per_second": 130.0,
+    "worst_batch_latency_ms": 40.0,
+    "latency_ceiling_ms": 100.0,
+    "mix_text_tokens": [16, 64, 256],
+    "concurrency": 64,
+    "model": "all-MiniLM-L6-v2",
+    "revision": "abc",
+    "backend": "onnxruntime",
+    "device": "cpu",
+    "hardware": "cpu: test x2",
+    "created": "2026-01-01T00:00:00+00:00",
+    "measure_seconds": 31.5,
+    "curve": [
+        {
+            "text_tokens": 16,
+            "batch_size": 1,
+            "batch_tokens": 16,
+            "batch_latency_ms": 1.5,
+            "texts_per_second": 666.7,
+            "repeats": 30,
+        },
+        {
+            "text_tokens": 16,
+            "batch_size": 4,
+            "batch_tokens": 64,
+            "batch_latency_ms": 4.5,
+            "texts_per_second": 888.9,
+            "repeats": 30,
+        },
+    ],
+    "fixed_sizes": [
+        {"max_batch_size": 1, "texts_per_second": 100.0},
+        {"max_batch_size": 4, "texts_per_second": 120.0},
+    ],
+}
 
 
 def test_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "tuned.json"
     sample().save(path)
     assert json.loads(path.read_text())["format"] == FORMAT
-    assert TunedBudget.load(path) == sample()
+    assert TuningResult.load(path) == sample(source=f"tuned:{path}")
     assert not list(path.parent.glob(".*tmp"))  # written atomically, nothing left behind
+
+
+def test_the_file_format_is_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(V1_FILE, indent=2) + "\n")
+    assert TuningResult.load(path) == sample(source=f"tuned:{path}")
+    written = tmp_path / "again.json"
+    sample().save(written)
+    assert written.read_text() == path.read_text()  # same keys, same order, same bytes
 
 
 @pytest.mark.parametrize(
@@ -58,15 +111,15 @@ def test_bad_files_name_the_file(tmp_path: Path, content: str, problem: str) -> 
     path = tmp_path / "tuned.json"
     path.write_text(content)
     with pytest.raises(TunedBudgetError) as caught:
-        TunedBudget.load(path)
+        TuningResult.load(path)
     assert str(path) in str(caught.value)
     assert problem in str(caught.value)
 
 
 def test_mismatch_names_what_differs() -> None:
-    budget = sample()
-    assert budget.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cpu") is None
-    reason = budget.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cuda:0")
+    measured = sample().provenance
+    assert measured.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cpu") is None
+    reason = measured.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cuda:0")
     assert reason is not None and "device" in reason and "cuda:0" in reason
 
 

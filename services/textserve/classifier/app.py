@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 
+from textserve.classifier.config import ClassifierServiceConfig
 from textserve.classifier.oip import ClassifierAdapter
 from textserve.classifier.service import SERVICE, ClassifierService
 from textserve.classifier.servicer import ClassifierServicer
 from textserve.classifier.vector_source import VectorSource
 from textserve.core.cache import ResponseCache
-from textserve.core.config import ClassifierServiceConfig
 from textserve.oip.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
 from textserve.transport.registration import add_servicer
 from textserve.v1 import classifier_pb2

@@ -100,7 +100,8 @@ async def _train(args: argparse.Namespace) -> int:
     from textserve.classifier.service import SERVICE, embedding_config_of
     from textserve.classifier.training import TrainingDataError, format_report, read_examples, train
     from textserve.classifier.vector_source import LocalVectorSource, RemoteVectorSource
-    from textserve.core.config import ConfigError, load_settings
+    from textserve.core.config import ConfigError
+    from textserve.settings import load_settings
 
     try:
         settings = load_settings(args.config)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from textserve.api import common
+from textserve.classifier.config import ClassifierServiceConfig
 from textserve.classifier.service import ClassifierDescription, ClassifyParams, ClassifyResult, Kind
 from textserve.classifier.vector_source import EncoderDescription
 from textserve.classifier.zero_shot import Label
-from textserve.core.config import ClassifierServiceConfig
 from textserve.core.errors import InvalidInput
 from textserve.v1 import classifier_pb2, common_pb2
 

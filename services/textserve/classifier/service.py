@@ -29,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 
+from textserve.classifier.config import ClassifierServiceConfig
 from textserve.classifier.linear_head import LinearHead
 from textserve.classifier.merging import MergingVectorSource
 from textserve.classifier.vector_source import (
@@ -46,9 +47,9 @@ from textserve.classifier.zero_shot import (
     labels_fingerprint,
 )
 from textserve.core.cache import ResponseCache
-from textserve.core.config import ClassifierServiceConfig, EmbeddingServiceConfig
 from textserve.core.errors import BackendFailure, InvalidInput, NotReady, TextserveError
 from textserve.core.validation import check_texts
+from textserve.embedding.config import EmbeddingServiceConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from typing import Protocol
 import grpc
 import numpy as np
 
-from textserve.core.config import ClientConfig, EmbeddingServiceConfig
+from textserve.core.config import ClientConfig
 from textserve.core.errors import NotReady, from_rpc_error
+from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.embedding.service import EmbeddingService, EmbedParams
 from textserve.runtime.encoder import Task
 from textserve.transport.channels import open_channel

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from textserve.classifier.config import LabelConfig
 from textserve.classifier.vector_source import VectorSource
-from textserve.core.config import LabelConfig, LimitsConfig
+from textserve.core.config import LimitsConfig
 from textserve.core.errors import InvalidInput
 
 # Prototype texts embedded per call to the vector source (well under any service's text limit).

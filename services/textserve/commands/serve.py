@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 
-from textserve.core.config import ConfigError, dump_settings, load_settings
+from textserve.core.config import ConfigError
 from textserve.core.logging import setup_logging
 from textserve.core.metrics import start_metrics_server
+from textserve.settings import dump_settings, load_settings
 
 log = logging.getLogger("textserve.serve")
 

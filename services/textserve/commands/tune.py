@@ -16,14 +16,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from textserve.core.config import (
-    ClassifierServiceConfig,
-    ConfigError,
-    EmbeddingServiceConfig,
-    Settings,
-    TuningConfig,
-    load_settings,
-)
+from textserve.classifier.config import ClassifierServiceConfig
+from textserve.core.config import ConfigError
+from textserve.embedding.config import EmbeddingServiceConfig
+from textserve.settings import Settings, load_settings
+from textserve.tuning.config import TuningConfig
 
 if TYPE_CHECKING:
     from textserve.runtime.encoder import Task

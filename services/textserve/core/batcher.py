@@ -48,13 +48,21 @@ class _Entry(Generic[In, Out]):
     future: asyncio.Future[BatchResult[Out]] = field(repr=False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchBudget:
-    """The limits batches are formed under (may be replaced at run time by the tuner)."""
+    """The limits batches are formed under: the one budget type (the tuner chooses one too).
+
+    A batcher starts with its config's budget and may be given a tuned one before it
+    serves (`Batcher.set_budget`).
+    """
 
     max_batch_size: int
+    """Most texts in one batch."""
     max_batch_tokens: int
+    """Most padded tokens (batch size x longest text) in one batch."""
     source: str = "config"
+    """Where the budget came from: "config", "autotune" (measured at start, not saved) or
+    "tuned:<file>" (a `textserve tune` file)."""
 
 
 SIMILAR_SLACK_TOKENS = 8

@@ -1,10 +1,14 @@
-"""Configuration: typed, bounded settings from a YAML file and TEXTSERVE_* variables.
+"""Configuration machinery and the shared sub-configs: typed, bounded, from YAML and TEXTSERVE_*.
 
-The only module that reads the environment. One sub-config per concern
-(ServerConfig, BatcherConfig, ModelConfig, CacheConfig, ...), composed into one
-config per service, and all of them into `Settings`. Precedence, highest first:
-explicit keyword arguments, environment (`TEXTSERVE_EMBEDDING__BATCHER__MAX_BATCH_SIZE=16`),
-the YAML file (`TEXTSERVE_CONFIG_FILE` or `--config`), then defaults.
+The only module that reads the environment. It owns the sub-configs every service
+composes (ServerConfig, ClientConfig, BatcherConfig, ModelConfig, LimitsConfig,
+CacheConfig, TlsConfig, AuthConfig, MetricsConfig, LogConfig), the base classes of a
+service's config (`ConfigSection`, `ServiceConfigBase`) and of the composed root
+(`RootConfig`), and the loading: `load_config` merges, highest first, explicit
+overrides, the environment (`TEXTSERVE_EMBEDDING__BATCHER__MAX_BATCH_SIZE=16`), the
+YAML file (`TEXTSERVE_CONFIG_FILE` or `--config`), then defaults, and raises one
+ConfigError listing every problem. Each service's own config lives beside the service
+(`<service>/config.py`); `textserve.settings` composes them into `Settings`.
 Cross-field rules fail at start-up with a message naming both fields and values.
 """
 
@@ -13,21 +17,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
-ServiceName = Literal["tokenizer", "embedding", "classifier", "generation", "gateway"]
-SERVICE_NAMES: tuple[ServiceName, ...] = ("tokenizer", "embedding", "classifier", "generation", "gateway")
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message says which field and why."""
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -41,7 +44,7 @@ def default_model_path() -> str:
         return "sentence-transformers/all-MiniLM-L6-v2"
 
 
-class TlsConfig(_Section):
+class TlsConfig(ConfigSection):
     """TLS for a server or a client; all paths are PEM files (mounted from Secrets in the chart)."""
 
     enabled: bool = False
@@ -66,7 +69,7 @@ class TlsConfig(_Section):
         return self
 
 
-class AuthConfig(_Section):
+class AuthConfig(ConfigSection):
     """Bearer-token authentication for incoming RPCs."""
 
     enabled: bool = False
@@ -81,7 +84,7 @@ class AuthConfig(_Section):
     """File holding client_token (mounted from a Secret); used when client_token is unset."""
 
 
-class ServerConfig(_Section):
+class ServerConfig(ConfigSection):
     """The gRPC server of one service."""
 
     host: str = "0.0.0.0"
@@ -109,7 +112,7 @@ class ServerConfig(_Section):
     """Bearer-token authentication."""
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(ConfigSection):
     """Prometheus /metrics HTTP endpoint (one per process)."""
 
     enabled: bool = True
@@ -120,7 +123,7 @@ class MetricsConfig(_Section):
     """HTTP port for /metrics (0 picks a free port)."""
 
 
-class LogConfig(_Section):
+class LogConfig(ConfigSection):
     """Structured logging."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -129,7 +132,7 @@ class LogConfig(_Section):
     """json: one JSON object per line (for log collectors); text: human-readable."""
 
 
-class BatcherConfig(_Section):
+class BatcherConfig(ConfigSection):
     """Dynamic batching of one model's requests."""
 
     max_batch_size: int = Field(default=32, ge=1, le=4096)
@@ -149,37 +152,7 @@ class BatcherConfig(_Section):
     """Batches run at once (1 on CPU: one batch already uses every core)."""
 
 
-class TuningConfig(_Section):
-    """Measuring the batch budget on the serving device (`textserve tune`, `autotune: true`)."""
-
-    latency_ceiling_ms: float = Field(default=100.0, gt=0.0, le=600_000.0)
-    """Longest one batch forward may take under the chosen budget, for texts of any measured length."""
-    text_tokens: list[int] = Field(default_factory=list)
-    """Text lengths (tokens) measured; empty: 16, 32, 64, ... up to the model's max length, and it."""
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    """Batch sizes measured; the candidates for max_batch_size."""
-    seconds: float = Field(default=30.0, ge=0.5, le=3600.0)
-    """Time spent measuring after one warm-up pass; longer gives steadier medians."""
-    min_repeats: int = Field(default=3, ge=1, le=1000)
-    """Least timed forwards per (length, batch size) point, even past `seconds`."""
-    mix_text_tokens: list[int] = Field(default_factory=list)
-    """Text lengths of the expected traffic, equally likely, to choose for; empty: the measured lengths."""
-    concurrency: int = Field(default=64, ge=1, le=100_000)
-    """Texts in flight assumed when the queue is simulated to choose the budget."""
-
-    @model_validator(mode="after")
-    def _check_grids(self) -> TuningConfig:
-        for name, most in (("text_tokens", 1_000_000), ("batch_sizes", 4096), ("mix_text_tokens", 1_000_000)):
-            values: list[int] = getattr(self, name)
-            bad = [v for v in values if not 1 <= v <= most]
-            if bad:
-                raise ValueError(f"tuning.{name} must hold values in [1, {most}] (got {bad})")
-        if not self.batch_sizes:
-            raise ValueError("tuning.batch_sizes must not be empty")
-        return self
-
-
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     """A Hugging Face model directory (or hub id where the hub is reachable)."""
 
     path: str = Field(default_factory=default_model_path)
@@ -204,7 +177,7 @@ class ModelConfig(_Section):
     """Weights dtype for torch (auto: float16 on CUDA, float32 on CPU)."""
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(ConfigSection):
     """What a client may ask of one request."""
 
     max_texts_per_request: int = Field(default=256, ge=1, le=100_000)
@@ -215,7 +188,7 @@ class LimitsConfig(_Section):
     """Default for requests that leave truncation unspecified: cut (true) or reject (false)."""
 
 
-class CacheConfig(_Section):
+class CacheConfig(ConfigSection):
     """Response cache shared by the replicas of a service."""
 
     backend: Literal["memory", "redis", "none"] = "memory"
@@ -274,7 +247,7 @@ class CacheConfig(_Section):
         return self
 
 
-class ClientConfig(_Section):
+class ClientConfig(ConfigSection):
     """How a service calls another textserve service."""
 
     tls: TlsConfig = Field(default_factory=TlsConfig)
@@ -283,7 +256,9 @@ class ClientConfig(_Section):
     """Deadline for a call when the incoming request has none."""
 
 
-class _ServiceBase(_Section):
+class ServiceConfigBase(ConfigSection):
+    """What every gRPC service's config has: its server, its calls out, its cache switch."""
+
     server: ServerConfig = Field(default_factory=ServerConfig)
     """gRPC server."""
     client: ClientConfig = Field(default_factory=ClientConfig)
@@ -292,222 +267,12 @@ class _ServiceBase(_Section):
     """Use the response cache (the global `cache` section) for this service."""
 
 
-class TokenizerServiceConfig(_ServiceBase):
-    """Tokenizer service."""
+class RootConfig(BaseSettings):
+    """Base of the composed configuration: TEXTSERVE_ prefix, `__` nesting, unknown keys refused.
 
-    server: ServerConfig = Field(default_factory=lambda: ServerConfig(port=50051))
-    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
-    """Models whose tokenizers are served; the first is the default."""
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    """Request limits."""
-    cache_enabled: bool = False
-
-
-class EmbeddingServiceConfig(_ServiceBase):
-    """Embedding service."""
-
-    server: ServerConfig = Field(default_factory=lambda: ServerConfig(port=50052))
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    """Embedding model."""
-    batcher: BatcherConfig = Field(default_factory=BatcherConfig)
-    """Dynamic batching."""
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    """Request limits."""
-    tokenizer_address: str = ""
-    """host:port of a tokenizer service to tokenize through; empty tokenizes in-process."""
-    tuned_budget_file: Path | None = None
-    """Batch budget written by `textserve tune`; overrides batcher sizes when present."""
-    autotune: bool = False
-    """Measure the batch budget at start (as `textserve tune`) before serving."""
-    tuning: TuningConfig = Field(default_factory=TuningConfig)
-    """How `textserve tune` and autotune measure and choose the batch budget."""
-
-
-class LabelConfig(_Section):
-    """One label of a zero-shot label set."""
-
-    name: str = Field(min_length=1)
-    """Label name."""
-    description: str = ""
-    """Text describing the label; embedded into its prototype."""
-    examples: list[str] = Field(default_factory=list)
-    """Example texts; embedded and averaged into its prototype."""
-
-
-class ClassifierServiceConfig(_ServiceBase):
-    """Classifier service."""
-
-    server: ServerConfig = Field(default_factory=lambda: ServerConfig(port=50053))
-    kind: Literal["zero_shot", "sequence_classification", "linear_head"] = "zero_shot"
-    """How texts are classified."""
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    """Embedding model (zero_shot, linear_head) or sequence-classification model."""
-    batcher: BatcherConfig = Field(default_factory=BatcherConfig)
-    """Dynamic batching (in-process model)."""
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    """Request limits."""
-    embedding_address: str = ""
-    """host:port of an embedding service to get vectors from; empty embeds in-process."""
-    label_sets: dict[str, list[LabelConfig]] = Field(
-        default_factory=lambda: {
-            "sentiment": [
-                LabelConfig(
-                    name="positive",
-                    description="This text expresses a positive, happy or approving opinion.",
-                    examples=[
-                        "I love this, it is wonderful.",
-                        "Great job, very happy with it.",
-                        "Thank you so much, this made my day!",
-                        "Excellent quality, I highly recommend it.",
-                    ],
-                ),
-                LabelConfig(
-                    name="negative",
-                    description="This text expresses a negative, angry or disapproving opinion.",
-                    examples=[
-                        "I hate this, it is terrible.",
-                        "Awful experience, very disappointed.",
-                        "It broke after one day, a complete waste of money.",
-                        "The worst service I have ever had.",
-                    ],
-                ),
-                LabelConfig(
-                    name="neutral",
-                    description="This text states a plain fact without any opinion.",
-                    examples=[
-                        "The meeting is at 3 pm.",
-                        "The package contains two items.",
-                        "The office is on the second floor.",
-                        "The bus departs every twenty minutes.",
-                        "The document was updated on Monday.",
-                        "The form has three sections.",
-                    ],
-                ),
-            ]
-        }
-    )
-    """Zero-shot label sets by name."""
-    default_label_set: str = "sentiment"
-    """Label set used when a request names none."""
-    temperature: float = Field(default=0.05, gt=0.0, le=100.0)
-    """Zero-shot softmax temperature over cosine similarities."""
-    head_path: Path | None = None
-    """linear_head: safetensors file written by `textserve train-classifier`."""
-    max_labels_per_request: int = Field(default=64, ge=2, le=10_000)
-    """zero_shot: most labels a request may bring (their descriptions and examples count as texts)."""
-    prototype_cache_entries: int = Field(default=4096, ge=1, le=10_000_000)
-    """zero_shot: label prototype vectors kept in memory (least recently used are dropped)."""
-    embedding_calls_in_flight: int = Field(default=4, ge=0, le=10_000)
-    """With embedding_address: Embed calls in flight at once; texts of requests arriving meanwhile
-    go out merged in the next call (fewer, larger calls under load). 0: one call per request."""
-    embedding_call_max_texts: int = Field(default=64, ge=1, le=100_000)
-    """With embedding_address: most texts in one merged Embed call (keep <= the embedding limit)."""
-    embedding_wait_s: float = Field(default=30.0, ge=0.0, le=3600.0)
-    """With embedding_address: at start, how long to wait for the embedding service to answer
-    before reporting SERVING anyway (requests then get UNAVAILABLE until it is reachable)."""
-    tuned_budget_file: Path | None = None
-    """Batch budget written by `textserve tune classifier`; overrides batcher sizes when present.
-    Applies to the classifier's own in-process model only: with embedding_address, or when
-    sharing the embedding service's model in `serve all`, the embedding service's budget applies."""
-    autotune: bool = False
-    """Measure the in-process model's batch budget at start (as `textserve tune classifier`)
-    before serving; like tuned_budget_file, not used when the embedding service's model is used."""
-    tuning: TuningConfig = Field(default_factory=TuningConfig)
-    """How `textserve tune classifier` and autotune measure and choose the batch budget."""
-
-    @model_validator(mode="after")
-    def _check_label_sets(self) -> ClassifierServiceConfig:
-        for set_name, labels in self.label_sets.items():
-            if len(labels) < 2:
-                raise ValueError(
-                    f"classifier.label_sets.{set_name} has {len(labels)} label(s); at least 2 are needed"
-                )
-            names = [label.name for label in labels]
-            repeated = sorted({name for name in names if names.count(name) > 1})
-            if repeated:
-                raise ValueError(f"classifier.label_sets.{set_name} repeats label names {repeated}")
-        return self
-
-    @model_validator(mode="after")
-    def _check_kind(self) -> ClassifierServiceConfig:
-        if self.kind == "zero_shot" and self.default_label_set not in self.label_sets:
-            raise ValueError(
-                f"classifier.default_label_set={self.default_label_set!r} is not one of "
-                f"classifier.label_sets={sorted(self.label_sets)}"
-            )
-        if self.kind == "linear_head" and self.head_path is None:
-            raise ValueError("classifier.kind='linear_head' needs classifier.head_path")
-        return self
-
-
-class GenerationServiceConfig(_ServiceBase):
-    """Generation service."""
-
-    server: ServerConfig = Field(default_factory=lambda: ServerConfig(port=50054))
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(path="", backend="torch"))
-    """Causal LM directory; empty path serves a tiny random model (demo and tests only)."""
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    """Request limits."""
-    max_new_tokens_default: int = Field(default=64, ge=1, le=1_000_000)
-    """max_new_tokens when a request leaves it 0."""
-    max_new_tokens_limit: int = Field(default=1024, ge=1, le=1_000_000)
-    """Largest max_new_tokens a request may ask for."""
-    max_running_sequences: int = Field(default=32, ge=1, le=4096)
-    """Most sequences decoded together."""
-    max_waiting_sequences: int = Field(default=1024, ge=1, le=1_000_000)
-    """Most sequences waiting for admission; more are rejected with RESOURCE_EXHAUSTED."""
-    kv_budget_tokens: int = Field(default=65536, ge=16, le=100_000_000)
-    """KV cache budget in padded tokens: running sequences x the longest (prompt + max_new_tokens)."""
-    max_prefill_tokens: int = Field(default=4096, ge=16, le=10_000_000)
-    """Most padded prompt tokens (new sequences x longest prompt) prefilled in one step."""
-    stream_interval_tokens: int = Field(default=1, ge=1, le=1024)
-    """Tokens per streamed message."""
-    max_stop_sequences: int = Field(default=16, ge=0, le=1024)
-    """Most stop sequences in one request."""
-    max_stop_chars: int = Field(default=256, ge=1, le=100_000)
-    """Most characters in one stop sequence."""
-
-    @model_validator(mode="after")
-    def _check_limits(self) -> GenerationServiceConfig:
-        if self.max_new_tokens_default > self.max_new_tokens_limit:
-            raise ValueError(
-                f"generation.max_new_tokens_default={self.max_new_tokens_default} exceeds "
-                f"generation.max_new_tokens_limit={self.max_new_tokens_limit}"
-            )
-        return self
-
-
-class GatewayConfig(_Section):
-    """OpenAI-compatible HTTP gateway."""
-
-    host: str = "0.0.0.0"
-    """Address to bind."""
-    port: int = Field(default=8080, ge=0, le=65535)
-    """HTTP port."""
-    embedding_address: str = "127.0.0.1:50052"
-    """Embedding service host:port (/v1/embeddings); empty disables the endpoint."""
-    generation_address: str = "127.0.0.1:50054"
-    """Generation service host:port (/v1/completions, /v1/chat/completions); empty disables them."""
-    client: ClientConfig = Field(default_factory=lambda: ClientConfig(timeout_s=300.0))
-    """Calls to the services; client.timeout_s is the deadline of a request without x-request-timeout."""
-    grace_period_s: float = Field(default=10.0, ge=0.0, le=600.0)
-    """On SIGTERM, time in-flight HTTP requests (and streams) get to finish."""
-    health_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
-    """Deadline of each backend health check behind /ready and /health."""
-    forward_authorization: bool = True
-    """Pass the caller's `Authorization` header to the services as gRPC metadata."""
-    client_token: SecretStr | None = None
-    """Bearer token sent to the services when the caller sent none (or forwarding is off)."""
-    client_token_file: Path | None = None
-    """File holding client_token (mounted from a Secret); used when client_token is unset."""
-    cors_allow_origins: list[str] = Field(default_factory=list)
-    """Origins allowed to call from a browser (CORS); empty sends no CORS headers."""
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
-    """Largest HTTP request body; larger requests get 413."""
-
-
-class Settings(BaseSettings):
-    """Every service's configuration; a process serves one service or all of them."""
+    Sources are merged by `load_config` (deep merge, YAML < env < overrides), so a
+    subclass reads only the already-merged data it is given.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="TEXTSERVE_",
@@ -515,23 +280,6 @@ class Settings(BaseSettings):
         extra="forbid",
         validate_assignment=True,
     )
-
-    log: LogConfig = Field(default_factory=LogConfig)
-    """Logging."""
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    """Prometheus endpoint."""
-    cache: CacheConfig = Field(default_factory=CacheConfig)
-    """Response cache."""
-    tokenizer: TokenizerServiceConfig = Field(default_factory=TokenizerServiceConfig)
-    """Tokenizer service."""
-    embedding: EmbeddingServiceConfig = Field(default_factory=EmbeddingServiceConfig)
-    """Embedding service."""
-    classifier: ClassifierServiceConfig = Field(default_factory=ClassifierServiceConfig)
-    """Classifier service."""
-    generation: GenerationServiceConfig = Field(default_factory=GenerationServiceConfig)
-    """Generation service."""
-    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
-    """HTTP gateway."""
 
     @classmethod
     def settings_customise_sources(
@@ -542,9 +290,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment and the YAML file are merged by load_settings (deep merge, YAML < env),
+        # The environment and the YAML file are merged by load_config (deep merge, YAML < env),
         # so only the already-merged init data is read here.
         return (init_settings,)
+
+
+Root = TypeVar("Root", bound=RootConfig)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -607,12 +358,13 @@ def format_validation_error(error: ValidationError) -> str:
     return "invalid textserve configuration:\n" + "\n".join(lines)
 
 
-def load_settings(
+def load_config(
+    root: type[Root],
     config_file: str | Path | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
-) -> Settings:
-    """Builds and validates the settings: defaults < YAML file < environment < overrides.
+) -> Root:
+    """Builds and validates `root`: defaults < YAML file < environment < overrides.
 
     Raises ConfigError with every problem listed when anything is invalid.
     """
@@ -634,22 +386,15 @@ def load_settings(
     if overrides:
         data = _deep_merge(data, overrides)
     try:
-        return Settings.model_validate(data)
+        return root.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from exc
 
 
-def _mask_url_password(url: str) -> str:
+def mask_url_password(url: str) -> str:
     """`redis://user:secret@host` -> `redis://user:**********@host` (URLs may carry a password)."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, hostpart = rest.rpartition("@")
     if not sep or not at or ":" not in userinfo:
         return url
     return f"{scheme}://{userinfo.split(':', 1)[0]}:**********@{hostpart}"
-
-
-def dump_settings(settings: Settings) -> dict[str, Any]:
-    """Settings as plain data with secrets masked (for logs and `textserve config`)."""
-    data = settings.model_dump(mode="json")
-    data["cache"]["url"] = _mask_url_password(data["cache"]["url"])
-    return data

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from textserve.core.cache import ResponseCache
-from textserve.core.config import EmbeddingServiceConfig
+from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.embedding.oip import EmbeddingAdapter
 from textserve.embedding.service import SERVICE, EmbeddingService
 from textserve.embedding.servicer import EmbeddingServicer

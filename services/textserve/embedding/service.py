@@ -17,13 +17,13 @@ from textserve.core import metrics
 from textserve.core.batcher import Batcher
 from textserve.core.cache import ResponseCache, make_key
 from textserve.core.coalesce import Coalescer, Publish
-from textserve.core.config import EmbeddingServiceConfig
 from textserve.core.errors import InvalidInput, NotReady
 from textserve.core.validation import check_texts, check_token_ids
+from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
 from textserve.runtime.tokenization import Encoded
-from textserve.tuning.budget import TuningPoint
+from textserve.tuning.result import TuningPoint
 from textserve.tuning.startup import publish_tuning, startup_budget
 
 log = logging.getLogger(__name__)
@@ -113,9 +113,10 @@ class EmbeddingService:
         )
         self.batcher = Batcher(model.run_batch, self.config.batcher, service=self.name, model=model.info.name)
         if tuned is not None:
-            self.batcher.set_budget(tuned.tuned.max_batch_size, tuned.tuned.max_batch_tokens, tuned.source)
-            self.tuning_curve = list(tuned.tuned.curve)
-            publish_tuning(tuned.tuned, self.name, model.info.name)
+            budget = tuned.budget
+            self.batcher.set_budget(budget.max_batch_size, budget.max_batch_tokens, budget.source)
+            self.tuning_curve = list(tuned.curve)
+            publish_tuning(tuned, self.name, model.info.name)
         await self.batcher.start()
         metrics.MODEL_LOADED.labels(**labels).set(1)
         log.info(

@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from textserve.core.config import GatewayConfig
 from textserve.gateway.backends import Backends
+from textserve.gateway.config import GatewayConfig
 from textserve.gateway.errors import install_error_handlers
 from textserve.gateway.middleware import BodyLimit, HttpMetrics
 from textserve.gateway.protocol import ChatChunkChoice, ChatCompletionChunk, ChatDelta

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from textserve.core.config import GatewayConfig
 from textserve.gateway.calls import CallOptions
+from textserve.gateway.config import GatewayConfig
 from textserve.gateway.errors import GatewayError, Renamer, http_error
 from textserve.transport.channels import open_channel
 from textserve.transport.upstream import record_call

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import grpc
 from starlette.requests import Request
 
-from textserve.core.config import GatewayConfig
+from textserve.gateway.config import GatewayConfig
 from textserve.gateway.errors import from_status, invalid
 from textserve.transport.deadlines import MIN_TIMEOUT_S
 

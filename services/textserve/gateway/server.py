@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from textserve.core.config import GatewayConfig
 from textserve.gateway.app import create_app
+from textserve.gateway.config import GatewayConfig
 from textserve.transport.server import ServiceHost
 
 log = logging.getLogger(__name__)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from textserve.core.config import GatewayConfig
 from textserve.gateway.backends import Backends
 from textserve.gateway.chat import ChatServing
 from textserve.gateway.completions import CompletionServing
+from textserve.gateway.config import GatewayConfig
 from textserve.gateway.embeddings import EmbeddingServing
 
 

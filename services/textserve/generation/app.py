@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from textserve.core.cache import ResponseCache
-from textserve.core.config import GenerationServiceConfig
+from textserve.generation.config import GenerationServiceConfig
 from textserve.generation.oip import GenerationAdapter
 from textserve.generation.service import SERVICE, GenerationService
 from textserve.generation.servicer import GenerationServicer

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from textserve.core.config import GenerationServiceConfig
 from textserve.core.errors import InvalidInput
+from textserve.generation.config import GenerationServiceConfig
 from textserve.generation.sampling import SamplingConfig
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from textserve.core import metrics
 from textserve.core.cache import ResponseCache
-from textserve.core.config import GenerationServiceConfig
 from textserve.core.errors import BackendFailure, DeadlineExceeded, InvalidInput, NotReady
+from textserve.generation.config import GenerationServiceConfig
 from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
 from textserve.generation.params import (
     GenerateParams,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from textserve.core.config import TokenizerServiceConfig
 from textserve.oip.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
+from textserve.tokenizer.config import TokenizerServiceConfig
 from textserve.tokenizer.oip import tokenizer_adapters
 from textserve.tokenizer.service import SERVICE, TokenizerService
 from textserve.tokenizer.servicer import TokenizerServicer

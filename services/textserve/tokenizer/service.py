@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from textserve.core.config import LimitsConfig, ModelConfig, TokenizerServiceConfig
+from textserve.core.config import LimitsConfig, ModelConfig
 from textserve.core.errors import InvalidInput, NotReady
 from textserve.core.validation import check_texts
 from textserve.runtime.model_files import resolve_model
 from textserve.runtime.tokenization import TextTokenizer, kept_positions
+from textserve.tokenizer.config import TokenizerServiceConfig
 
 log = logging.getLogger(__name__)
 

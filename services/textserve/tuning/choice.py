@@ -1,6 +1,7 @@
 """Chooses one batch budget for a mixed queue from a measured curve, by simulating the queue.
 
-A budget is (max_batch_size, max_batch_tokens); the batcher's `form_batch` fills a batch
+A budget is the batcher's own `BatchBudget` (max_batch_size, max_batch_tokens; candidates
+keep the default source, `tune` marks the chosen one); the batcher's `form_batch` fills a batch
 until either would be passed, counting padded tokens (batch size x longest text). So one
 token budget gives every text length its own batch size: about max_batch_tokens / length.
 Which budget is best for a mix of lengths depends on the whole curve, so each candidate
@@ -20,26 +21,18 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from textserve.core.batcher import form_batch
-from textserve.tuning.budget import TuningPoint
+from textserve.core.batcher import BatchBudget, form_batch
+from textserve.tuning.result import TuningPoint
 
 # Spread of simulated text lengths around each mix length (real traffic is never one length).
 _LENGTH_JITTER = 0.15
 
 
 @dataclass(frozen=True)
-class Budget:
-    """Limits one batch is formed under."""
-
-    max_batch_size: int
-    max_batch_tokens: int
-
-
-@dataclass(frozen=True)
 class BudgetEstimate:
     """A budget scored on the curve."""
 
-    budget: Budget
+    budget: BatchBudget
     texts_per_second: float
     """Simulated throughput on the mix."""
     worst_batch_latency_ms: float
@@ -104,7 +97,7 @@ class LatencyModel:
 
 def simulate(
     latency: LatencyModel,
-    budget: Budget,
+    budget: BatchBudget,
     mix: Sequence[int],
     *,
     concurrency: int,
@@ -145,14 +138,14 @@ def simulate(
     return done / elapsed_ms * 1000.0
 
 
-def batch_size_for(budget: Budget, text_tokens: int) -> int:
+def batch_size_for(budget: BatchBudget, text_tokens: int) -> int:
     """Texts of one length a batch holds under the budget (at least one)."""
     return max(1, min(budget.max_batch_size, budget.max_batch_tokens // max(1, text_tokens)))
 
 
 def estimate(
     latency: LatencyModel,
-    budget: Budget,
+    budget: BatchBudget,
     *,
     mix: Sequence[int],
     lengths: Sequence[int],
@@ -183,7 +176,9 @@ def estimate(
     return BudgetEstimate(budget, throughput, worst, within)
 
 
-def candidate_budgets(lengths: Sequence[int], batch_sizes: Sequence[int], max_length: int) -> list[Budget]:
+def candidate_budgets(
+    lengths: Sequence[int], batch_sizes: Sequence[int], max_length: int
+) -> list[BatchBudget]:
     """Every max_batch_size of the grid with every token budget that is some size x some length.
 
     Token budgets past size x max_length, where they no longer bind, are merged into it. A
@@ -192,7 +187,7 @@ def candidate_budgets(lengths: Sequence[int], batch_sizes: Sequence[int], max_le
     """
     token_values = {size * length for size in batch_sizes for length in lengths} | {max_length}
     budgets = {
-        Budget(size, min(tokens, size * max_length)) for size in batch_sizes for tokens in token_values
+        BatchBudget(size, min(tokens, size * max_length)) for size in batch_sizes for tokens in token_values
     }
     return sorted(budgets, key=lambda b: (b.max_batch_size, b.max_batch_tokens))
 
@@ -236,5 +231,5 @@ def choose_budget(
         (item for item in near if item.worst_batch_latency_ms <= quickest * 1.001),
         key=lambda item: (item.texts_per_second, -item.budget.max_batch_tokens, -item.budget.max_batch_size),
     )
-    fixed = [score(Budget(size, size * max_length)) for size in sizes]
+    fixed = [score(BatchBudget(size, size * max_length)) for size in sizes]
     return BudgetChoice(chosen, scored, fixed)

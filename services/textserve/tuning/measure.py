@@ -6,7 +6,7 @@ model's vocabulary. Load on the machine drifts, so the grid is measured in many 
 passes, each in a fresh random order, and each point keeps the median of its passes:
 a burst of load then spreads over every point instead of skewing a few. Batch sizes past
 the first one over the latency ceiling are not measured (they could never be chosen).
-`tune` measures, then lets `budget_choice` pick the budget, and returns a `TunedBudget`.
+`tune` measures, then lets `choice.choose_budget` pick the budget, and returns a `TuningResult`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from textserve.core.config import BatcherConfig, TuningConfig
-from textserve.runtime.tokenization import TextTokenizer
-from textserve.tuning.budget import TunedBudget, TuningPoint, hardware_description, now_iso
+from textserve.core.config import BatcherConfig
 from textserve.tuning.choice import choose_budget
+from textserve.tuning.config import TuningConfig
+from textserve.tuning.result import Provenance, TuningPoint, TuningResult, hardware_description, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,42 @@ _SLICE_SECONDS = 0.01
 _MAX_RUNS_PER_SLICE = 32
 
 
-class _Info(Protocol):
-    name: str
-    revision: str
-    backend: str
-    device: str
-    max_length: int
+class Vocabulary(Protocol):
+    """What synthetic texts need of a tokenizer (runtime's TextTokenizer has it)."""
+
+    @property
+    def hf(self) -> Any:
+        """The Hugging Face tokenizer: called on a text, `vocab_size`, `len()`."""
+        ...
+
+    @property
+    def special_ids(self) -> AbstractSet[int]:
+        """Ids of the special tokens, never drawn as text."""
+        ...
+
+
+class ModelDescription(Protocol):
+    """What the tuner reads of a model's description (runtime's EncoderInfo has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def max_length(self) -> int: ...
 
 
 class TunableModel(Protocol):
     """What the tuner needs of a model: its tokenizer, its description, its batch function."""
 
-    tokenizer: TextTokenizer
-    info: Any
+    @property
+    def tokenizer(self) -> Vocabulary: ...
+    @property
+    def info(self) -> ModelDescription: ...
 
     def run_batch(self, batch: list[list[int]]) -> Sequence[Any]:
         """One forward over id lists padded to the longest."""
@@ -56,7 +80,7 @@ class TunableModel(Protocol):
 class SyntheticTexts:
     """Token id lists of an exact length: the model's special tokens around random vocabulary ids."""
 
-    def __init__(self, tokenizer: TextTokenizer, seed: int = 0) -> None:
+    def __init__(self, tokenizer: Vocabulary, seed: int = 0) -> None:
         hf = tokenizer.hf
         framed = list(hf("", add_special_tokens=True)["input_ids"])
         self._prefix = framed[:1] if framed else []
@@ -191,7 +215,7 @@ def tune(
     *,
     batcher: BatcherConfig | None = None,
     progress: Callable[[str], None] | None = None,
-) -> TunedBudget:
+) -> TuningResult:
     """Measures the curve on this device and chooses (max_batch_size, max_batch_tokens).
 
     The queue is simulated with the grouping policy of `batcher` (default: BatcherConfig()).
@@ -199,7 +223,7 @@ def tune(
     batching = batcher or BatcherConfig()
     started = time.perf_counter()
     info = model.info
-    max_length = int(info.max_length)
+    max_length = info.max_length
     lengths = grid_lengths(config.text_tokens, max_length)
     curve = measure_curve(
         model,
@@ -223,21 +247,22 @@ def tune(
         length_ratio=batching.group_length_ratio or None,
     )
     chosen = choice.chosen
-    return TunedBudget(
-        max_batch_size=chosen.budget.max_batch_size,
-        max_batch_tokens=chosen.budget.max_batch_tokens,
+    return TuningResult(
+        budget=replace(chosen.budget, source="autotune"),
         predicted_texts_per_second=chosen.texts_per_second,
         worst_batch_latency_ms=chosen.worst_batch_latency_ms,
         latency_ceiling_ms=config.latency_ceiling_ms,
         mix_text_tokens=list(mix),
         concurrency=config.concurrency,
-        model=str(info.name),
-        revision=str(info.revision),
-        backend=str(info.backend),
-        device=str(info.device),
-        hardware=hardware_description(str(info.device)),
-        created=now_iso(),
-        measure_seconds=time.perf_counter() - started,
+        provenance=Provenance(
+            model=info.name,
+            revision=info.revision,
+            backend=info.backend,
+            device=info.device,
+            hardware=hardware_description(info.device),
+            created=now_iso(),
+            measure_seconds=time.perf_counter() - started,
+        ),
         curve=curve,
         fixed_sizes=[(e.budget.max_batch_size, e.texts_per_second) for e in choice.fixed_sizes],
     )

@@ -1,11 +1,11 @@
-"""Shows a tuned budget: the measured curve as a text table, and as a PNG plot."""
+"""Shows a tuning result: the measured curve as a text table, and as a PNG plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from textserve.tuning.budget import TunedBudget, TuningPoint
-from textserve.tuning.choice import Budget, batch_size_for
+from textserve.tuning.choice import batch_size_for
+from textserve.tuning.result import TuningPoint, TuningResult
 
 
 def _grid(curve: list[TuningPoint]) -> tuple[list[int], list[int], dict[tuple[int, int], TuningPoint]]:
@@ -14,11 +14,11 @@ def _grid(curve: list[TuningPoint]) -> tuple[list[int], list[int], dict[tuple[in
     return lengths, sizes, {(p.text_tokens, p.batch_size): p for p in curve}
 
 
-def curve_table(tuned: TunedBudget) -> str:
+def curve_table(tuned: TuningResult) -> str:
     """Texts/s (and batch latency) for each text length x batch size, best per length starred,
     the batch size the chosen budget gives each length marked with brackets."""
     lengths, sizes, points = _grid(tuned.curve)
-    budget = Budget(tuned.max_batch_size, tuned.max_batch_tokens)
+    budget = tuned.budget
     width = 17
     lines = [
         "texts/s (batch latency ms) by text length x batch size;  * fastest for the length,  "
@@ -45,13 +45,13 @@ def curve_table(tuned: TunedBudget) -> str:
     return "\n".join(lines)
 
 
-def summary(tuned: TunedBudget) -> str:
+def summary(tuned: TuningResult) -> str:
     """The chosen budget, what it does to each length, and its predicted gain over fixed sizes."""
-    budget = Budget(tuned.max_batch_size, tuned.max_batch_tokens)
+    budget = tuned.budget
     lengths = sorted({p.text_tokens for p in tuned.curve})
     per_length = ", ".join(f"{length} tok -> {batch_size_for(budget, length)}" for length in lengths)
     lines = [
-        f"chosen: max_batch_size={tuned.max_batch_size} max_batch_tokens={tuned.max_batch_tokens} "
+        f"chosen: max_batch_size={budget.max_batch_size} max_batch_tokens={budget.max_batch_tokens} "
         f"(slowest batch {tuned.worst_batch_latency_ms:.1f} ms, ceiling {tuned.latency_ceiling_ms:g} ms)",
         f"texts per batch by length: {per_length}",
         f"predicted on the mix (lengths {', '.join(map(str, tuned.mix_text_tokens))}, equally likely; "
@@ -66,15 +66,16 @@ def summary(tuned: TunedBudget) -> str:
     return "\n".join(lines)
 
 
-def header(tuned: TunedBudget) -> str:
+def header(tuned: TuningResult) -> str:
     """Model, device and how long the measurement took."""
+    measured = tuned.provenance
     return (
-        f"{tuned.model} ({tuned.backend} on {tuned.device}; {tuned.hardware}); "
-        f"measured in {tuned.measure_seconds:.1f} s at {tuned.created}"
+        f"{measured.model} ({measured.backend} on {measured.device}; {measured.hardware}); "
+        f"measured in {measured.measure_seconds:.1f} s at {measured.created}"
     )
 
 
-def plot(tuned: TunedBudget, path: Path) -> None:
+def plot(tuned: TuningResult, path: Path) -> None:
     """Writes a PNG: throughput and batch latency against batch size, one line per text length."""
     import matplotlib
 
@@ -82,7 +83,7 @@ def plot(tuned: TunedBudget, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     lengths, _sizes, _points = _grid(tuned.curve)
-    budget = Budget(tuned.max_batch_size, tuned.max_batch_tokens)
+    budget = tuned.budget
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for length in lengths:
         row = sorted((p for p in tuned.curve if p.text_tokens == length), key=lambda p: p.batch_size)
@@ -102,11 +103,11 @@ def plot(tuned: TunedBudget, path: Path) -> None:
         axis.grid(True, alpha=0.3)
     left.set_yscale("log")
     left.set_ylabel("texts / second")
-    left.set_title(f"throughput ({tuned.model}, {tuned.device}); * = tuned batch")
+    left.set_title(f"throughput ({tuned.provenance.model}, {tuned.provenance.device}); * = tuned batch")
     right.set_yscale("log")
     right.set_ylabel("batch latency (ms)")
     right.set_title(
-        f"tuned: max_batch_size={tuned.max_batch_size}, max_batch_tokens={tuned.max_batch_tokens}"
+        f"tuned: max_batch_size={budget.max_batch_size}, max_batch_tokens={budget.max_batch_tokens}"
     )
     left.legend(fontsize="small")
     right.legend(fontsize="small")
