@@ -45,8 +45,8 @@ def _remote_token_source(config: EmbeddingServiceConfig) -> TokenSource | None:
     """A tokenizer-service client when embedding.tokenizer_address is set (else in-process)."""
     if not config.tokenizer_address:
         return None
+    from textserve.client.tokens import client_token
     from textserve.runtime.remote_tokens import RemoteTokenSource
-    from textserve.transport.channels import client_token
 
     return RemoteTokenSource(
         config.tokenizer_address, config.client, token=client_token(config.server.auth), service="embedding"
@@ -58,8 +58,8 @@ def _classifier_app(settings: Settings, embedding: ServiceApp | None) -> Service
     app's model when it needs embeddings and has no embedding_address."""
     from textserve.classifier.app import ClassifierApp
     from textserve.classifier.vector_source import LocalVectorSource
+    from textserve.client.tokens import client_token
     from textserve.embedding.app import EmbeddingApp
-    from textserve.transport.channels import client_token
 
     classifier = settings.classifier
     source = None

@@ -275,13 +275,14 @@ async def test_unreachable_tokenizer_is_unavailable_at_once() -> None:
     """The embedding service's token source fails with UNAVAILABLE, not after its deadline."""
     from textserve.core.errors import NotReady
     from textserve.runtime.remote_tokens import RemoteTokenSource
+    from textserve.transport.status import status_of
 
     source = RemoteTokenSource(f"127.0.0.1:{free_port()}")
     source.bind("all-MiniLM-L6-v2", 256)
     try:
         with pytest.raises(NotReady) as caught:
             await source.encode(["hello"], deadline=None)
-        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert status_of(caught.value) == grpc.StatusCode.UNAVAILABLE
         assert "tokenizer service at" in caught.value.message
     finally:
         await source.close()

@@ -1,4 +1,4 @@
-"""Deadlines pass from an incoming RPC to the calls it makes (core.interceptors + core.channels).
+"""Deadlines pass from an incoming RPC to the calls it makes (transport.interceptors + client.channels).
 
 Two real gRPC servers on loopback: a "relay" server built with textserve's interceptors whose
 handlers (one per RPC kind) call a "probe" server through `open_channel`; the probe answers
@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from textserve.client.channels import open_channel
 from textserve.core.config import ClientConfig
-from textserve.transport.channels import open_channel
 from textserve.transport.deadlines import current_deadline
 from textserve.transport.interceptors import build_interceptors
 

@@ -11,10 +11,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from textserve.client.channels import open_channel
+from textserve.client.tokens import client_token
 from textserve.core.config import AuthConfig
 from textserve.core.metrics import REGISTRY
 from textserve.transport import interceptors
-from textserve.transport.channels import client_token, open_channel
 from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 

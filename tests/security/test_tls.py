@@ -1,6 +1,6 @@
 """TLS and mutual TLS on a real embedding server, with certificates generated for the test.
 
-Clients are built by core.channels.open_channel from a ClientConfig, exactly as services
+Clients are built by client.channels.open_channel from a ClientConfig, exactly as services
 build their inter-service channels.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from textserve.client.channels import open_channel
 from textserve.core.config import ClientConfig, TlsConfig
-from textserve.transport.channels import open_channel
 from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import grpc
+from textserve.core.errors import InvalidInput, NotReady
 from textserve.gateway import openapi_dump
-from textserve.gateway.errors import STATUS_MAP, from_status
+from textserve.gateway.errors import STATUS_MAP, from_status, http_error
+from textserve.transport.status import error_from_status
 
 
 def test_committed_openapi_is_fresh() -> None:
@@ -46,3 +48,24 @@ def test_field_messages_set_param_and_rename() -> None:
     )
     plain = from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full: 3 texts waiting")
     assert plain.param is None and plain.headers() == {"retry-after": "1"}
+
+
+def test_the_param_comes_from_the_field_of_the_error_not_its_message() -> None:
+    """The BadRequest field of a service's INVALID_ARGUMENT gives `param` (renamed), not a parse."""
+    forwarded = error_from_status(
+        grpc.StatusCode.INVALID_ARGUMENT, "worded otherwise", violation=("texts[3]", "must not be empty")
+    )
+    error = http_error(forwarded, lambda field: field.replace("texts", "input"))
+    assert (error.status, error.param, error.message, error.code) == (
+        400,
+        "input[3]",
+        "input[3]: must not be empty",
+        "invalid_argument",
+    )
+    down = http_error(NotReady("connection refused"), upstream="embedding")
+    assert (down.status, down.message, down.code) == (
+        503,
+        "embedding service unavailable: connection refused",
+        "unavailable",
+    )
+    assert http_error(InvalidInput("", "x-request-timeout: must be a number")).param is None

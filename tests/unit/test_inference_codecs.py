@@ -167,3 +167,12 @@ def test_rename_fields_maps_service_fields_to_protocol_names() -> None:
     assert rename_fields(other, renames) is other
     unrelated = InvalidInput("textsize", "x")
     assert rename_fields(unrelated, renames) is unrelated
+
+
+def test_rename_fields_reads_the_field_and_problem_not_the_message() -> None:
+    """A forwarded InvalidInput keeps the message as sent; the rename uses its field and problem."""
+    forwarded = InvalidInput("texts[1]", "must not be empty", message="worded otherwise by the service")
+    renamed = rename_fields(forwarded, {"texts": "inputs[text_input]"})
+    assert isinstance(renamed, InvalidInput)
+    assert (renamed.field, renamed.problem) == ("inputs[text_input][1]", "must not be empty")
+    assert renamed.message == "inputs[text_input][1]: must not be empty"

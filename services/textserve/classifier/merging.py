@@ -18,10 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import grpc
-
 from textserve.classifier.vector_source import EncoderDescription, Vectors, VectorSource
-from textserve.core.errors import DeadlineExceeded, TextserveError
+from textserve.core.errors import DeadlineExceeded, InvalidInput, TextserveError
 
 EmbedCall = Callable[[Sequence[str], float | None, bool | None, bool], Awaitable[Vectors]]
 
@@ -125,7 +123,7 @@ class CallMerger:
             try:
                 merged = await self._call(texts, deadline, truncate, skip_cache)
             except TextserveError as error:
-                if error.code == grpc.StatusCode.INVALID_ARGUMENT and len(group) > 1:
+                if isinstance(error, InvalidInput) and len(group) > 1:
                     await asyncio.gather(*(self._alone(item) for item in group))
                     return
                 for item in group:

@@ -4,29 +4,29 @@
 batcher and runtime as the embedding service; with task "sequence-classification" its
 vectors are a classification model's logits), or shares the one of the embedding app in
 the same process (`serve all`). `RemoteVectorSource` calls a running
-embedding service (`embedding_address`): each call gets what is left of the request's
-deadline, does not wait for a connection (an unreachable service is UNAVAILABLE at once)
-and reconnects on its own once the service is back.
+embedding service (`embedding_address`) through the upstream-call helper of
+textserve/client/: each call gets what is left of the request's deadline, does not wait for
+a connection (an unreachable service is UNAVAILABLE at once) and reconnects on its own once
+the service is back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
 
+from textserve.client.channels import open_channel
+from textserve.client.upstream import unary_call
 from textserve.core.config import ClientConfig
-from textserve.core.errors import NotReady, from_rpc_error
+from textserve.core.errors import NotReady
 from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.embedding.service import EmbeddingService, EmbedParams
 from textserve.runtime.encoder import Task
-from textserve.transport.channels import open_channel
-from textserve.transport.upstream import call_timeout, record_call
 from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 
@@ -168,6 +168,18 @@ class RemoteVectorSource:
             self._stub = embedding_pb2_grpc.EmbeddingServiceStub(self._channel)
         return self._stub
 
+    async def _call(self, method: str, request: Any, deadline: float | None) -> Any:
+        """One call to the embedding service (errors keep their kind, named after the service)."""
+        return await unary_call(
+            getattr(self._get_stub(), method),
+            request,
+            service=self._service,
+            method=f"EmbeddingService/{method}",
+            deadline=deadline,
+            default_timeout_s=self._client.timeout_s,
+            upstream=self.upstream,
+        )
+
     async def start(self) -> None:
         return None
 
@@ -180,15 +192,7 @@ class RemoteVectorSource:
     async def describe(self, deadline: float | None) -> EncoderDescription:
         if self._description is not None:
             return self._description
-        stub = self._get_stub()
-        timeout = call_timeout(deadline, self._client.timeout_s)
-        started = time.perf_counter()
-        try:
-            info = await stub.Info(embedding_pb2.InfoRequest(), timeout=timeout, wait_for_ready=False)
-        except grpc.aio.AioRpcError as error:
-            record_call(self._service, "EmbeddingService/Info", error.code(), started)
-            raise from_rpc_error(error, self.upstream) from error
-        record_call(self._service, "EmbeddingService/Info", grpc.StatusCode.OK, started)
+        info = await self._call("Info", embedding_pb2.InfoRequest(), deadline)
         model = info.model
         self._description = EncoderDescription(
             model.name, model.revision, model.backend, model.device, model.max_input_tokens, info.dimensions
@@ -198,18 +202,10 @@ class RemoteVectorSource:
     async def embed(
         self, texts: Sequence[str], deadline: float | None, truncate: bool | None, skip_cache: bool
     ) -> Vectors:
-        stub = self._get_stub()
         request = embedding_pb2.EmbedRequest(
             texts=list(texts), normalize=True, truncation=_truncation(truncate), skip_cache=skip_cache
         )
-        timeout = call_timeout(deadline, self._client.timeout_s)
-        started = time.perf_counter()
-        try:
-            response = await stub.Embed(request, timeout=timeout, wait_for_ready=False)
-        except grpc.aio.AioRpcError as error:
-            record_call(self._service, "EmbeddingService/Embed", error.code(), started)
-            raise from_rpc_error(error, self.upstream) from error
-        record_call(self._service, "EmbeddingService/Embed", grpc.StatusCode.OK, started)
+        response = await self._call("Embed", request, deadline)
         if len(response.embeddings) != len(texts):
             raise NotReady(
                 f"{self.upstream} answered {len(response.embeddings)} vectors for {len(texts)} texts"

@@ -2,7 +2,7 @@
 
 `add_client_options(parser)` adds TLS / mutual TLS and bearer-token flags;
 `open_client_channel(args, address)` turns them into a `ClientConfig` and a token and opens
-the channel with `core.channels.open_channel` (the same channel services use between them).
+the channel with `client.channels.open_channel` (the same channel services use between them).
 
 The token comes from --token-file, else from the TEXTSERVE_CLIENT_TOKEN environment variable
 (read by `core.config.cli_client_token`, the only module that reads the environment, and only
@@ -20,8 +20,9 @@ from typing import NoReturn
 import grpc
 from pydantic import SecretStr, ValidationError
 
+from textserve.client.channels import open_channel
+from textserve.client.tokens import read_token_file
 from textserve.core.config import CLIENT_TOKEN_VARIABLE, ClientConfig, TlsConfig, cli_client_token
-from textserve.transport.channels import open_channel
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +81,7 @@ def client_token(args: argparse.Namespace) -> SecretStr | None:
     if args.token_file is None:
         return cli_client_token()
     try:
-        token = args.token_file.read_text().strip()
+        token = read_token_file(args.token_file)
     except OSError as exc:
         _fail(f"--token-file {args.token_file}: {exc.strerror or exc}")
     if not token:

@@ -1,9 +1,11 @@
 """The gateway's long-lived gRPC channels to the services: calls, health and served model names.
 
 One channel per configured service, opened at start-up and shared by every request (gRPC
-multiplexes them over HTTP/2). Each call is counted in textserve_upstream_requests_total
-with its status. A service whose address is empty is not configured: its endpoints answer
-404. Served model names come from the services' Info RPCs and are cached.
+multiplexes them over HTTP/2). Every call goes through the upstream-call helper of
+textserve/client/ (time left of the request's deadline, metadata, error kinds, counted in
+textserve_upstream_requests_total with its status); its errors become GatewayErrors here.
+A service whose address is empty is not configured: its endpoints answer 404. Served model
+names come from the services' Info RPCs and are cached.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any, Literal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from textserve.client import upstream
+from textserve.client.channels import open_channel
+from textserve.client.tokens import resolve_token
+from textserve.core.errors import TextserveError
 from textserve.gateway.calls import CallOptions
 from textserve.gateway.config import GatewayConfig
 from textserve.gateway.errors import GatewayError, Renamer, http_error
-from textserve.transport.channels import open_channel
-from textserve.transport.upstream import record_call
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc, generation_pb2, generation_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,11 @@ _INFO_TIMEOUT_S = 5.0
 """Deadline of the Info calls behind GET /v1/models."""
 
 
+def _label(kind: BackendKind, method: str) -> str:
+    """`method` label of a call's metrics (`EmbeddingService/Embed`)."""
+    return f"{_SERVICE_NAMES[kind].rsplit('.', 1)[-1]}/{method}"
+
+
 @dataclass
 class Backend:
     """One configured service."""
@@ -56,22 +65,14 @@ class Backend:
 
 
 class UpstreamStream:
-    """A server-streaming call: `read()` gives messages until None; counted once when it ends."""
+    """A server-streaming call: `read()` gives messages until None; a failure raises GatewayError."""
 
-    def __init__(self, call: Any, method: str, rename: Renamer | None, upstream: str) -> None:
-        self._call = call
-        self._method = method
+    def __init__(self, stream: upstream.UpstreamStream, rename: Renamer | None, kind: str) -> None:
+        self._stream = stream
         self._rename = rename
-        self._upstream = upstream
-        self._started = time.perf_counter()
-        self._recorded = False
+        self._kind = kind
         self._primed: list[Any] = []
         self._eof = False
-
-    def _record(self, code: grpc.StatusCode) -> None:
-        if not self._recorded:
-            self._recorded = True
-            record_call(SERVICE, self._method, code, self._started)
 
     async def prime(self) -> None:
         """Reads the first message now, so that a rejected request fails before any HTTP byte is sent."""
@@ -88,24 +89,16 @@ class UpstreamStream:
         if self._eof:
             return None
         try:
-            message = await self._call.read()
-        except grpc.aio.AioRpcError as error:
-            self._record(error.code())
-            raise http_error(error, self._rename, self._upstream) from None
-        except asyncio.CancelledError:
-            self.cancel()
-            raise
-        if message is grpc.aio.EOF:  # type: ignore[attr-defined]
-            self._record(grpc.StatusCode.OK)
+            message = await self._stream.read()
+        except TextserveError as error:
+            raise http_error(error, self._rename, self._kind) from None
+        if message is None:
             self._eof = True
-            return None
         return message
 
     def cancel(self) -> None:
         """Cancels the call (the service frees its work at once); no-op once it ended."""
-        if not self._recorded:
-            self._record(grpc.StatusCode.CANCELLED)
-        self._call.cancel()
+        self._stream.cancel()
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         while (message := await self.read()) is not None:
@@ -136,17 +129,11 @@ class Backends:
         }
         for kind in self.configured:
             address = self._addresses[kind]
-            channel = open_channel(address, self.config.client, token=self._client_token())
+            token = resolve_token(self.config.client_token, self.config.client_token_file)
+            channel = open_channel(address, self.config.client, token=token)
             channel.get_state(try_to_connect=True)
             self._backends[kind] = Backend(kind, address, channel, stubs[kind](channel))
             log.info("backend channel opened", extra={"backend": kind, "address": address})
-
-    def _client_token(self) -> str | None:
-        if self.config.client_token is not None:
-            return self.config.client_token.get_secret_value() or None
-        if self.config.client_token_file is not None:
-            return self.config.client_token_file.read_text().strip() or None
-        return None
 
     async def close(self) -> None:
         """Closes every channel (in-flight calls are cancelled)."""
@@ -176,20 +163,17 @@ class Backends:
     ) -> Any:
         """Calls a unary RPC with the request's deadline and metadata; failures raise GatewayError."""
         backend = self.get(kind)
-        label = f"{_SERVICE_NAMES[kind].rsplit('.', 1)[-1]}/{method}"
-        started = time.perf_counter()
         try:
-            response = await getattr(backend.stub, method)(
-                request, timeout=options.timeout(), metadata=options.metadata, wait_for_ready=False
+            return await upstream.unary_call(
+                getattr(backend.stub, method),
+                request,
+                service=SERVICE,
+                method=_label(kind, method),
+                deadline=options.deadline,
+                metadata=options.metadata,
             )
-        except grpc.aio.AioRpcError as error:
-            record_call(SERVICE, label, error.code(), started)
+        except TextserveError as error:
             raise http_error(error, rename, kind) from None
-        except asyncio.CancelledError:
-            record_call(SERVICE, label, grpc.StatusCode.CANCELLED, started)
-            raise
-        record_call(SERVICE, label, grpc.StatusCode.OK, started)
-        return response
 
     def stream(
         self,
@@ -201,11 +185,18 @@ class Backends:
     ) -> UpstreamStream:
         """Starts a server-streaming RPC with the request's deadline and metadata."""
         backend = self.get(kind)
-        label = f"{_SERVICE_NAMES[kind].rsplit('.', 1)[-1]}/{method}"
-        call = getattr(backend.stub, method)(
-            request, timeout=options.timeout(), metadata=options.metadata, wait_for_ready=False
-        )
-        return UpstreamStream(call, label, rename, kind)
+        try:
+            stream = upstream.stream_call(
+                getattr(backend.stub, method),
+                request,
+                service=SERVICE,
+                method=_label(kind, method),
+                deadline=options.deadline,
+                metadata=options.metadata,
+            )
+        except TextserveError as error:
+            raise http_error(error, rename, kind) from None
+        return UpstreamStream(stream, rename, kind)
 
     # --- health ---------------------------------------------------------------------------
     async def _health_of(self, backend: Backend) -> str:

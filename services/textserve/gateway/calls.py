@@ -2,9 +2,10 @@
 
 The deadline is the gateway's `client.timeout_s`, shortened by an `x-request-timeout`
 header (seconds) when the client sends one; every call made for the request gets what is
-left of it, so the services drop work whose client has stopped waiting. The caller's
-`Authorization` header (when `forward_authorization`) and `x-request-id` are passed on as
-gRPC metadata; without a caller token the channel adds the gateway's `client_token`.
+left of it (`time_left`, applied by the upstream-call helper of textserve/client/), so the
+services drop work whose client has stopped waiting. The caller's `Authorization` header
+(when `forward_authorization`) and `x-request-id` are passed on as gRPC metadata; without a
+caller token the channel adds the gateway's `client_token`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import math
 import time
 from dataclasses import dataclass
 
-import grpc
 from starlette.requests import Request
 
+from textserve.core.errors import InvalidInput
 from textserve.gateway.config import GatewayConfig
-from textserve.gateway.errors import from_status, invalid
-from textserve.transport.deadlines import MIN_TIMEOUT_S
+from textserve.gateway.errors import from_kind
 
 TIMEOUT_HEADER = "x-request-timeout"
 """Header a client may send to shorten the deadline (seconds, e.g. `2.5`)."""
@@ -35,14 +35,10 @@ class CallOptions:
     metadata: tuple[tuple[str, str], ...] = ()
     """gRPC metadata passed on (authorization, x-request-id)."""
 
-    def timeout(self) -> float:
-        """Seconds left for the next call; a passed deadline is a 504 before any call."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise from_status(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the service was called"
-            )
-        return max(left, MIN_TIMEOUT_S)
+
+def _bad_header(problem: str) -> InvalidInput:
+    # A header is not a body field: no `param`, the header's name leads the message.
+    return InvalidInput("", f"{TIMEOUT_HEADER}: {problem}")
 
 
 def call_options(request: Request, config: GatewayConfig) -> CallOptions:
@@ -53,9 +49,9 @@ def call_options(request: Request, config: GatewayConfig) -> CallOptions:
         try:
             asked = float(raw)
         except ValueError:
-            raise invalid(TIMEOUT_HEADER, f"must be a number of seconds, got {raw!r}") from None
+            raise from_kind(_bad_header(f"must be a number of seconds, got {raw!r}")) from None
         if not math.isfinite(asked) or asked <= 0:
-            raise invalid(TIMEOUT_HEADER, f"must be a positive number of seconds, got {raw!r}")
+            raise from_kind(_bad_header(f"must be a positive number of seconds, got {raw!r}"))
         timeout = min(timeout, asked)
     metadata: list[tuple[str, str]] = []
     authorization = request.headers.get("authorization")

@@ -1,16 +1,16 @@
 """The one mapping from a failure to an HTTP status and an OpenAI error body.
 
-Every failure the gateway answers with passes through `http_error`: a gRPC status from a
-service (`grpc.aio.AioRpcError`), one of our own `TextserveError`s (which carry a gRPC
-code), or a request the gateway itself rejects. The status code decides the HTTP status
-and the OpenAI error `type`; the service's message (`texts[3]: must not be empty`) gives
-the `param`, renamed to the OpenAI field the client sent (`input[3]`).
+Every failure the gateway answers with passes through `http_error`: an error kind from a
+service call (textserve/client/ turns its gRPC status into one, transport/status.py), one
+raised here, or a request the gateway itself rejects. The kind decides the HTTP status and
+the OpenAI error `type` (`HTTP_STATUS`, the single table); an InvalidInput's field (from the
+service's BadRequest detail, `texts[3]`) gives the `param`, renamed to the OpenAI field the
+client sent (`input[3]`). The body's `code` is the gRPC status name of the kind.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,36 +20,44 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textserve.core.errors import TextserveError
+from textserve.core.errors import (
+    BackendFailure,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PermissionDenied,
+    TextserveError,
+    Unauthenticated,
+)
 from textserve.gateway.protocol import ErrorDetail, ErrorResponse
+from textserve.transport.status import KIND_OF, error_from_status, from_rpc_error, status_of
 
 log = logging.getLogger(__name__)
 
-# gRPC status -> (HTTP status, OpenAI error type). The single table; see docs/gateway.md.
-STATUS_MAP: dict[grpc.StatusCode, tuple[int, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
-    grpc.StatusCode.ALREADY_EXISTS: (409, "conflict_error"),
-    grpc.StatusCode.ABORTED: (409, "conflict_error"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    grpc.StatusCode.UNIMPLEMENTED: (501, "not_implemented_error"),
-    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable_error"),
-    grpc.StatusCode.CANCELLED: (503, "service_unavailable_error"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error"),
-    grpc.StatusCode.INTERNAL: (500, "server_error"),
-    grpc.StatusCode.UNKNOWN: (500, "server_error"),
-    grpc.StatusCode.DATA_LOSS: (500, "server_error"),
+# Error kind -> (HTTP status, OpenAI error type). The single table; see docs/gateway.md.
+HTTP_STATUS: dict[type[TextserveError], tuple[int, str]] = {
+    TextserveError: (500, "server_error"),
+    InvalidInput: (400, "invalid_request_error"),
+    Unauthenticated: (401, "authentication_error"),
+    PermissionDenied: (403, "permission_error"),
+    NotFound: (404, "not_found_error"),
+    Overloaded: (429, "rate_limit_error"),
+    NotReady: (503, "service_unavailable_error"),
+    Cancelled: (503, "service_unavailable_error"),
+    DeadlineExceeded: (504, "timeout_error"),
+    BackendFailure: (500, "server_error"),
 }
+STATUS_MAP: dict[grpc.StatusCode, tuple[int, str]] = {
+    code: HTTP_STATUS[kind] for code, kind in KIND_OF.items()
+}
+"""What each gRPC status a service answers with becomes (through its kind); for docs and tests."""
 _HTTP_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error"}
 _HTTP_TYPES.update({413: "invalid_request_error", 415: "invalid_request_error"})
 RETRY_AFTER_S = 1
 """Retry-After sent with 429 and 503 (the OpenAI clients honour it)."""
-
-_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
 
 Renamer = Callable[[str], str]
 """Turns a service field name (`texts[3]`) into the client's OpenAI field name (`input[3]`)."""
@@ -79,34 +87,48 @@ class GatewayError(Exception):
         return {"retry-after": str(RETRY_AFTER_S)} if self.status in (429, 503) else {}
 
 
-def from_status(code: grpc.StatusCode, message: str, rename: Renamer | None = None) -> GatewayError:
-    """The error for a gRPC status and its message; `field: problem` messages set `param`."""
-    status, type_ = STATUS_MAP.get(code, (500, "server_error"))
+def _http_status(error: TextserveError) -> tuple[int, str]:
+    for kind in type(error).__mro__:
+        if kind in HTTP_STATUS:
+            return HTTP_STATUS[kind]  # type: ignore[index]
+    return 500, "server_error"  # pragma: no cover - TextserveError is in the table
+
+
+def from_kind(error: TextserveError, rename: Renamer | None = None, upstream: str = "") -> GatewayError:
+    """The error for one of our error kinds; an InvalidInput naming its field sets `param`.
+
+    `upstream` names the service a NotReady came from (`embedding service unavailable: ...`).
+    """
+    status, type_ = _http_status(error)
+    code = status_of(error).name.lower()
+    message = error.message
     param = None
-    match = _FIELD.match(message or "")
-    if match and status == 400:
-        param = rename(match.group(1)) if rename else match.group(1)
-        message = f"{param}: {match.group(2)}"
-    return GatewayError(status, message or code.name.lower(), type_, param, code.name.lower())
+    if isinstance(error, InvalidInput) and error.field:
+        param = rename(error.field) if rename else error.field
+        message = f"{param}: {error.problem}"
+    elif isinstance(error, NotReady) and upstream:
+        message = f"{upstream} service unavailable: {message}"
+    return GatewayError(status, message or code, type_, param, code)
+
+
+def from_status(code: grpc.StatusCode, message: str, rename: Renamer | None = None) -> GatewayError:
+    """The error for a gRPC status and its message (`field: problem` sets `param`)."""
+    return from_kind(error_from_status(code, message), rename)
 
 
 def invalid(param: str, problem: str) -> GatewayError:
     """400 for a request the gateway rejects itself, naming the field."""
-    return from_status(grpc.StatusCode.INVALID_ARGUMENT, f"{param}: {problem}")
+    return from_kind(InvalidInput(param, problem))
 
 
 def http_error(error: BaseException, rename: Renamer | None = None, upstream: str = "") -> GatewayError:
     """Any failure -> GatewayError (the single mapping point). Unexpected errors become 500."""
     if isinstance(error, GatewayError):
         return error
-    if isinstance(error, grpc.aio.AioRpcError):
-        code = error.code()
-        details = error.details() or ""
-        if code == grpc.StatusCode.UNAVAILABLE and upstream:
-            details = f"{upstream} service unavailable: {details}"
-        return from_status(code, details, rename)
     if isinstance(error, TextserveError):
-        return from_status(error.code, error.message, rename)
+        return from_kind(error, rename, upstream)
+    if isinstance(error, grpc.aio.AioRpcError):  # a stub called directly, not through textserve/client/
+        return from_kind(from_rpc_error(error), rename, upstream)
     log.error("unexpected gateway error", exc_info=error)
     return GatewayError(500, f"internal error: {type(error).__name__}", "server_error", code="internal")
 

@@ -119,6 +119,5 @@ def rename_fields(error: TextserveError, renames: Mapping[str, str]) -> Textserv
         return error
     for old, new in renames.items():
         if error.field == old or error.field.startswith((f"{old}[", f"{old}.")):
-            problem = error.message[len(error.field) + 2 :]
-            return InvalidInput(new + error.field[len(old) :], problem)
+            return InvalidInput(new + error.field[len(old) :], error.problem)
     return error

@@ -24,13 +24,14 @@ from typing import Any
 import grpc
 
 import textserve
-from textserve.core.errors import TextserveError
+from textserve.core.errors import NotReady, TextserveError
 from textserve.oip import grpc_predict_v2_pb2 as pb
 from textserve.oip import parameters, tensors
 from textserve.oip.model import InferInputs, InferOutcome, ModelAdapter, ModelCard, TensorSpec
 from textserve.oip.registry import ModelRegistry
 from textserve.transport.registration import MalformedRequest, add_servicer, check_request
 from textserve.transport.rpc import request_deadline, stream_rpc, unary_rpc
+from textserve.transport.status import status_of
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class InferenceServicer:
         try:
             await self.registry.find(request.name, request.version, request_deadline(context), field="name")
         except TextserveError as error:
-            if error.code == grpc.StatusCode.UNAVAILABLE:  # still loading: not ready (yet)
+            if isinstance(error, NotReady):  # still loading: not ready (yet)
                 return pb.ModelReadyResponse(ready=False)
             raise
         return pb.ModelReadyResponse(ready=True)
@@ -174,7 +175,7 @@ class InferenceServicer:
         if isinstance(request, MalformedRequest):
             error = request.error()
         if isinstance(error, TextserveError):
-            message = f"{error.code.name}: {error.message}"
+            message = f"{status_of(error).name}: {error.message}"
         else:
             log.error("unexpected error in ModelStreamInfer", exc_info=error)
             message = f"INTERNAL: internal error in ModelStreamInfer: {type(error).__name__}"

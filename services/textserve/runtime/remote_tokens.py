@@ -3,23 +3,22 @@
 Gives the same ids as LocalTokenSource: the tokenizer service cuts overlong texts with the
 same rule (keep the final special token) at the length this source asks for, and reports
 each text's untruncated length. The model service binds the source to its model name and
-length cut once its model is loaded (`bind`). Calls never outlive the request's deadline,
-never wait for a connection, and keep the tokenizer's status code (unreachable ->
-UNAVAILABLE at once).
+length cut once its model is loaded (`bind`). Calls go through the upstream-call helper of
+textserve/client/: they never outlive the request's deadline, never wait for a connection,
+and keep the tokenizer's error kind (unreachable -> UNAVAILABLE at once).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import grpc
 
+from textserve.client.channels import open_channel
+from textserve.client.upstream import unary_call
 from textserve.core.config import ClientConfig
-from textserve.core.errors import NotReady, from_rpc_error
+from textserve.core.errors import InvalidInput, NotReady
 from textserve.runtime.tokenization import Encoded
-from textserve.transport.channels import open_channel
-from textserve.transport.upstream import call_timeout, record_call
 from textserve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 
@@ -68,22 +67,23 @@ class RemoteTokenSource:
         request = tokenizer_pb2.TokenizeRequest(
             model=self.model, texts=list(texts), add_special_tokens=True, max_tokens=self.max_length
         )
-        stub = self._get_stub()
-        timeout = call_timeout(deadline, self._client.timeout_s)
-        started = time.perf_counter()
         try:
-            response = await stub.Tokenize(request, timeout=timeout, wait_for_ready=False)
-        except grpc.aio.AioRpcError as error:
-            record_call(self._service, "TokenizerService/Tokenize", error.code(), started)
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT and (error.details() or "").startswith(
-                "model:"
-            ):
+            response = await unary_call(
+                self._get_stub().Tokenize,
+                request,
+                service=self._service,
+                method="TokenizerService/Tokenize",
+                deadline=deadline,
+                default_timeout_s=self._client.timeout_s,
+                upstream=self.upstream,
+            )
+        except InvalidInput as error:
+            if error.field == "model":
                 # Our configuration, not the caller's request, is wrong: the tokenizer lacks the model.
                 raise NotReady(
-                    f"{self.upstream} does not serve model {self.model!r}: {error.details()}"
+                    f"{self.upstream} does not serve model {self.model!r}: {error.message}"
                 ) from error
-            raise from_rpc_error(error, self.upstream) from error
-        record_call(self._service, "TokenizerService/Tokenize", grpc.StatusCode.OK, started)
+            raise
         if len(response.encodings) != len(texts):
             raise NotReady(
                 f"{self.upstream} answered {len(response.encodings)} encodings for {len(texts)} texts"

@@ -1,6 +1,6 @@
 """Server interceptors every textserve server gets: the RPC deadline context, and bearer-token auth.
 
-`DeadlineInterceptor` records each RPC's deadline (core/deadlines.py) so calls this server
+`DeadlineInterceptor` records each RPC's deadline (transport/deadlines.py) so calls this server
 makes to other services inherit it. `BearerTokenInterceptor` requires
 `authorization: Bearer <token>` on every RPC kind (unary and streaming) except health
 checks and reflection, which Kubernetes probes and tooling call without credentials: no
@@ -25,7 +25,9 @@ import grpc
 
 from textserve.core import metrics
 from textserve.core.config import ServerConfig
+from textserve.core.errors import PermissionDenied, TextserveError, Unauthenticated
 from textserve.transport.deadlines import set_current_deadline
+from textserve.transport.status import abort, status_of
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +76,30 @@ def _behaviour_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any] | None:
     return handler.unary_unary  # type: ignore[no-any-return]
 
 
-def deny_handler(
-    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
-) -> grpc.RpcMethodHandler:
-    """A handler of the same RPC kind as `handler` that only aborts with `code`.
+def deny_handler(handler: grpc.RpcMethodHandler, error: TextserveError) -> grpc.RpcMethodHandler:
+    """A handler of the same RPC kind as `handler` that only aborts with `error`'s status.
 
     The request is not decoded (raw bytes), so a rejected client costs no parsing.
     """
 
-    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
+    async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await abort(context, error)
 
     kwargs: dict[str, Any] = {
         "request_deserializer": None,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(reject, **kwargs)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
+        return grpc.stream_unary_rpc_method_handler(reject, **kwargs)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(reject, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(reject, **kwargs)
 
 
 class DeadlineInterceptor(grpc.aio.ServerInterceptor):
-    """Records each RPC's absolute deadline for the calls it makes (core/deadlines.py)."""
+    """Records each RPC's absolute deadline for the calls it makes (transport/deadlines.py)."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -216,21 +216,21 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return self._deny(
                 handler,
                 method,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing bearer token (metadata authorization: Bearer <token>)",
+                Unauthenticated("missing bearer token (metadata authorization: Bearer <token>)"),
             )
         if not self._tokens.accepts(token):
-            return self._deny(handler, method, grpc.StatusCode.PERMISSION_DENIED, "bearer token not accepted")
+            return self._deny(handler, method, PermissionDenied("bearer token not accepted"))
         return handler
 
     def _deny(
-        self, handler: grpc.RpcMethodHandler, method: str, code: grpc.StatusCode, message: str
+        self, handler: grpc.RpcMethodHandler, method: str, error: TextserveError
     ) -> grpc.RpcMethodHandler:
+        code = status_of(error)
         metrics.AUTH_FAILURES.labels(service=self._service, code=code.name).inc()
         log.debug(
             "rpc rejected by auth", extra={"service": self._service, "method": method, "code": code.name}
         )
-        return deny_handler(handler, code, message)
+        return deny_handler(handler, error)
 
 
 def build_interceptors(service: str, config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:

@@ -1,7 +1,8 @@
 """The servicer boundary: one decorator per RPC kind that maps errors and records metrics.
 
 `unary_rpc` / `stream_rpc` wrap servicer methods. They turn TextserveError into its
-status code (the single mapping point), anything unexpected into INTERNAL, and record
+status (the table of transport/status.py, with the BadRequest detail of an InvalidInput),
+anything unexpected into INTERNAL (logged, not sent), and record
 textserve_requests_total / textserve_request_duration_seconds by service, method, code.
 `request_deadline` turns the call's deadline into an absolute monotonic time.
 """
@@ -20,6 +21,7 @@ import grpc
 from textserve.core import metrics
 from textserve.core.errors import TextserveError
 from textserve.transport.registration import check_request
+from textserve.transport.status import abort, status_of
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +56,10 @@ async def _abort(
     context: grpc.aio.ServicerContext, error: BaseException, service: str, method: str
 ) -> grpc.StatusCode:
     if isinstance(error, TextserveError):
-        await context.abort(error.code, error.message)
+        await abort(context, error)
     log.exception("unexpected error", extra={"service": service, "method": method}, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}")
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _status_of(error: BaseException) -> grpc.StatusCode:
-    if isinstance(error, TextserveError):
-        return error.code
-    if isinstance(error, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.INTERNAL
 
 
 def unary_rpc(
@@ -93,7 +87,7 @@ def unary_rpc(
                 _record(service, method, code or grpc.StatusCode.UNKNOWN, started)
                 raise
             except BaseException as error:
-                _record(service, method, _status_of(error), started)
+                _record(service, method, status_of(error), started)
                 if isinstance(error, asyncio.CancelledError):
                     raise
                 await _abort(context, error, service, method)
@@ -134,7 +128,7 @@ def stream_rpc(
                 _record(service, method, code or grpc.StatusCode.UNKNOWN, started)
                 raise
             except BaseException as error:
-                _record(service, method, _status_of(error), started)
+                _record(service, method, status_of(error), started)
                 if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
                     raise
                 await _abort(context, error, service, method)

@@ -1,24 +1,27 @@
-"""gRPC channels to other textserve services: TLS / mutual TLS, bearer token, inherited deadline.
+"""gRPC channels to textserve services: TLS / mutual TLS, bearer token, inherited deadline.
 
 `open_channel(address, client_config, token=...)` returns an asyncio channel whose every
 call (unary or streaming)
-- carries `authorization: Bearer <token>` when a token is given (see `client_token`),
+- carries `authorization: Bearer <token>` when a token is given (see client/tokens.py),
 - gets a deadline: the call's own timeout, else `client.timeout_s`, capped by what the RPC
-  being served has left (core/deadlines.py), so deadlines hold end to end across services,
+  being served has left (`time_left` of transport/deadlines.py), so deadlines hold end to
+  end across services,
 - fails fast with UNAVAILABLE while the other service is down (no wait-for-ready, no
   retries) and reconnects with a short backoff once it is back.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 from pydantic import SecretStr
 
-from textserve.core.config import AuthConfig, ClientConfig, TlsConfig
-from textserve.transport.deadlines import outgoing_timeout
+from textserve.core.config import ClientConfig, TlsConfig
+from textserve.core.errors import DeadlineExceeded
+from textserve.transport.deadlines import MIN_TIMEOUT_S, time_left
 
 
 def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, Any]]:
@@ -44,15 +47,6 @@ def client_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
 
 
-def client_token(auth: AuthConfig) -> str | None:
-    """The token a service sends to other services: auth.client_token, else auth.client_token_file."""
-    if auth.client_token is not None:
-        return auth.client_token.get_secret_value() or None
-    if auth.client_token_file is not None:
-        return auth.client_token_file.read_text().strip() or None
-    return None
-
-
 class _CallPolicy:
     """Adds the bearer token and the inherited deadline to the details of one outgoing call."""
 
@@ -60,13 +54,20 @@ class _CallPolicy:
         self._auth: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._default_timeout = default_timeout_s
 
+    def _timeout(self, explicit: float | None) -> float | None:
+        deadline = None if explicit is None else time.monotonic() + explicit
+        try:
+            return time_left(deadline, self._default_timeout)
+        except DeadlineExceeded:  # the caller's deadline passed: the call fails at once
+            return MIN_TIMEOUT_S
+
     def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = details.metadata
         if self._auth and not any(key == "authorization" for key, _ in metadata or ()):
             metadata = grpc.aio.Metadata(*(metadata or ()), *self._auth)
         return grpc.aio.ClientCallDetails(
             method=details.method,
-            timeout=outgoing_timeout(details.timeout, self._default_timeout),
+            timeout=self._timeout(details.timeout),
             metadata=metadata,
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
@@ -134,7 +135,7 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """An asyncio channel to `address` (host:port) with TLS, token and deadlines from config.
 
-    `token` is sent as a bearer token (pass `client_token(server_config.auth)`). With
+    `token` is sent as a bearer token (`client_token(server_config.auth)` of client/tokens.py). With
     `default_timeout`, calls without a timeout get `config.timeout_s`; set it False for
     long-lived streams. The inherited deadline of the RPC being served always applies.
     """
