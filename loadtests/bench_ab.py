@@ -1,0 +1,114 @@
+"""A/B of two checkouts of textserve on the same machine: the embedding and classifier services.
+
+Refactors and performance work need "no loss beyond noise", and these machines drift by up to
+2x within an hour, so one baseline at the start proves nothing. This benchmark serves the same
+texts from checkout A and checkout B (each `textserve serve embedding classifier` run with
+`PYTHONPATH=<checkout>/services`) in alternating rounds, A B A B ..., and reports per round the
+throughput of each, then the median over rounds and the median of the per-round ratios B/A.
+
+    python -m loadtests.bench_ab --a /path/to/main --b /path/to/branch [--rounds 4] [--seconds 4]
+
+Calls: one short text (~12 tokens) per Embed / Classify call, cache skipped, at each
+concurrency of --concurrency (default 1 and 32), over 4 channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from loadtests.common import Bind, Sender, bench_parser, closed_loop
+from loadtests.serve import ServerProcess, free_port
+from loadtests.texts import make_texts
+
+SETTINGS = {"TEXTSERVE_CACHE__BACKEND": "memory"}
+
+
+@dataclass
+class Cell:
+    """Throughputs (calls/s) of one workload, one per round, for each checkout."""
+
+    a: list[float] = field(default_factory=list)
+    b: list[float] = field(default_factory=list)
+
+    def ratio_median(self) -> float:
+        return statistics.median(b / a for a, b in zip(self.a, self.b, strict=False) if a > 0)
+
+
+def embed_call(texts: list[str]) -> Bind:
+    """One text per Embed request, cache skipped."""
+    from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+    requests = [embedding_pb2.EmbedRequest(texts=[t], skip_cache=True) for t in texts]
+
+    def bind(channel: grpc.aio.Channel) -> Sender:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        return lambda i: stub.Embed(requests[i % len(requests)], timeout=30)
+
+    return bind
+
+
+def classify_call(texts: list[str]) -> Bind:
+    """One text per Classify request, cache skipped."""
+    from textserve.v1 import classifier_pb2, classifier_pb2_grpc
+
+    requests = [classifier_pb2.ClassifyRequest(texts=[t], skip_cache=True) for t in texts]
+
+    def bind(channel: grpc.aio.Channel) -> Sender:
+        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        return lambda i: stub.Classify(requests[i % len(requests)], timeout=30)
+
+    return bind
+
+
+async def one_round(checkout: Path, concurrencies: list[int], seconds: float) -> dict[str, float]:
+    """Throughput of every workload against one checkout's server."""
+    texts = make_texts(512, 10)
+    env = SETTINGS | {"PYTHONPATH": str(checkout / "services")}
+    ports = {"embedding": free_port(), "classifier": free_port()}
+    results: dict[str, float] = {}
+    async with ServerProcess(["embedding", "classifier"], env, ports=ports, metrics=False) as server:
+        for service, bind in (("embedding", embed_call(texts)), ("classifier", classify_call(texts))):
+            for concurrency in concurrencies:
+                run = await closed_loop(
+                    server.address(service), bind, concurrency, seconds, warmup_s=1.0, channels=4
+                )
+                results[f"{service} c={concurrency}"] = run.stats().throughput
+    return results
+
+
+async def main_async(a: Path, b: Path, rounds: int, seconds: float, concurrencies: list[int]) -> None:
+    cells: dict[str, Cell] = {}
+    for number in range(rounds):
+        for label, checkout in (("A", a), ("B", b)) if number % 2 == 0 else (("B", b), ("A", a)):
+            measured = await one_round(checkout, concurrencies, seconds)
+            for key, value in measured.items():
+                getattr(cells.setdefault(key, Cell()), label.lower()).append(value)
+            print(f"round {number + 1} {label}: " + ", ".join(f"{k} {v:.0f}/s" for k, v in measured.items()))
+    print(f"\nA = {a}\nB = {b}\n")
+    print("| workload | A median calls/s | B median calls/s | median of per-round B/A | rounds |")
+    print("|---|---:|---:|---:|---:|")
+    for key, cell in cells.items():
+        print(
+            f"| {key} | {statistics.median(cell.a):.0f} | {statistics.median(cell.b):.0f} "
+            f"| {cell.ratio_median():.3f} | {len(cell.a)} |"
+        )
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--a", type=Path, required=True, help="baseline checkout (its services/ is served)")
+    parser.add_argument("--b", type=Path, required=True, help="candidate checkout")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds; each runs A and B once, order alternating")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measurement time per workload")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], help="concurrent callers")
+    args = parser.parse_args()
+    asyncio.run(main_async(args.a.resolve(), args.b.resolve(), args.rounds, args.seconds, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
