@@ -33,7 +33,8 @@ class CausalLMInfo:
     backend: str
     device: str
     max_context_tokens: int
-    """Prompt plus generated tokens the model takes (its position limit, or model.max_length)."""
+    """Prompt plus generated tokens the model takes (its position limit, or model.max_length);
+    the generation service serves a copy capped by its KV budget."""
     vocab_size: int
     eos_token_ids: frozenset[int]
     has_chat_template: bool
