@@ -103,7 +103,7 @@ def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--a", type=Path, required=True, help="baseline checkout (its services/ is served)")
     parser.add_argument("--b", type=Path, required=True, help="candidate checkout")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds; each runs A and B once, order alternating")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of A and B, order alternating")
     parser.add_argument("--seconds", type=float, default=4.0, help="measurement time per workload")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], help="concurrent callers")
     args = parser.parse_args()

@@ -143,3 +143,18 @@ def test_fields_are_lower_snake_case(descriptor_set: descriptor_pb2.FileDescript
         for message in file.message_type:
             for field in message.field:
                 assert re.fullmatch(r"[a-z][a-z0-9_]*", field.name), f"{message.name}.{field.name}"
+
+
+def test_moved_shared_messages_keep_their_names_and_old_module() -> None:
+    """ChatMessage and TokenIds moved from tokenizer.proto to common.proto: the wire (full name,
+    field numbers) is unchanged, and tokenizer_pb2 still exports them (`import public`)."""
+    from textserve.v1 import common_pb2, tokenizer_pb2
+
+    assert tokenizer_pb2.ChatMessage is common_pb2.ChatMessage
+    assert tokenizer_pb2.TokenIds is common_pb2.TokenIds
+    chat = common_pb2.ChatMessage.DESCRIPTOR
+    assert chat.full_name == "textserve.v1.ChatMessage"
+    assert [(f.name, f.number) for f in chat.fields] == [("role", 1), ("content", 2)]
+    ids = common_pb2.TokenIds.DESCRIPTOR
+    assert ids.full_name == "textserve.v1.TokenIds"
+    assert [(f.name, f.number) for f in ids.fields] == [("ids", 1)]

@@ -19,6 +19,7 @@ from textserve.core.cache import ResponseCache, make_key
 from textserve.core.coalesce import Coalescer, Publish
 from textserve.core.errors import InvalidInput, NotReady
 from textserve.core.validation import check_texts, check_token_ids
+from textserve.core.vectors import unit_rows as normalize_rows
 from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
@@ -60,12 +61,6 @@ class EmbedResult:
 
 _Vector = tuple[np.ndarray, bool]
 """One input's vector and whether it came from the response cache."""
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 class EmbeddingService:

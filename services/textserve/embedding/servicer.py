@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -13,6 +12,7 @@ from textserve.embedding import convert
 from textserve.embedding.service import SERVICE, EmbeddingService
 from textserve.transport.registration import check_request
 from textserve.transport.rpc import request_deadline, stream_rpc, unary_rpc
+from textserve.transport.streams import pump
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 # Requests of one EmbedStream call processed at once; responses still go out in order.
@@ -50,57 +50,27 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         request_id; answers to the messages before it have already been sent.
         """
         deadline = request_deadline(context)
-        window: asyncio.Queue[asyncio.Task[embedding_pb2.EmbedStreamResponse] | None] = asyncio.Queue(
-            STREAM_WINDOW
-        )
+
+        def check(position: int, item: embedding_pb2.EmbedStreamRequest) -> None:
+            if not isinstance(item, embedding_pb2.EmbedStreamRequest):
+                check_request(item)
+                raise InvalidInput(f"stream[{position}]", "not an EmbedStreamRequest")
 
         async def one(
             position: int, item: embedding_pb2.EmbedStreamRequest
-        ) -> embedding_pb2.EmbedStreamResponse:
+        ) -> AsyncIterator[embedding_pb2.EmbedStreamResponse]:
             try:
                 params = convert.embed_params(item.request, field_prefix=f"stream[{position}].request.")
                 result = await self.service.embed(params, deadline)
             except TextserveError as error:
                 error.message = f"stream[{position}] (request_id={item.request_id!r}): {error.message}"
                 raise
-            return embedding_pb2.EmbedStreamResponse(
+            yield embedding_pb2.EmbedStreamResponse(
                 request_id=item.request_id, response=convert.embed_response(result, self.service)
             )
 
-        async def reader() -> None:
-            position = 0
-            async for item in request_iterator:
-                if not isinstance(item, embedding_pb2.EmbedStreamRequest):
-                    check_request(item)
-                    raise InvalidInput(f"stream[{position}]", "not an EmbedStreamRequest")
-                await window.put(asyncio.create_task(one(position, item)))
-                position += 1
-            await window.put(None)
-
-        read_task = asyncio.create_task(reader())
-        pending: list[asyncio.Task[embedding_pb2.EmbedStreamResponse]] = []
-        try:
-            while True:
-                get = asyncio.create_task(window.get())
-                done, _ = await asyncio.wait({get, read_task}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    read_task.result()  # re-raises a reader failure (bad message)
-                    item = await window.get()
-                else:
-                    item = get.result()
-                if item is None:
-                    break
-                pending.append(item)
-                yield await item
-                pending.remove(item)
-        finally:
-            read_task.cancel()
-            for task in pending:
-                task.cancel()
-            while not window.empty():
-                leftover = window.get_nowait()
-                if leftover is not None:
-                    leftover.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await read_task
+        async with contextlib.aclosing(
+            pump(request_iterator, one, window=STREAM_WINDOW, check=check)
+        ) as responses:
+            async for response in responses:
+                yield response

@@ -28,7 +28,7 @@ from textserve.gateway.protocol import (
 )
 from textserve.gateway.sampling import check_supported, finish_reason, rename_field, sampling_params, usage_of
 from textserve.gateway.streaming import DONE, EventStream, error_event, merge_streams, sse_data
-from textserve.v1 import generation_pb2, tokenizer_pb2
+from textserve.v1 import common_pb2, generation_pb2
 
 _ROLE_ALIASES = {"developer": "system"}
 
@@ -56,7 +56,7 @@ def chat_input(request: ChatCompletionRequest) -> generation_pb2.ChatInput:
     chat = generation_pb2.ChatInput()
     for index, message in enumerate(request.messages):
         role = _ROLE_ALIASES.get(message.role, message.role)
-        chat.messages.append(tokenizer_pb2.ChatMessage(role=role, content=message_text(message, index)))
+        chat.messages.append(common_pb2.ChatMessage(role=role, content=message_text(message, index)))
     return chat
 
 

@@ -19,7 +19,7 @@ from textserve.gateway.backends import Backends
 from textserve.gateway.calls import CallOptions
 from textserve.gateway.errors import Renamer, invalid
 from textserve.gateway.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from textserve.v1 import embedding_pb2, tokenizer_pb2
+from textserve.v1 import common_pb2, embedding_pb2
 
 _TOKEN_FIELD = re.compile(r"^token_inputs(\[\d+\])?(?:\.ids(\[\d+\]))?")
 _TEXT_FIELD = re.compile(r"^texts")
@@ -42,10 +42,10 @@ def embed_request(request: EmbeddingRequest) -> embedding_pb2.EmbedRequest:
     if isinstance(data, str):
         message.texts.append(data)
     elif data and all(isinstance(item, int) for item in data):
-        message.token_inputs.append(tokenizer_pb2.TokenIds(ids=_ids(data, "input")))  # type: ignore[arg-type]
+        message.token_inputs.append(common_pb2.TokenIds(ids=_ids(data, "input")))  # type: ignore[arg-type]
     elif data and all(isinstance(item, list) for item in data):
         for index, ids in enumerate(data):
-            message.token_inputs.append(tokenizer_pb2.TokenIds(ids=_ids(ids, f"input[{index}]")))  # type: ignore[arg-type]
+            message.token_inputs.append(common_pb2.TokenIds(ids=_ids(ids, f"input[{index}]")))  # type: ignore[arg-type]
     else:
         message.texts.extend(data)  # type: ignore[arg-type]
     return message

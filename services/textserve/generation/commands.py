@@ -8,7 +8,7 @@ import sys
 import grpc
 
 from textserve.commands.client_options import add_client_options, open_client_channel
-from textserve.v1 import generation_pb2, generation_pb2_grpc, tokenizer_pb2
+from textserve.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -49,8 +49,8 @@ def build_request(args: argparse.Namespace) -> generation_pb2.GenerateRequest:
         params.seed = args.seed
     request = generation_pb2.GenerateRequest(params=params)
     if args.chat:
-        messages = [tokenizer_pb2.ChatMessage(role="system", content=args.system)] if args.system else []
-        messages.append(tokenizer_pb2.ChatMessage(role="user", content=args.prompt))
+        messages = [common_pb2.ChatMessage(role="system", content=args.system)] if args.system else []
+        messages.append(common_pb2.ChatMessage(role="user", content=args.prompt))
         request.chat.messages.extend(messages)
     else:
         request.prompt = args.prompt

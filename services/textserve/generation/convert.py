@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from textserve.api import common
+from textserve.generation.config import GenerationServiceConfig
 from textserve.generation.params import GenerateParams
 from textserve.generation.scheduler import FinishStatus
-from textserve.generation.service import GenerateResult, GenerationChunk, GenerationInfo
+from textserve.generation.service import GenerateResult, GenerationChunk
+from textserve.runtime.causal_lm import CausalLMInfo
 from textserve.v1 import common_pb2, generation_pb2
 
 _FINISH_REASONS = {
@@ -47,13 +49,12 @@ def finish_reason(status: FinishStatus | None) -> generation_pb2.FinishReason:
     return _FINISH_REASONS[status]
 
 
-def model_info(info: GenerationInfo) -> common_pb2.ModelInfo:
+def model_info(info: CausalLMInfo) -> common_pb2.ModelInfo:
     """ModelInfo of the served model (max_input_tokens is the context length)."""
-    model = info.model
-    return common.model_info(model.name, model.revision, model.backend, model.device, info.max_context_tokens)
+    return common.model_info(info.name, info.revision, info.backend, info.device, info.max_context_tokens)
 
 
-def generate_response(result: GenerateResult, info: GenerationInfo) -> generation_pb2.GenerateResponse:
+def generate_response(result: GenerateResult, info: CausalLMInfo) -> generation_pb2.GenerateResponse:
     """GenerateResult -> GenerateResponse."""
     return generation_pb2.GenerateResponse(
         text=result.text,
@@ -69,7 +70,7 @@ def generate_response(result: GenerateResult, info: GenerationInfo) -> generatio
     )
 
 
-def stream_response(chunk: GenerationChunk, info: GenerationInfo) -> generation_pb2.GenerateStreamResponse:
+def stream_response(chunk: GenerationChunk, info: CausalLMInfo) -> generation_pb2.GenerateStreamResponse:
     """GenerationChunk -> GenerateStreamResponse (usage and model only on the last one)."""
     response = generation_pb2.GenerateStreamResponse(
         text_delta=chunk.text, token_ids=chunk.token_ids, finish_reason=finish_reason(chunk.finish)
@@ -82,13 +83,15 @@ def stream_response(chunk: GenerationChunk, info: GenerationInfo) -> generation_
     return response
 
 
-def info_response(info: GenerationInfo) -> generation_pb2.GenerationInfoResponse:
-    """GenerationInfoResponse for the loaded model."""
+def info_response(
+    info: CausalLMInfo, config: GenerationServiceConfig
+) -> generation_pb2.GenerationInfoResponse:
+    """GenerationInfoResponse for the served model and the configured limits."""
     return generation_pb2.GenerationInfoResponse(
         model=model_info(info),
         max_context_tokens=info.max_context_tokens,
-        max_new_tokens_limit=info.max_new_tokens_limit,
-        max_running_sequences=info.max_running_sequences,
-        kv_budget_tokens=info.kv_budget_tokens,
-        has_chat_template=info.model.has_chat_template,
+        max_new_tokens_limit=config.max_new_tokens_limit,
+        max_running_sequences=config.max_running_sequences,
+        kv_budget_tokens=config.kv_budget_tokens,
+        has_chat_template=info.has_chat_template,
     )

@@ -8,8 +8,8 @@ Each step:
 4. one token is chosen per row (`sampling`), turned into a text delta (`detokenize`), and
    checked against the request's stop sequences;
 5. `Scheduler.update` / `finish` end sequences (EOS, length, stop) and free their KV at once;
-6. the step's events are handed to `on_events` in one call (the service moves them onto
-   its event loop), and the generation metrics are updated.
+6. the step's events are handed to `on_events` in one call (generation/async_engine.py
+   moves them onto the event loop), and the generation metrics are updated.
 
 Requests are submitted and aborted from any thread; the scheduler is only touched under
 one lock, held for bookkeeping and never during a forward pass. A failed forward fails
@@ -179,11 +179,6 @@ class GenerationEngine:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-
-    @property
-    def alive(self) -> bool:
-        """True while the worker thread runs and accepts work."""
-        return self._thread is not None and self._failed is None and not self._stopping
 
     # --- requests (any thread) -----------------------------------------------------------
     def submit(self, request: EngineRequest) -> None:

@@ -65,7 +65,7 @@ class GenerationAdapter(ModelAdapter):
         self.aliases = (SERVICE,)
 
     async def card(self, deadline: float | None) -> ModelCard:
-        model = self.logic.info.model  # NotReady while loading
+        model = self.logic.info  # NotReady while loading
         return ModelCard(model.name, model.revision, model.backend, _INPUTS, _OUTPUTS)
 
     @staticmethod

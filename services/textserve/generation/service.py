@@ -1,28 +1,31 @@
 """Generation logic: validate, tokenize (or render chat), submit to the engine, stream back.
 
-Knows nothing of protobuf; the servicer converts in and out (generation/convert.py).
-`stream` yields text deltas as the engine produces them; `generate` collects a whole
-completion and serves deterministic requests (greedy or seeded) from the response cache.
-A caller that goes away (its task is cancelled) aborts its sequence, which frees the
-sequence's batch slot and KV reservation at the engine's next step.
+Knows nothing of protobuf; the servicer converts in and out (generation/convert.py), and
+nothing of the engine's thread: generation/async_engine.py hands each sequence's events
+over to the event loop. `stream` yields text deltas as the engine produces them;
+`generate` collects a whole completion and serves deterministic requests (greedy or
+seeded) from the response cache. A caller that goes away (its task is cancelled) aborts
+its sequence, which frees the sequence's batch slot and KV reservation at the engine's
+next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from textserve.core import metrics
 from textserve.core.cache import ResponseCache
 from textserve.core.errors import BackendFailure, DeadlineExceeded, InvalidInput, NotReady
+from textserve.generation.async_engine import AsyncEngine
 from textserve.generation.config import GenerationServiceConfig
-from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
+from textserve.generation.engine import EngineRequest
 from textserve.generation.params import (
     GenerateParams,
     check_input,
@@ -30,7 +33,7 @@ from textserve.generation.params import (
     check_stop,
     sampling_config,
 )
-from textserve.generation.scheduler import FinishStatus, Scheduler, SchedulerLimits
+from textserve.generation.scheduler import FinishStatus, SchedulerLimits
 from textserve.runtime.causal_lm import CausalLM, CausalLMInfo
 
 log = logging.getLogger(__name__)
@@ -38,18 +41,6 @@ log = logging.getLogger(__name__)
 SERVICE = "generation"
 # Prompts longer than this (characters) are tokenized off the event loop.
 _THREAD_THRESHOLD_CHARS = 4096
-
-
-@dataclass(frozen=True)
-class GenerationInfo:
-    """The served model and the limits requests must stay within."""
-
-    model: CausalLMInfo
-    max_context_tokens: int
-    """Prompt plus generated tokens (the model's limit, capped by the KV budget)."""
-    max_new_tokens_limit: int
-    max_running_sequences: int
-    kv_budget_tokens: int
 
 
 @dataclass
@@ -81,7 +72,6 @@ class _Prepared:
     prompt_ids: list[int]
     max_new_tokens: int
     request: EngineRequest | None = None
-    events: asyncio.Queue[list[SequenceEvent]] = field(default_factory=asyncio.Queue)
     first_token_seconds: float = 0.0
 
 
@@ -95,56 +85,25 @@ class GenerationService:
         self.cache = cache if config.cache_enabled else None
         self.name = name
         self.model: CausalLM | None = None
-        self.engine: GenerationEngine | None = None
-        self._info: GenerationInfo | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ids = itertools.count(1)
-        self._streams: dict[int, asyncio.Queue[list[SequenceEvent]]] = {}
+        self.engine: AsyncEngine | None = None
+        self._info: CausalLMInfo | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Loads the model off the event loop, then starts the engine thread."""
-        self._loop = asyncio.get_running_loop()
         model = await asyncio.to_thread(CausalLM, self.config.model)
         self.model = model
         info = model.info
         context = min(info.max_context_tokens, self.config.kv_budget_tokens)
-        self._info = GenerationInfo(
-            model=info,
-            max_context_tokens=context,
-            max_new_tokens_limit=self.config.max_new_tokens_limit,
-            max_running_sequences=self.config.max_running_sequences,
+        self._info = dataclasses.replace(info, max_context_tokens=context)
+        limits = SchedulerLimits(
+            max_running=self.config.max_running_sequences,
+            max_waiting=self.config.max_waiting_sequences,
             kv_budget_tokens=self.config.kv_budget_tokens,
+            max_prefill_tokens=self.config.max_prefill_tokens,
         )
-        scheduler = Scheduler(
-            SchedulerLimits(
-                max_running=self.config.max_running_sequences,
-                max_waiting=self.config.max_waiting_sequences,
-                kv_budget_tokens=self.config.kv_budget_tokens,
-                max_prefill_tokens=self.config.max_prefill_tokens,
-            )
-        )
-        pad = model.tokenizer.pad_token_id
-        self.engine = GenerationEngine(
-            model.model,
-            model.tokenizer,
-            model.device,
-            info.vocab_size,
-            scheduler,
-            self._on_events,
-            service=self.name,
-            model_name=info.name,
-            eos_token_ids=info.eos_token_ids,
-            pad_token_id=int(pad) if pad is not None else 0,
-        )
-        try:
-            await asyncio.to_thread(self.engine.warmup)
-        except Exception as exc:
-            raise RuntimeError(
-                f"model {info.name!r} cannot be served by the generation engine "
-                f"(it batches full-attention models with a DynamicCache): {type(exc).__name__}: {exc}"
-            ) from exc
-        self.engine.start()
+        self.engine = AsyncEngine(model, limits, service=self.name)
+        await self.engine.start()
         labels = {"service": self.name, "model": info.name}
         metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
         metrics.MODEL_LOADED.labels(**labels).set(1)
@@ -168,20 +127,16 @@ class GenerationService:
     async def stop(self) -> None:
         """Stops the engine (ending what still runs) and closes the cache."""
         if self.engine is not None:
-            await asyncio.to_thread(self.engine.stop)
+            await self.engine.stop()
         if self.model is not None:
             metrics.MODEL_LOADED.labels(service=self.name, model=self.model.info.name).set(0)
         if self.cache is not None:
             await self.cache.close()
 
     @property
-    def ready(self) -> bool:
-        """True once the model is loaded and the engine runs."""
-        return self.engine is not None and self.engine.alive
-
-    @property
-    def info(self) -> GenerationInfo:
-        """Model and limits; NotReady before the model is loaded."""
+    def info(self) -> CausalLMInfo:
+        """The served model, its max_context_tokens capped by the KV budget; NotReady before
+        the model is loaded."""
         if self._info is None:
             raise NotReady("model is still loading")
         return self._info
@@ -238,10 +193,8 @@ class GenerationService:
         check_max_new_tokens(params.max_new_tokens, config)
         check_stop(params.stop, config)
         sampling = sampling_config(params)
-        if params.chat is not None and not info.model.has_chat_template:
-            raise InvalidInput(
-                "chat", f"model {info.model.name!r} has no chat template; send a raw prompt instead"
-            )
+        if params.chat is not None and not info.has_chat_template:
+            raise InvalidInput("chat", f"model {info.name!r} has no chat template; send a raw prompt instead")
         prompt_ids = await self._tokenize(model, params)
         field_name = "prompt" if params.prompt is not None else "chat"
         context = info.max_context_tokens
@@ -266,10 +219,9 @@ class GenerationService:
             max_new = params.max_new_tokens
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded("deadline passed before generation started; not computed")
-        seq_id = next(self._ids)
         prepared = _Prepared(prompt_ids, max_new)
         prepared.request = EngineRequest(
-            seq_id=seq_id,
+            seq_id=self.engine.next_seq_id(),
             prompt_ids=prompt_ids,
             max_new_tokens=max_new,
             sampling=sampling,
@@ -294,22 +246,13 @@ class GenerationService:
     async def _run(self, prepared: _Prepared) -> AsyncIterator[GenerationChunk]:
         """Submits the sequence and yields its chunks; aborts it if the caller goes away."""
         assert self.engine is not None and prepared.request is not None
-        request = prepared.request
-        seq_id = request.seq_id
-        self._streams[seq_id] = prepared.events
         interval = self.config.stream_interval_tokens
-        finished = False
-        try:
-            self.engine.submit(request)
-            pending = GenerationChunk("", [])
-            produced = 0
-            while not finished:
-                batch = await prepared.events.get()
-                while not prepared.events.empty():
-                    batch += prepared.events.get_nowait()
+        pending = GenerationChunk("", [])
+        produced = 0
+        async with contextlib.aclosing(self.engine.generate(prepared.request)) as steps:
+            async for batch in steps:
                 for event in batch:
                     if event.error is not None:
-                        finished = True
                         raise BackendFailure(event.error)
                     if event.first_token_seconds is not None:
                         prepared.first_token_seconds = event.first_token_seconds
@@ -317,7 +260,6 @@ class GenerationService:
                     pending.token_ids += event.token_ids
                     produced = event.output_tokens or produced
                     if event.finish is not None:
-                        finished = True
                         if not produced and event.finish is FinishStatus.EXPIRED:
                             raise DeadlineExceeded("deadline passed before the first token; not computed")
                         if not produced and event.finish is FinishStatus.ABORTED:
@@ -328,31 +270,13 @@ class GenerationService:
                 if pending.finish is not None or len(pending.token_ids) >= interval:
                     yield pending
                     pending = GenerationChunk("", [])
-        finally:
-            self._streams.pop(seq_id, None)
-            if not finished:
-                self.engine.abort(seq_id)
-
-    def _on_events(self, events: list[SequenceEvent]) -> None:
-        """Engine thread -> event loop, once per step."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # loop closing during shutdown
-            loop.call_soon_threadsafe(self._dispatch, events)
-
-    def _dispatch(self, events: list[SequenceEvent]) -> None:
-        for event in events:
-            queue = self._streams.get(event.seq_id)
-            if queue is not None:
-                queue.put_nowait([event])
 
     # --- cache ---------------------------------------------------------------------------
     def _cache_key(self, prepared: _Prepared, params: GenerateParams) -> str | None:
         request = prepared.request
         if self.cache is None or params.skip_cache or request is None or not request.sampling.deterministic:
             return None
-        info = self.info.model
+        info = self.info
         sampling = request.sampling
         return self.cache.key(
             info.name,

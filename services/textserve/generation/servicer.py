@@ -38,4 +38,4 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def GenerationInfo(
         self, request: generation_pb2.GenerationInfoRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.GenerationInfoResponse:
-        return convert.info_response(self.service.info)
+        return convert.info_response(self.service.info, self.service.config)

@@ -14,7 +14,6 @@ extra empty response to mark its end.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +31,7 @@ from textserve.oip.registry import ModelRegistry
 from textserve.transport.registration import MalformedRequest, add_servicer, check_request
 from textserve.transport.rpc import request_deadline, stream_rpc, unary_rpc
 from textserve.transport.status import status_of
+from textserve.transport.streams import pump
 
 log = logging.getLogger(__name__)
 
@@ -190,55 +190,20 @@ class InferenceServicer:
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         deadline = request_deadline(context)
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue(STREAM_BUFFER)
-        slots = asyncio.Semaphore(STREAM_WINDOW)
-        tasks: set[asyncio.Task[None]] = set()
 
-        async def answer(request: Any) -> None:
+        async def answer(position: int, request: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
             try:
                 check_request(request)
                 async for response in self._stream_one(request, deadline):
-                    await out.put(pb.ModelStreamInferResponse(infer_response=response))
+                    yield pb.ModelStreamInferResponse(infer_response=response)
             except Exception as error:
-                await out.put(self._stream_error(request, error))
-            finally:
-                slots.release()
+                yield self._stream_error(request, error)
 
-        async def reader() -> None:
-            async for request in request_iterator:
-                await slots.acquire()
-                task = asyncio.create_task(answer(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*tasks)
-            await out.put(None)
-
-        read_task = asyncio.create_task(reader())
-        get: asyncio.Future[pb.ModelStreamInferResponse | None] | None = None
-        try:
-            while True:
-                if read_task.done():
-                    read_task.result()  # re-raises a failure of the request stream
-                    item = await out.get()
-                else:
-                    get = asyncio.ensure_future(out.get())
-                    await asyncio.wait({get, read_task}, return_when=asyncio.FIRST_COMPLETED)
-                    if not get.done():
-                        get.cancel()  # the item, if any, stays queued
-                        continue
-                    item = get.result()
-                if item is None:
-                    break
-                yield item
-        finally:
-            if get is not None:
-                get.cancel()
-            read_task.cancel()
-            for task in list(tasks):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await read_task
+        async with contextlib.aclosing(
+            pump(request_iterator, answer, window=STREAM_WINDOW, ordered=False, buffer=STREAM_BUFFER)
+        ) as responses:
+            async for response in responses:
+                yield response
 
 
 def add_inference_servicer(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from textserve.core.config import ModelConfig
-from textserve.runtime.device import intra_op_threads, resolve_torch_device
+from textserve.runtime.device import intra_op_threads, resolve_torch_device, torch_dtype
 from textserve.runtime.model_files import resolve_model
 from textserve.runtime.random_lm import DEMO_NAME, demo_model
 
@@ -33,7 +33,8 @@ class CausalLMInfo:
     backend: str
     device: str
     max_context_tokens: int
-    """Prompt plus generated tokens the model takes (its position limit, or model.max_length)."""
+    """Prompt plus generated tokens the model takes (its position limit, or model.max_length);
+    the generation service serves a copy capped by its KV budget."""
     vocab_size: int
     eos_token_ids: frozenset[int]
     has_chat_template: bool
@@ -78,9 +79,7 @@ class CausalLM:
         self.config = config
         self.device = resolve_torch_device(config.device)
         torch.set_num_threads(intra_op_threads(config.intra_op_threads))
-        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
-            config.dtype, torch.float16 if self.device.startswith("cuda") else torch.float32
-        )
+        dtype = torch_dtype(config.dtype, self.device)
         random_demo = not config.path
         if random_demo:
             model, tokenizer, revision = demo_model()

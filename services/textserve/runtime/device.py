@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,15 @@ def resolve_torch_device(choice: DeviceChoice) -> str:
     if choice == "cuda":
         raise RuntimeError("model.device='cuda' but torch sees no CUDA device")
     return "cpu"
+
+
+def torch_dtype(name: str, device: str) -> Any:
+    """The torch dtype of `model.dtype` ("float32", "float16", "bfloat16"); anything else
+    ("auto") is float16 on CUDA and float32 elsewhere."""
+    import torch
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    return dtypes.get(name, torch.float16 if device.startswith("cuda") else torch.float32)
 
 
 def resolve_onnx_providers(choice: DeviceChoice) -> tuple[list[str], str]:

@@ -42,10 +42,6 @@ class EncoderBackend(Protocol):
         """[batch, seq] int64 ids and mask -> [batch, dim] float32 vectors or logits."""
         ...
 
-    def health(self) -> bool:
-        """True when the backend can run a forward."""
-        ...
-
 
 def detect_pooling(files: ModelFiles, configured: str) -> Pooling:
     """Pooling from config, else from the sentence-transformers pooling config, else mean."""
@@ -112,9 +108,6 @@ class TorchEncoderBackend:
             out = self._module(ids, mask)
             return out.float().cpu().numpy()
 
-    def health(self) -> bool:
-        return True
-
 
 def onnx_cache_path(files: ModelFiles, task: Task, pooling: Pooling, cache_dir: Path) -> Path:
     """Where the exported graph of this model, task and pooling is cached."""
@@ -179,9 +172,6 @@ class OnnxEncoderBackend:
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         (output,) = self._session.run(["output"], {"input_ids": input_ids, "attention_mask": attention_mask})
         return np.asarray(output, dtype=np.float32)
-
-    def health(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True)

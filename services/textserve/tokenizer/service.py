@@ -246,11 +246,6 @@ class TokenizerService:
         return None
 
     @property
-    def ready(self) -> bool:
-        """True once the tokenizers are loaded."""
-        return self._default is not None
-
-    @property
     def models(self) -> list[TokenizerInfo]:
         """Loaded tokenizers, the default first."""
         if self._default is None:

@@ -1,5 +1,4 @@
 from textserve.v1 import common_pb2 as _common_pb2
-from textserve.v1 import tokenizer_pb2 as _tokenizer_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -19,8 +18,8 @@ class EmbedRequest(_message.Message):
     normalize: bool
     truncation: _common_pb2.TruncationPolicy
     skip_cache: bool
-    token_inputs: _containers.RepeatedCompositeFieldContainer[_tokenizer_pb2.TokenIds]
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, str]] = ..., skip_cache: _Optional[bool] = ..., token_inputs: _Optional[_Iterable[_Union[_tokenizer_pb2.TokenIds, _Mapping]]] = ...) -> None: ...
+    token_inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenIds]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, str]] = ..., skip_cache: _Optional[bool] = ..., token_inputs: _Optional[_Iterable[_Union[_common_pb2.TokenIds, _Mapping]]] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values", "input_tokens", "truncated")

@@ -23,10 +23,9 @@ _sym_db = _symbol_database.Default()
 
 
 from textserve.v1 import common_pb2 as textserve_dot_v1_dot_common__pb2
-from textserve.v1 import tokenizer_pb2 as textserve_dot_v1_dot_tokenizer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtextserve/v1/generation.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\x1a\x1ctextserve/v1/tokenizer.proto\"8\n\tChatInput\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.textserve.v1.ChatMessage\"\xb5\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x07\n\x05_seed\"\x97\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ChatInputH\x00\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.textserve.v1.SamplingParams\x12\x12\n\nskip_cache\x18\x04 \x01(\x08\x42\x07\n\x05input\"\xd6\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\ttoken_ids\x18\x02 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.textserve.v1.Usage\x12\x1e\n\x16time_to_first_token_ns\x18\x06 \x01(\x04\"\xc2\x01\n\x16GenerateStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x15\n\ttoken_ids\x18\x02 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.textserve.v1.Usage\x12&\n\x05model\x18\x05 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\"\x17\n\x15GenerationInfoRequest\"\xce\x01\n\x16GenerationInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\x1a\n\x12max_context_tokens\x18\x02 \x01(\r\x12\x1c\n\x14max_new_tokens_limit\x18\x03 \x01(\r\x12\x1d\n\x15max_running_sequences\x18\x04 \x01(\r\x12\x18\n\x10kv_budget_tokens\x18\x05 \x01(\r\x12\x19\n\x11has_chat_template\x18\x06 \x01(\x08*\x93\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\x94\x02\n\x11GenerationService\x12I\n\x08Generate\x12\x1d.textserve.v1.GenerateRequest\x1a\x1e.textserve.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.textserve.v1.GenerateRequest\x1a$.textserve.v1.GenerateStreamResponse0\x01\x12[\n\x0eGenerationInfo\x12#.textserve.v1.GenerationInfoRequest\x1a$.textserve.v1.GenerationInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtextserve/v1/generation.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\"8\n\tChatInput\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.textserve.v1.ChatMessage\"\xb5\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x07\n\x05_seed\"\x97\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ChatInputH\x00\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.textserve.v1.SamplingParams\x12\x12\n\nskip_cache\x18\x04 \x01(\x08\x42\x07\n\x05input\"\xd6\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\ttoken_ids\x18\x02 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.textserve.v1.Usage\x12\x1e\n\x16time_to_first_token_ns\x18\x06 \x01(\x04\"\xc2\x01\n\x16GenerateStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x15\n\ttoken_ids\x18\x02 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.textserve.v1.Usage\x12&\n\x05model\x18\x05 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\"\x17\n\x15GenerationInfoRequest\"\xce\x01\n\x16GenerationInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\x1a\n\x12max_context_tokens\x18\x02 \x01(\r\x12\x1c\n\x14max_new_tokens_limit\x18\x03 \x01(\r\x12\x1d\n\x15max_running_sequences\x18\x04 \x01(\r\x12\x18\n\x10kv_budget_tokens\x18\x05 \x01(\r\x12\x19\n\x11has_chat_template\x18\x06 \x01(\x08*\x93\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\x94\x02\n\x11GenerationService\x12I\n\x08Generate\x12\x1d.textserve.v1.GenerateRequest\x1a\x1e.textserve.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.textserve.v1.GenerateRequest\x1a$.textserve.v1.GenerateStreamResponse0\x01\x12[\n\x0eGenerationInfo\x12#.textserve.v1.GenerationInfoRequest\x1a$.textserve.v1.GenerationInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +36,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE'].fields_by_name['token_ids']._serialized_options = b'\020\001'
   _globals['_GENERATESTREAMRESPONSE'].fields_by_name['token_ids']._loaded_options = None
   _globals['_GENERATESTREAMRESPONSE'].fields_by_name['token_ids']._serialized_options = b'\020\001'
-  _globals['_FINISHREASON']._serialized_start=1149
-  _globals['_FINISHREASON']._serialized_end=1296
-  _globals['_CHATINPUT']._serialized_start=104
-  _globals['_CHATINPUT']._serialized_end=160
-  _globals['_SAMPLINGPARAMS']._serialized_start=163
-  _globals['_SAMPLINGPARAMS']._serialized_end=344
-  _globals['_GENERATEREQUEST']._serialized_start=347
-  _globals['_GENERATEREQUEST']._serialized_end=498
-  _globals['_GENERATERESPONSE']._serialized_start=501
-  _globals['_GENERATERESPONSE']._serialized_end=715
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=718
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=912
-  _globals['_GENERATIONINFOREQUEST']._serialized_start=914
-  _globals['_GENERATIONINFOREQUEST']._serialized_end=937
-  _globals['_GENERATIONINFORESPONSE']._serialized_start=940
-  _globals['_GENERATIONINFORESPONSE']._serialized_end=1146
-  _globals['_GENERATIONSERVICE']._serialized_start=1299
-  _globals['_GENERATIONSERVICE']._serialized_end=1575
+  _globals['_FINISHREASON']._serialized_start=1119
+  _globals['_FINISHREASON']._serialized_end=1266
+  _globals['_CHATINPUT']._serialized_start=74
+  _globals['_CHATINPUT']._serialized_end=130
+  _globals['_SAMPLINGPARAMS']._serialized_start=133
+  _globals['_SAMPLINGPARAMS']._serialized_end=314
+  _globals['_GENERATEREQUEST']._serialized_start=317
+  _globals['_GENERATEREQUEST']._serialized_end=468
+  _globals['_GENERATERESPONSE']._serialized_start=471
+  _globals['_GENERATERESPONSE']._serialized_end=685
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=688
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=882
+  _globals['_GENERATIONINFOREQUEST']._serialized_start=884
+  _globals['_GENERATIONINFOREQUEST']._serialized_end=907
+  _globals['_GENERATIONINFORESPONSE']._serialized_start=910
+  _globals['_GENERATIONINFORESPONSE']._serialized_end=1116
+  _globals['_GENERATIONSERVICE']._serialized_start=1269
+  _globals['_GENERATIONSERVICE']._serialized_end=1545
 # @@protoc_insertion_point(module_scope)

@@ -24,8 +24,9 @@ _sym_db = _symbol_database.Default()
 
 from textserve.v1 import common_pb2 as textserve_dot_v1_dot_common__pb2
 
+from textserve.v1.common_pb2 import *
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctextserve/v1/tokenizer.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\"\x8e\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08\x12\x15\n\rreturn_tokens\x18\x04 \x01(\x08\x12\x16\n\x0ereturn_offsets\x18\x05 \x01(\x08\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\"$\n\x06Offset\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"\x81\x01\n\x08\x45ncoding\x12\x0f\n\x03ids\x18\x01 \x03(\rB\x02\x10\x01\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12%\n\x07offsets\x18\x03 \x03(\x0b\x32\x14.textserve.v1.Offset\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x1a\n\x12untruncated_tokens\x18\x05 \x01(\r\"\x89\x01\n\x10TokenizeResponse\x12)\n\tencodings\x18\x01 \x03(\x0b\x32\x16.textserve.v1.Encoding\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.textserve.v1.Usage\"\x1b\n\x08TokenIds\x12\x0f\n\x03ids\x18\x01 \x03(\rB\x02\x10\x01\"j\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\tsequences\x18\x02 \x03(\x0b\x32\x16.textserve.v1.TokenIds\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\"K\n\x12\x44\x65tokenizeResponse\x12\r\n\x05texts\x18\x01 \x03(\t\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\"N\n\x12\x43ountTokensRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08\"`\n\x13\x43ountTokensResponse\x12\x12\n\x06\x63ounts\x18\x01 \x03(\rB\x02\x10\x01\x12\r\n\x05total\x18\x02 \x01(\r\x12&\n\x05model\x18\x03 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"u\n\x18\x41pplyChatTemplateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.textserve.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x03 \x01(\x08\"d\n\x19\x41pplyChatTemplateResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0f\n\x03ids\x18\x02 \x03(\rB\x02\x10\x01\x12&\n\x05model\x18\x03 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.textserve.v1.ModelInfo2\xb9\x03\n\x10TokenizerService\x12I\n\x08Tokenize\x12\x1d.textserve.v1.TokenizeRequest\x1a\x1e.textserve.v1.TokenizeResponse\x12O\n\nDetokenize\x12\x1f.textserve.v1.DetokenizeRequest\x1a .textserve.v1.DetokenizeResponse\x12R\n\x0b\x43ountTokens\x12 .textserve.v1.CountTokensRequest\x1a!.textserve.v1.CountTokensResponse\x12\x64\n\x11\x41pplyChatTemplate\x12&.textserve.v1.ApplyChatTemplateRequest\x1a\'.textserve.v1.ApplyChatTemplateResponse\x12O\n\nListModels\x12\x1f.textserve.v1.ListModelsRequest\x1a .textserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctextserve/v1/tokenizer.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\"\x8e\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08\x12\x15\n\rreturn_tokens\x18\x04 \x01(\x08\x12\x16\n\x0ereturn_offsets\x18\x05 \x01(\x08\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\"$\n\x06Offset\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"\x81\x01\n\x08\x45ncoding\x12\x0f\n\x03ids\x18\x01 \x03(\rB\x02\x10\x01\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12%\n\x07offsets\x18\x03 \x03(\x0b\x32\x14.textserve.v1.Offset\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x1a\n\x12untruncated_tokens\x18\x05 \x01(\r\"\x89\x01\n\x10TokenizeResponse\x12)\n\tencodings\x18\x01 \x03(\x0b\x32\x16.textserve.v1.Encoding\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.textserve.v1.Usage\"j\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\tsequences\x18\x02 \x03(\x0b\x32\x16.textserve.v1.TokenIds\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\"K\n\x12\x44\x65tokenizeResponse\x12\r\n\x05texts\x18\x01 \x03(\t\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\"N\n\x12\x43ountTokensRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08\"`\n\x13\x43ountTokensResponse\x12\x12\n\x06\x63ounts\x18\x01 \x03(\rB\x02\x10\x01\x12\r\n\x05total\x18\x02 \x01(\r\x12&\n\x05model\x18\x03 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\"u\n\x18\x41pplyChatTemplateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.textserve.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x03 \x01(\x08\"d\n\x19\x41pplyChatTemplateResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0f\n\x03ids\x18\x02 \x03(\rB\x02\x10\x01\x12&\n\x05model\x18\x03 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.textserve.v1.ModelInfo2\xb9\x03\n\x10TokenizerService\x12I\n\x08Tokenize\x12\x1d.textserve.v1.TokenizeRequest\x1a\x1e.textserve.v1.TokenizeResponse\x12O\n\nDetokenize\x12\x1f.textserve.v1.DetokenizeRequest\x1a .textserve.v1.DetokenizeResponse\x12R\n\x0b\x43ountTokens\x12 .textserve.v1.CountTokensRequest\x1a!.textserve.v1.CountTokensResponse\x12\x64\n\x11\x41pplyChatTemplate\x12&.textserve.v1.ApplyChatTemplateRequest\x1a\'.textserve.v1.ApplyChatTemplateResponse\x12O\n\nListModels\x12\x1f.textserve.v1.ListModelsRequest\x1a .textserve.v1.ListModelsResponseP\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +35,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENCODING'].fields_by_name['ids']._loaded_options = None
   _globals['_ENCODING'].fields_by_name['ids']._serialized_options = b'\020\001'
-  _globals['_TOKENIDS'].fields_by_name['ids']._loaded_options = None
-  _globals['_TOKENIDS'].fields_by_name['ids']._serialized_options = b'\020\001'
   _globals['_COUNTTOKENSRESPONSE'].fields_by_name['counts']._loaded_options = None
   _globals['_COUNTTOKENSRESPONSE'].fields_by_name['counts']._serialized_options = b'\020\001'
   _globals['_APPLYCHATTEMPLATERESPONSE'].fields_by_name['ids']._loaded_options = None
@@ -48,26 +47,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODING']._serialized_end=386
   _globals['_TOKENIZERESPONSE']._serialized_start=389
   _globals['_TOKENIZERESPONSE']._serialized_end=526
-  _globals['_TOKENIDS']._serialized_start=528
-  _globals['_TOKENIDS']._serialized_end=555
-  _globals['_DETOKENIZEREQUEST']._serialized_start=557
-  _globals['_DETOKENIZEREQUEST']._serialized_end=663
-  _globals['_DETOKENIZERESPONSE']._serialized_start=665
-  _globals['_DETOKENIZERESPONSE']._serialized_end=740
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=742
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=820
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=822
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=918
-  _globals['_CHATMESSAGE']._serialized_start=920
-  _globals['_CHATMESSAGE']._serialized_end=964
-  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_start=966
-  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_end=1083
-  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_start=1085
-  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_end=1185
-  _globals['_LISTMODELSREQUEST']._serialized_start=1187
-  _globals['_LISTMODELSREQUEST']._serialized_end=1206
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1208
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1269
-  _globals['_TOKENIZERSERVICE']._serialized_start=1272
-  _globals['_TOKENIZERSERVICE']._serialized_end=1713
+  _globals['_DETOKENIZEREQUEST']._serialized_start=528
+  _globals['_DETOKENIZEREQUEST']._serialized_end=634
+  _globals['_DETOKENIZERESPONSE']._serialized_start=636
+  _globals['_DETOKENIZERESPONSE']._serialized_end=711
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=713
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=791
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=793
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=889
+  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_start=891
+  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_end=1008
+  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_start=1010
+  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_end=1110
+  _globals['_LISTMODELSREQUEST']._serialized_start=1112
+  _globals['_LISTMODELSREQUEST']._serialized_end=1131
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1133
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1194
+  _globals['_TOKENIZERSERVICE']._serialized_start=1197
+  _globals['_TOKENIZERSERVICE']._serialized_end=1638
 # @@protoc_insertion_point(module_scope)

@@ -4,8 +4,20 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from textserve.v1.common_pb2 import ModelInfo as ModelInfo
+from textserve.v1.common_pb2 import Usage as Usage
+from textserve.v1.common_pb2 import Timing as Timing
+from textserve.v1.common_pb2 import Limits as Limits
+from textserve.v1.common_pb2 import BatchBudget as BatchBudget
+from textserve.v1.common_pb2 import TokenIds as TokenIds
+from textserve.v1.common_pb2 import ChatMessage as ChatMessage
+from textserve.v1.common_pb2 import ErrorDetail as ErrorDetail
+from textserve.v1.common_pb2 import TruncationPolicy as TruncationPolicy
 
 DESCRIPTOR: _descriptor.FileDescriptor
+TRUNCATION_POLICY_UNSPECIFIED: _common_pb2.TruncationPolicy
+TRUNCATION_POLICY_TRUNCATE: _common_pb2.TruncationPolicy
+TRUNCATION_POLICY_REJECT: _common_pb2.TruncationPolicy
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("model", "texts", "add_special_tokens", "return_tokens", "return_offsets", "max_tokens")
@@ -55,21 +67,15 @@ class TokenizeResponse(_message.Message):
     usage: _common_pb2.Usage
     def __init__(self, encodings: _Optional[_Iterable[_Union[Encoding, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
 
-class TokenIds(_message.Message):
-    __slots__ = ("ids",)
-    IDS_FIELD_NUMBER: _ClassVar[int]
-    ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
-
 class DetokenizeRequest(_message.Message):
     __slots__ = ("model", "sequences", "skip_special_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     SKIP_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
-    sequences: _containers.RepeatedCompositeFieldContainer[TokenIds]
+    sequences: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenIds]
     skip_special_tokens: bool
-    def __init__(self, model: _Optional[str] = ..., sequences: _Optional[_Iterable[_Union[TokenIds, _Mapping]]] = ..., skip_special_tokens: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., sequences: _Optional[_Iterable[_Union[_common_pb2.TokenIds, _Mapping]]] = ..., skip_special_tokens: _Optional[bool] = ...) -> None: ...
 
 class DetokenizeResponse(_message.Message):
     __slots__ = ("texts", "model")
@@ -99,23 +105,15 @@ class CountTokensResponse(_message.Message):
     model: _common_pb2.ModelInfo
     def __init__(self, counts: _Optional[_Iterable[int]] = ..., total: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
 
-class ChatMessage(_message.Message):
-    __slots__ = ("role", "content")
-    ROLE_FIELD_NUMBER: _ClassVar[int]
-    CONTENT_FIELD_NUMBER: _ClassVar[int]
-    role: str
-    content: str
-    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
-
 class ApplyChatTemplateRequest(_message.Message):
     __slots__ = ("model", "messages", "add_generation_prompt")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     ADD_GENERATION_PROMPT_FIELD_NUMBER: _ClassVar[int]
     model: str
-    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     add_generation_prompt: bool
-    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., add_generation_prompt: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., add_generation_prompt: _Optional[bool] = ...) -> None: ...
 
 class ApplyChatTemplateResponse(_message.Message):
     __slots__ = ("prompt", "ids", "model")

@@ -1,0 +1,107 @@
+"""The async front of the generation engine: submit a sequence, get its events as an async stream.
+
+`AsyncEngine` owns the engine's worker thread (warm up, start, stop) and the hand-off from
+that thread to the event loop: the engine reports each step's events in one call from its
+thread; they are moved onto the loop and routed to the queue of the sequence they belong to.
+`generate` submits one sequence and yields its events until the one that finishes it. A
+caller that leaves early (its task is cancelled, or it closes the stream) aborts the
+sequence, which frees its batch slot and KV reservation at the engine's next step.
+
+It knows nothing of requests' validation, tokenization or the cache (generation/service.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncGenerator
+
+from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
+from textserve.generation.scheduler import Scheduler, SchedulerLimits
+from textserve.runtime.causal_lm import CausalLM
+
+
+class AsyncEngine:
+    """One GenerationEngine run in its worker thread, driven from the event loop."""
+
+    def __init__(self, model: CausalLM, limits: SchedulerLimits, *, service: str) -> None:
+        info = model.info
+        pad = model.tokenizer.pad_token_id
+        self.engine = GenerationEngine(
+            model.model,
+            model.tokenizer,
+            model.device,
+            info.vocab_size,
+            Scheduler(limits),
+            self._on_events,
+            service=service,
+            model_name=info.name,
+            eos_token_ids=info.eos_token_ids,
+            pad_token_id=int(pad) if pad is not None else 0,
+        )
+        self._model_name = info.name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count(1)
+        self._streams: dict[int, asyncio.Queue[list[SequenceEvent]]] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Warms the engine up off the event loop (a model it cannot batch fails here), then
+        starts its worker thread."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self.engine.warmup)
+        except Exception as exc:
+            raise RuntimeError(
+                f"model {self._model_name!r} cannot be served by the generation engine "
+                f"(it batches full-attention models with a DynamicCache): {type(exc).__name__}: {exc}"
+            ) from exc
+        self.engine.start()
+
+    async def stop(self) -> None:
+        """Ends every sequence (ABORTED) and stops the worker thread."""
+        await asyncio.to_thread(self.engine.stop)
+
+    # --- requests ------------------------------------------------------------------------
+    def next_seq_id(self) -> int:
+        """A sequence id not used before by this engine."""
+        return next(self._ids)
+
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[list[SequenceEvent], None]:
+        """Submits `request` and yields its events (all that arrived since the last yield),
+        the last list holding the finishing one; raises Overloaded or NotReady from `submit`.
+
+        Leaving before that (cancelled, or closed) aborts the sequence.
+        """
+        seq_id = request.seq_id
+        events: asyncio.Queue[list[SequenceEvent]] = asyncio.Queue()
+        self._streams[seq_id] = events
+        finished = False
+        try:
+            self.engine.submit(request)
+            while not finished:
+                batch = await events.get()
+                while not events.empty():
+                    batch += events.get_nowait()
+                finished = any(event.finish is not None for event in batch)
+                yield batch
+        finally:
+            self._streams.pop(seq_id, None)
+            if not finished:
+                self.engine.abort(seq_id)
+
+    # --- engine thread -> event loop -----------------------------------------------------
+    def _on_events(self, events: list[SequenceEvent]) -> None:
+        """Engine thread -> event loop, once per step."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+            loop.call_soon_threadsafe(self._dispatch, events)
+
+    def _dispatch(self, events: list[SequenceEvent]) -> None:
+        for event in events:
+            queue = self._streams.get(event.seq_id)
+            if queue is not None:
+                queue.put_nowait([event])
