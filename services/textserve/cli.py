@@ -1,7 +1,8 @@
 """Command line: `textserve serve <service>|all`, and a client command per service.
 
-Subcommands live next to what they drive (`<service>/commands.py`); each module in
-COMMAND_MODULES exposes `register(subparsers)`.
+Subcommands live in `textserve.commands` (a module per command family: `serve`, `tune`, and
+the client commands `embed`, `tokenize`, `classify`, `generate` that call a running service);
+each module in COMMAND_MODULES exposes `register(subparsers)`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "textserve.commands.serve",
     "textserve.commands.tune",
-    "textserve.embedding.commands",
-    "textserve.tokenizer.commands",
-    "textserve.classifier.commands",
-    "textserve.generation.commands",
+    "textserve.commands.embed",
+    "textserve.commands.tokenize",
+    "textserve.commands.classify",
+    "textserve.commands.generate",
 )
 
 
