@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from textserve.classifier.vector_source import VectorSource
+from textserve.classifier.vector_source import VectorSource, unit_rows
 from textserve.core.config import LabelConfig, LimitsConfig
 from textserve.core.errors import InvalidInput
 
@@ -93,12 +93,6 @@ def check_request_labels(labels: Sequence[Label], max_labels: int, limits: Limit
             f"bring {texts} texts to embed (descriptions and examples); "
             f"max_texts_per_request={limits.max_texts_per_request}",
         )
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
 def cosine_logits(vectors: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
