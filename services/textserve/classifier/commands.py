@@ -96,8 +96,8 @@ async def _classify(args: argparse.Namespace) -> int:
 
 
 async def _train(args: argparse.Namespace) -> int:
+    from textserve.classifier.kinds import SERVICE, local_encoder
     from textserve.classifier.linear_head import LinearHead
-    from textserve.classifier.scorers import SERVICE, local_encoder
     from textserve.classifier.training import TrainingDataError, format_report, read_examples, train
     from textserve.classifier.vector_source import LocalVectorSource, RemoteVectorSource
     from textserve.core.config import ConfigError, load_settings

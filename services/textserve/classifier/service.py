@@ -1,7 +1,7 @@
 """Classifier logic: validate, choose the labels, cache-through, softmax, rank.
 
-Three kinds, chosen by `classifier.kind`, each a scorer (scorers.py) chosen once at
-construction: sequence_classification (a Hugging Face sequence-classification model run
+Three kinds, chosen by `classifier.kind`, each a scorer (scoring.py) built once at
+construction (kinds.py): sequence_classification (a Hugging Face sequence-classification model run
 in-process by a runtime Encoder), zero_shot (cosine similarity of unit embeddings to label
 prototypes) and linear_head (a head trained by `textserve train-classifier`).
 
@@ -24,17 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from textserve.classifier.scorers import (
-    SERVICE,
-    HeadMismatch,
-    Kind,
-    LinearHeadScorer,
-    Scorer,
-    ZeroShotScorer,
-    build_scorer,
-)
+from textserve.classifier.kinds import build_scorer
+from textserve.classifier.linear_head import HeadMismatch, LinearHeadScorer
+from textserve.classifier.scoring import SERVICE, Kind, Scorer
 from textserve.classifier.vector_source import EncoderDescription, VectorSource
-from textserve.classifier.zero_shot import Label
+from textserve.classifier.zero_shot import Label, ZeroShotScorer
 from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
 from textserve.core.config import ClassifierServiceConfig

@@ -4,6 +4,7 @@
 returns pooled vectors (task "embedding") or logits (task "sequence-classification").
 Two implementations: ONNX Runtime (graph exported once and cached on disk) and torch.
 `EncoderModel.run_batch` pads a batch of id lists to its longest and calls the backend.
+The Encoder (runtime/encoder_engine.py) puts a batcher and the task verbs around it.
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ class EncoderModel:
         return input_ids, mask
 
     def run_batch(self, batch: list[list[int]]) -> list[np.ndarray]:
-        """One forward over a batch of id lists; one float32 vector per list."""
+        """One forward over a batch of id lists; one float32 row (pooled vector or logits) per list."""
         input_ids, mask = self.pad(batch)
         output = self.backend.forward(input_ids, mask)
         return list(output)

@@ -118,9 +118,9 @@ class Encoder:
         self.model = model
         if self._token_source is None:
             self._token_source = LocalTokenSource(model.tokenizer)
-        elif callable(bind := getattr(self._token_source, "bind", None)):
+        else:
             # A remote token source (runtime/remote_tokens.py) learns the model and its length cut.
-            bind(model.info.name, model.tokenizer.max_length)
+            self._token_source.bind(model.info.name, model.tokenizer.max_length)
         labels = {"service": self.service, "model": model.info.name}
         metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
         tuned = await asyncio.to_thread(
