@@ -4,7 +4,7 @@ The zero-shot sentiment classifier (the `make run` default) is served five ways,
 after another so they never compete for the CPU:
   * in-process: `textserve serve classifier` with its own copy of the model (the baseline);
   * shared model, same process: `textserve serve embedding classifier` as `make run` wires
-    it: the classifier calls the embedding app's EmbeddingService directly (one model);
+    it: the classifier uses the embedding app's Encoder directly (one model);
   * via embedding gRPC, same process: the same two services, the classifier told to call the
     embedding service over loopback gRPC (embedding_address set);
   * via embedding gRPC, two processes: `serve embedding` and `serve classifier` apart (the

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from textserve.core.cache import build_cache
 from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.runtime.token_source import TokenSource
 from textserve.settings import Settings
 from textserve.transport.server import ServiceApp
+
+if TYPE_CHECKING:
+    from textserve.runtime.encoder_engine import Encoder
 
 GRPC_SERVICES: tuple[str, ...] = ("tokenizer", "embedding", "classifier", "generation")
 """Services that `serve all` starts, in start order."""
@@ -17,14 +21,7 @@ GRPC_SERVICES: tuple[str, ...] = ("tokenizer", "embedding", "classifier", "gener
 def build_app(name: str, settings: Settings) -> ServiceApp:
     """One service's app."""
     if name == "embedding":
-        from textserve.embedding.app import EmbeddingApp
-
-        config = settings.embedding
-        return EmbeddingApp(
-            config,
-            build_cache(settings.cache, "embedding") if config.cache_enabled else None,
-            _remote_token_source(config),
-        )
+        return _embedding_app(settings, _embedding_encoder(settings))
     if name == "tokenizer":
         from textserve.tokenizer.app import TokenizerApp
 
@@ -41,6 +38,25 @@ def build_app(name: str, settings: Settings) -> ServiceApp:
     raise ValueError(f"unknown service {name!r}; choose one of {', '.join(GRPC_SERVICES)} or all")
 
 
+def _embedding_encoder(settings: Settings) -> Encoder:
+    """The embedding model's Encoder: its response cache and token source."""
+    from textserve.embedding.service import build_encoder
+
+    config = settings.embedding
+    return build_encoder(
+        config,
+        build_cache(settings.cache, "embedding") if config.cache_enabled else None,
+        _remote_token_source(config),
+    )
+
+
+def _embedding_app(settings: Settings, encoder: Encoder) -> ServiceApp:
+    """The embedding app over `encoder`, which it starts and stops."""
+    from textserve.embedding.app import EmbeddingApp
+
+    return EmbeddingApp(settings.embedding, encoder=encoder)
+
+
 def _remote_token_source(config: EmbeddingServiceConfig) -> TokenSource | None:
     """A tokenizer-service client when embedding.tokenizer_address is set (else in-process)."""
     if not config.tokenizer_address:
@@ -53,41 +69,42 @@ def _remote_token_source(config: EmbeddingServiceConfig) -> TokenSource | None:
     )
 
 
-def _classifier_app(settings: Settings, embedding: ServiceApp | None) -> ServiceApp:
-    """The classifier; with `embedding` (the embedding app of this process) it shares that
-    app's model when it needs embeddings and has no embedding_address."""
+def _classifier_app(settings: Settings, embedding: Encoder | None) -> ServiceApp:
+    """The classifier; with `embedding` (the embedding app's Encoder in this process) it
+    shares that model when it needs embeddings and has no embedding_address."""
     from textserve.classifier.app import ClassifierApp
-    from textserve.classifier.vector_source import LocalVectorSource
     from textserve.client.tokens import client_token
-    from textserve.embedding.app import EmbeddingApp
 
     classifier = settings.classifier
-    source = None
-    if (
-        isinstance(embedding, EmbeddingApp)
-        and not classifier.embedding_address
-        and classifier.kind != "sequence_classification"
-    ):
-        # One copy of the model in memory, one batcher for both services' texts, no gRPC hop
-        # (loopback gRPC in one process measured at about half the throughput of in-process
-        # vectors: loadtests/bench_classifier.py).
-        source = LocalVectorSource(embedding.service, owned=False)
+    shared = (
+        embedding
+        if not classifier.embedding_address and classifier.kind != "sequence_classification"
+        else None
+    )
+    # One copy of the model in memory, one batcher for both services' texts, no gRPC hop
+    # (loopback gRPC in one process measured at about half the throughput of in-process
+    # vectors: loadtests/bench_classifier.py).
     return ClassifierApp(
         classifier,
         build_cache(settings.cache, "classifier") if classifier.cache_enabled else None,
-        source,
         token=client_token(classifier.server.auth),
+        encoder=shared,
     )
 
 
 def build_apps(names: Sequence[str], settings: Settings) -> list[ServiceApp]:
-    """Apps for the given service names ("all" expands to every gRPC service)."""
+    """Apps for the given service names ("all" expands to every gRPC service); the embedding
+    app's Encoder is shared with the classifier when both run here."""
     expanded: list[str] = []
     for name in names:
         expanded.extend(GRPC_SERVICES if name == "all" else [name])
-    built = {i: build_app(name, settings) for i, name in enumerate(expanded) if name != "classifier"}
-    embedding = next((app for app in built.values() if app.name == "embedding"), None)
-    for i, name in enumerate(expanded):
-        if name == "classifier":
-            built[i] = _classifier_app(settings, embedding)
-    return [built[i] for i in range(len(expanded))]
+    encoder = _embedding_encoder(settings) if "embedding" in expanded else None
+    built: list[ServiceApp] = []
+    for name in expanded:
+        if name == "embedding" and encoder is not None:
+            built.append(_embedding_app(settings, encoder))
+        elif name == "classifier":
+            built.append(_classifier_app(settings, encoder))
+        else:
+            built.append(build_app(name, settings))
+    return built

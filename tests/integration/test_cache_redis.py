@@ -171,7 +171,7 @@ async def test_identical_inputs_in_flight_are_computed_once(cached: Cached) -> N
     assert metric("textserve_cache_coalesced_total") == coalesced + 2 + 7
     np.testing.assert_array_equal(vectors(within)[0], vectors(within)[2])
     assert all(np.array_equal(result.vectors[0], across[0].vectors[0]) for result in across)
-    assert service.inflight.in_flight == 0
+    assert service.encoder.in_flight == 0
 
 
 # --- what a key depends on -----------------------------------------------------------------

@@ -238,7 +238,7 @@ async def test_classifier_in_process_model_loads_the_tuned_file(tuned: TuningRes
     try:
         source = app.service.source
         assert isinstance(source, LocalVectorSource) and source.owned
-        batcher = source.embedding.batcher
+        batcher = source.encoder.batcher
         assert batcher is not None and batcher.budget.source == f"tuned:{path}"
         assert (batcher.budget.max_batch_size, batcher.budget.max_batch_tokens) == (
             tuned.budget.max_batch_size,

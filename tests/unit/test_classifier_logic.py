@@ -148,7 +148,7 @@ def test_serve_all_shares_the_embedding_model_with_the_classifier() -> None:
     classifier = next(app for app in apps if isinstance(app, ClassifierApp))
     source = classifier.service.source
     assert isinstance(source, LocalVectorSource) and not source.owned
-    assert source.embedding is embedding.service  # one model in memory
+    assert source.encoder is embedding.service.encoder  # one model in memory
 
     (alone,) = build_apps(["classifier"], settings)
     assert isinstance(alone, ClassifierApp)

@@ -11,6 +11,7 @@ from textserve.classifier.servicer import ClassifierServicer
 from textserve.classifier.vector_source import VectorSource
 from textserve.core.cache import ResponseCache
 from textserve.oip.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
+from textserve.runtime.encoder_engine import Encoder
 from textserve.transport.registration import add_servicer
 from textserve.v1 import classifier_pb2
 
@@ -29,9 +30,13 @@ class ClassifierApp:
         cache: ResponseCache | None = None,
         source: VectorSource | None = None,
         token: str | None = None,
+        *,
+        encoder: Encoder | None = None,
     ) -> None:
+        """`encoder`: the Encoder of the embedding app of this process, shared (that app
+        starts and stops it); else the classifier builds its own or calls the embedding service."""
         self.server_config = config.server
-        self.service = ClassifierService(config, cache, source, token)
+        self.service = ClassifierService(config, cache, source, token, encoder=encoder)
         self.servicer = ClassifierServicer(self.service)
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -4,16 +4,39 @@ The file (written by `textserve train-classifier`) holds `weight` [labels, dim] 
 `bias` [labels] as float32, and in its metadata the label names (JSON list, logit order),
 the embedding model it was trained on (name, revision, dimensions) and the held-out
 evaluation of training. Loading checks shapes and metadata and fails with the file's path.
+`LinearHeadScorer` is the linear_head kind's scorer (scoring.py): the head over unit
+embeddings from a VectorSource.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from textserve.classifier.scoring import (
+    Kind,
+    LabelChoice,
+    LabelInfo,
+    Scores,
+    SourceScorer,
+    check_fixed_labels,
+    scores_of,
+)
+from textserve.classifier.vector_source import EncoderDescription, VectorSource
+from textserve.core.errors import BackendFailure
+
+if TYPE_CHECKING:
+    from textserve.classifier.zero_shot import Label
+
+log = logging.getLogger(__name__)
 
 FORMAT = "textserve-linear-head/1"
 
@@ -111,3 +134,72 @@ class LinearHead:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise HeadFileError(f"{path}: inconsistent head: {exc}") from exc
+
+
+class HeadMismatch(BackendFailure):
+    """The linear head was trained on vectors of another size than the model gives."""
+
+
+class LinearHeadScorer(SourceScorer):
+    """A trained linear head over unit embeddings (see linear_head.py)."""
+
+    kind: Kind = "linear_head"
+
+    def __init__(self, head_path: Path, source: VectorSource) -> None:
+        super().__init__(source)
+        self.head_path = head_path
+        self.head: LinearHead | None = None
+
+    async def start(self) -> None:
+        self.head = await asyncio.to_thread(LinearHead.load, self.head_path)
+        await self.source.start()
+
+    def _head(self) -> LinearHead:
+        assert self.head is not None, "start() loads the head"
+        return self.head
+
+    async def warm_up(self, deadline: float | None) -> None:
+        self._check(await self.source.describe(deadline))
+
+    def _check(self, description: EncoderDescription) -> None:
+        """HeadMismatch when the model gives vectors of another size than the head takes."""
+        head = self._head()
+        if head.dimensions != description.dimensions:
+            raise HeadMismatch(
+                f"linear head {self.head_path} takes {head.dimensions}-dimensional vectors "
+                f"(trained on {head.model_name!r}) but {description.name!r} from {self.location} "
+                f"gives {description.dimensions}"
+            )
+        if head.model_name and head.model_name != description.name:
+            log.warning(
+                "linear head trained on another model",
+                extra={"head_model": head.model_name, "serving_model": description.name},
+            )
+
+    def label_info(self, model: EncoderDescription) -> LabelInfo:
+        return LabelInfo(self._head().labels)
+
+    def temperature(self, requested: float) -> float:
+        return 1.0
+
+    def choose(
+        self, labels: Sequence[Label], label_set: str, temperature: float, model: EncoderDescription
+    ) -> LabelChoice:
+        check_fixed_labels(self.kind, labels, label_set, temperature)
+        head = self._head()
+        return LabelChoice(head.labels, head.fingerprint())
+
+    async def score(
+        self,
+        texts: list[str],
+        choice: LabelChoice,
+        model: EncoderDescription,
+        deadline: float | None,
+        truncate: bool | None,
+        skip_cache: bool,
+    ) -> Scores:
+        head = self._head()
+        vectors = await self.source.embed(texts, deadline, truncate, skip_cache)
+        if vectors.values.shape[1] != head.dimensions:
+            self._check(await self.source.describe(deadline))
+        return scores_of(head.logits(vectors.values), vectors)

@@ -1,32 +1,35 @@
 """Where the classifier gets vectors: in this process, or from the embedding service over gRPC.
 
-`LocalVectorSource` runs an EmbeddingService inside the classifier (the same tokenization,
-batcher and runtime as the embedding service; with task "sequence-classification" its
-vectors are a classification model's logits), or shares the one of the embedding app in
-the same process (`serve all`). `RemoteVectorSource` calls a running
-embedding service (`embedding_address`) through the upstream-call helper of
-textserve/client/: each call gets what is left of the request's deadline, does not wait for
-a connection (an unreachable service is UNAVAILABLE at once) and reconnects on its own once
-the service is back.
+`LocalVectorSource` embeds with a runtime Encoder inside the classifier (the same
+tokenization, batcher and runtime as the embedding service), or with the one the embedding
+app of the same process owns (`serve all`, built and shared by apps.py). `encode_texts`
+is the local request path (limits, tokenizing, truncation policy) that the
+sequence-classification scorer shares. `RemoteVectorSource` calls a running embedding
+service (`embedding_address`) through the upstream-call helper of textserve/client/: each
+call gets what is left of the request's deadline, does not wait for a connection (an
+unreachable service is UNAVAILABLE at once) and reconnects on its own once the service is
+back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import grpc
 import numpy as np
 
 from textserve.client.channels import open_channel
 from textserve.client.upstream import unary_call
-from textserve.core.config import ClientConfig
+from textserve.core.config import ClientConfig, LimitsConfig
 from textserve.core.errors import NotReady
-from textserve.embedding.config import EmbeddingServiceConfig
-from textserve.embedding.service import EmbeddingService, EmbedParams
-from textserve.runtime.encoder import Task
+from textserve.core.validation import check_texts
+from textserve.core.vectors import unit_rows
+from textserve.runtime.encoder_engine import Encoder, reject_truncated
+from textserve.runtime.tokenization import Encoded
 from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 
@@ -82,59 +85,94 @@ class VectorSource(Protocol):
         ...
 
 
-class LocalVectorSource:
-    """An EmbeddingService in this process (no response cache of its own when created here).
+ModelHome = Literal["owned", "shared", "remote"]
+"""Where the model behind a source runs: loaded by the classifier, by another app of this
+process, or in another service."""
 
-    Owned (the default): the classifier's own copy of the model, started and stopped with
-    the classifier. Shared (`owned=False`): the embedding app's service in this same process
-    (`serve all`), started and stopped by that app; describe() is NotReady until it loads.
+
+def home_of(source: VectorSource) -> ModelHome:
+    """Where the model behind `source` runs."""
+    if isinstance(source, LocalVectorSource):
+        return "owned" if source.owned else "shared"
+    return "remote"
+
+
+@dataclass
+class EncodedTexts:
+    """Texts as token ids, with the time tokenizing took."""
+
+    inputs: list[Encoded]
+    tokenize_seconds: float
+
+
+async def encode_texts(
+    encoder: Encoder,
+    texts: Sequence[str],
+    deadline: float | None,
+    truncate: bool | None,
+    limits: LimitsConfig,
+) -> EncodedTexts:
+    """Checks texts against `limits`, tokenizes them, and rejects overlong ones unless
+    truncating (None: the limits' default)."""
+    if not encoder.ready:
+        raise NotReady("model is still loading")
+    check_texts(texts, limits)
+    started = time.perf_counter()
+    inputs = await encoder.tokenize(texts, deadline)
+    tokenized = time.perf_counter()
+    if not (limits.truncate if truncate is None else truncate):
+        reject_truncated(inputs, "texts", encoder.max_length)
+    return EncodedTexts(inputs, tokenized - started)
+
+
+class LocalVectorSource:
+    """Unit vectors from an Encoder in this process (task "embedding").
+
+    Owned (the default): the classifier's own copy of the model (no response cache),
+    started and stopped with the classifier. Shared (`owned=False`): the embedding app's
+    Encoder in this same process (`serve all`), started and stopped by that app, with its
+    response cache; describe() is NotReady until it loads.
     """
 
-    def __init__(self, embedding: EmbeddingService, *, owned: bool = True) -> None:
-        self.embedding = embedding
+    def __init__(self, encoder: Encoder, limits: LimitsConfig, *, owned: bool = True) -> None:
+        self.encoder = encoder
+        self.limits = limits
         self.owned = owned
-        self.normalize = embedding.task == "embedding"
         self.location = "in-process" if owned else "embedding service in this process"
-
-    @classmethod
-    def create(
-        cls, config: EmbeddingServiceConfig, *, service: str, task: Task = "embedding"
-    ) -> LocalVectorSource:
-        """A source with its own model (loaded by start())."""
-        return cls(EmbeddingService(config, None, None, name=service, task=task))
 
     async def start(self) -> None:
         if self.owned:
-            await self.embedding.start()
+            await self.encoder.start()
 
     async def stop(self) -> None:
         if self.owned:
-            await self.embedding.stop()
+            await self.encoder.stop()
 
     async def describe(self, deadline: float | None) -> EncoderDescription:
-        info = self.embedding.info
-        return EncoderDescription(
-            info.name, info.revision, info.backend, info.device, info.max_length, info.dimensions, info.labels
-        )
+        return describe_encoder(self.encoder)
 
     async def embed(
         self, texts: Sequence[str], deadline: float | None, truncate: bool | None, skip_cache: bool
     ) -> Vectors:
-        result = await self.embedding.embed(
-            EmbedParams(
-                texts=list(texts), normalize=self.normalize, truncate=truncate, skip_cache=skip_cache
-            ),
-            deadline,
-        )
+        encoded = await encode_texts(self.encoder, texts, deadline, truncate, self.limits)
+        output = await self.encoder.embed(encoded.inputs, deadline, skip_cache=skip_cache)
         return Vectors(
-            values=np.stack(result.vectors).astype(np.float32, copy=False),
-            tokens=list(result.tokens),
-            truncated=list(result.truncated),
-            cached=sum(result.cached),
-            tokenize_seconds=result.tokenize_seconds,
-            queue_seconds=result.queue_seconds,
-            inference_seconds=result.inference_seconds,
+            values=unit_rows(np.stack(output.rows)),
+            tokens=[len(item.ids) for item in encoded.inputs],
+            truncated=[item.truncated for item in encoded.inputs],
+            cached=sum(output.cached),
+            tokenize_seconds=encoded.tokenize_seconds,
+            queue_seconds=output.queue_seconds,
+            inference_seconds=output.inference_seconds,
         )
+
+
+def describe_encoder(encoder: Encoder) -> EncoderDescription:
+    """The model of an in-process Encoder; NotReady while it loads."""
+    info = encoder.info
+    return EncoderDescription(
+        info.name, info.revision, info.backend, info.device, info.max_length, info.dimensions, info.labels
+    )
 
 
 def _truncation(truncate: bool | None) -> common_pb2.TruncationPolicy:
@@ -168,6 +206,15 @@ class RemoteVectorSource:
             self._stub = embedding_pb2_grpc.EmbeddingServiceStub(self._channel)
         return self._stub
 
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+            self._channel = None
+            self._stub = None
+
     async def _call(self, method: str, request: Any, deadline: float | None) -> Any:
         """One call to the embedding service (errors keep their kind, named after the service)."""
         return await unary_call(
@@ -179,15 +226,6 @@ class RemoteVectorSource:
             default_timeout_s=self._client.timeout_s,
             upstream=self.upstream,
         )
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        if self._channel is not None:
-            await self._channel.close(grace=None)
-            self._channel = None
-            self._stub = None
 
     async def describe(self, deadline: float | None) -> EncoderDescription:
         if self._description is not None:

@@ -5,21 +5,23 @@ it has none) and its example texts, scaled back to unit length. A text's logits 
 cosine similarities to the prototypes; the service turns them into scores with a softmax
 at a temperature. Prototypes are kept in a bounded LRU keyed by the embedding model's
 revision and the label's content, so configured label sets and labels that requests bring
-along are embedded once.
+along are embedded once. `ZeroShotScorer` is the zero_shot kind's scorer (scoring.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from textserve.classifier.config import LabelConfig
-from textserve.classifier.vector_source import VectorSource
+from textserve.classifier.config import ClassifierServiceConfig, LabelConfig
+from textserve.classifier.scoring import Kind, LabelChoice, LabelInfo, Scores, SourceScorer, scores_of
+from textserve.classifier.vector_source import EncoderDescription, VectorSource
 from textserve.core.config import LimitsConfig
 from textserve.core.errors import InvalidInput
 from textserve.core.vectors import unit_rows
@@ -142,3 +144,77 @@ class PrototypeBank:
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
         return np.stack([found[key] for key in keys])
+
+
+class ZeroShotScorer(SourceScorer):
+    """Cosine similarity to label prototypes (see zero_shot.py)."""
+
+    kind: Kind = "zero_shot"
+
+    def __init__(self, config: ClassifierServiceConfig, source: VectorSource) -> None:
+        super().__init__(source)
+        self.config = config
+        self.prototypes = PrototypeBank(source, config.prototype_cache_entries)
+        self.label_sets: dict[str, tuple[Label, ...]] = {
+            name: tuple(Label.from_config(label) for label in labels)
+            for name, labels in config.label_sets.items()
+        }
+
+    async def start(self) -> None:
+        await self.source.start()
+
+    async def warm_up(self, deadline: float | None) -> None:
+        description = await self.source.describe(deadline)
+        labels = self.label_sets[self.config.default_label_set]
+        await self.prototypes.prototypes(labels, description.revision, deadline)
+
+    def label_info(self, model: EncoderDescription) -> LabelInfo:
+        return LabelInfo(
+            labels=tuple(label.name for label in self.label_sets[self.config.default_label_set]),
+            label_sets=tuple(self.label_sets),
+            max_labels_per_request=self.config.max_labels_per_request,
+            default_temperature=self.config.temperature,
+        )
+
+    def temperature(self, requested: float) -> float:
+        if requested == 0:
+            return self.config.temperature
+        if not math.isfinite(requested) or not 0 < requested <= 100:
+            raise InvalidInput("temperature", f"must be in (0, 100] or 0 for the default; got {requested}")
+        return float(requested)
+
+    def choose(
+        self, labels: Sequence[Label], label_set: str, temperature: float, model: EncoderDescription
+    ) -> LabelChoice:
+        if labels and label_set:
+            raise InvalidInput("labels", "give labels or label_set, not both")
+        if labels:
+            check_request_labels(labels, self.config.max_labels_per_request, self.config.limits)
+            chosen = tuple(labels)
+        else:
+            name = label_set or self.config.default_label_set
+            found = self.label_sets.get(name)
+            if found is None:
+                raise InvalidInput(
+                    "label_set",
+                    f"unknown label set {name!r}; configured label sets: {sorted(self.label_sets)}",
+                )
+            chosen = found
+        return LabelChoice(tuple(label.name for label in chosen), labels_fingerprint(chosen), chosen)
+
+    async def score(
+        self,
+        texts: list[str],
+        choice: LabelChoice,
+        model: EncoderDescription,
+        deadline: float | None,
+        truncate: bool | None,
+        skip_cache: bool,
+    ) -> Scores:
+        prototypes = await self.prototypes.prototypes(choice.zero_shot, model.revision, deadline)
+        vectors = await self.source.embed(texts, deadline, truncate, skip_cache)
+        if vectors.values.shape[1] != prototypes.shape[1]:
+            # The embedding service changed model under us: prototypes must be rebuilt.
+            fresh = await self.source.describe(deadline)
+            prototypes = await self.prototypes.prototypes(choice.zero_shot, fresh.revision, deadline)
+        return scores_of(cosine_logits(vectors.values, prototypes), vectors)

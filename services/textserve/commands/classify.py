@@ -96,8 +96,8 @@ async def _classify(args: argparse.Namespace) -> int:
 
 
 async def _train(args: argparse.Namespace) -> int:
+    from textserve.classifier.kinds import SERVICE, local_encoder
     from textserve.classifier.linear_head import LinearHead
-    from textserve.classifier.service import SERVICE, embedding_config_of
     from textserve.classifier.training import TrainingDataError, format_report, read_examples, train
     from textserve.classifier.vector_source import LocalVectorSource, RemoteVectorSource
     from textserve.core.config import ConfigError
@@ -130,9 +130,7 @@ async def _train(args: argparse.Namespace) -> int:
         RemoteVectorSource(address, config.client, service=SERVICE)
         if address
         # Training embeds once, offline: no start-up batch-budget measurement.
-        else LocalVectorSource.create(
-            embedding_config_of(config).model_copy(update={"autotune": False}), service=SERVICE
-        )
+        else LocalVectorSource(local_encoder(config, autotune=False), config.limits)
     )
     started = time.perf_counter()
     await source.start()

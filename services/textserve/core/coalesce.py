@@ -9,9 +9,11 @@ same model, revision, parameters and input; a key is in flight from before the c
 until its value is published, so concurrent callers also share one cache read.
 
 If a leader fails or is cancelled (its client left, its deadline passed), its followers
-are not failed with it: they take the keys over and compute them themselves. A follower
-waits no longer than its own deadline. Futures are only ever given a result or
-cancelled, never an exception, so nothing is left unretrieved.
+are not failed with it: they take the keys over and compute them themselves; so do they
+when the leader's value is one that `run(shared=...)` says is not for sharing (an
+answer cut short for that caller only). A follower waits no longer than its own
+deadline. Futures are only ever given a result or cancelled, never an exception, so
+nothing is left unretrieved.
 """
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ class Coalescer(Generic[V]):
         deadline: float | None = None,
         *,
         share: bool = True,
+        shared: Callable[[V], bool] | None = None,
     ) -> list[V]:
         """Values for `keys` (aligned with them), each computed once.
 
         `share=False` neither joins nor leads other calls' work (duplicates within the call
-        are still computed once). `deadline` is an absolute time.monotonic() value; waiting
-        for another call past it raises DeadlineExceeded.
+        are still computed once). `shared(value)` false keeps a computed value to this call:
+        its followers compute the key themselves. `deadline` is an absolute
+        time.monotonic() value; waiting for another call past it raises DeadlineExceeded.
         """
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
@@ -78,7 +82,7 @@ class Coalescer(Generic[V]):
                 else:
                     follow[key] = future
             if lead:
-                await self._lead(lead, keys, first, compute, results, sharing)
+                await self._lead(lead, keys, first, compute, results, sharing, shared)
             pending = await self._follow(follow, results, deadline) if follow else []
             coalesced += len(follow) - len(pending)
             if not pending:
@@ -95,6 +99,7 @@ class Coalescer(Generic[V]):
         compute: Compute[V],
         results: dict[str, V],
         share: bool,
+        shared: Callable[[V], bool] | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         futures: dict[str, asyncio.Future[V]] = {key: loop.create_future() for key in lead}
@@ -107,7 +112,10 @@ class Coalescer(Generic[V]):
             if future is None or future.done():
                 return
             results[key] = value
-            future.set_result(value)
+            if shared is None or shared(value):
+                future.set_result(value)
+            else:
+                future.cancel()  # followers take the key over
             if self._inflight.get(key) is future:
                 del self._inflight[key]
 

@@ -1,4 +1,4 @@
-"""The embedding ServiceApp: the servicer, its model lifecycle and its registration."""
+"""The embedding ServiceApp: the servicer, its Encoder's lifecycle and its registration."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from textserve.embedding.oip import EmbeddingAdapter
 from textserve.embedding.service import SERVICE, EmbeddingService
 from textserve.embedding.servicer import EmbeddingServicer
 from textserve.oip.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
+from textserve.runtime.encoder_engine import Encoder
 from textserve.runtime.token_source import TokenSource
 from textserve.transport.registration import add_servicer
 from textserve.v1 import embedding_pb2
@@ -29,9 +30,13 @@ class EmbeddingApp:
         config: EmbeddingServiceConfig,
         cache: ResponseCache | None = None,
         token_source: TokenSource | None = None,
+        *,
+        encoder: Encoder | None = None,
     ) -> None:
+        """`encoder` (built by apps.py, which may share it with the classifier) replaces the
+        one built here from the config, `cache` and `token_source`; this app starts and stops it."""
         self.server_config = config.server
-        self.service = EmbeddingService(config, cache, token_source)
+        self.service = EmbeddingService(config, cache, token_source, encoder=encoder)
         self.servicer = EmbeddingServicer(self.service)
 
     def register(self, server: grpc.aio.Server) -> None:

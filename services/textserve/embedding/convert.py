@@ -49,20 +49,19 @@ def info_response(service: EmbeddingService) -> embedding_pb2.InfoResponse:
     """InfoResponse for the loaded model."""
     info = service.info
     config = service.config
-    assert service.batcher is not None
     response = embedding_pb2.InfoResponse(
         model=common.model_info(info.name, info.revision, info.backend, info.device, info.max_length),
         dimensions=info.dimensions,
         pooling=info.pooling,
         limits=common.limits(config.limits, config.server, info.max_length),
-        batch_budget=common.batch_budget(service.batcher.budget, config.batcher),
+        batch_budget=common.batch_budget(service.budget, config.batcher),
         default_truncation=(
             common_pb2.TRUNCATION_POLICY_TRUNCATE
             if config.limits.truncate
             else common_pb2.TRUNCATION_POLICY_REJECT
         ),
     )
-    for point in getattr(service, "tuning_curve", []):
+    for point in service.tuning_curve:
         response.tuning_curve.add(
             text_tokens=point.text_tokens,
             batch_size=point.batch_size,

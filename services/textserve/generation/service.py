@@ -4,9 +4,9 @@ Knows nothing of protobuf; the servicer converts in and out (generation/convert.
 nothing of the engine's thread: generation/async_engine.py hands each sequence's events
 over to the event loop. `stream` yields text deltas as the engine produces them;
 `generate` collects a whole completion and serves deterministic requests (greedy or
-seeded) from the response cache. A caller that goes away (its task is cancelled) aborts
-its sequence, which frees the sequence's batch slot and KV reservation at the engine's
-next step.
+seeded) from the response cache (core/cache_through.py: identical ones in flight are
+generated once). A caller that goes away (its task is cancelled) aborts its sequence,
+which frees the sequence's batch slot and KV reservation at the engine's next step.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from textserve.core import metrics
 from textserve.core.cache import ResponseCache
+from textserve.core.cache_through import CacheThrough
 from textserve.core.errors import BackendFailure, DeadlineExceeded, InvalidInput, NotReady
 from textserve.generation.async_engine import AsyncEngine
 from textserve.generation.config import GenerationServiceConfig
@@ -83,6 +84,7 @@ class GenerationService:
     ) -> None:
         self.config = config
         self.cache = cache if config.cache_enabled else None
+        self.results: CacheThrough[GenerateResult] = CacheThrough(self.cache, name)
         self.name = name
         self.model: CausalLM | None = None
         self.engine: AsyncEngine | None = None
@@ -157,11 +159,18 @@ class GenerationService:
         prepared = await self._prepare(params, deadline, arrival)
         assert prepared.request is not None
         key = self._cache_key(prepared, params)
-        if key is not None:
-            assert self.cache is not None
-            cached = _decode_result((await self.cache.get_many([key]))[0])
-            if cached is not None:
-                return cached
+        if key is None:
+            return await self._complete(prepared)
+
+        async def complete(_indices: list[int]) -> list[GenerateResult]:
+            return [await self._complete(prepared)]
+
+        # Identical deterministic requests in flight are generated once.
+        (item,) = await self.results.run([key], complete, _RESULT_CODEC, deadline)
+        return item.value
+
+    async def _complete(self, prepared: _Prepared) -> GenerateResult:
+        """Runs the sequence and collects its chunks into one completion."""
         texts: list[str] = []
         ids: list[int] = []
         last: GenerationChunk | None = None
@@ -170,7 +179,7 @@ class GenerationService:
             ids.extend(chunk.token_ids)
             last = chunk
         assert last is not None and last.finish is not None
-        result = GenerateResult(
+        return GenerateResult(
             text="".join(texts),
             token_ids=ids,
             finish=last.finish,
@@ -178,10 +187,6 @@ class GenerationService:
             output_tokens=last.output_tokens,
             first_token_seconds=prepared.first_token_seconds,
         )
-        if key is not None and result.finish in (FinishStatus.LENGTH, FinishStatus.EOS, FinishStatus.STOPPED):
-            assert self.cache is not None
-            self.cache.put_many([(key, _encode_result(result))])
-        return result
 
     async def _prepare(self, params: GenerateParams, deadline: float | None, arrival: float) -> _Prepared:
         """Checks the request and tokenizes it; nothing is queued yet."""
@@ -297,6 +302,21 @@ class GenerationService:
 def _client_status(status: FinishStatus) -> FinishStatus:
     """What the client is told: an expired sequence was cancelled."""
     return FinishStatus.ABORTED if status is FinishStatus.EXPIRED else status
+
+
+class _ResultCodec:
+    """Cache entries of whole completions: only finished ones are stored (and shared in flight)."""
+
+    def encode(self, value: GenerateResult) -> bytes | None:
+        if value.finish not in (FinishStatus.LENGTH, FinishStatus.EOS, FinishStatus.STOPPED):
+            return None
+        return _encode_result(value)
+
+    def decode(self, entry: bytes) -> GenerateResult | None:
+        return _decode_result(entry)
+
+
+_RESULT_CODEC = _ResultCodec()
 
 
 def _encode_result(result: GenerateResult) -> bytes:

@@ -4,6 +4,7 @@
 returns pooled vectors (task "embedding") or logits (task "sequence-classification").
 Two implementations: ONNX Runtime (graph exported once and cached on disk) and torch.
 `EncoderModel.run_batch` pads a batch of id lists to its longest and calls the backend.
+The Encoder (runtime/encoder_engine.py) puts a batcher and the task verbs around it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from textserve.core.config import ModelConfig
-from textserve.runtime.device import intra_op_threads, resolve_onnx_providers, resolve_torch_device
+from textserve.runtime.device import (
+    intra_op_threads,
+    resolve_onnx_providers,
+    resolve_torch_device,
+    torch_dtype,
+)
 from textserve.runtime.model_files import ModelFiles, resolve_model
 from textserve.runtime.tokenization import TextTokenizer
 
@@ -94,11 +100,10 @@ class TorchEncoderBackend:
 
         self.device = resolve_torch_device(config.device)
         torch.set_num_threads(intra_op_threads(config.intra_op_threads))
-        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
-            config.dtype, torch.float16 if self.device.startswith("cuda") else torch.float32
-        )
         self._torch = torch
-        self._module = _torch_module(files, task, pooling, dtype).to(self.device)
+        self._module = _torch_module(files, task, pooling, torch_dtype(config.dtype, self.device)).to(
+            self.device
+        )
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -242,7 +247,7 @@ class EncoderModel:
         return input_ids, mask
 
     def run_batch(self, batch: list[list[int]]) -> list[np.ndarray]:
-        """One forward over a batch of id lists; one float32 vector per list."""
+        """One forward over a batch of id lists; one float32 row (pooled vector or logits) per list."""
         input_ids, mask = self.pad(batch)
         output = self.backend.forward(input_ids, mask)
         return list(output)

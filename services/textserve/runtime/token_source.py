@@ -17,6 +17,10 @@ class TokenSource(Protocol):
 
     max_length: int
 
+    def bind(self, model: str, max_length: int) -> None:
+        """Sets the model and the cut, once the model is loaded (the Encoder calls it)."""
+        ...
+
     async def encode(self, texts: Sequence[str], deadline: float | None) -> list[Encoded]:
         """Token ids for each text, cut at max_length (special tokens added)."""
         ...
@@ -32,6 +36,10 @@ class LocalTokenSource:
     def __init__(self, tokenizer: TextTokenizer) -> None:
         self.tokenizer = tokenizer
         self.max_length = tokenizer.max_length
+
+    def bind(self, model: str, max_length: int) -> None:
+        """Nothing to do: the tokenizer is the model's own."""
+        return None
 
     async def encode(self, texts: Sequence[str], deadline: float | None) -> list[Encoded]:
         if len(texts) > _THREAD_THRESHOLD:
