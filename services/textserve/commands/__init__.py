@@ -1,1 +1,1 @@
-"""CLI subcommands that are not tied to one service."""
+"""CLI subcommands: `serve`, `tune`, `config`, and the client commands that call a running service."""
