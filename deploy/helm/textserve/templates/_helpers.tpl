@@ -115,25 +115,85 @@ Deep merge of .src into .dst (mutates .dst): maps merge key by key, anything els
 {{- printf "TEXTSERVE_%s" (upper .) -}}
 {{- end -}}
 
-{{/* Image reference of one service: repository:tag-variant, or repository@digest. */}}
+{{/* Image reference of one service: repository:tag-variant, or repository@digest of its variant. */}}
 {{- define "textserve.image" -}}
-{{- $g := .ctx.Values.global.image -}}
 {{- $v := include "textserve.serviceValues" . | fromYaml -}}
-{{- $own := $v.image | default dict -}}
+{{- include "textserve.imageRef" (dict "ctx" .ctx "own" ($v.image | default dict)) -}}
+{{- end -}}
+
+{{/*
+Image reference from an override (.own: repository, tag, variant, digest) over global.image.
+The digest is the override's, else global.image.digests.<variant>, else global.image.digest
+when the variant is global.image.variant (that digest names one image, not both).
+*/}}
+{{- define "textserve.imageRef" -}}
+{{- $g := .ctx.Values.global.image -}}
+{{- $own := .own | default dict -}}
 {{- $repository := $own.repository | default $g.repository -}}
-{{- $digest := $own.digest | default $g.digest -}}
+{{- $variant := $own.variant | default $g.variant -}}
+{{- $digest := include "textserve.imageDigest" . -}}
 {{- if $digest -}}
 {{- printf "%s@%s" $repository $digest -}}
 {{- else -}}
 {{- $tag := $own.tag | default $g.tag | default .ctx.Chart.AppVersion -}}
-{{- printf "%s:%s-%s" $repository $tag (include "textserve.imageVariant" .) -}}
+{{- printf "%s:%s-%s" $repository $tag $variant -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Digest an image override resolves to (empty: pull by tag). Takes (dict "ctx" $ "own" $override). */}}
+{{- define "textserve.imageDigest" -}}
+{{- $g := .ctx.Values.global.image -}}
+{{- $own := .own | default dict -}}
+{{- $variant := $own.variant | default $g.variant -}}
+{{- $own.digest | default (index ($g.digests | default dict) $variant) | default (ternary $g.digest "" (eq $variant $g.variant)) -}}
+{{- end -}}
+
+{{/* Pull policy of one service (its image.pullPolicy, else global.image.pullPolicy). */}}
+{{- define "textserve.pullPolicy" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- ($v.image | default dict).pullPolicy | default .ctx.Values.global.image.pullPolicy -}}
 {{- end -}}
 
 {{/* cpu or cuda for one service. */}}
 {{- define "textserve.imageVariant" -}}
 {{- $v := include "textserve.serviceValues" . | fromYaml -}}
 {{- ($v.image | default dict).variant | default .ctx.Values.global.image.variant -}}
+{{- end -}}
+
+{{/*
+GPU resources a service's limits ask for, as "name=count" items joined by ", " (empty: none).
+A resource is a GPU when its name matches global.gpu.resourcePattern.
+*/}}
+{{- define "textserve.gpuLimits" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- $pattern := .ctx.Values.global.gpu.resourcePattern -}}
+{{- $found := list -}}
+{{- range $name, $count := (($v.resources | default dict).limits | default dict) -}}
+{{- if and (regexMatch $pattern $name) (gt (int $count) 0) -}}
+{{- $found = append $found (printf "%s=%d" $name (int $count)) -}}
+{{- end -}}
+{{- end -}}
+{{- join ", " $found -}}
+{{- end -}}
+
+{{/* "true" when a service asks for a GPU: a GPU extended resource or a DRA claim. */}}
+{{- define "textserve.isGpu" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- if or (include "textserve.gpuLimits" .) (($v.resources | default dict).claims) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+CPU utilisation target of a service's HPA (empty: no CPU metric): the value when set (0
+switches it off), else 70 on CPU services and none on GPU services (GPU pods are not CPU-bound).
+*/}}
+{{- define "textserve.cpuTarget" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- $target := $v.autoscaling.targetCPUUtilizationPercentage -}}
+{{- if kindIs "invalid" $target -}}
+{{- if not (include "textserve.isGpu" .) -}}70{{- end -}}
+{{- else if gt (int $target) 0 -}}
+{{- int $target -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Whole CPU cores of a CPU quantity ("2", 2, "2000m"), else empty. */}}
@@ -185,6 +245,11 @@ Deep merge of .src into .dst (mutates .dst): maps merge key by key, anything els
 {{- if and (eq .Values.global.cache.backend "redis") .Values.global.redis.deploy -}}true{{- end -}}
 {{- end -}}
 
+{{/* "true" for services that export ONNX graphs (and get the onnx-cache volume). */}}
+{{- define "textserve.exportsOnnx" -}}
+{{- if has . (list "embedding" "classifier" "generation") -}}true{{- end -}}
+{{- end -}}
+
 {{/* Paths inside the containers. */}}
 {{- define "textserve.configDir" -}}/etc/textserve/config{{- end -}}
 {{- define "textserve.configFile" -}}/etc/textserve/config/textserve.yaml{{- end -}}
@@ -194,6 +259,7 @@ Deep merge of .src into .dst (mutates .dst): maps merge key by key, anything els
 {{- define "textserve.redisTlsDir" -}}/etc/textserve/redis-tls{{- end -}}
 {{- define "textserve.cacheDir" -}}/var/cache/textserve{{- end -}}
 {{- define "textserve.onnxCacheDir" -}}/var/cache/textserve/onnx{{- end -}}
+{{- define "textserve.hfCacheDir" -}}/var/cache/textserve/huggingface{{- end -}}
 
 {{/*
 The textserve config file (YAML, the structure of textserve.core.config.Settings) of one
@@ -275,12 +341,12 @@ are set through the environment (textserve.env).
 - name: TEXTSERVE_METRICS__PORT
   value: {{ $g.metrics.port | int | quote }}
 - name: HF_HOME
-  value: {{ printf "%s/huggingface" (include "textserve.cacheDir" $ctx) | quote }}
+  value: {{ include "textserve.hfCacheDir" $ctx | quote }}
 {{- if and (ne $svc "gateway") (ne $svc "tokenizer") }}
 - name: {{ $p }}__MODEL__ONNX_CACHE_DIR
   value: {{ include "textserve.onnxCacheDir" $ctx | quote }}
 {{- end }}
-{{- if eq $g.cache.backend "redis" }}
+{{- if and (eq $g.cache.backend "redis") (ne $svc "gateway") }}
 {{- if $g.redis.auth.existingSecret }}
 - name: TEXTSERVE_CACHE__PASSWORD_FILE
   value: {{ printf "%s/%s" (include "textserve.redisSecretDir" $ctx) $g.redis.auth.passwordKey | quote }}
@@ -349,24 +415,31 @@ are set through the environment (textserve.env).
 {{- define "textserve.volumeMounts" -}}
 {{- $ctx := .ctx -}}
 {{- $g := $ctx.Values.global -}}
+{{- $model := ne .svc "gateway" -}}
+{{- $redis := and $model (eq $g.cache.backend "redis") -}}
 - name: config
   mountPath: {{ include "textserve.configDir" $ctx }}
   readOnly: true
 - name: tmp
   mountPath: /tmp
+# The Hugging Face cache (HF_HOME under it).
 - name: cache
   mountPath: {{ include "textserve.cacheDir" $ctx }}
-{{- if $g.models.volume }}
+{{- if include "textserve.exportsOnnx" .svc }}
+- name: onnx-cache
+  mountPath: {{ include "textserve.onnxCacheDir" $ctx }}
+{{- end }}
+{{- if and $model $g.models.volume }}
 - name: models
   mountPath: {{ $g.models.mountPath }}
   readOnly: true
 {{- end }}
-{{- if and (eq $g.cache.backend "redis") $g.redis.auth.existingSecret }}
+{{- if and $redis $g.redis.auth.existingSecret }}
 - name: redis-password
   mountPath: {{ include "textserve.redisSecretDir" $ctx }}
   readOnly: true
 {{- end }}
-{{- if and (eq $g.cache.backend "redis") $g.redis.tls.enabled }}
+{{- if and $redis $g.redis.tls.enabled }}
 - name: redis-tls
   mountPath: {{ include "textserve.redisTlsDir" $ctx }}
   readOnly: true
@@ -387,6 +460,8 @@ are set through the environment (textserve.env).
 {{- define "textserve.volumes" -}}
 {{- $ctx := .ctx -}}
 {{- $g := $ctx.Values.global -}}
+{{- $model := ne .svc "gateway" -}}
+{{- $redis := and $model (eq $g.cache.backend "redis") -}}
 - name: config
   configMap:
     name: {{ include "textserve.componentName" . }}
@@ -394,17 +469,26 @@ are set through the environment (textserve.env).
   emptyDir:
     sizeLimit: {{ $g.tmpSizeLimit }}
 - name: cache
+{{- if $g.hfCache.volume }}
+  {{- toYaml $g.hfCache.volume | nindent 2 }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ $g.hfCache.sizeLimit }}
+{{- end }}
+{{- if include "textserve.exportsOnnx" .svc }}
+- name: onnx-cache
 {{- if $g.onnxCache.volume }}
   {{- toYaml $g.onnxCache.volume | nindent 2 }}
 {{- else }}
   emptyDir:
     sizeLimit: {{ $g.onnxCache.sizeLimit }}
 {{- end }}
-{{- if $g.models.volume }}
+{{- end }}
+{{- if and $model $g.models.volume }}
 - name: models
   {{- toYaml $g.models.volume | nindent 2 }}
 {{- end }}
-{{- if and (eq $g.cache.backend "redis") $g.redis.auth.existingSecret }}
+{{- if and $redis $g.redis.auth.existingSecret }}
 - name: redis-password
   secret:
     secretName: {{ $g.redis.auth.existingSecret }}
@@ -413,7 +497,7 @@ are set through the environment (textserve.env).
       - key: {{ $g.redis.auth.passwordKey }}
         path: {{ $g.redis.auth.passwordKey }}
 {{- end }}
-{{- if and (eq $g.cache.backend "redis") $g.redis.tls.enabled }}
+{{- if and $redis $g.redis.tls.enabled }}
 - name: redis-tls
   secret:
     secretName: {{ $g.redis.tls.existingSecret }}
