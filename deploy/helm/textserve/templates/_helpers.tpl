@@ -301,6 +301,9 @@ are set through the environment (textserve.env).
 {{- else if $v.batcher -}}
 {{- $_ := set $section "batcher" $batcher -}}
 {{- end -}}
+{{- /* Connection age: clients balancing over headless DNS re-resolve and reach new pods. */ -}}
+{{- $age := merge (dict) ($v.connectionAge | default dict) ($g.connectionAge | default dict) -}}
+{{- $_ := set $section "server" (dict "max_connection_age_ms" (mul (int $age.maxAgeSeconds) 1000) "max_connection_age_grace_ms" (mul (int $age.graceSeconds) 1000)) -}}
 {{- if and (eq $svc "embedding") $v.useTokenizerService -}}
 {{- $_ := set $section "tokenizer_address" (include "textserve.address" (dict "ctx" $ctx "svc" "tokenizer")) -}}
 {{- end -}}
