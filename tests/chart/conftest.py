@@ -131,10 +131,11 @@ def workload(docs: list[dict[str, Any]], svc: str) -> dict[str, Any]:
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    """The single container of a textserve Deployment."""
+    """The textserve container of a Deployment (sidecars, when configured, come after it)."""
     containers = deployment["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return dict(containers[0])
+    ours = [c for c in containers if c["name"].startswith("textserve-")] or containers
+    assert len(ours) == 1 and containers[0] is ours[0]
+    return dict(ours[0])
 
 
 def env_of(ctr: dict[str, Any]) -> dict[str, Any]:
