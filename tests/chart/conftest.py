@@ -58,6 +58,11 @@ SCENARIOS = (
     Scenario("ci-no-redis", ("ci/no-redis-values.yaml",)),
     Scenario("ci-embedding-only", ("ci/embedding-only-values.yaml",)),
     Scenario("values-gpu", ("values-gpu.yaml",)),
+    Scenario("ci-keda", ("ci/keda-values.yaml",)),
+    Scenario("ci-init-weights", ("ci/init-weights-values.yaml",)),
+    Scenario("ci-mig", ("ci/mig-values.yaml",)),
+    Scenario("ci-dra-claims", ("ci/dra-claims-values.yaml",)),
+    Scenario("ci-two-releases", ("ci/two-releases-values.yaml",)),
 )
 SCENARIO_IDS = [scenario.name for scenario in SCENARIOS]
 

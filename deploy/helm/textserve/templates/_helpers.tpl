@@ -437,6 +437,16 @@ are set through the environment (textserve.env).
   mountPath: {{ $g.models.mountPath }}
   readOnly: true
 {{- end }}
+{{- $ms := include "textserve.modelStorage" . | fromYaml }}
+{{- if $ms.volume }}
+- name: model-storage
+  mountPath: {{ $ms.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if $ms.shm }}
+- name: shm
+  mountPath: /dev/shm
+{{- end }}
 {{- if and $redis $g.redis.auth.existingSecret }}
 - name: redis-password
   mountPath: {{ include "textserve.redisSecretDir" $ctx }}
@@ -490,6 +500,22 @@ are set through the environment (textserve.env).
 {{- if and $model $g.models.volume }}
 - name: models
   {{- toYaml $g.models.volume | nindent 2 }}
+{{- end }}
+{{- $ms := include "textserve.modelStorage" . | fromYaml }}
+{{- if $ms.volume }}
+- name: model-storage
+  {{- toYaml $ms.volume | nindent 2 }}
+{{- end }}
+{{- if $ms.fetch }}
+- name: fetch-script
+  configMap:
+    name: {{ include "textserve.componentName" (dict "ctx" $ctx "svc" "fetch") }}
+{{- end }}
+{{- if $ms.shm }}
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ $ms.shm }}
 {{- end }}
 {{- if and $redis $g.redis.auth.existingSecret }}
 - name: redis-password
@@ -591,4 +617,84 @@ podAntiAffinity:
         labelSelector:
           matchLabels:
             {{- include "textserve.selectorLabels" . | nindent 12 }}
+{{- end -}}
+
+
+{{/*
+Model storage of one gRPC service (YAML): volume (the source, or an emptyDir when only the
+fetch init container fills it), mountPath, fetch (true when the init container runs) and
+shm (the /dev/shm size limit, empty: none). Empty for the gateway.
+*/}}
+{{- define "textserve.modelStorage" -}}
+{{- $out := dict -}}
+{{- if ne .svc "gateway" -}}
+{{- $ms := (index .ctx.Values.services .svc).modelStorage | default dict -}}
+{{- $fetch := ($ms.fetch | default dict).enabled -}}
+{{- $volume := $ms.volume -}}
+{{- if and (not $volume) $fetch -}}
+{{- $volume = dict "emptyDir" (dict "sizeLimit" $ms.sizeLimit) -}}
+{{- end -}}
+{{- if $volume -}}
+{{- $_ := set $out "volume" $volume -}}
+{{- $_ := set $out "mountPath" $ms.mountPath -}}
+{{- end -}}
+{{- if $fetch -}}{{- $_ := set $out "fetch" true -}}{{- end -}}
+{{- if ($ms.sharedMemory | default dict).enabled -}}
+{{- $_ := set $out "shm" $ms.sharedMemory.sizeLimit -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+The init container that downloads a service's model into its model-storage volume and
+checks it (files/fetch_model.py in the textserve image, or modelStorage.fetch.command).
+*/}}
+{{- define "textserve.fetchContainer" -}}
+{{- $ms := include "textserve.modelStorage" . | fromYaml -}}
+{{- if $ms.fetch -}}
+{{- $f := (index .ctx.Values.services .svc).modelStorage.fetch -}}
+{{- $g := .ctx.Values.global -}}
+- name: fetch-model
+  image: {{ include "textserve.imageRef" (dict "ctx" .ctx "own" (merge (dict) ($f.image | default dict) ((index .ctx.Values.services .svc).image | default dict))) | quote }}
+  imagePullPolicy: {{ ($f.image | default dict).pullPolicy | default $g.image.pullPolicy }}
+  {{- if $f.command }}
+  command:
+    {{- toYaml $f.command | nindent 4 }}
+  {{- else }}
+  command:
+    - python
+    - /etc/textserve/fetch/fetch_model.py
+    - --uri
+    - {{ $f.uri | quote }}
+    - --dest
+    - {{ $ms.mountPath | quote }}
+    {{- with $f.sha256 }}
+    - --sha256
+    - {{ . | quote }}
+    {{- end }}
+  {{- end }}
+  env:
+    - name: HF_HOME
+      value: /tmp/huggingface
+    - name: HF_HUB_OFFLINE
+      value: "0"
+    {{- with $f.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $f.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $g.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: model-storage
+      mountPath: {{ $ms.mountPath }}
+    - name: fetch-script
+      mountPath: /etc/textserve/fetch
+      readOnly: true
+    - name: tmp
+      mountPath: /tmp
+{{- end -}}
 {{- end -}}

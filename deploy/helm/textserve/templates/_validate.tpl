@@ -12,6 +12,7 @@ fails once, listing them all (as bitnami charts do).
 {{- $messages = append $messages (include "textserve.validateValues.gpu" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.images" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.claims" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.modelStorage" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.scaling" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.shutdown" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.ingress" .) -}}
@@ -168,6 +169,16 @@ textserve: every service and the gateway are disabled; enable at least one of se
 {{- if and $a.enabled $queue (not $metrics) -}}
 {{- $out = append $out (printf "%s.autoscaling: queueDepth needs global.metrics.enabled=true (the metric comes from the pods' /metrics through prometheus-adapter)." $path) -}}
 {{- end -}}
+{{- $k := $v.keda | default dict -}}
+{{- if and $k.enabled $a.enabled -}}
+{{- $out = append $out (printf "%s: keda.enabled and autoscaling.enabled are both true; KEDA makes its own HPA, so use one of them." $path) -}}
+{{- end -}}
+{{- if and $k.enabled (not $metrics) -}}
+{{- $out = append $out (printf "%s.keda: the Prometheus trigger needs global.metrics.enabled=true." $path) -}}
+{{- end -}}
+{{- if and $k.enabled (gt (int $k.minReplicaCount) (int $k.maxReplicaCount)) -}}
+{{- $out = append $out (printf "%s.keda: minReplicaCount=%d is greater than maxReplicaCount=%d." $path (int $k.minReplicaCount) (int $k.maxReplicaCount)) -}}
+{{- end -}}
 {{- if $v.pdb.enabled -}}
 {{- $least := ternary (int $a.minReplicas) (int $v.replicas) (eq $a.enabled true) -}}
 {{- $min := $v.pdb.minAvailable -}}
@@ -219,4 +230,17 @@ textserve: every service and the gateway are disabled; enable at least one of se
 {{- if and $gw.enabled $gw.ingress.enabled (not $gw.ingress.hosts) -}}
 gateway.ingress: enabled=true needs at least one entry in hosts.
 {{- end -}}
+{{- end -}}
+
+{{/* The model fetch init container needs something to fetch. */}}
+{{- define "textserve.validateValues.modelStorage" -}}
+{{- $out := list -}}
+{{- range $svc := splitList " " (include "textserve.grpcServices" $) -}}
+{{- $v := index $.Values.services $svc -}}
+{{- $f := (($v.modelStorage | default dict).fetch | default dict) -}}
+{{- if and $v.enabled $f.enabled (not $f.uri) (not $f.command) -}}
+{{- $out = append $out (printf "services.%s.modelStorage.fetch: enabled=true needs uri (hf://, https://) or command." $svc) -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $out -}}
 {{- end -}}
