@@ -12,8 +12,9 @@ Plain copies for users without the chart (Grafana import, Prometheus rule_files)
 
 Dashboards query only metrics defined in services/textserve/core/metrics.py (tests check
 this, and a live Prometheus test runs every query). Variables: $datasource, $namespace
-(the Prometheus Operator's target label; "All" also matches series without it), $service
-and $model.
+(the Prometheus Operator's target label; "All" also matches series without it), $release
+(the chart's ServiceMonitors add it from app.kubernetes.io/instance; "All" matches series
+without it too), $service and $model.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class Dashboard:
 
 
 def _sel(*matchers: str) -> str:
-    """A label selector body: namespace always, plus the given matchers."""
-    return ", ".join(('namespace=~"$namespace"', *matchers))
+    """A label selector body: namespace and release always, plus the given matchers."""
+    return ", ".join(('namespace=~"$namespace"', 'release=~"$release"', *matchers))
 
 
 def _quantiles(
@@ -231,7 +232,7 @@ def overview() -> Dashboard:
         "textserve / overview",
         "Every textserve service at a glance: traffic, errors, latency, queues, cache, generation.",
         rows,
-        ["datasource", "namespace"],
+        ["datasource", "namespace", "release"],
     )
 
 
@@ -442,7 +443,7 @@ def service() -> Dashboard:
         "textserve / service",
         "One textserve service in depth: requests, latency, batching, queue, cache and model.",
         rows,
-        ["datasource", "namespace", "service", "model"],
+        ["datasource", "namespace", "release", "service", "model"],
     )
 
 
@@ -566,7 +567,7 @@ def generation() -> Dashboard:
         "The generation service: tokens per second, time to first token, inter-token latency, "
         "continuous batching and KV cache.",
         rows,
-        ["datasource", "namespace", "model"],
+        ["datasource", "namespace", "release", "model"],
     )
 
 
@@ -586,6 +587,7 @@ def _variable(name: str) -> dict[str, Any]:
         }
     queries = {
         "namespace": ("Namespace", "label_values(textserve_requests_total, namespace)"),
+        "release": ("Release", 'label_values(textserve_requests_total{namespace=~"$namespace"}, release)'),
         "service": ("Service", 'label_values(textserve_requests_total{namespace=~"$namespace"}, service)'),
         "model": ("Model", 'label_values(textserve_model_loaded{namespace=~"$namespace"}, model)'),
     }

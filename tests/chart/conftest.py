@@ -58,6 +58,11 @@ SCENARIOS = (
     Scenario("ci-no-redis", ("ci/no-redis-values.yaml",)),
     Scenario("ci-embedding-only", ("ci/embedding-only-values.yaml",)),
     Scenario("values-gpu", ("values-gpu.yaml",)),
+    Scenario("ci-keda", ("ci/keda-values.yaml",)),
+    Scenario("ci-init-weights", ("ci/init-weights-values.yaml",)),
+    Scenario("ci-mig", ("ci/mig-values.yaml",)),
+    Scenario("ci-dra-claims", ("ci/dra-claims-values.yaml",)),
+    Scenario("ci-two-releases", ("ci/two-releases-values.yaml",)),
 )
 SCENARIO_IDS = [scenario.name for scenario in SCENARIOS]
 
@@ -131,10 +136,11 @@ def workload(docs: list[dict[str, Any]], svc: str) -> dict[str, Any]:
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    """The single container of a textserve Deployment."""
+    """The textserve container of a Deployment (sidecars, when configured, come after it)."""
     containers = deployment["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return dict(containers[0])
+    ours = [c for c in containers if c["name"].startswith("textserve-")] or containers
+    assert len(ours) == 1 and containers[0] is ours[0]
+    return dict(ours[0])
 
 
 def env_of(ctr: dict[str, Any]) -> dict[str, Any]:

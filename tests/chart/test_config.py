@@ -91,6 +91,9 @@ def test_every_pod_config_loads(scenario: Scenario, tmp_path: Path) -> None:
             assert str(section.server.auth.client_token_file) == "/etc/textserve/auth/clientToken"
         if svc != "tokenizer":
             assert str(section.model.onnx_cache_dir) == "/var/cache/textserve/onnx"
+        age = {**values["global"]["connectionAge"], **values["services"][svc].get("connectionAge", {})}
+        assert section.server.max_connection_age_ms == age["maxAgeSeconds"] * 1000
+        assert section.server.max_connection_age_grace_ms == age["graceSeconds"] * 1000
 
 
 def test_cache_settings(scenario: Scenario, tmp_path: Path) -> None:
@@ -109,6 +112,10 @@ def test_cache_settings(scenario: Scenario, tmp_path: Path) -> None:
             )
         else:
             assert settings.cache.url == values["redis"]["url"]
+        if svc == "gateway":
+            # The gateway calls the services and caches nothing: no Redis secrets in it.
+            assert settings.cache.password_file is None and settings.cache.tls_ca_file is None
+            continue
         if values["redis"]["auth"]["existingSecret"]:
             assert str(settings.cache.password_file) == "/etc/textserve/redis/password"
             mounts = {m["mountPath"] for m in container(workload(docs, svc))["volumeMounts"]}
@@ -144,6 +151,19 @@ def test_values_reach_the_service_sections(tmp_path: Path) -> None:
     assert generation.generation.model.path == "/models/qwen2.5-1.5b-instruct"
     tokenizer, raw = _pod_settings(gpu_docs, "tokenizer", tmp_path)
     assert [m.path for m in tokenizer.tokenizer.models] == ["/models/bge-base-en-v1.5"]
+
+
+def test_connection_age_reaches_every_grpc_server(tmp_path: Path) -> None:
+    """Defect 6: servers close connections after a maximum age, so clients re-resolve."""
+    docs = scenario_docs(Scenario("default"))
+    tokenizer, _ = _pod_settings(docs, "tokenizer", tmp_path)
+    assert tokenizer.tokenizer.server.max_connection_age_ms == 300_000
+    assert tokenizer.tokenizer.server.max_connection_age_grace_ms == 30_000
+    generation, _ = _pod_settings(docs, "generation", tmp_path)
+    assert generation.generation.server.max_connection_age_grace_ms == 600_000, "long streams"
+    docs = documents(render({"global": {"connectionAge": {"maxAgeSeconds": 0}}}))
+    embedding, _ = _pod_settings(docs, "embedding", tmp_path)
+    assert embedding.embedding.server.max_connection_age_ms == 0
 
 
 def test_gateway_without_generation(tmp_path: Path) -> None:

@@ -25,7 +25,15 @@ from tests.chart.conftest import (
 
 ALL_ON = Scenario("ci-cpu", ("ci/cpu-values.yaml",))
 SERVICE_MONITOR_KEYS = {"selector", "namespaceSelector", "endpoints"}
-ENDPOINT_KEYS = {"port", "path", "interval", "scrapeTimeout", "honorLabels"}
+ENDPOINT_KEYS = {
+    "port",
+    "path",
+    "interval",
+    "scrapeTimeout",
+    "honorLabels",
+    "relabelings",
+    "metricRelabelings",
+}
 
 
 def _promtool() -> str:
@@ -118,7 +126,12 @@ def test_dashboards_are_provisioned_for_the_grafana_sidecar() -> None:
         assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert config_map["metadata"]["annotations"]["grafana_folder"] == "textserve"
         ((key, text),) = config_map["data"].items()
-        assert json.loads(text) == json.loads((CHART_DIR / "dashboards" / key).read_text())
+        shipped = json.loads((CHART_DIR / "dashboards" / key).read_text())
+        got = json.loads(text)
+        # Release-scoped: uid and title name the release (two releases in one Grafana).
+        assert got.pop("uid").startswith(shipped.pop("uid") + "-")
+        assert got.pop("title") == f"{shipped.pop('title')} ({NAMESPACE}/demo)"
+        assert got == shipped
         assert len(text.encode()) < 1024 * 1024, "ConfigMaps hold at most 1 MiB"
 
 

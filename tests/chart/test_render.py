@@ -44,8 +44,8 @@ COMMON_LABELS = (
     "app.kubernetes.io/component",
 )
 SELECTOR_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
-SHARED_COMPONENTS = ("redis", "monitoring", "test")
-CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
+SHARED_COMPONENTS = ("redis", "monitoring", "test", "fetch")
+CRD_KINDS = ("ServiceMonitor", "PrometheusRule", "ScaledObject")
 
 
 def _port(scenario: Scenario, svc: str) -> int:
@@ -63,8 +63,15 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 # --- Kubernetes validity ----------------------------------------------------------------
+# Fields newer than the oldest supported Kubernetes, allowed there for the scenario that
+# needs them: DRA's PodResourceClaim.resourceClaimTemplateName exists since 1.31 (in 1.30,
+# DRA was an alpha API of another shape).
+NEWER_FIELDS = {("ci-dra-claims", "1.30.0"): "spec.template.spec.resourceClaims."}
+
+
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_every_manifest_is_valid_kubernetes(scenario: Scenario, kube_version: str) -> None:
+    newer = NEWER_FIELDS.get((scenario.name, kube_version))
     problems = []
     for doc in scenario_docs(scenario):
         try:
@@ -74,6 +81,8 @@ def test_every_manifest_is_valid_kubernetes(scenario: Scenario, kube_version: st
             assert doc["kind"] in CRD_KINDS, f"no schema for {doc['kind']} {doc['apiVersion']}"
         except kubernetes_validate.ValidationError as error:
             path = ".".join(str(part) for part in error.path)
+            if newer and path.startswith(newer):
+                continue
             problems.append(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {error.message}")
     assert not problems, "\n".join(problems)
 
@@ -312,6 +321,10 @@ def test_pod_security_of_the_helm_test_pod(scenario: Scenario) -> None:
 
 
 # --- GPU --------------------------------------------------------------------------------
+# Scenarios whose services use a GPU other than a whole nvidia.com/gpu (MIG, time-slicing, DRA).
+SHARED_GPU_SCENARIOS = {"ci-mig": ("embedding", "generation"), "ci-dra-claims": ("generation",)}
+
+
 def test_gpu_workers(scenario: Scenario) -> None:
     docs = scenario_docs(scenario)
     gpu_scenario = scenario.name in ("ci-gpu", "values-gpu")
@@ -321,7 +334,13 @@ def test_gpu_workers(scenario: Scenario) -> None:
         ctr = container(deployment)
         gpus = int(ctr["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
         image_variant = ctr["image"].rsplit("-", 1)[-1]
-        if gpu_scenario and svc in ("embedding", "generation"):
+        if svc in SHARED_GPU_SCENARIOS.get(scenario.name, ()):
+            limits = set(ctr["resources"].get("limits", {}))
+            shared = limits & {"nvidia.com/mig-1g.10gb", "nvidia.com/gpu.shared"}
+            assert shared or ctr["resources"].get("claims"), f"{svc}: a MIG slice, a shared GPU or a claim"
+            assert image_variant == "cuda", ctr["image"]
+            assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "no surge GPU pod"
+        elif gpu_scenario and svc in ("embedding", "generation"):
             assert gpus >= 1, f"{svc} must ask for a GPU"
             assert image_variant == "cuda", ctr["image"]
             assert any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])), svc

@@ -14,14 +14,16 @@ CHART_DIR = REPO / "deploy" / "helm" / "textserve"
 DASHBOARD_DIR = CHART_DIR / "dashboards"
 RULES_FILE = CHART_DIR / "rules" / "textserve.rules.yaml"
 
-# Labels Prometheus or the Prometheus Operator attach to every scraped series.
-TARGET_LABELS = frozenset({"namespace", "pod", "instance", "job", "container", "endpoint"})
+# Labels Prometheus or the Prometheus Operator attach to every scraped series, and `release`
+# (app.kubernetes.io/instance), which the chart's ServiceMonitors add by relabeling.
+TARGET_LABELS = frozenset({"namespace", "pod", "instance", "job", "container", "endpoint", "release"})
 # Values the dashboard variables take when every option is selected, plus a fixed service.
 VARIABLES = {
     "$__rate_interval": "1m",
     "$namespace": ".*",
     "$model": ".*",
     "$service": "embedding",
+    "$release": ".*",
     "${datasource}": "prometheus",
 }
 

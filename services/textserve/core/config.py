@@ -101,6 +101,11 @@ class ServerConfig(ConfigSection):
     """HTTP/2 streams one client connection may hold open at once. gRPC clients multiplex
     all their calls over one connection and grpc counts streams until both sides closed
     them, so a low cap refuses bursts (REFUSED_STREAM -> UNAVAILABLE) well below it."""
+    max_connection_age_ms: int = Field(default=300_000, ge=0, le=86_400_000)
+    """A client connection is closed (GOAWAY) after this long (grpc adds +-10% jitter), so clients
+    that balance over headless DNS re-resolve and reach replicas added since; 0: never."""
+    max_connection_age_grace_ms: int = Field(default=30_000, ge=0, le=3_600_000)
+    """After that GOAWAY, time the RPCs still open on the connection get to finish."""
     reflection: bool = True
     """Register gRPC server reflection."""
     health_port: int | None = Field(default=None, ge=0, le=65535)

@@ -51,8 +51,8 @@ class ServiceApp(Protocol):
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
-    """Channel options of a server: message limits, stream limits, keepalive."""
-    return [
+    """Channel options of a server: message limits, stream limits, keepalive, connection age."""
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_concurrent_streams", config.max_concurrent_streams),
@@ -61,6 +61,13 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.so_reuseport", 0),
     ]
+    if config.max_connection_age_ms:
+        # Clients re-resolve when the connection goes away: new replicas get traffic.
+        options += [
+            ("grpc.max_connection_age_ms", config.max_connection_age_ms),
+            ("grpc.max_connection_age_grace_ms", config.max_connection_age_grace_ms),
+        ]
+    return options
 
 
 async def _start_probe_server(config: ServerConfig, health: HealthState) -> tuple[grpc.aio.Server, int]:

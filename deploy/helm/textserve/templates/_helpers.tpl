@@ -115,25 +115,85 @@ Deep merge of .src into .dst (mutates .dst): maps merge key by key, anything els
 {{- printf "TEXTSERVE_%s" (upper .) -}}
 {{- end -}}
 
-{{/* Image reference of one service: repository:tag-variant, or repository@digest. */}}
+{{/* Image reference of one service: repository:tag-variant, or repository@digest of its variant. */}}
 {{- define "textserve.image" -}}
-{{- $g := .ctx.Values.global.image -}}
 {{- $v := include "textserve.serviceValues" . | fromYaml -}}
-{{- $own := $v.image | default dict -}}
+{{- include "textserve.imageRef" (dict "ctx" .ctx "own" ($v.image | default dict)) -}}
+{{- end -}}
+
+{{/*
+Image reference from an override (.own: repository, tag, variant, digest) over global.image.
+The digest is the override's, else global.image.digests.<variant>, else global.image.digest
+when the variant is global.image.variant (that digest names one image, not both).
+*/}}
+{{- define "textserve.imageRef" -}}
+{{- $g := .ctx.Values.global.image -}}
+{{- $own := .own | default dict -}}
 {{- $repository := $own.repository | default $g.repository -}}
-{{- $digest := $own.digest | default $g.digest -}}
+{{- $variant := $own.variant | default $g.variant -}}
+{{- $digest := include "textserve.imageDigest" . -}}
 {{- if $digest -}}
 {{- printf "%s@%s" $repository $digest -}}
 {{- else -}}
 {{- $tag := $own.tag | default $g.tag | default .ctx.Chart.AppVersion -}}
-{{- printf "%s:%s-%s" $repository $tag (include "textserve.imageVariant" .) -}}
+{{- printf "%s:%s-%s" $repository $tag $variant -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Digest an image override resolves to (empty: pull by tag). Takes (dict "ctx" $ "own" $override). */}}
+{{- define "textserve.imageDigest" -}}
+{{- $g := .ctx.Values.global.image -}}
+{{- $own := .own | default dict -}}
+{{- $variant := $own.variant | default $g.variant -}}
+{{- $own.digest | default (index ($g.digests | default dict) $variant) | default (ternary $g.digest "" (eq $variant $g.variant)) -}}
+{{- end -}}
+
+{{/* Pull policy of one service (its image.pullPolicy, else global.image.pullPolicy). */}}
+{{- define "textserve.pullPolicy" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- ($v.image | default dict).pullPolicy | default .ctx.Values.global.image.pullPolicy -}}
 {{- end -}}
 
 {{/* cpu or cuda for one service. */}}
 {{- define "textserve.imageVariant" -}}
 {{- $v := include "textserve.serviceValues" . | fromYaml -}}
 {{- ($v.image | default dict).variant | default .ctx.Values.global.image.variant -}}
+{{- end -}}
+
+{{/*
+GPU resources a service's limits ask for, as "name=count" items joined by ", " (empty: none).
+A resource is a GPU when its name matches global.gpu.resourcePattern.
+*/}}
+{{- define "textserve.gpuLimits" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- $pattern := .ctx.Values.global.gpu.resourcePattern -}}
+{{- $found := list -}}
+{{- range $name, $count := (($v.resources | default dict).limits | default dict) -}}
+{{- if and (regexMatch $pattern $name) (gt (int $count) 0) -}}
+{{- $found = append $found (printf "%s=%d" $name (int $count)) -}}
+{{- end -}}
+{{- end -}}
+{{- join ", " $found -}}
+{{- end -}}
+
+{{/* "true" when a service asks for a GPU: a GPU extended resource or a DRA claim. */}}
+{{- define "textserve.isGpu" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- if or (include "textserve.gpuLimits" .) (($v.resources | default dict).claims) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+CPU utilisation target of a service's HPA (empty: no CPU metric): the value when set (0
+switches it off), else 70 on CPU services and none on GPU services (GPU pods are not CPU-bound).
+*/}}
+{{- define "textserve.cpuTarget" -}}
+{{- $v := include "textserve.serviceValues" . | fromYaml -}}
+{{- $target := $v.autoscaling.targetCPUUtilizationPercentage -}}
+{{- if kindIs "invalid" $target -}}
+{{- if not (include "textserve.isGpu" .) -}}70{{- end -}}
+{{- else if gt (int $target) 0 -}}
+{{- int $target -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Whole CPU cores of a CPU quantity ("2", 2, "2000m"), else empty. */}}
@@ -185,6 +245,11 @@ Deep merge of .src into .dst (mutates .dst): maps merge key by key, anything els
 {{- if and (eq .Values.global.cache.backend "redis") .Values.global.redis.deploy -}}true{{- end -}}
 {{- end -}}
 
+{{/* "true" for services that export ONNX graphs (and get the onnx-cache volume). */}}
+{{- define "textserve.exportsOnnx" -}}
+{{- if has . (list "embedding" "classifier" "generation") -}}true{{- end -}}
+{{- end -}}
+
 {{/* Paths inside the containers. */}}
 {{- define "textserve.configDir" -}}/etc/textserve/config{{- end -}}
 {{- define "textserve.configFile" -}}/etc/textserve/config/textserve.yaml{{- end -}}
@@ -194,6 +259,7 @@ Deep merge of .src into .dst (mutates .dst): maps merge key by key, anything els
 {{- define "textserve.redisTlsDir" -}}/etc/textserve/redis-tls{{- end -}}
 {{- define "textserve.cacheDir" -}}/var/cache/textserve{{- end -}}
 {{- define "textserve.onnxCacheDir" -}}/var/cache/textserve/onnx{{- end -}}
+{{- define "textserve.hfCacheDir" -}}/var/cache/textserve/huggingface{{- end -}}
 
 {{/*
 The textserve config file (YAML, the structure of textserve.core.config.Settings) of one
@@ -235,6 +301,9 @@ are set through the environment (textserve.env).
 {{- else if $v.batcher -}}
 {{- $_ := set $section "batcher" $batcher -}}
 {{- end -}}
+{{- /* Connection age: clients balancing over headless DNS re-resolve and reach new pods. */ -}}
+{{- $age := merge (dict) ($v.connectionAge | default dict) ($g.connectionAge | default dict) -}}
+{{- $_ := set $section "server" (dict "max_connection_age_ms" (mul (int $age.maxAgeSeconds) 1000) "max_connection_age_grace_ms" (mul (int $age.graceSeconds) 1000)) -}}
 {{- if and (eq $svc "embedding") $v.useTokenizerService -}}
 {{- $_ := set $section "tokenizer_address" (include "textserve.address" (dict "ctx" $ctx "svc" "tokenizer")) -}}
 {{- end -}}
@@ -275,12 +344,12 @@ are set through the environment (textserve.env).
 - name: TEXTSERVE_METRICS__PORT
   value: {{ $g.metrics.port | int | quote }}
 - name: HF_HOME
-  value: {{ printf "%s/huggingface" (include "textserve.cacheDir" $ctx) | quote }}
+  value: {{ include "textserve.hfCacheDir" $ctx | quote }}
 {{- if and (ne $svc "gateway") (ne $svc "tokenizer") }}
 - name: {{ $p }}__MODEL__ONNX_CACHE_DIR
   value: {{ include "textserve.onnxCacheDir" $ctx | quote }}
 {{- end }}
-{{- if eq $g.cache.backend "redis" }}
+{{- if and (eq $g.cache.backend "redis") (ne $svc "gateway") }}
 {{- if $g.redis.auth.existingSecret }}
 - name: TEXTSERVE_CACHE__PASSWORD_FILE
   value: {{ printf "%s/%s" (include "textserve.redisSecretDir" $ctx) $g.redis.auth.passwordKey | quote }}
@@ -349,24 +418,41 @@ are set through the environment (textserve.env).
 {{- define "textserve.volumeMounts" -}}
 {{- $ctx := .ctx -}}
 {{- $g := $ctx.Values.global -}}
+{{- $model := ne .svc "gateway" -}}
+{{- $redis := and $model (eq $g.cache.backend "redis") -}}
 - name: config
   mountPath: {{ include "textserve.configDir" $ctx }}
   readOnly: true
 - name: tmp
   mountPath: /tmp
+# The Hugging Face cache (HF_HOME under it).
 - name: cache
   mountPath: {{ include "textserve.cacheDir" $ctx }}
-{{- if $g.models.volume }}
+{{- if include "textserve.exportsOnnx" .svc }}
+- name: onnx-cache
+  mountPath: {{ include "textserve.onnxCacheDir" $ctx }}
+{{- end }}
+{{- if and $model $g.models.volume }}
 - name: models
   mountPath: {{ $g.models.mountPath }}
   readOnly: true
 {{- end }}
-{{- if and (eq $g.cache.backend "redis") $g.redis.auth.existingSecret }}
+{{- $ms := include "textserve.modelStorage" . | fromYaml }}
+{{- if $ms.volume }}
+- name: model-storage
+  mountPath: {{ $ms.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if $ms.shm }}
+- name: shm
+  mountPath: /dev/shm
+{{- end }}
+{{- if and $redis $g.redis.auth.existingSecret }}
 - name: redis-password
   mountPath: {{ include "textserve.redisSecretDir" $ctx }}
   readOnly: true
 {{- end }}
-{{- if and (eq $g.cache.backend "redis") $g.redis.tls.enabled }}
+{{- if and $redis $g.redis.tls.enabled }}
 - name: redis-tls
   mountPath: {{ include "textserve.redisTlsDir" $ctx }}
   readOnly: true
@@ -387,6 +473,8 @@ are set through the environment (textserve.env).
 {{- define "textserve.volumes" -}}
 {{- $ctx := .ctx -}}
 {{- $g := $ctx.Values.global -}}
+{{- $model := ne .svc "gateway" -}}
+{{- $redis := and $model (eq $g.cache.backend "redis") -}}
 - name: config
   configMap:
     name: {{ include "textserve.componentName" . }}
@@ -394,17 +482,42 @@ are set through the environment (textserve.env).
   emptyDir:
     sizeLimit: {{ $g.tmpSizeLimit }}
 - name: cache
+{{- if $g.hfCache.volume }}
+  {{- toYaml $g.hfCache.volume | nindent 2 }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ $g.hfCache.sizeLimit }}
+{{- end }}
+{{- if include "textserve.exportsOnnx" .svc }}
+- name: onnx-cache
 {{- if $g.onnxCache.volume }}
   {{- toYaml $g.onnxCache.volume | nindent 2 }}
 {{- else }}
   emptyDir:
     sizeLimit: {{ $g.onnxCache.sizeLimit }}
 {{- end }}
-{{- if $g.models.volume }}
+{{- end }}
+{{- if and $model $g.models.volume }}
 - name: models
   {{- toYaml $g.models.volume | nindent 2 }}
 {{- end }}
-{{- if and (eq $g.cache.backend "redis") $g.redis.auth.existingSecret }}
+{{- $ms := include "textserve.modelStorage" . | fromYaml }}
+{{- if $ms.volume }}
+- name: model-storage
+  {{- toYaml $ms.volume | nindent 2 }}
+{{- end }}
+{{- if $ms.fetch }}
+- name: fetch-script
+  configMap:
+    name: {{ include "textserve.componentName" (dict "ctx" $ctx "svc" "fetch") }}
+{{- end }}
+{{- if $ms.shm }}
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ $ms.shm }}
+{{- end }}
+{{- if and $redis $g.redis.auth.existingSecret }}
 - name: redis-password
   secret:
     secretName: {{ $g.redis.auth.existingSecret }}
@@ -413,7 +526,7 @@ are set through the environment (textserve.env).
       - key: {{ $g.redis.auth.passwordKey }}
         path: {{ $g.redis.auth.passwordKey }}
 {{- end }}
-{{- if and (eq $g.cache.backend "redis") $g.redis.tls.enabled }}
+{{- if and $redis $g.redis.tls.enabled }}
 - name: redis-tls
   secret:
     secretName: {{ $g.redis.tls.existingSecret }}
@@ -504,4 +617,84 @@ podAntiAffinity:
         labelSelector:
           matchLabels:
             {{- include "textserve.selectorLabels" . | nindent 12 }}
+{{- end -}}
+
+
+{{/*
+Model storage of one gRPC service (YAML): volume (the source, or an emptyDir when only the
+fetch init container fills it), mountPath, fetch (true when the init container runs) and
+shm (the /dev/shm size limit, empty: none). Empty for the gateway.
+*/}}
+{{- define "textserve.modelStorage" -}}
+{{- $out := dict -}}
+{{- if ne .svc "gateway" -}}
+{{- $ms := (index .ctx.Values.services .svc).modelStorage | default dict -}}
+{{- $fetch := ($ms.fetch | default dict).enabled -}}
+{{- $volume := $ms.volume -}}
+{{- if and (not $volume) $fetch -}}
+{{- $volume = dict "emptyDir" (dict "sizeLimit" $ms.sizeLimit) -}}
+{{- end -}}
+{{- if $volume -}}
+{{- $_ := set $out "volume" $volume -}}
+{{- $_ := set $out "mountPath" $ms.mountPath -}}
+{{- end -}}
+{{- if $fetch -}}{{- $_ := set $out "fetch" true -}}{{- end -}}
+{{- if ($ms.sharedMemory | default dict).enabled -}}
+{{- $_ := set $out "shm" $ms.sharedMemory.sizeLimit -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+The init container that downloads a service's model into its model-storage volume and
+checks it (files/fetch_model.py in the textserve image, or modelStorage.fetch.command).
+*/}}
+{{- define "textserve.fetchContainer" -}}
+{{- $ms := include "textserve.modelStorage" . | fromYaml -}}
+{{- if $ms.fetch -}}
+{{- $f := (index .ctx.Values.services .svc).modelStorage.fetch -}}
+{{- $g := .ctx.Values.global -}}
+- name: fetch-model
+  image: {{ include "textserve.imageRef" (dict "ctx" .ctx "own" (merge (dict) ($f.image | default dict) ((index .ctx.Values.services .svc).image | default dict))) | quote }}
+  imagePullPolicy: {{ ($f.image | default dict).pullPolicy | default $g.image.pullPolicy }}
+  {{- if $f.command }}
+  command:
+    {{- toYaml $f.command | nindent 4 }}
+  {{- else }}
+  command:
+    - python
+    - /etc/textserve/fetch/fetch_model.py
+    - --uri
+    - {{ $f.uri | quote }}
+    - --dest
+    - {{ $ms.mountPath | quote }}
+    {{- with $f.sha256 }}
+    - --sha256
+    - {{ . | quote }}
+    {{- end }}
+  {{- end }}
+  env:
+    - name: HF_HOME
+      value: /tmp/huggingface
+    - name: HF_HUB_OFFLINE
+      value: "0"
+    {{- with $f.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $f.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $g.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: model-storage
+      mountPath: {{ $ms.mountPath }}
+    - name: fetch-script
+      mountPath: /etc/textserve/fetch
+      readOnly: true
+    - name: tmp
+      mountPath: /tmp
+{{- end -}}
 {{- end -}}

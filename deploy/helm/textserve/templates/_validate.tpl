@@ -10,6 +10,9 @@ fails once, listing them all (as bitnami charts do).
 {{- $messages = append $messages (include "textserve.validateValues.redis" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.secrets" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.gpu" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.images" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.claims" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.modelStorage" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.scaling" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.shutdown" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.ingress" .) -}}
@@ -63,6 +66,9 @@ textserve: every service and the gateway are disabled; enable at least one of se
 {{- if and $r.tls.enabled (ne (not $r.tls.certKey) (not $r.tls.keyKey)) -}}
 {{- $out = append $out (printf "global.redis: tls.certKey=%q and tls.keyKey=%q must be given together (mutual TLS) or both left empty." $r.tls.certKey $r.tls.keyKey) -}}
 {{- end -}}
+{{- if and $r.tls.enabled $r.url (not (hasPrefix "rediss://" $r.url)) -}}
+{{- $out = append $out (printf "global.redis: tls.enabled=true needs url to start with rediss:// (got %q); every pod would refuse to start (cache.tls_ca_file needs a rediss:// url)." $r.url) -}}
+{{- end -}}
 {{- if and $r.url (not (regexMatch "^rediss?://" $r.url)) -}}
 {{- $out = append $out (printf "global.redis: url=%q must start with redis:// or rediss://." $r.url) -}}
 {{- end -}}
@@ -86,47 +92,110 @@ textserve: every service and the gateway are disabled; enable at least one of se
 {{- join "\n" $out -}}
 {{- end -}}
 
-{{/* GPU requests, devices and image variants agree. */}}
+{{/* GPU requests, devices and image variants agree (GPU: a resource matching global.gpu.resourcePattern). */}}
 {{- define "textserve.validateValues.gpu" -}}
 {{- $out := list -}}
 {{- range $svc := splitList " " (include "textserve.grpcServices" $) -}}
 {{- $c := dict "ctx" $ "svc" $svc -}}
 {{- $v := index $.Values.services $svc -}}
 {{- if $v.enabled -}}
-{{- $limits := ($v.resources | default dict).limits | default dict -}}
-{{- $gpus := index $limits "nvidia.com/gpu" | default 0 | int -}}
+{{- $gpus := include "textserve.gpuLimits" $c -}}
 {{- $variant := include "textserve.imageVariant" $c -}}
 {{- $device := (($v.model | default dict).device | default "auto") -}}
-{{- if and (gt $gpus 0) (ne $variant "cuda") (not $.Values.global.image.digest) -}}
-{{- $out = append $out (printf "services.%s: resources.limits asks for nvidia.com/gpu=%d but the image variant is %q; set services.%s.image.variant (or global.image.variant) to cuda." $svc $gpus $variant $svc) -}}
+{{- if and $gpus (ne $variant "cuda") -}}
+{{- $out = append $out (printf "services.%s: resources.limits asks for %s but the image variant is %q; set services.%s.image.variant (or global.image.variant) to cuda." $svc $gpus $variant $svc) -}}
 {{- end -}}
-{{- if and (eq $device "cuda") (eq $gpus 0) -}}
-{{- $out = append $out (printf "services.%s: model.device=cuda but resources.limits has no nvidia.com/gpu; add resources.limits.nvidia.com/gpu: 1 (or set model.device to auto or cpu)." $svc) -}}
+{{- if and (eq $device "cuda") (not (include "textserve.isGpu" $c)) -}}
+{{- $out = append $out (printf "services.%s: model.device=cuda but resources.limits has no nvidia.com/gpu or other resource matching global.gpu.resourcePattern=%q, and resources.claims is empty; add resources.limits.nvidia.com/gpu: 1 (a MIG slice, a shared GPU or a DRA claim), or set model.device to auto or cpu." $svc $.Values.global.gpu.resourcePattern) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
 {{- join "\n" $out -}}
 {{- end -}}
 
-{{/* Autoscaling bounds and disruption budgets. */}}
+{{/* A single global digest names one variant's image; a service of the other variant needs its own. */}}
+{{- define "textserve.validateValues.images" -}}
+{{- $out := list -}}
+{{- $g := .Values.global.image -}}
+{{- range $svc := splitList " " (printf "%s gateway" (include "textserve.grpcServices" $)) -}}
+{{- $c := dict "ctx" $ "svc" $svc -}}
+{{- $v := include "textserve.serviceValues" $c | fromYaml -}}
+{{- $variant := include "textserve.imageVariant" $c -}}
+{{- if and $v.enabled $g.digest (ne $variant $g.variant) (not (include "textserve.imageDigest" (dict "ctx" $ "own" ($v.image | default dict)))) -}}
+{{- $path := ternary "gateway" (printf "services.%s" $svc) (eq $svc "gateway") -}}
+{{- $out = append $out (printf "%s: uses the %s image but global.image.digest is the digest of the %s image (global.image.variant); set global.image.digests.%s (or %s.image.digest)." $path $variant $g.variant $variant $path) -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/* Container claims (resources.claims) name pod-level claims (resourceClaims). */}}
+{{- define "textserve.validateValues.claims" -}}
+{{- $out := list -}}
+{{- range $svc := splitList " " (include "textserve.grpcServices" $) -}}
+{{- $v := index $.Values.services $svc -}}
+{{- if $v.enabled -}}
+{{- $names := list -}}
+{{- range $claim := ($v.resourceClaims | default list) -}}
+{{- $names = append $names $claim.name -}}
+{{- end -}}
+{{- range $claim := (($v.resources | default dict).claims | default list) -}}
+{{- if not (has $claim.name $names) -}}
+{{- $out = append $out (printf "services.%s: resources.claims names %q but resourceClaims has no such claim; add {name: %s, resourceClaimTemplateName: ...} (or resourceClaimName) to services.%s.resourceClaims." $svc $claim.name $claim.name $svc) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/* Autoscaling bounds, scaling signals and disruption budgets. */}}
 {{- define "textserve.validateValues.scaling" -}}
 {{- $out := list -}}
+{{- $metrics := .Values.global.metrics.enabled -}}
 {{- range $svc := splitList " " (printf "%s gateway" (include "textserve.grpcServices" $)) -}}
 {{- $c := dict "ctx" $ "svc" $svc -}}
 {{- $v := include "textserve.serviceValues" $c | fromYaml -}}
 {{- $path := ternary "gateway" (printf "services.%s" $svc) (eq $svc "gateway") -}}
 {{- if $v.enabled -}}
 {{- $a := $v.autoscaling -}}
+{{- $queue := and $a.queueDepth $a.queueDepth.enabled -}}
 {{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
 {{- $out = append $out (printf "%s.autoscaling: minReplicas=%d is greater than maxReplicas=%d." $path (int $a.minReplicas) (int $a.maxReplicas)) -}}
 {{- end -}}
-{{- if and $a.enabled (not $a.targetCPUUtilizationPercentage) (not (and $a.queueDepth $a.queueDepth.enabled)) -}}
-{{- $out = append $out (printf "%s.autoscaling: enabled=true but no metric is set; set targetCPUUtilizationPercentage or queueDepth.enabled=true." $path) -}}
+{{- if and $a.enabled (not (include "textserve.cpuTarget" $c)) (not $queue) (not $a.extraMetrics) -}}
+{{- $out = append $out (printf "%s.autoscaling: enabled=true but no metric is set; set targetCPUUtilizationPercentage or queueDepth.enabled=true (GPU services get no CPU target by default), or extraMetrics." $path) -}}
 {{- end -}}
-{{- if and $v.pdb.enabled $v.pdb.minAvailable (not (kindIs "string" $v.pdb.minAvailable)) -}}
+{{- if and $a.enabled $queue (not $metrics) -}}
+{{- $out = append $out (printf "%s.autoscaling: queueDepth needs global.metrics.enabled=true (the metric comes from the pods' /metrics through prometheus-adapter)." $path) -}}
+{{- end -}}
+{{- $k := $v.keda | default dict -}}
+{{- if and $k.enabled $a.enabled -}}
+{{- $out = append $out (printf "%s: keda.enabled and autoscaling.enabled are both true; KEDA makes its own HPA, so use one of them." $path) -}}
+{{- end -}}
+{{- if and $k.enabled (not $metrics) -}}
+{{- $out = append $out (printf "%s.keda: the Prometheus trigger needs global.metrics.enabled=true." $path) -}}
+{{- end -}}
+{{- if and $k.enabled (gt (int $k.minReplicaCount) (int $k.maxReplicaCount)) -}}
+{{- $out = append $out (printf "%s.keda: minReplicaCount=%d is greater than maxReplicaCount=%d." $path (int $k.minReplicaCount) (int $k.maxReplicaCount)) -}}
+{{- end -}}
+{{- if $v.pdb.enabled -}}
 {{- $least := ternary (int $a.minReplicas) (int $v.replicas) (eq $a.enabled true) -}}
-{{- if ge (int $v.pdb.minAvailable) $least -}}
-{{- $out = append $out (printf "%s.pdb: minAvailable=%d with %d replica(s) would block every voluntary eviction (node drains); lower it or use maxUnavailable." $path (int $v.pdb.minAvailable) $least) -}}
+{{- $min := $v.pdb.minAvailable -}}
+{{- if and $min (ne (toString $min) "0") (ne (toString $min) "0%") -}}
+{{- $s := toString $min -}}
+{{- $needed := 0 -}}
+{{- if hasSuffix "%" $s -}}
+{{- /* Kubernetes rounds a minAvailable percentage up. */ -}}
+{{- $needed = div (add (mul (int (trimSuffix "%" $s)) $least) 99) 100 | int -}}
+{{- else -}}
+{{- $needed = int $s -}}
+{{- end -}}
+{{- if ge $needed $least -}}
+{{- $out = append $out (printf "%s.pdb: minAvailable=%s with %d replica(s) would block every voluntary eviction (node drains); lower it or use maxUnavailable." $path $s $least) -}}
+{{- end -}}
+{{- else if has (toString $v.pdb.maxUnavailable) (list "0" "0%") -}}
+{{- $out = append $out (printf "%s.pdb: maxUnavailable=%s would block every voluntary eviction (node drains); use at least 1." $path (toString $v.pdb.maxUnavailable)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -161,4 +230,17 @@ textserve: every service and the gateway are disabled; enable at least one of se
 {{- if and $gw.enabled $gw.ingress.enabled (not $gw.ingress.hosts) -}}
 gateway.ingress: enabled=true needs at least one entry in hosts.
 {{- end -}}
+{{- end -}}
+
+{{/* The model fetch init container needs something to fetch. */}}
+{{- define "textserve.validateValues.modelStorage" -}}
+{{- $out := list -}}
+{{- range $svc := splitList " " (include "textserve.grpcServices" $) -}}
+{{- $v := index $.Values.services $svc -}}
+{{- $f := (($v.modelStorage | default dict).fetch | default dict) -}}
+{{- if and $v.enabled $f.enabled (not $f.uri) (not $f.command) -}}
+{{- $out = append $out (printf "services.%s.modelStorage.fetch: enabled=true needs uri (hf://, https://) or command." $svc) -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $out -}}
 {{- end -}}
