@@ -7,7 +7,7 @@ from typing import Any
 
 import kubernetes_validate
 import yaml
-from textserve.core.config import load_settings
+from textserve.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES = REPO / "deploy" / "kserve" / "textserve-runtimes.yaml"
