@@ -13,6 +13,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
+
 from textserve.core.metrics import REGISTRY
 
 _KEY = ["service", "model", "version"]

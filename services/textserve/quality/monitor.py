@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
 from textserve.quality.config import DriftConfig
 from textserve.quality.drift import (
     ConfidenceDrift,
@@ -34,7 +36,6 @@ from textserve.quality.drift import (
 )
 from textserve.quality.metrics import publish_drift
 from textserve.quality.reference import Reference, load_reference
-from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
 
