@@ -70,6 +70,10 @@ bench-generation: install ## continuous batching at 1/8/32 streams vs sequential
 bench-classifier: install ## classifier: in-process vs shared model vs embedding service over gRPC, concurrency 1 and 32
 	$(PY) -m loadtests.bench_classifier
 
+.PHONY: bench-drift
+bench-drift: install ## CPU cost of each drift detector on a 200 x 384 window (quality/)
+	$(PY) -m loadtests.bench_drift
+
 .PHONY: bench-tuning
 bench-tuning: install ## tuned batch budget vs fixed max_batch_size on a mixed-length workload (~5 min)
 	$(PY) -m loadtests.bench_tuning
