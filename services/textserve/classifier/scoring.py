@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
-from textserve.classifier.vector_source import EncoderDescription, ModelHome, Vectors, VectorSource, home_of
+from textserve.classifier.vector_source import (
+    Accounting,
+    EncoderDescription,
+    ModelHome,
+    Vectors,
+    VectorSource,
+    accounting_of,
+    home_of,
+)
 from textserve.core.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -47,17 +55,13 @@ class LabelInfo:
 
 
 @dataclass
-class Scores:
-    """[texts, labels] logits with token accounting and where time went."""
+class Scores(Accounting):
+    """[texts, labels] logits with token accounting and where time went (`cached`: texts
+    whose vectors came from the embedding response cache)."""
 
     logits: np.ndarray
     tokens: list[int]
     truncated: list[bool]
-    cached: int = 0
-    """Texts whose vectors came from the embedding response cache."""
-    tokenize_seconds: float = 0.0
-    queue_seconds: float = 0.0
-    inference_seconds: float = 0.0
 
 
 class Scorer(Protocol):
@@ -148,12 +152,4 @@ class SourceScorer:
 
 def scores_of(logits: np.ndarray, vectors: Vectors) -> Scores:
     """Logits computed from vectors, with the vectors' accounting."""
-    return Scores(
-        logits,
-        vectors.tokens,
-        vectors.truncated,
-        vectors.cached,
-        vectors.tokenize_seconds,
-        vectors.queue_seconds,
-        vectors.inference_seconds,
-    )
+    return Scores(logits, vectors.tokens, vectors.truncated, **accounting_of(vectors))

@@ -28,7 +28,7 @@ from textserve.classifier.config import ClassifierServiceConfig
 from textserve.classifier.kinds import build_scorer
 from textserve.classifier.linear_head import HeadMismatch, LinearHeadScorer
 from textserve.classifier.scoring import SERVICE, Kind, Scorer
-from textserve.classifier.vector_source import EncoderDescription, VectorSource
+from textserve.classifier.vector_source import Accounting, EncoderDescription, VectorSource
 from textserve.classifier.zero_shot import Label, ZeroShotScorer
 from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
@@ -62,17 +62,13 @@ class TextClassification:
 
 
 @dataclass
-class ClassifyResult:
+class ClassifyResult(Accounting):
     """Classifications with token accounting and where time went."""
 
     classifications: list[TextClassification]
     model: EncoderDescription
     tokens: list[int]
     truncated: list[bool]
-    cached: int = 0
-    tokenize_seconds: float = 0.0
-    queue_seconds: float = 0.0
-    inference_seconds: float = 0.0
     total_seconds: float = 0.0
 
 
