@@ -64,6 +64,21 @@ class Scores(Accounting):
     truncated: list[bool]
 
 
+@dataclass(frozen=True)
+class ScoreCall:
+    """The texts of one scorer call, with the request's deadline, truncation (None: the
+    limits' default) and whether to skip the embedding response cache."""
+
+    texts: list[str]
+    deadline: float | None
+    truncate: bool | None
+    skip_cache: bool
+
+    async def vectors(self, source: VectorSource) -> Vectors:
+        """The texts' vectors from `source`."""
+        return await source.embed(self.texts, self.deadline, self.truncate, self.skip_cache)
+
+
 class Scorer(Protocol):
     """What the classifier logic needs from a kind."""
 
@@ -106,15 +121,7 @@ class Scorer(Protocol):
         """The labels a request is scored against; InvalidInput for options the kind lacks."""
         ...
 
-    async def score(
-        self,
-        texts: list[str],
-        choice: LabelChoice,
-        model: EncoderDescription,
-        deadline: float | None,
-        truncate: bool | None,
-        skip_cache: bool,
-    ) -> Scores:
+    async def score(self, call: ScoreCall, choice: LabelChoice, model: EncoderDescription) -> Scores:
         """Logits of each text for each chosen label."""
         ...
 

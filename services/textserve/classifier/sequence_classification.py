@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from textserve.classifier.scoring import Kind, LabelChoice, LabelInfo, Scores, check_fixed_labels, scores_of
+from textserve.classifier.scoring import (
+    Kind,
+    LabelChoice,
+    LabelInfo,
+    ScoreCall,
+    Scores,
+    check_fixed_labels,
+    scores_of,
+)
 from textserve.classifier.vector_source import (
     EncoderDescription,
     InProcessEncoder,
@@ -45,16 +53,8 @@ class SequenceClassificationScorer(InProcessEncoder):
         check_fixed_labels(self.kind, labels, label_set, temperature)
         return LabelChoice(model.labels, "model:" + ",".join(model.labels))
 
-    async def score(
-        self,
-        texts: list[str],
-        choice: LabelChoice,
-        model: EncoderDescription,
-        deadline: float | None,
-        truncate: bool | None,
-        skip_cache: bool,
-    ) -> Scores:
-        rows = await self.run("predict", texts, deadline, truncate, skip_cache)
+    async def score(self, call: ScoreCall, choice: LabelChoice, model: EncoderDescription) -> Scores:
+        rows = await self.run("predict", call.texts, call.deadline, call.truncate, call.skip_cache)
         logits = rows.values.astype(np.float32, copy=False)
         if logits.shape[1] != len(choice.names):
             raise BackendFailure(f"model gave {logits.shape[1]} logits for {len(choice.names)} labels")

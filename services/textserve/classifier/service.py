@@ -27,7 +27,7 @@ import numpy as np
 from textserve.classifier.config import ClassifierServiceConfig
 from textserve.classifier.kinds import build_scorer
 from textserve.classifier.linear_head import HeadMismatch, LinearHeadScorer
-from textserve.classifier.scoring import SERVICE, Kind, Scorer
+from textserve.classifier.scoring import SERVICE, Kind, ScoreCall, Scorer
 from textserve.classifier.vector_source import Accounting, EncoderDescription, VectorSource
 from textserve.classifier.zero_shot import Label, ZeroShotScorer
 from textserve.core.cache import ResponseCache
@@ -250,14 +250,8 @@ class ClassifierService:
         result = ClassifyResult([], model, [], [])
 
         async def compute(indices: list[int]) -> list[_Scored]:
-            scores = await self.scorer.score(
-                [params.texts[i] for i in indices],
-                choice,
-                model,
-                deadline,
-                params.truncate,
-                params.skip_cache,
-            )
+            call = ScoreCall([params.texts[i] for i in indices], deadline, params.truncate, params.skip_cache)
+            scores = await self.scorer.score(call, choice, model)
             result.cached += scores.cached
             result.tokenize_seconds = scores.tokenize_seconds
             result.queue_seconds = scores.queue_seconds
