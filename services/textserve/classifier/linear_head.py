@@ -25,6 +25,7 @@ from textserve.classifier.scoring import (
     Kind,
     LabelChoice,
     LabelInfo,
+    ScoreCall,
     Scores,
     SourceScorer,
     check_fixed_labels,
@@ -189,17 +190,9 @@ class LinearHeadScorer(SourceScorer):
         head = self._head()
         return LabelChoice(head.labels, head.fingerprint())
 
-    async def score(
-        self,
-        texts: list[str],
-        choice: LabelChoice,
-        model: EncoderDescription,
-        deadline: float | None,
-        truncate: bool | None,
-        skip_cache: bool,
-    ) -> Scores:
+    async def score(self, call: ScoreCall, choice: LabelChoice, model: EncoderDescription) -> Scores:
         head = self._head()
-        vectors = await self.source.embed(texts, deadline, truncate, skip_cache)
+        vectors = await call.vectors(self.source)
         if vectors.values.shape[1] != head.dimensions:
-            self._check(await self.source.describe(deadline))
+            self._check(await self.source.describe(call.deadline))
         return scores_of(head.logits(vectors.values), vectors)

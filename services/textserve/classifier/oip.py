@@ -15,21 +15,21 @@ import numpy as np
 
 from textserve.classifier.service import SERVICE, ClassifierService, ClassifyParams
 from textserve.classifier.zero_shot import Label
-from textserve.core.errors import TextserveError
 from textserve.oip.model import (
     BYTES,
     FP32,
+    TEXT_INPUT,
     InferInputs,
     InferOutcome,
     ModelAdapter,
     ModelCard,
     OutputTensor,
     TensorSpec,
-    rename_fields,
+    fields_renamed,
+    input_field,
+    text_counts,
 )
-from textserve.oip.tensors import input_field
 
-TEXT_INPUT = "text_input"
 LABELS_INPUT = "labels"
 SCORES = "scores"
 LABELS = "labels"
@@ -73,10 +73,8 @@ class ClassifierAdapter(ModelAdapter):
             truncate=params.get_bool("truncate", None),
             skip_cache=params.get_bool("skip_cache", False),
         )
-        try:
+        with fields_renamed(_RENAMES):
             result = await self.logic.classify(request, inputs.deadline)
-        except TextserveError as error:
-            raise rename_fields(error, _RENAMES) from None
         rows = result.classifications
         width = len(rows[0].scores) if rows else 0
         scores = np.array([[score for _, score in row.scores] for row in rows], dtype=np.float32)
@@ -87,9 +85,5 @@ class ClassifierAdapter(ModelAdapter):
                 OutputTensor(LABELS, BYTES, (len(rows), width), labels),
                 OutputTensor(TOP_LABEL, BYTES, (len(rows),), [row.top_label for row in rows]),
             ],
-            {
-                "input_tokens": sum(result.tokens),
-                "truncated_texts": sum(result.truncated),
-                "cached_texts": result.cached,
-            },
+            text_counts(result.tokens, result.truncated, result.cached),
         )

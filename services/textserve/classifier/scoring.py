@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
-from textserve.classifier.vector_source import EncoderDescription, ModelHome, Vectors, VectorSource, home_of
+from textserve.classifier.vector_source import (
+    Accounting,
+    EncoderDescription,
+    ModelHome,
+    Vectors,
+    VectorSource,
+    accounting_of,
+    home_of,
+)
 from textserve.core.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -47,17 +55,28 @@ class LabelInfo:
 
 
 @dataclass
-class Scores:
-    """[texts, labels] logits with token accounting and where time went."""
+class Scores(Accounting):
+    """[texts, labels] logits with token accounting and where time went (`cached`: texts
+    whose vectors came from the embedding response cache)."""
 
     logits: np.ndarray
     tokens: list[int]
     truncated: list[bool]
-    cached: int = 0
-    """Texts whose vectors came from the embedding response cache."""
-    tokenize_seconds: float = 0.0
-    queue_seconds: float = 0.0
-    inference_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScoreCall:
+    """The texts of one scorer call, with the request's deadline, truncation (None: the
+    limits' default) and whether to skip the embedding response cache."""
+
+    texts: list[str]
+    deadline: float | None
+    truncate: bool | None
+    skip_cache: bool
+
+    async def vectors(self, source: VectorSource) -> Vectors:
+        """The texts' vectors from `source`."""
+        return await source.embed(self.texts, self.deadline, self.truncate, self.skip_cache)
 
 
 class Scorer(Protocol):
@@ -102,15 +121,7 @@ class Scorer(Protocol):
         """The labels a request is scored against; InvalidInput for options the kind lacks."""
         ...
 
-    async def score(
-        self,
-        texts: list[str],
-        choice: LabelChoice,
-        model: EncoderDescription,
-        deadline: float | None,
-        truncate: bool | None,
-        skip_cache: bool,
-    ) -> Scores:
+    async def score(self, call: ScoreCall, choice: LabelChoice, model: EncoderDescription) -> Scores:
         """Logits of each text for each chosen label."""
         ...
 
@@ -148,12 +159,4 @@ class SourceScorer:
 
 def scores_of(logits: np.ndarray, vectors: Vectors) -> Scores:
     """Logits computed from vectors, with the vectors' accounting."""
-    return Scores(
-        logits,
-        vectors.tokens,
-        vectors.truncated,
-        vectors.cached,
-        vectors.tokenize_seconds,
-        vectors.queue_seconds,
-        vectors.inference_seconds,
-    )
+    return Scores(logits, vectors.tokens, vectors.truncated, **accounting_of(vectors))

@@ -27,8 +27,8 @@ import numpy as np
 from textserve.classifier.config import ClassifierServiceConfig
 from textserve.classifier.kinds import build_scorer
 from textserve.classifier.linear_head import HeadMismatch, LinearHeadScorer
-from textserve.classifier.scoring import SERVICE, Kind, Scorer
-from textserve.classifier.vector_source import EncoderDescription, VectorSource
+from textserve.classifier.scoring import SERVICE, Kind, ScoreCall, Scorer
+from textserve.classifier.vector_source import Accounting, EncoderDescription, VectorSource
 from textserve.classifier.zero_shot import Label, ZeroShotScorer
 from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
@@ -62,17 +62,13 @@ class TextClassification:
 
 
 @dataclass
-class ClassifyResult:
+class ClassifyResult(Accounting):
     """Classifications with token accounting and where time went."""
 
     classifications: list[TextClassification]
     model: EncoderDescription
     tokens: list[int]
     truncated: list[bool]
-    cached: int = 0
-    tokenize_seconds: float = 0.0
-    queue_seconds: float = 0.0
-    inference_seconds: float = 0.0
     total_seconds: float = 0.0
 
 
@@ -254,14 +250,8 @@ class ClassifierService:
         result = ClassifyResult([], model, [], [])
 
         async def compute(indices: list[int]) -> list[_Scored]:
-            scores = await self.scorer.score(
-                [params.texts[i] for i in indices],
-                choice,
-                model,
-                deadline,
-                params.truncate,
-                params.skip_cache,
-            )
+            call = ScoreCall([params.texts[i] for i in indices], deadline, params.truncate, params.skip_cache)
+            scores = await self.scorer.score(call, choice, model)
             result.cached += scores.cached
             result.tokenize_seconds = scores.tokenize_seconds
             result.queue_seconds = scores.queue_seconds

@@ -47,17 +47,29 @@ class EncoderDescription:
     """Output labels of a sequence-classification model (empty for embeddings)."""
 
 
+@dataclass(kw_only=True)
+class Accounting:
+    """Texts answered from a response cache and where the time of a call went; shared by
+    Vectors, the scorers' Scores and the service's ClassifyResult."""
+
+    cached: int = 0
+    tokenize_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+
+
+def accounting_of(part: Accounting) -> dict[str, Any]:
+    """The Accounting fields of `part`, as keywords for another Accounting."""
+    return {item.name: getattr(part, item.name) for item in dataclasses.fields(Accounting)}
+
+
 @dataclass
-class Vectors:
+class Vectors(Accounting):
     """One row per text, with token accounting and where time went."""
 
     values: np.ndarray
     tokens: list[int]
     truncated: list[bool]
-    cached: int = 0
-    tokenize_seconds: float = 0.0
-    queue_seconds: float = 0.0
-    inference_seconds: float = 0.0
 
 
 class VectorSource(Protocol):
@@ -125,14 +137,11 @@ async def encode_texts(
     return EncodedTexts(inputs, tokenized - started)
 
 
-class LocalVectorSource:
-    """Unit vectors from an Encoder in this process (task "embedding").
-
-    Owned (the default): the classifier's own copy of the model (no response cache),
-    started and stopped with the classifier. Shared (`owned=False`): the embedding app's
-    Encoder in this same process (`serve all`), started and stopped by that app, with its
-    response cache; describe() is NotReady until it loads.
-    """
+class InProcessEncoder:
+    """An Encoder in this process that the classifier runs: its own copy of the model
+    (owned: started and stopped with the classifier, no response cache) or the embedding
+    app's (`owned=False`, `serve all`: started and stopped by that app, with its response
+    cache; describe() is NotReady until it loads)."""
 
     def __init__(self, encoder: Encoder, limits: LimitsConfig, *, owned: bool = True) -> None:
         self.encoder = encoder
@@ -151,13 +160,21 @@ class LocalVectorSource:
     async def describe(self, deadline: float | None) -> EncoderDescription:
         return describe_encoder(self.encoder)
 
-    async def embed(
-        self, texts: Sequence[str], deadline: float | None, truncate: bool | None, skip_cache: bool
+    async def run(
+        self,
+        task: Literal["embed", "predict"],
+        texts: Sequence[str],
+        deadline: float | None,
+        truncate: bool | None,
+        skip_cache: bool,
     ) -> Vectors:
+        """The Encoder's rows for texts (pooled vectors, unnormalized, or logits), after the
+        request checks of `encode_texts`."""
         encoded = await encode_texts(self.encoder, texts, deadline, truncate, self.limits)
-        output = await self.encoder.embed(encoded.inputs, deadline, skip_cache=skip_cache)
+        verb = self.encoder.embed if task == "embed" else self.encoder.predict
+        output = await verb(encoded.inputs, deadline, skip_cache=skip_cache)
         return Vectors(
-            values=unit_rows(np.stack(output.rows)),
+            values=np.stack(output.rows),
             tokens=[len(item.ids) for item in encoded.inputs],
             truncated=[item.truncated for item in encoded.inputs],
             cached=sum(output.cached),
@@ -165,6 +182,17 @@ class LocalVectorSource:
             queue_seconds=output.queue_seconds,
             inference_seconds=output.inference_seconds,
         )
+
+
+class LocalVectorSource(InProcessEncoder):
+    """Unit vectors from an Encoder in this process (task "embedding")."""
+
+    async def embed(
+        self, texts: Sequence[str], deadline: float | None, truncate: bool | None, skip_cache: bool
+    ) -> Vectors:
+        vectors = await self.run("embed", texts, deadline, truncate, skip_cache)
+        vectors.values = unit_rows(vectors.values)
+        return vectors
 
 
 def describe_encoder(encoder: Encoder) -> EncoderDescription:

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from textserve.classifier.config import ClassifierServiceConfig, LabelConfig
-from textserve.classifier.scoring import Kind, LabelChoice, LabelInfo, Scores, SourceScorer, scores_of
+from textserve.classifier.scoring import (
+    Kind,
+    LabelChoice,
+    LabelInfo,
+    ScoreCall,
+    Scores,
+    SourceScorer,
+    scores_of,
+)
 from textserve.classifier.vector_source import EncoderDescription, VectorSource
 from textserve.core.config import LimitsConfig
 from textserve.core.errors import InvalidInput
@@ -202,19 +210,11 @@ class ZeroShotScorer(SourceScorer):
             chosen = found
         return LabelChoice(tuple(label.name for label in chosen), labels_fingerprint(chosen), chosen)
 
-    async def score(
-        self,
-        texts: list[str],
-        choice: LabelChoice,
-        model: EncoderDescription,
-        deadline: float | None,
-        truncate: bool | None,
-        skip_cache: bool,
-    ) -> Scores:
-        prototypes = await self.prototypes.prototypes(choice.zero_shot, model.revision, deadline)
-        vectors = await self.source.embed(texts, deadline, truncate, skip_cache)
+    async def score(self, call: ScoreCall, choice: LabelChoice, model: EncoderDescription) -> Scores:
+        prototypes = await self.prototypes.prototypes(choice.zero_shot, model.revision, call.deadline)
+        vectors = await call.vectors(self.source)
         if vectors.values.shape[1] != prototypes.shape[1]:
             # The embedding service changed model under us: prototypes must be rebuilt.
-            fresh = await self.source.describe(deadline)
-            prototypes = await self.prototypes.prototypes(choice.zero_shot, fresh.revision, deadline)
+            fresh = await self.source.describe(call.deadline)
+            prototypes = await self.prototypes.prototypes(choice.zero_shot, fresh.revision, call.deadline)
         return scores_of(cosine_logits(vectors.values, prototypes), vectors)

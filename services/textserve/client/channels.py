@@ -74,50 +74,40 @@ class _CallPolicy:
         )
 
 
-class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _Forwarding:
+    """Forwards a call of any kind with the details of the channel's policy."""
+
     def __init__(self, policy: _CallPolicy) -> None:
         self._policy = policy
 
-    async def intercept_unary_unary(
+    async def _forward(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._policy.details(client_call_details), request)
 
-
-class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, policy: _CallPolicy) -> None:
-        self._policy = policy
-
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(self._policy.details(client_call_details), request)
-
-
-class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, policy: _CallPolicy) -> None:
-        self._policy = policy
-
-    async def intercept_stream_unary(
+    async def _forward_stream(
         self,
         continuation: Callable[..., Any],
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return await continuation(self._policy.details(client_call_details), request_iterator)
+        return await self._forward(continuation, client_call_details, request_iterator)
 
 
-class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, policy: _CallPolicy) -> None:
-        self._policy = policy
+class _UnaryUnary(_Forwarding, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _Forwarding._forward
 
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[..., Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        return await continuation(self._policy.details(client_call_details), request_iterator)
+
+class _UnaryStream(_Forwarding, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _Forwarding._forward
+
+
+class _StreamUnary(_Forwarding, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _Forwarding._forward_stream
+
+
+class _StreamStream(_Forwarding, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _Forwarding._forward_stream
 
 
 def client_interceptors(token: str | None, default_timeout_s: float | None) -> list[Any]:

@@ -40,6 +40,19 @@ def record_call(service: str, method: str, code: grpc.StatusCode, started: float
     )
 
 
+def _invoke(
+    rpc: Callable[..., Any],
+    request: Any,
+    deadline: float | None,
+    default_timeout_s: float | None,
+    metadata: Metadata,
+) -> Any:
+    """Starts the stub method with what is left of the deadline, the metadata, and no
+    waiting for a connection (DeadlineExceeded once the deadline passed)."""
+    timeout = time_left(deadline, default_timeout_s)
+    return rpc(request, timeout=timeout, metadata=tuple(metadata), wait_for_ready=False)
+
+
 async def unary_call(
     rpc: Callable[..., Awaitable[Resp]],
     request: Any,
@@ -57,10 +70,9 @@ async def unary_call(
     (`TokenizerService/Tokenize`); `upstream` names the other service in error messages
     (None: its messages are kept as they were sent).
     """
-    timeout = time_left(deadline, default_timeout_s)
     started = time.perf_counter()
     try:
-        response = await rpc(request, timeout=timeout, metadata=tuple(metadata), wait_for_ready=False)
+        response = await _invoke(rpc, request, deadline, default_timeout_s, metadata)
     except grpc.aio.AioRpcError as error:
         record_call(service, method, error.code(), started)
         raise from_rpc_error(error, upstream) from error
@@ -125,6 +137,5 @@ def stream_call(
     upstream: str | None = None,
 ) -> UpstreamStream:
     """Starts the server-streaming stub method `rpc` (arguments as for `unary_call`)."""
-    timeout = time_left(deadline, default_timeout_s)
-    call = rpc(request, timeout=timeout, metadata=tuple(metadata), wait_for_ready=False)
+    call = _invoke(rpc, request, deadline, default_timeout_s, metadata)
     return UpstreamStream(call, service=service, method=method, upstream=upstream)

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
 import numpy as np
 
-from textserve.commands.client_options import add_client_options, open_client_channel
+from textserve.commands.client_options import add_client_options, call_service
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 if TYPE_CHECKING:
@@ -70,13 +69,9 @@ async def _classify(args: argparse.Namespace) -> int:
         top_k=max(0, args.top_k),
         temperature=args.temperature,
     )
-    async with open_client_channel(args, args.address) as channel:
-        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
-        try:
-            response = await stub.Classify(request, timeout=args.timeout)
-        except grpc.aio.AioRpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
+    response = await call_service(args, classifier_pb2_grpc.ClassifierServiceStub, "Classify", request)
+    if response is None:
+        return 1
     if args.json:
         print(
             json.dumps(

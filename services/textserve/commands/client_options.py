@@ -2,7 +2,8 @@
 
 `add_client_options(parser)` adds TLS / mutual TLS and bearer-token flags;
 `open_client_channel(args, address)` turns them into a `ClientConfig` and a token and opens
-the channel with `client.channels.open_channel` (the same channel services use between them).
+the channel with `client.channels.open_channel` (the same channel services use between them);
+`call_service` makes the one unary call of a command over it.
 
 The token comes from --token-file, else from the TEXTSERVE_CLIENT_TOKEN environment variable
 (read by `core.config.cli_client_token`, the only module that reads the environment, and only
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from pydantic import SecretStr, ValidationError
@@ -92,3 +94,16 @@ def client_token(args: argparse.Namespace) -> SecretStr | None:
 def open_client_channel(args: argparse.Namespace, address: str) -> grpc.aio.Channel:
     """A channel to `address` with the TLS settings and bearer token of the parsed options."""
     return open_channel(address, client_config(args), token=client_token(args))
+
+
+async def call_service(
+    args: argparse.Namespace, stub_type: Callable[[grpc.aio.Channel], Any], method: str, request: Any
+) -> Any | None:
+    """Calls the unary `method` of the service at --address within --timeout; a failure is
+    printed as `error: CODE: details` and answers None."""
+    async with open_client_channel(args, args.address) as channel:
+        try:
+            return await getattr(stub_type(channel), method)(request, timeout=args.timeout)
+        except grpc.aio.AioRpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return None

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-import grpc
 import numpy as np
 
-from textserve.commands.client_options import add_client_options, open_client_channel
+from textserve.commands.client_options import add_client_options, call_service
 from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 
@@ -34,13 +32,9 @@ async def _embed(args: argparse.Namespace) -> int:
             common_pb2.TRUNCATION_POLICY_REJECT if args.reject_long else common_pb2.TRUNCATION_POLICY_TRUNCATE
         ),
     )
-    async with open_client_channel(args, args.address) as channel:
-        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-        try:
-            response = await stub.Embed(request, timeout=args.timeout)
-        except grpc.aio.AioRpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
+    response = await call_service(args, embedding_pb2_grpc.EmbeddingServiceStub, "Embed", request)
+    if response is None:
+        return 1
     if args.json:
         print(json.dumps([list(e.values) for e in response.embeddings]))
         return 0

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-import grpc
-
-from textserve.commands.client_options import add_client_options, open_client_channel
+from textserve.commands.client_options import add_client_options, call_service
 from textserve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 
@@ -39,13 +36,9 @@ async def _tokenize(args: argparse.Namespace) -> int:
         return_offsets=True,
         max_tokens=max(0, args.max_tokens),
     )
-    async with open_client_channel(args, args.address) as channel:
-        stub = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
-        try:
-            response = await stub.Tokenize(request, timeout=args.timeout)
-        except grpc.aio.AioRpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
+    response = await call_service(args, tokenizer_pb2_grpc.TokenizerServiceStub, "Tokenize", request)
+    if response is None:
+        return 1
     if args.json:
         print(
             json.dumps(

@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from textserve.core.errors import TextserveError
 from textserve.embedding.service import EmbeddingService, EmbedParams
 from textserve.oip.model import (
     BYTES,
     FP32,
+    TEXT_INPUT,
     InferInputs,
     InferOutcome,
     ModelAdapter,
     ModelCard,
     OutputTensor,
     TensorSpec,
-    rename_fields,
+    fields_renamed,
+    input_field,
+    text_counts,
 )
-from textserve.oip.tensors import input_field
 
-TEXT_INPUT = "text_input"
 EMBEDDING_OUTPUT = "embedding"
 
 
@@ -56,10 +56,8 @@ class EmbeddingAdapter(ModelAdapter):
             truncate=params.get_bool("truncate", None),
             skip_cache=params.get_bool("skip_cache", False),
         )
-        try:
+        with fields_renamed({"texts": input_field(TEXT_INPUT)}):
             result = await self.logic.embed(request, inputs.deadline)
-        except TextserveError as error:
-            raise rename_fields(error, {"texts": input_field(TEXT_INPUT)}) from None
         dimensions = self.logic.info.dimensions
         vectors = (
             np.stack(result.vectors).astype(np.float32, copy=False)
@@ -68,9 +66,5 @@ class EmbeddingAdapter(ModelAdapter):
         )
         return InferOutcome(
             [OutputTensor(EMBEDDING_OUTPUT, FP32, (len(texts), dimensions), vectors)],
-            {
-                "input_tokens": sum(result.tokens),
-                "truncated_texts": sum(result.truncated),
-                "cached_texts": sum(result.cached),
-            },
+            text_counts(result.tokens, result.truncated, sum(result.cached)),
         )

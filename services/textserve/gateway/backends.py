@@ -11,11 +11,12 @@ names come from the services' Info RPCs and are cached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +36,7 @@ SERVICE = "gateway"
 """`service` label of the gateway's metrics."""
 
 BackendKind = Literal["embedding", "generation"]
+T = TypeVar("T")
 
 _SERVICE_NAMES: dict[BackendKind, str] = {
     "embedding": embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
@@ -44,6 +46,15 @@ _MODEL_REFRESH_S = 5.0
 """Least time between two Info calls made because a request named an unknown model."""
 _INFO_TIMEOUT_S = 5.0
 """Deadline of the Info calls behind GET /v1/models."""
+
+
+@contextlib.contextmanager
+def _http_errors(rename: Renamer | None, kind: BackendKind) -> Iterator[None]:
+    """Re-raises the error kinds of a backend call as GatewayError."""
+    try:
+        yield
+    except TextserveError as error:
+        raise http_error(error, rename, kind) from None
 
 
 def _label(kind: BackendKind, method: str) -> str:
@@ -153,6 +164,19 @@ class Backends:
             )
         return backend
 
+    def _begin(
+        self, call: Callable[..., T], kind: BackendKind, method: str, request: Any, options: CallOptions
+    ) -> T:
+        """Starts `call` (upstream.unary_call or stream_call) on the backend's stub method."""
+        return call(
+            getattr(self.get(kind).stub, method),
+            request,
+            service=SERVICE,
+            method=_label(kind, method),
+            deadline=options.deadline,
+            metadata=options.metadata,
+        )
+
     async def unary(
         self,
         kind: BackendKind,
@@ -162,18 +186,8 @@ class Backends:
         rename: Renamer | None = None,
     ) -> Any:
         """Calls a unary RPC with the request's deadline and metadata; failures raise GatewayError."""
-        backend = self.get(kind)
-        try:
-            return await upstream.unary_call(
-                getattr(backend.stub, method),
-                request,
-                service=SERVICE,
-                method=_label(kind, method),
-                deadline=options.deadline,
-                metadata=options.metadata,
-            )
-        except TextserveError as error:
-            raise http_error(error, rename, kind) from None
+        with _http_errors(rename, kind):
+            return await self._begin(upstream.unary_call, kind, method, request, options)
 
     def stream(
         self,
@@ -184,18 +198,8 @@ class Backends:
         rename: Renamer | None = None,
     ) -> UpstreamStream:
         """Starts a server-streaming RPC with the request's deadline and metadata."""
-        backend = self.get(kind)
-        try:
-            stream = upstream.stream_call(
-                getattr(backend.stub, method),
-                request,
-                service=SERVICE,
-                method=_label(kind, method),
-                deadline=options.deadline,
-                metadata=options.metadata,
-            )
-        except TextserveError as error:
-            raise http_error(error, rename, kind) from None
+        with _http_errors(rename, kind):
+            stream = self._begin(upstream.stream_call, kind, method, request, options)
         return UpstreamStream(stream, rename, kind)
 
     # --- health ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ liveness (200 while the process serves HTTP, with each service's status in the b
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -32,6 +33,7 @@ from textserve.gateway.state import Gateway
 from textserve.gateway.streaming import (
     CLIENT_CLOSED_REQUEST,
     ClientGone,
+    EventStream,
     EventStreamResponse,
     cancel_on_disconnect,
 )
@@ -86,6 +88,18 @@ def _gone() -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
+async def _answer(request: Request, work: Awaitable[BaseModel | EventStream]) -> Response:
+    """The JSON body, or the event stream, `work` answers, raced against the client's
+    disconnect (a client gone: 499)."""
+    try:
+        answer = await cancel_on_disconnect(request, work)
+    except ClientGone:
+        return _gone()
+    if isinstance(answer, EventStream):
+        return EventStreamResponse(answer)
+    return _json(answer)
+
+
 @router.post(
     "/v1/embeddings",
     response_model=EmbeddingResponse,
@@ -98,10 +112,7 @@ async def create_embeddings(
 ) -> Response:
     """Embeds a text, a list of texts, or token id lists (OpenAI embeddings API)."""
     options = call_options(request, gateway.config)
-    try:
-        return _json(await cancel_on_disconnect(request, gateway.embeddings.create(body, options)))
-    except ClientGone:
-        return _gone()
+    return await _answer(request, gateway.embeddings.create(body, options))
 
 
 @router.post(
@@ -116,14 +127,10 @@ async def create_completion(
 ) -> Response:
     """Continues one prompt, or several (OpenAI completions API); streams with `stream: true`."""
     options = call_options(request, gateway.config)
-    try:
-        if body.stream:
-            return EventStreamResponse(
-                await cancel_on_disconnect(request, gateway.completions.stream(body, options))
-            )
-        return _json(await cancel_on_disconnect(request, gateway.completions.create(body, options)))
-    except ClientGone:
-        return _gone()
+    serving = gateway.completions
+    return await _answer(
+        request, serving.stream(body, options) if body.stream else serving.create(body, options)
+    )
 
 
 @router.post(
@@ -138,14 +145,10 @@ async def create_chat_completion(
 ) -> Response:
     """Answers a conversation (OpenAI chat completions API); streams chunks with `stream: true`."""
     options = call_options(request, gateway.config)
-    try:
-        if body.stream:
-            return EventStreamResponse(
-                await cancel_on_disconnect(request, gateway.chat.stream(body, options))
-            )
-        return _json(await cancel_on_disconnect(request, gateway.chat.create(body, options)))
-    except ClientGone:
-        return _gone()
+    serving = gateway.chat
+    return await _answer(
+        request, serving.stream(body, options) if body.stream else serving.create(body, options)
+    )
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["OpenAI"], summary="List models")

@@ -16,24 +16,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from textserve.core.errors import InvalidInput, TextserveError
+from textserve.core.errors import InvalidInput
 from textserve.generation.params import GenerateParams
 from textserve.generation.scheduler import FinishStatus
 from textserve.generation.service import SERVICE, GenerationService
 from textserve.oip.model import (
     BYTES,
+    TEXT_INPUT,
     InferInputs,
     InferOutcome,
     ModelAdapter,
     ModelCard,
     OutputTensor,
     TensorSpec,
-    rename_fields,
+    fields_renamed,
+    input_field,
 )
 from textserve.oip.parameters import ParamValue
-from textserve.oip.tensors import input_field
 
-TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
 
 _INPUTS = (TensorSpec(TEXT_INPUT, BYTES, (1,)),)
@@ -91,10 +91,8 @@ class GenerationAdapter(ModelAdapter):
         )
 
     async def infer(self, inputs: InferInputs) -> InferOutcome:
-        try:
+        with fields_renamed(_RENAMES):
             result = await self.logic.generate(self._params(inputs), inputs.deadline)
-        except TextserveError as error:
-            raise rename_fields(error, _RENAMES) from None
         usage = _usage(result.finish, result.prompt_tokens, result.output_tokens)
         return InferOutcome(_output(result.text), {**usage, "cached": result.cached})
 
@@ -102,12 +100,10 @@ class GenerationAdapter(ModelAdapter):
         if not inputs.parameters.get_bool("stream", True):
             yield await self.infer(inputs)
             return
-        try:
+        with fields_renamed(_RENAMES):
             async for chunk in self.logic.stream(self._params(inputs), inputs.deadline):
                 if chunk.finish is not None:
                     usage = _usage(chunk.finish, chunk.prompt_tokens, chunk.output_tokens)
                     yield InferOutcome(_output(chunk.text), usage, final=True)
                 elif chunk.text:
                     yield InferOutcome(_output(chunk.text), final=False)
-        except TextserveError as error:
-            raise rename_fields(error, _RENAMES) from None

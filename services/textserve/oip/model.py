@@ -8,7 +8,8 @@ protobuf: the servicer decodes inputs into `InferInputs` and encodes `InferOutco
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,6 +108,15 @@ class ModelAdapter(abc.ABC):
         yield await self.infer(inputs)
 
 
+TEXT_INPUT = "text_input"
+"""The input every textserve model takes its texts (or prompt) from."""
+
+
+def input_field(name: str) -> str:
+    """How errors name an input: inputs[name]."""
+    return f"inputs[{name}]"
+
+
 def rename_fields(error: TextserveError, renames: Mapping[str, str]) -> TextserveError:
     """The InvalidInput of a service with its field renamed to what a protocol client sent.
 
@@ -121,3 +131,17 @@ def rename_fields(error: TextserveError, renames: Mapping[str, str]) -> Textserv
         if error.field == old or error.field.startswith((f"{old}[", f"{old}.")):
             return InvalidInput(new + error.field[len(old) :], error.problem)
     return error
+
+
+@contextlib.contextmanager
+def fields_renamed(renames: Mapping[str, str]) -> Iterator[None]:
+    """Re-raises the error kinds of a service call with `rename_fields` applied."""
+    try:
+        yield
+    except TextserveError as error:
+        raise rename_fields(error, renames) from None
+
+
+def text_counts(tokens: Sequence[int], truncated: Sequence[bool], cached: int) -> dict[str, ParamValue]:
+    """The response parameters of a call over texts: input_tokens, truncated_texts, cached_texts."""
+    return {"input_tokens": sum(tokens), "truncated_texts": sum(truncated), "cached_texts": cached}

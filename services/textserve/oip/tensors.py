@@ -20,7 +20,7 @@ import numpy as np
 
 from textserve.core.errors import InvalidInput
 from textserve.oip import grpc_predict_v2_pb2 as pb
-from textserve.oip.model import BYTES, FP32, INT64, OutputTensor, TensorSpec
+from textserve.oip.model import BYTES, FP32, INT64, OutputTensor, TensorSpec, input_field
 from textserve.oip.parameters import Parameters
 
 _LENGTH = struct.Struct("<I")
@@ -40,11 +40,6 @@ def _check_supported(parameters: Any, field: str) -> None:
     for key, problem in _UNSUPPORTED.items():
         if key in parameters:
             raise InvalidInput(f"{field}.parameters[{key}]", problem)
-
-
-def input_field(name: str) -> str:
-    """How errors name an input: inputs[name]."""
-    return f"inputs[{name}]"
 
 
 def output_field(name: str) -> str:

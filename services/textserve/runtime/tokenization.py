@@ -46,14 +46,19 @@ class TextTokenizer:
         if self._fast is not None:
             encodings = self._fast.encode_batch_fast(list(texts), add_special_tokens=add_special_tokens)
             return [self.truncate(encoding.ids) for encoding in encodings]
-        batch = self.hf(
+        batch = self.full_batch(texts, add_special_tokens)["input_ids"]
+        return [self.truncate(list(ids)) for ids in batch]
+
+    def full_batch(self, texts: Sequence[str], add_special_tokens: bool) -> Any:
+        """The Hugging Face batch encoding of texts, uncut, without attention masks or token
+        type ids (`input_ids`, and `encodings` for tokens and offsets)."""
+        return self.hf(
             list(texts),
             add_special_tokens=add_special_tokens,
             truncation=False,
             return_attention_mask=False,
             return_token_type_ids=False,
-        )["input_ids"]
-        return [self.truncate(list(ids)) for ids in batch]
+        )
 
     def truncate(self, ids: list[int]) -> Encoded:
         """Cuts ids to max_length, keeping the final special token (e.g. [SEP]) when there is one."""

@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from textserve.core.errors import NotReady, TextserveError
+from textserve.core.errors import NotReady
 from textserve.oip.model import (
     BYTES,
     INT64,
+    TEXT_INPUT,
     InferInputs,
     InferOutcome,
     ModelAdapter,
     ModelCard,
     OutputTensor,
     TensorSpec,
-    rename_fields,
+    fields_renamed,
+    input_field,
 )
-from textserve.oip.tensors import input_field
 from textserve.tokenizer.service import SERVICE, TokenizeParams, TokenizerInfo, TokenizerService
 
-TEXT_INPUT = "text_input"
 INPUT_IDS = "input_ids"
 INPUT_LENGTHS = "input_lengths"
 PADDING = -1
@@ -65,10 +65,8 @@ class TokenizerAdapter(ModelAdapter):
             add_special_tokens=params.get_bool("add_special_tokens", False),
             max_tokens=params.get_int("max_tokens", 0, minimum=0),
         )
-        try:
+        with fields_renamed(_RENAMES):
             result = await self.logic.tokenize(request)
-        except TextserveError as error:
-            raise rename_fields(error, _RENAMES) from None
         lengths = np.array([len(e.ids) for e in result.encodings], dtype=np.int64)
         width = int(lengths.max(initial=0))
         ids = np.full((len(lengths), width), PADDING, dtype=np.int64)

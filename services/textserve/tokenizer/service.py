@@ -156,13 +156,7 @@ class LoadedTokenizer:
 
     def tokenize(self, params: TokenizeParams) -> list[TokenizedText]:
         """Ids (and tokens and offsets when asked) of every text, cut at max_tokens."""
-        batch = self.hf(
-            list(params.texts),
-            add_special_tokens=params.add_special_tokens,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
+        batch = self.text_tokenizer.full_batch(params.texts, params.add_special_tokens)
         results: list[TokenizedText] = []
         for index, ids in enumerate(batch["input_ids"]):
             full = len(ids)
@@ -181,13 +175,7 @@ class LoadedTokenizer:
 
     def count(self, texts: Sequence[str], add_special_tokens: bool) -> list[int]:
         """Tokens per text."""
-        batch = self.hf(
-            list(texts),
-            add_special_tokens=add_special_tokens,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
+        batch = self.text_tokenizer.full_batch(texts, add_special_tokens)
         return [len(ids) for ids in batch["input_ids"]]
 
     def detokenize(self, sequences: Sequence[Sequence[int]], skip_special_tokens: bool) -> list[str]:

@@ -62,6 +62,25 @@ async def _abort(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+async def _failed(
+    context: grpc.aio.ServicerContext,
+    error: BaseException,
+    service: str,
+    method: str,
+    started: float,
+    passthrough: tuple[type[BaseException], ...],
+) -> None:
+    """Records a failed RPC and, unless it was aborted already or is one of `passthrough`
+    (cancellation), aborts it with the status of `error`; the caller re-raises."""
+    if isinstance(error, grpc.aio.AbortError):
+        code = context.code() if callable(getattr(context, "code", None)) else None
+        _record(service, method, code or grpc.StatusCode.UNKNOWN, started)
+        return
+    _record(service, method, status_of(error), started)
+    if not isinstance(error, passthrough):
+        await _abort(context, error, service, method)
+
+
 def unary_rpc(
     service: str, method: str
 ) -> Callable[
@@ -82,15 +101,8 @@ def unary_rpc(
             try:
                 check_request(request)  # a request that did not decode -> INVALID_ARGUMENT
                 response = await func(self, request, context)
-            except grpc.aio.AbortError:
-                code = context.code() if callable(getattr(context, "code", None)) else None
-                _record(service, method, code or grpc.StatusCode.UNKNOWN, started)
-                raise
             except BaseException as error:
-                _record(service, method, status_of(error), started)
-                if isinstance(error, asyncio.CancelledError):
-                    raise
-                await _abort(context, error, service, method)
+                await _failed(context, error, service, method, started, (asyncio.CancelledError,))
                 raise
             finally:
                 in_flight.dec()
@@ -123,15 +135,10 @@ def stream_rpc(
                 check_request(request)  # a single request that did not decode (streams check each item)
                 async for item in func(self, request, context):
                     yield item
-            except grpc.aio.AbortError:
-                code = context.code() if callable(getattr(context, "code", None)) else None
-                _record(service, method, code or grpc.StatusCode.UNKNOWN, started)
-                raise
             except BaseException as error:
-                _record(service, method, status_of(error), started)
-                if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
-                    raise
-                await _abort(context, error, service, method)
+                await _failed(
+                    context, error, service, method, started, (asyncio.CancelledError, GeneratorExit)
+                )
                 raise
             finally:
                 in_flight.dec()
