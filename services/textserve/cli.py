@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "textserve.commands.serve",
     "textserve.commands.tune",
+    "textserve.commands.fine_tune",
     "textserve.embedding.commands",
     "textserve.tokenizer.commands",
     "textserve.classifier.commands",
