@@ -92,6 +92,7 @@ def raw_forward_latency(model_dir: Path, task: str, calls: int) -> tuple[float, 
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from textserve.training.finetune import FineTuneRequest, fine_tune
     from textserve.training.hyper import HyperParameters
+    from textserve.training.output import terminate_as_interrupt
 
     spec = TASKS[name]
     data_dir: Path = args.data_dir
@@ -113,19 +114,19 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     out = args.out_dir / name
     print(f"== {name}: fine-tune {spec['task']} on {train.name} (dev {dev.name}) -> {out}", flush=True)
-    result = fine_tune(
-        FineTuneRequest(
-            task=spec["task"],
-            data=train,
-            dev=dev,
-            out=out,
-            model=args.model,
-            label_map=spec["label_map"],
-            hyper=hyper,
-            overwrite=True,
-            progress=not args.no_progress,
-        )
+    request = FineTuneRequest(
+        task=spec["task"],
+        data=train,
+        dev=dev,
+        out=out,
+        model=args.model,
+        label_map=spec["label_map"],
+        hyper=hyper,
+        overwrite=True,
+        progress=not args.no_progress,
     )
+    with terminate_as_interrupt():
+        result = fine_tune(request)
     metrics = result.metadata["metrics"]
     p50, p99 = raw_forward_latency(result.out, spec["task"], args.latency_calls)
     row: dict[str, Any] = {

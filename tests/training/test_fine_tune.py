@@ -165,13 +165,21 @@ def test_bad_input_writes_nothing(tmp_path: Path, tiny_model: Path, problem: str
         assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupt_during_training_leaves_nothing(
-    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
+    import os
+    import signal
+    import time
+
     from transformers import Trainer
 
     def interrupted(self: Trainer, *args: object, **kwargs: object) -> None:
         assert any(".partial-" in p.name for p in tmp_path.iterdir())  # staging exists meanwhile
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises KeyboardInterrupt before this ends
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "train", interrupted)

@@ -88,7 +88,7 @@ def _fine_tune(args: argparse.Namespace) -> int:
     from textserve.training.finetune import FineTuneRequest, fine_tune
     from textserve.training.hyper import HyperParameters
     from textserve.training.metrics import format_classification, format_entities
-    from textserve.training.output import OutputError
+    from textserve.training.output import OutputError, terminate_as_interrupt
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -122,7 +122,8 @@ def _fine_tune(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        result = fine_tune(request)
+        with terminate_as_interrupt():
+            result = fine_tune(request)
     except (DataError, OutputError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         print("nothing was written", file=sys.stderr)

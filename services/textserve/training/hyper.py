@@ -38,6 +38,8 @@ class HyperParameters:
     """Mixed precision when CUDA is available (never on CPU)."""
     logging_steps: int = 10
     """Optimizer steps between loss reports."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (random mega-batches, far less padding)."""
 
     def check(self) -> None:
         """Raises ValueError naming the first out-of-range value."""

@@ -44,6 +44,7 @@ def training_arguments(hp: HyperParameters, scratch: Path, metric: str) -> Train
         lr_scheduler_type="linear",
         optim="adamw_torch",
         seed=hp.seed,
+        train_sampling_strategy="group_by_length" if hp.group_by_length else "random",
         data_seed=hp.seed,
         fp16=uses_fp16(hp),
         eval_strategy=strategy,
