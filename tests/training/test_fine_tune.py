@@ -285,3 +285,26 @@ def test_real_conll_subset(tmp_path: Path, tiny_model: Path) -> None:
     )  # fmt: skip
     assert code == 0, stderr
     assert "entity precision" in stdout
+
+
+def test_the_runtime_serves_the_directory_as_written(sequence_run: dict[str, Any], tmp_path: Path) -> None:
+    """The classifier's sequence_classification kind loads the directory through the shared
+    runtime (ONNX export): labels from id2label, logits equal to transformers'."""
+    import numpy as np
+    import torch
+    from textserve.core.config import ModelConfig
+    from textserve.runtime.encoder import EncoderModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out: Path = sequence_run["out"]
+    encoder = EncoderModel(
+        ModelConfig(path=str(out), onnx_cache_dir=tmp_path), task="sequence-classification"
+    )
+    assert encoder.info.labels == ("negative", "positive")
+    texts = [text for text, _ in sentiment_rows(6, seed=9)]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    served = np.stack(encoder.run_batch([tokenizer(text)["input_ids"] for text in texts]))
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        expected = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-4)
