@@ -118,6 +118,7 @@ def test_sequence_metadata(sequence_run: dict[str, Any]) -> None:
     hp = metadata["hyperparameters"]
     assert (hp["epochs"], hp["batch_size"], hp["max_seq_length"], hp["seed"]) == (2.0, 16, 32, 7)
     assert hp["fp16_used"] is False and hp["device"] == "cpu"
+    assert hp["class_weighted"] is True and hp["class_weights"] == {"negative": 1.0, "positive": 1.0}
     assert metadata["training_seconds"] > 0 and metadata["training"]["optimizer_steps"] == 8
     assert metadata["base_model"]["revision"]
     stdout = sequence_run["stdout"]
@@ -308,3 +309,20 @@ def test_the_runtime_serves_the_directory_as_written(sequence_run: dict[str, Any
     with torch.no_grad():
         expected = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.numpy()
     np.testing.assert_allclose(served, expected, atol=1e-4)
+
+
+def test_weighted_loss_is_the_balanced_cross_entropy() -> None:
+    import torch
+    from textserve.training.data import TextExample
+    from textserve.training.sequence import balanced_weights, weighted_loss
+
+    examples = [TextExample("t", label) for label in ["a", "a", "a", "b"]]
+    assert balanced_weights(examples, ["a", "b"]) == pytest.approx([4 / 6, 2.0])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    assert weighted_loss([1.0, 1.0])({"logits": logits}, labels).item() == pytest.approx(plain.item())
+    each = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (0.5 * each[0] + 2.0 * each[1] + 2.0 * each[2]) / 6  # summed, over the accumulated count
+    got = weighted_loss([0.5, 2.0])({"logits": logits}, labels, num_items_in_batch=6)
+    assert got.item() == pytest.approx(expected.item())

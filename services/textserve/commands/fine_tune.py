@@ -67,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--eval-steps", type=int, default=defaults.eval_steps, help="evaluate every N steps (0: each epoch)"
     )
     parser.add_argument("--no-fp16", action="store_true", help="no mixed precision even on CUDA")
+    parser.add_argument(
+        "--no-class-weights",
+        action="store_true",
+        help="sequence task: plain loss (default: balanced class weights, so small classes count)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_fine_tune)
@@ -105,6 +110,7 @@ def _fine_tune(args: argparse.Namespace) -> int:
             eval_steps=args.eval_steps,
             max_steps=args.max_steps,
             fp16=not args.no_fp16,
+            class_weighted=not args.no_class_weights,
         )
         request = FineTuneRequest(
             task=args.task,

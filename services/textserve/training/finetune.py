@@ -138,7 +138,19 @@ def _fine_tune_sequence(request: FineTuneRequest, hp: HyperParameters, files: Mo
         metrics = classification_metrics(actual.tolist(), predicted.tolist(), labels)
         return metrics, [labels[i] for i in predicted.tolist()]
 
-    return _train_and_write(request, hp, files, labels, train, dev, len(examples), sequence, evaluate)
+    weights = sequence.balanced_weights(train, labels) if hp.class_weighted else None
+    return _train_and_write(
+        request,
+        hp,
+        files,
+        labels,
+        train,
+        dev,
+        len(examples),
+        sequence,
+        evaluate,
+        weights,
+    )
 
 
 def _fine_tune_tokens(request: FineTuneRequest, hp: HyperParameters, files: ModelFiles) -> FineTuneResult:
@@ -167,9 +179,11 @@ def _train_and_write(
     data_count: int,
     kit: ModuleType,
     evaluate: Callable[[np.ndarray, np.ndarray], tuple[dict[str, Any], list[Any]]],
+    class_weights: Sequence[float] | None = None,
 ) -> FineTuneResult:
     """The shared part: kit is the task module (sequence or tokens: encode, load_model,
-    collator, trainer_metrics, BEST_METRIC); evaluate turns dev predictions into metrics."""
+    collator, trainer_metrics, BEST_METRIC); evaluate turns dev predictions into metrics;
+    class_weights (sequence classification) weight the loss per label."""
     check_destination(request.out, request.overwrite)
     from transformers import AutoTokenizer, set_seed
 
@@ -189,6 +203,7 @@ def _train_and_write(
             kit.trainer_metrics(labels),
             kit.BEST_METRIC,
             request.progress,
+            None if class_weights is None else sequence.weighted_loss(class_weights),
         )
         started = time.perf_counter()
         trainer.train()
@@ -209,6 +224,8 @@ def _train_and_write(
             _file_record(request.data, data_count),
             _dev_record(request, len(dev), hp.seed),
         )
+        if class_weights is not None:
+            metadata["hyperparameters"]["class_weights"] = dict(zip(labels, class_weights, strict=True))
         write_metadata(staged.model_dir, metadata)
         out = staged.commit()
     return FineTuneResult(out, metadata, predictions)

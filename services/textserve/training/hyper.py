@@ -38,6 +38,9 @@ class HyperParameters:
     """Mixed precision when CUDA is available (never on CPU)."""
     logging_steps: int = 10
     """Optimizer steps between loss reports."""
+    class_weighted: bool = True
+    """Sequence classification: weight each example's loss by its label's balanced weight
+    (scikit-learn's n_samples / (n_labels * count)), so a small class is not ignored."""
     group_by_length: bool = True
     """Batch examples of similar length together (random mega-batches, far less padding)."""
 

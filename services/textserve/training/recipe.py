@@ -95,8 +95,10 @@ def build_trainer(
     compute_metrics: Callable[[EvalPrediction], dict[str, float]],
     metric: str,
     progress: bool = True,
+    compute_loss: Callable[..., torch.Tensor] | None = None,
 ) -> Trainer:
-    """A Trainer with early stopping on the dev metric and our progress bar."""
+    """A Trainer with early stopping on the dev metric and our progress bar; compute_loss
+    replaces the model's own loss when given (Trainer's compute_loss_func)."""
     trainer = Trainer(
         model=model,
         args=training_arguments(hp, scratch, metric),
@@ -105,6 +107,7 @@ def build_trainer(
         data_collator=collator,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=argmax_logits,
+        compute_loss_func=compute_loss,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=hp.patience)],
     )
     trainer.remove_callback(PrinterCallback)

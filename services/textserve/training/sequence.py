@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import (
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
@@ -65,6 +66,35 @@ def load_model(path: str, labels: Sequence[str]) -> PreTrainedModel:
 def collator(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """Pads each batch to its longest example."""
     return DataCollatorWithPadding(tokenizer)
+
+
+def balanced_weights(examples: Sequence[TextExample], labels: Sequence[str]) -> list[float]:
+    """scikit-learn's "balanced" class weights of the training labels, in label order."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    index = {label: i for i, label in enumerate(labels)}
+    targets = np.array([index[example.label] for example in examples])
+    weights = compute_class_weight("balanced", classes=np.arange(len(labels)), y=targets)
+    return [float(w) for w in weights]
+
+
+def weighted_loss(weights: Sequence[float]) -> Callable[..., torch.Tensor]:
+    """Class-weighted cross-entropy for the Trainer (compute_loss_func): summed, then divided
+    by the examples in the (accumulated) batch, as the Trainer expects."""
+    weight = torch.tensor(list(weights), dtype=torch.float32)
+
+    def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        total = torch.nn.functional.cross_entropy(
+            logits.float().view(-1, logits.shape[-1]),
+            labels.view(-1),
+            weight=weight.to(logits.device),
+            reduction="sum",
+        )
+        count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
+        return total / count
+
+    return loss
 
 
 def trainer_metrics(labels: Sequence[str]) -> Callable[[EvalPrediction], dict[str, float]]:
