@@ -42,7 +42,7 @@ lint: install ## ruff + mypy + the architecture's import contracts (docs/archite
 	$(VENV)/bin/lint-imports
 
 bench: install ## every benchmark -> bench-report/report.md + PNG plots of latency against throughput (~13 min)
-	$(PY) -m loadtests.report --out bench-report
+	$(PY) -m loadtests.report --out bench-report --skip tasks
 
 .PHONY: bench-embedding
 bench-embedding: install ## embedding: raw model vs service (batching on/off) at concurrency 1-64, short and medium texts
@@ -73,6 +73,10 @@ bench-classifier: install ## classifier: in-process vs shared model vs embedding
 .PHONY: bench-drift
 bench-drift: install ## CPU cost of each drift detector on a 200 x 384 window (quality/)
 	$(PY) -m loadtests.bench_drift
+
+.PHONY: bench-tasks
+bench-tasks: install ## fine-tune on SST-2, SST-3 and CoNLL-2003 (../shared/data): dev accuracy / macro-recall / entity F1, training time (~1 h on 2 cores)
+	$(PY) -m loadtests.bench_tasks
 
 .PHONY: bench-tuning
 bench-tuning: install ## tuned batch budget vs fixed max_batch_size on a mixed-length workload (~5 min)
