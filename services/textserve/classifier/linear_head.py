@@ -14,28 +14,23 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from textserve.classifier.scoring import (
+    FixedLabels,
     Kind,
     LabelChoice,
     LabelInfo,
     ScoreCall,
     Scores,
     SourceScorer,
-    check_fixed_labels,
     scores_of,
 )
 from textserve.classifier.vector_source import EncoderDescription, VectorSource
 from textserve.core.errors import BackendFailure
-
-if TYPE_CHECKING:
-    from textserve.classifier.zero_shot import Label
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +136,7 @@ class HeadMismatch(BackendFailure):
     """The linear head was trained on vectors of another size than the model gives."""
 
 
-class LinearHeadScorer(SourceScorer):
+class LinearHeadScorer(FixedLabels, SourceScorer):
     """A trained linear head over unit embeddings (see linear_head.py)."""
 
     kind: Kind = "linear_head"
@@ -180,13 +175,7 @@ class LinearHeadScorer(SourceScorer):
     def label_info(self, model: EncoderDescription) -> LabelInfo:
         return LabelInfo(self._head().labels)
 
-    def temperature(self, requested: float) -> float:
-        return 1.0
-
-    def choose(
-        self, labels: Sequence[Label], label_set: str, temperature: float, model: EncoderDescription
-    ) -> LabelChoice:
-        check_fixed_labels(self.kind, labels, label_set, temperature)
+    def fixed_choice(self, model: EncoderDescription) -> LabelChoice:
         head = self._head()
         return LabelChoice(head.labels, head.fingerprint())
 

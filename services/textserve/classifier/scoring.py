@@ -137,6 +137,26 @@ def check_fixed_labels(kind: Kind, labels: Sequence[Label], label_set: str, temp
         raise InvalidInput("temperature", f"applies to zero_shot classifiers only (kind={kind})")
 
 
+class FixedLabels:
+    """The label options of the kinds whose labels are fixed (by a head file or the model):
+    none, and softmax at temperature 1."""
+
+    kind: Kind
+
+    def temperature(self, requested: float) -> float:
+        return 1.0
+
+    def choose(
+        self, labels: Sequence[Label], label_set: str, temperature: float, model: EncoderDescription
+    ) -> LabelChoice:
+        check_fixed_labels(self.kind, labels, label_set, temperature)
+        return self.fixed_choice(model)
+
+    def fixed_choice(self, model: EncoderDescription) -> LabelChoice:
+        """The fixed labels and their fingerprint."""
+        raise NotImplementedError
+
+
 class SourceScorer:
     """Lifecycle and description of the scorers that take vectors from a VectorSource."""
 

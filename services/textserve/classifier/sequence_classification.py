@@ -3,18 +3,15 @@ model, run in-process by a runtime Encoder (`predict`), scored against the model
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from textserve.classifier.scoring import (
+    FixedLabels,
     Kind,
     LabelChoice,
     LabelInfo,
     ScoreCall,
     Scores,
-    check_fixed_labels,
     scores_of,
 )
 from textserve.classifier.vector_source import (
@@ -25,11 +22,8 @@ from textserve.classifier.vector_source import (
 )
 from textserve.core.errors import BackendFailure
 
-if TYPE_CHECKING:
-    from textserve.classifier.zero_shot import Label
 
-
-class SequenceClassificationScorer(InProcessEncoder):
+class SequenceClassificationScorer(FixedLabels, InProcessEncoder):
     """The logits of a sequence-classification model run by an in-process Encoder."""
 
     kind: Kind = "sequence_classification"
@@ -44,13 +38,7 @@ class SequenceClassificationScorer(InProcessEncoder):
     def label_info(self, model: EncoderDescription) -> LabelInfo:
         return LabelInfo(model.labels)
 
-    def temperature(self, requested: float) -> float:
-        return 1.0
-
-    def choose(
-        self, labels: Sequence[Label], label_set: str, temperature: float, model: EncoderDescription
-    ) -> LabelChoice:
-        check_fixed_labels(self.kind, labels, label_set, temperature)
+    def fixed_choice(self, model: EncoderDescription) -> LabelChoice:
         return LabelChoice(model.labels, "model:" + ",".join(model.labels))
 
     async def score(self, call: ScoreCall, choice: LabelChoice, model: EncoderDescription) -> Scores:

@@ -95,13 +95,10 @@ async def _train(args: argparse.Namespace) -> int:
     from textserve.classifier.linear_head import LinearHead
     from textserve.classifier.training import TrainingDataError, format_report, read_examples, train
     from textserve.classifier.vector_source import LocalVectorSource, RemoteVectorSource
-    from textserve.core.config import ConfigError
-    from textserve.settings import load_settings
+    from textserve.commands.settings_option import settings_or_report
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    settings = settings_or_report(args.config)
+    if settings is None:
         return 2
     config = settings.classifier
     if args.model:

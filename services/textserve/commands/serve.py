@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from textserve.core.config import ConfigError
+from textserve.commands.settings_option import settings_or_report
 from textserve.core.logging import setup_logging
 from textserve.core.metrics import start_metrics_server
-from textserve.settings import dump_settings, load_settings
+from textserve.settings import dump_settings
 
 log = logging.getLogger("textserve.serve")
 
@@ -30,10 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _show_config(args: argparse.Namespace) -> int:
     import yaml
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    settings = settings_or_report(args.config)
+    if settings is None:
         return 2
     print(yaml.safe_dump(dump_settings(settings), sort_keys=False))
     return 0
@@ -43,10 +41,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from textserve.apps import build_apps
     from textserve.transport.server import ServiceHost
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    settings = settings_or_report(args.config)
+    if settings is None:
         return 2
     setup_logging(settings.log.level, settings.log.format)
     if settings.metrics.enabled:

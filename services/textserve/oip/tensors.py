@@ -187,23 +187,21 @@ def _check_size(output: OutputTensor, count: int) -> None:
         raise ValueError(f"output {output.name}: {count} values for shape {list(output.shape)}")
 
 
+_NUMERIC_OUTPUTS = {FP32: ("<f4", "fp32_contents"), INT64: ("<i8", "int64_contents")}
+"""Numeric output datatypes: little-endian numpy dtype and the typed contents field."""
+
+
 def encode_output(response: pb.ModelInferResponse, output: OutputTensor, raw: bool) -> None:
     """Appends one output tensor to the response (typed contents or raw_output_contents)."""
     tensor = response.outputs.add(name=output.name, datatype=output.datatype, shape=list(output.shape))
-    if output.datatype == FP32:
-        array = np.ascontiguousarray(np.asarray(output.values, dtype="<f4"))
+    if output.datatype in _NUMERIC_OUTPUTS:
+        dtype, contents = _NUMERIC_OUTPUTS[output.datatype]
+        array = np.ascontiguousarray(np.asarray(output.values, dtype=dtype))
         _check_size(output, array.size)
         if raw:
             response.raw_output_contents.append(array.tobytes())
         else:
-            tensor.contents.fp32_contents.extend(array.ravel().tolist())
-    elif output.datatype == INT64:
-        integers = np.ascontiguousarray(np.asarray(output.values, dtype="<i8"))
-        _check_size(output, integers.size)
-        if raw:
-            response.raw_output_contents.append(integers.tobytes())
-        else:
-            tensor.contents.int64_contents.extend(integers.ravel().tolist())
+            getattr(tensor.contents, contents).extend(array.ravel().tolist())
     elif output.datatype == BYTES:
         items = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in output.values]
         _check_size(output, len(items))
