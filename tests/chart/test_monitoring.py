@@ -199,6 +199,7 @@ def test_prometheus_adapter_rules_serve_each_queue_metric_per_pod() -> None:
 def test_prometheus_adapter_rules_can_go_to_the_adapters_namespace() -> None:
     rules = {"enabled": True, "namespace": "monitoring", "labels": {"team": "ml"}}
     docs = documents(render({"global": {"metrics": {"prometheusAdapter": {"rules": rules}}}}))
-    (config_map,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-adapter-rules")]
+    maps = of_kind(docs, "ConfigMap")
+    (config_map,) = [d for d in maps if d["metadata"]["name"].endswith("-adapter-rules")]
     assert config_map["metadata"]["namespace"] == "monitoring"
     assert config_map["metadata"]["labels"]["team"] == "ml"
