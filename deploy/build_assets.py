@@ -438,12 +438,113 @@ def service() -> Dashboard:
             ],
         ),
     ]
+    rows.append(_pods_row(served))
     return Dashboard(
         "textserve-service",
         "textserve / service",
         "One textserve service in depth: requests, latency, batching, queue, cache and model.",
         rows,
         ["datasource", "namespace", "release", "service", "model"],
+    )
+
+
+# --- Pods and resources (kube-state-metrics, cAdvisor, DCGM exporter) ------------------
+# These series are not textserve's and carry no `release` label: they are matched by the
+# chart's object names (<release>[-textserve]-<service>, pods <deployment>-<hash>-<hash>,
+# container textserve-<service>).
+_NS = 'namespace=~"$namespace"'
+_DEPLOYMENT = f'{_NS}, deployment=~"$release.*-$service"'
+_HPA = f'{_NS}, horizontalpodautoscaler=~"$release.*-$service"'
+_POD_SEL = f'{_NS}, pod=~"$release.*-$service-[^-]+-[^-]+"'
+_CONTAINER = f'{_POD_SEL}, container="textserve-$service"'
+
+
+def _against_limit(usage: str, resource: str) -> str:
+    limit = f'kube_pod_container_resource_limits{{{_CONTAINER}, resource="{resource}"}}'
+    return f"sum by (pod) ({usage}) / sum by (pod) ({limit})"
+
+
+def _pods_row(served: str) -> Row:
+    """Replicas, restarts, CPU/memory against limits, GPU use and per-pod traffic of $service."""
+    cpu = f"rate(container_cpu_usage_seconds_total{{{_CONTAINER}}}[{RATE}])"
+    memory = f"container_memory_working_set_bytes{{{_CONTAINER}}}"
+    return Row(
+        "Pods and resources",
+        [
+            Panel(
+                "Ready vs desired replicas",
+                "Ready pods of the Deployment against the replicas it wants (kube-state-metrics).",
+                [
+                    Target(f"sum(kube_deployment_status_replicas_ready{{{_DEPLOYMENT}}})", "ready"),
+                    Target(f"sum(kube_deployment_spec_replicas{{{_DEPLOYMENT}}})", "desired"),
+                ],
+                width=8,
+            ),
+            Panel(
+                "HPA replicas",
+                "Current, desired and maximum replicas of the HorizontalPodAutoscaler, when one exists.",
+                [
+                    Target(f"sum(kube_horizontalpodautoscaler_status_current_replicas{{{_HPA}}})", "current"),
+                    Target(f"sum(kube_horizontalpodautoscaler_status_desired_replicas{{{_HPA}}})", "desired"),
+                    Target(f"sum(kube_horizontalpodautoscaler_spec_max_replicas{{{_HPA}}})", "max"),
+                ],
+                width=8,
+            ),
+            Panel(
+                "Container restarts",
+                "Restarts of the service container per pod over the last hour (OOM kills, failed probes).",
+                [
+                    Target(
+                        "sum by (pod) "
+                        f"(increase(kube_pod_container_status_restarts_total{{{_CONTAINER}}}[1h]))",
+                        "{{pod}}",
+                    )
+                ],
+                width=8,
+            ),
+            Panel(
+                "Request rate by pod",
+                "RPCs finished per second per pod: new replicas should take their share within the "
+                "maximum connection age.",
+                [Target(f"sum by (pod) ({served})", "{{pod}}")],
+                unit="reqps",
+                stack=True,
+                width=8,
+            ),
+            Panel(
+                "CPU against limit",
+                "CPU used per pod / its CPU limit (cAdvisor, kube-state-metrics); no data without a limit.",
+                [Target(_against_limit(cpu, "cpu"), "{{pod}}")],
+                unit="percentunit",
+                width=8,
+            ),
+            Panel(
+                "Memory against limit",
+                "Working-set memory per pod / its memory limit; the kernel OOM-kills the container at 100%.",
+                [Target(_against_limit(memory, "memory"), "{{pod}}")],
+                unit="percentunit",
+                width=8,
+            ),
+            Panel(
+                "GPU utilisation",
+                "GPU busy time per pod (DCGM exporter with pod attribution; no data without it).",
+                [Target(f"avg by (pod) (DCGM_FI_DEV_GPU_UTIL{{{_POD_SEL}}})", "{{pod}}")],
+                unit="percent",
+            ),
+            Panel(
+                "GPU memory used",
+                "Framebuffer memory in use per pod (DCGM exporter), against the GPU's total.",
+                [
+                    Target(f"sum by (pod) (DCGM_FI_DEV_FB_USED{{{_POD_SEL}}})", "{{pod}} used"),
+                    Target(
+                        f"sum by (pod) (DCGM_FI_DEV_FB_USED{{{_POD_SEL}}}"
+                        f" + DCGM_FI_DEV_FB_FREE{{{_POD_SEL}}})",
+                        "{{pod}} total",
+                    ),
+                ],
+                unit="decmbytes",
+            ),
+        ],
     )
 
 

@@ -139,3 +139,67 @@ def test_dashboards_can_go_to_grafanas_namespace() -> None:
     values = {"global": {"metrics": {"dashboards": {"enabled": True, "namespace": "monitoring"}}}}
     maps = [d for d in of_kind(documents(render(values)), "ConfigMap") if component_of(d) == "monitoring"]
     assert maps and {m["metadata"]["namespace"] for m in maps} == {"monitoring"}
+
+
+def test_service_monitor_relabelings_are_appended_after_the_release_label() -> None:
+    extra = {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}
+    drop = {"sourceLabels": ["__name__"], "regex": "python_gc_.*", "action": "drop"}
+    values = yaml.safe_load((CHART_DIR / "ci/cpu-values.yaml").read_text())
+    values["global"]["metrics"]["serviceMonitor"].update(relabelings=[extra], metricRelabelings=[drop])
+    monitors = of_kind(documents(render(values)), "ServiceMonitor")
+    assert monitors
+    for monitor in monitors:
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["relabelings"][0]["targetLabel"] == "release"
+        assert endpoint["relabelings"][1:] == [extra]
+        assert endpoint["metricRelabelings"] == [drop]
+
+
+def test_service_monitors_have_no_metric_relabelings_unless_asked() -> None:
+    for monitor in of_kind(scenario_docs(ALL_ON), "ServiceMonitor"):
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert [r["targetLabel"] for r in endpoint["relabelings"]] == ["release"]
+        assert "metricRelabelings" not in endpoint
+
+
+def _adapter_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
+    docs = documents(render(values))
+    maps = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-adapter-rules")]
+    if not maps:
+        return []
+    (config_map,) = maps
+    config = yaml.safe_load(config_map["data"]["config.yaml"])
+    assert set(config) == {"rules"}
+    return list(config["rules"])
+
+
+def test_prometheus_adapter_rules_serve_each_queue_metric_per_pod() -> None:
+    assert not _adapter_rules({}), "off by default"
+    on = {"global": {"metrics": {"prometheusAdapter": {"rules": {"enabled": True}}}}}
+    values = {**on, "services": {"generation": {"autoscaling": {"queueDepth": {"metricName": "my_waiting"}}}}}
+    rules = _adapter_rules(values)
+    names = [rule["name"]["as"] for rule in rules]
+    assert names == [
+        "textserve_queue_depth",
+        "textserve_generation_waiting_sequences",
+        "textserve_requests_in_flight",
+        "my_waiting",
+    ]
+    for rule in rules:
+        metric = rule["name"]["as"]
+        assert rule["seriesQuery"] == f'{metric}{{namespace!="",pod!=""}}'
+        assert rule["resources"] == {
+            "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+        }
+        assert rule["metricsQuery"] == "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})"
+    off = {"global": {"metrics": {"enabled": False, "prometheusAdapter": {"rules": {"enabled": True}}}}}
+    assert not _adapter_rules(off), "no metrics, no adapter rules"
+
+
+def test_prometheus_adapter_rules_can_go_to_the_adapters_namespace() -> None:
+    rules = {"enabled": True, "namespace": "monitoring", "labels": {"team": "ml"}}
+    docs = documents(render({"global": {"metrics": {"prometheusAdapter": {"rules": rules}}}}))
+    maps = of_kind(docs, "ConfigMap")
+    (config_map,) = [d for d in maps if d["metadata"]["name"].endswith("-adapter-rules")]
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["team"] == "ml"

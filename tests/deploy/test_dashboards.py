@@ -129,3 +129,30 @@ def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+def test_service_dashboard_shows_pods_and_resources() -> None:
+    """Replicas, restarts, CPU/memory against limits, GPU (DCGM), HPA and per-pod traffic."""
+    panels = {p["title"]: p for p in _load(DASHBOARD_DIR / "textserve-service.json")["panels"]}
+    want = {
+        "Ready vs desired replicas": [
+            "kube_deployment_status_replicas_ready",
+            "kube_deployment_spec_replicas",
+        ],
+        "HPA replicas": [
+            "kube_horizontalpodautoscaler_status_current_replicas",
+            "kube_horizontalpodautoscaler_spec_max_replicas",
+        ],
+        "Container restarts": ["kube_pod_container_status_restarts_total"],
+        "CPU against limit": ["container_cpu_usage_seconds_total", "kube_pod_container_resource_limits"],
+        "Memory against limit": ["container_memory_working_set_bytes", "kube_pod_container_resource_limits"],
+        "GPU utilisation": ["DCGM_FI_DEV_GPU_UTIL"],
+        "GPU memory used": ["DCGM_FI_DEV_FB_USED"],
+        "Request rate by pod": ["sum by (pod) (rate(textserve_requests_total{"],
+    }
+    for title, needles in want.items():
+        assert title in panels, title
+        exprs = " ".join(t["expr"] for t in panels[title]["targets"])
+        for needle in needles:
+            assert needle in exprs, (title, needle)
+        assert 'namespace=~"$namespace"' in exprs and "$release" in exprs and "$service" in exprs, title
