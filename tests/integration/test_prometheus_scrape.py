@@ -157,6 +157,10 @@ class PanelCheck:
     query: Query
     checked: bool
     detail: str
+    foreign: bool = False
+    """The query reads only other exporters' series (kube-state-metrics, cAdvisor, DCGM),
+    which a textserve scrape never has: it cannot be checked here (tests/deploy checks its
+    metric and label names)."""
 
 
 def _concrete(query: Query, service: str) -> str:
@@ -182,6 +186,9 @@ def check_dashboards(prometheus: Prometheus, service: str, require_all: bool) ->
             results.append(PanelCheck(query, True, f"{len(samples)} series"))
             continue
         selectors = sorted({m.group(0) for m in _SELECTOR.finditer(expr)})
+        if not selectors:
+            results.append(PanelCheck(query, False, "only other exporters' series", foreign=True))
+            continue
         missing = [selector for selector in selectors if not prometheus.query(f"count({selector})")]
         assert missing, f"{_name(query)}: its series exist but the query returns no data: {expr}"
         assert not require_all, f"{_name(query)}: no series for {missing}"
@@ -269,7 +276,8 @@ def test_dashboards_against_every_metric(
         time.sleep(3)  # a few scrapes, so rates have two points
         checks = check_dashboards(prometheus, "embedding", require_all=True)
         report(checks, record_property)
-        assert all(c.checked for c in checks)
+        assert all(c.checked for c in checks if not c.foreign)
+        assert sum(c.checked for c in checks) > 40
         check_rules(prometheus)
 
 
