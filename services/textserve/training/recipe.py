@@ -118,8 +118,15 @@ def build_trainer(
 
 
 def predicted_ids(trainer: Trainer, dataset: EncodedExamples) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted ids, label ids) of a dataset under the trainer's (best) model."""
-    output = trainer.predict(dataset)
+    """(predicted ids, label ids) of a dataset under the trainer's (best) model, in the
+    dataset's order (transformers also groups evaluation batches by length when training
+    does, which would reorder the rows: prediction runs with the sequential sampler)."""
+    strategy = trainer.args.train_sampling_strategy
+    trainer.args.train_sampling_strategy = "random"
+    try:
+        output = trainer.predict(dataset)
+    finally:
+        trainer.args.train_sampling_strategy = strategy
     predictions = output.predictions
     if isinstance(predictions, tuple):
         predictions = predictions[0]
