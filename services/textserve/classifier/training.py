@@ -11,8 +11,6 @@ accuracy, macro-F1, per-class F1 and recall and the confusion matrix on the held
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -21,19 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from textserve.training.data import DataError, TextExample, read_text_examples
+
 log = logging.getLogger(__name__)
 
 
-class TrainingDataError(ValueError):
-    """The training data is unreadable or unusable; the message names the file and line."""
+TrainingDataError = DataError
+"""The training data is unreadable or unusable; the message names the file and line."""
 
-
-@dataclass(frozen=True)
-class Example:
-    """One labelled text."""
-
-    text: str
-    label: str
+Example = TextExample
+"""One labelled text."""
 
 
 @dataclass(frozen=True)
@@ -70,47 +65,9 @@ class Report:
 
 
 def read_examples(path: Path) -> list[Example]:
-    """(text, label) rows of a CSV file with a `text,label` header, or of a JSONL file."""
-    if not path.is_file():
-        raise TrainingDataError(f"{path}: no such file")
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return _read_jsonl(path)
-    if path.suffix.lower() == ".csv":
-        return _read_csv(path)
-    raise TrainingDataError(f"{path}: use a .csv (text,label header) or .jsonl file")
-
-
-def _example(text: object, label: object, where: str) -> Example:
-    if not isinstance(text, str) or not text.strip():
-        raise TrainingDataError(f"{where}: 'text' must be a non-empty string")
-    if not isinstance(label, (str, int)) or not str(label).strip():
-        raise TrainingDataError(f"{where}: 'label' must be a non-empty string")
-    return Example(text, str(label).strip())
-
-
-def _read_jsonl(path: Path) -> list[Example]:
-    examples: list[Example] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainingDataError(f"{path}:{number}: not JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise TrainingDataError(f"{path}:{number}: expected an object with 'text' and 'label'")
-            examples.append(_example(row.get("text"), row.get("label"), f"{path}:{number}"))
-    return examples
-
-
-def _read_csv(path: Path) -> list[Example]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        fields = reader.fieldnames or []
-        if "text" not in fields or "label" not in fields:
-            raise TrainingDataError(f"{path}: the header must name 'text' and 'label' columns (got {fields})")
-        return [_example(row.get("text"), row.get("label"), f"{path}:{reader.line_num}") for row in reader]
+    """(text, label) rows of a labelled file: CSV or TSV with a `text,label` header, JSONL, or
+    `<label> <text>` lines (SST); one reader for every trainer (training/data.py)."""
+    return read_text_examples(path)
 
 
 def split(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
