@@ -134,3 +134,16 @@ def predicted_ids(trainer: Trainer, dataset: EncodedExamples) -> tuple[np.ndarra
         raise ValueError("the dataset has no labels")
     label_ids = output.label_ids[0] if isinstance(output.label_ids, tuple) else output.label_ids
     return np.asarray(predictions), np.asarray(label_ids)
+
+
+def with_head(auto_class: Any, path: str, names: Sequence[str]) -> PreTrainedModel:
+    """The encoder at path with a fresh task head (`auto_class`: AutoModelFor...Classification)
+    for `names`, id2label / label2id set, so the saved directory names its labels."""
+    model: PreTrainedModel = auto_class.from_pretrained(
+        path,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+        ignore_mismatched_sizes=True,
+    )
+    return model

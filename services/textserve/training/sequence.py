@@ -17,7 +17,7 @@ from transformers import (
 
 from textserve.training.data import DataError, TextExample
 from textserve.training.metrics import classification_metrics
-from textserve.training.recipe import EncodedExamples
+from textserve.training.recipe import EncodedExamples, with_head
 
 BEST_METRIC = "macro_f1"
 """Dev metric that picks the best checkpoint and drives early stopping."""
@@ -53,14 +53,7 @@ def encode(
 
 def load_model(path: str, labels: Sequence[str]) -> PreTrainedModel:
     """The encoder at path with a fresh classification head for labels (id2label / label2id set)."""
-    model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        ignore_mismatched_sizes=True,
-    )
-    return model
+    return with_head(AutoModelForSequenceClassification, path, labels)
 
 
 def collator(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:

@@ -23,7 +23,7 @@ from transformers import (
 from textserve.training.conll import TaggedSentence
 from textserve.training.data import DataError
 from textserve.training.metrics import entity_metrics
-from textserve.training.recipe import EncodedExamples
+from textserve.training.recipe import EncodedExamples, with_head
 
 BEST_METRIC = "f1"
 """Dev metric (entity-level F1) that picks the best checkpoint and drives early stopping."""
@@ -81,14 +81,7 @@ def aligned_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -
 
 def load_model(path: str, tags: Sequence[str]) -> PreTrainedModel:
     """The encoder at path with a fresh token-classification head for tags."""
-    model: PreTrainedModel = AutoModelForTokenClassification.from_pretrained(
-        path,
-        num_labels=len(tags),
-        id2label=dict(enumerate(tags)),
-        label2id={tag: i for i, tag in enumerate(tags)},
-        ignore_mismatched_sizes=True,
-    )
-    return model
+    return with_head(AutoModelForTokenClassification, path, tags)
 
 
 def collator(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
