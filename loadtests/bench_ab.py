@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import psutil
 
 from loadtests.common import Bind, Sender, bench_parser, closed_loop
 from loadtests.serve import ServerProcess, free_port
@@ -37,6 +38,13 @@ class Cell:
 
     def ratio_median(self) -> float:
         return statistics.median(b / a for a, b in zip(self.a, self.b, strict=False) if a > 0)
+
+
+def server_cpu_seconds(server: ServerProcess) -> float:
+    """User + system CPU seconds of the server process and its threads so far."""
+    assert server.proc is not None
+    times = psutil.Process(server.proc.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def embed_call(texts: list[str]) -> Bind:
@@ -66,7 +74,8 @@ def classify_call(texts: list[str]) -> Bind:
 
 
 async def one_round(checkout: Path, concurrencies: list[int], seconds: float) -> dict[str, float]:
-    """Throughput of every workload against one checkout's server."""
+    """Throughput (calls/s) and server CPU per call (ms) of every workload against one
+    checkout's server. CPU per call is far steadier than throughput on a noisy machine."""
     texts = make_texts(512, 10)
     env = SETTINGS | {"PYTHONPATH": str(checkout / "services")}
     ports = {"embedding": free_port(), "classifier": free_port()}
@@ -74,10 +83,25 @@ async def one_round(checkout: Path, concurrencies: list[int], seconds: float) ->
     async with ServerProcess(["embedding", "classifier"], env, ports=ports, metrics=False) as server:
         for service, bind in (("embedding", embed_call(texts)), ("classifier", classify_call(texts))):
             for concurrency in concurrencies:
+                cpu: list[float] = []
+
+                async def mark(cpu: list[float] = cpu) -> None:
+                    cpu.append(server_cpu_seconds(server))
+
                 run = await closed_loop(
-                    server.address(service), bind, concurrency, seconds, warmup_s=1.0, channels=4
+                    server.address(service),
+                    bind,
+                    concurrency,
+                    seconds,
+                    warmup_s=1.0,
+                    channels=4,
+                    before_measure=mark,
+                    after_measure=mark,
                 )
                 results[f"{service} c={concurrency}"] = run.stats().throughput
+                results[f"{service} c={concurrency} server CPU ms/call"] = (
+                    (cpu[1] - cpu[0]) / max(1, run.count) * 1e3
+                )
     return results
 
 
@@ -88,13 +112,15 @@ async def main_async(a: Path, b: Path, rounds: int, seconds: float, concurrencie
             measured = await one_round(checkout, concurrencies, seconds)
             for key, value in measured.items():
                 getattr(cells.setdefault(key, Cell()), label.lower()).append(value)
-            print(f"round {number + 1} {label}: " + ", ".join(f"{k} {v:.0f}/s" for k, v in measured.items()))
+            print(f"round {number + 1} {label}: " + ", ".join(f"{k} {v:.3g}" for k, v in measured.items()))
     print(f"\nA = {a}\nB = {b}\n")
-    print("| workload | A median calls/s | B median calls/s | median of per-round B/A | rounds |")
+    print(
+        "| workload (calls/s or server CPU ms/call) | A median | B median | median per-round B/A | rounds |"
+    )
     print("|---|---:|---:|---:|---:|")
     for key, cell in cells.items():
         print(
-            f"| {key} | {statistics.median(cell.a):.0f} | {statistics.median(cell.b):.0f} "
+            f"| {key} | {statistics.median(cell.a):.3g} | {statistics.median(cell.b):.3g} "
             f"| {cell.ratio_median():.3f} | {len(cell.a)} |"
         )
 
