@@ -118,8 +118,15 @@ def build_trainer(
 
 
 def predicted_ids(trainer: Trainer, dataset: EncodedExamples) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted ids, label ids) of a dataset under the trainer's (best) model."""
-    output = trainer.predict(dataset)
+    """(predicted ids, label ids) of a dataset under the trainer's (best) model, in the
+    dataset's order (the Trainer's evaluation batches follow the training sampler, which may
+    group by length: switched to sequential order for this call)."""
+    strategy = trainer.args.train_sampling_strategy
+    trainer.args.train_sampling_strategy = "sequential"
+    try:
+        output = trainer.predict(dataset)
+    finally:
+        trainer.args.train_sampling_strategy = strategy
     predictions = output.predictions
     if isinstance(predictions, tuple):
         predictions = predictions[0]
