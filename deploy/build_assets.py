@@ -10,11 +10,12 @@ Plain copies for users without the chart (Grafana import, Prometheus rule_files)
     python deploy/build_assets.py          # rewrite every file
     python deploy/build_assets.py --check  # exit 1 if a file is stale (CI; tests/deploy do the same)
 
-Dashboards query only metrics defined in services/textserve/core/metrics.py (tests check
-this, and a live Prometheus test runs every query). Variables: $datasource, $namespace
-(the Prometheus Operator's target label; "All" also matches series without it), $release
-(the chart's ServiceMonitors add it from app.kubernetes.io/instance; "All" matches series
-without it too), $service and $model.
+Dashboards query only metrics defined in services/textserve/core/metrics.py and
+services/textserve/quality/metrics.py (tests check this, and a live Prometheus test runs
+every query). Variables: $datasource, $namespace (the Prometheus Operator's target label;
+"All" also matches series without it), $release (the chart's ServiceMonitors add it from
+app.kubernetes.io/instance; "All" matches series without it too), $service, $model and (the
+model-quality dashboard) $version.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Panel:
     stack: bool = False
     min_zero: bool = True
     max_one: bool = False
+    threshold: float | None = None
+    """A dashed red line at this value (timeseries)."""
 
 
 @dataclass
@@ -81,6 +84,10 @@ class Dashboard:
     description: str
     rows: list[Row]
     variables: list[str]
+    variable_queries: dict[str, str] = field(default_factory=dict)
+    """Variable name -> the series selector its values come from, where not the default."""
+    all_services: bool = False
+    """$service offers "All" (and several at once): panels match it with service=~."""
 
 
 def _sel(*matchers: str) -> str:
@@ -672,8 +679,293 @@ def generation() -> Dashboard:
     )
 
 
+# --- Model quality ---------------------------------------------------------------------
+DRIFT_SIGNIFICANCE = 0.05
+"""The dashed line of the p-value panel: quality.drift.significance's default (tests check)."""
+LIVE_ACCURACY_ALERT = 0.8
+"""The dashed line of the live-accuracy panel: TextserveLiveAccuracyLow's threshold (tests check)."""
+LIVE_ACCURACY_MIN_PAIRS = 50
+"""Joined pairs TextserveLiveAccuracyLow needs before it judges (tests check)."""
+QUALITY_SERIES = (
+    '__name__=~"textserve_predictions_total|textserve_embedding_norm_count'
+    '|textserve_text_tokens_count|textserve_entities_total"'
+)
+"""Series every quality-instrumented service exports: where $service, $model and $version come from."""
+_PER_VERSION = "model, version"
+_VERSION_LEGEND = "{{model}} {{version}}"
+
+
+def _version_quantiles(metric: str, selector: str, qs: tuple[float, ...]) -> list[Target]:
+    return [
+        Target(
+            f"histogram_quantile({q}, sum by ({_PER_VERSION}, le) "
+            f"(rate({metric}_bucket{{{selector}}}[{RATE}])))",
+            f"{_VERSION_LEGEND} p{round(q * 100)}",
+        )
+        for q in qs
+    ]
+
+
+def quality() -> Dashboard:
+    sel = _sel('service=~"$service"', 'model=~"$model"', 'version=~"$version"')
+    by_service = _sel('service=~"$service"')
+    predictions = f"rate(textserve_predictions_total{{{sel}}}[{RATE}])"
+    confidence_count = f"rate(textserve_prediction_confidence_count{{{sel}}}[{RATE}])"
+    low_confidence = f'rate(textserve_prediction_confidence_bucket{{{sel}, le="0.6"}}[{RATE}])'
+    pairs = f"textserve_live_window_pairs{{{sel}}}"
+    joined_sel = _sel('service=~"$service"', 'model=~"$model"', 'version=~"$version"', 'result="joined"')
+    rows = [
+        Row(
+            "Predictions",
+            [
+                Panel(
+                    "Predictions per second by label",
+                    "Texts classified per second by predicted (top) label, per model version "
+                    "(textserve_predictions_total).",
+                    [
+                        Target(
+                            f"sum by ({_PER_VERSION}, label) ({predictions})",
+                            f"{_VERSION_LEGEND} {{{{label}}}}",
+                        )
+                    ],
+                    unit="cps",
+                    stack=True,
+                    width=8,
+                ),
+                Panel(
+                    "Label mix",
+                    "Share of each predicted label among a model version's predictions. A mix that "
+                    "moves away from the training data's is what the label_mix drift test flags.",
+                    [
+                        Target(
+                            f"sum by ({_PER_VERSION}, label) ({predictions}) / on ({_PER_VERSION}) "
+                            f"group_left sum by ({_PER_VERSION}) ({predictions})",
+                            f"{_VERSION_LEGEND} {{{{label}}}}",
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                    width=8,
+                ),
+                Panel(
+                    "Low-confidence share",
+                    "Share of classified texts whose top score is at most 0.6: a rising share means "
+                    "inputs the model is unsure about.",
+                    [
+                        Target(
+                            _ratio_or_zero(low_confidence, confidence_count, _PER_VERSION),
+                            _VERSION_LEGEND,
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                    width=8,
+                ),
+                Panel(
+                    "Confidence percentiles",
+                    "10th and 50th percentile of the top score per model version "
+                    "(textserve_prediction_confidence); the low tail moves first.",
+                    _version_quantiles("textserve_prediction_confidence", sel, (0.1, 0.5)),
+                    unit="percentunit",
+                    max_one=True,
+                ),
+                Panel(
+                    "Confidence distribution",
+                    "Classified texts per confidence bucket over time (all selected versions).",
+                    [
+                        Target(
+                            "sum by (le) "
+                            f"(increase(textserve_prediction_confidence_bucket{{{sel}}}[{RATE}]))",
+                            "{{le}}",
+                        )
+                    ],
+                    unit="percentunit",
+                    kind="heatmap",
+                ),
+            ],
+        ),
+        Row(
+            "Drift",
+            [
+                Panel(
+                    "Drift p-value by detector",
+                    "p-value of the latest test of the recent window against the reference, per "
+                    "detector (mmd or projection_ks on embeddings, label_mix and confidence on "
+                    "classifier outputs); the lowest over pods. Drift is flagged below the "
+                    f"configured significance (dashed line: the default, {DRIFT_SIGNIFICANCE}).",
+                    [
+                        Target(
+                            f"min by ({_PER_VERSION}, detector) (textserve_drift_p_value{{{sel}}})",
+                            f"{_VERSION_LEGEND} {{{{detector}}}}",
+                        )
+                    ],
+                    unit="none",
+                    max_one=True,
+                    threshold=DRIFT_SIGNIFICANCE,
+                ),
+                Panel(
+                    "Pods flagging drift",
+                    "Pods whose latest test of a detector flagged drift (textserve_drift_detected); "
+                    "TextserveDriftDetected fires when a flag stays up for 15 minutes.",
+                    [
+                        Target(
+                            f"sum by ({_PER_VERSION}, detector) (textserve_drift_detected{{{sel}}})",
+                            f"{_VERSION_LEGEND} {{{{detector}}}}",
+                        )
+                    ],
+                    width=6,
+                ),
+                Panel(
+                    "Drift test CPU time",
+                    "CPU time of one drift test per detector, off the request path (p50, p99).",
+                    _quantiles("textserve_drift_test_cpu_seconds", by_service, "detector", (0.5, 0.99)),
+                    unit="s",
+                    width=6,
+                ),
+            ],
+        ),
+        Row(
+            "Live accuracy (feedback)",
+            [
+                Panel(
+                    "Live accuracy by version",
+                    "Accuracy over each pod's sliding window of joined (truth, prediction) pairs, "
+                    "weighted by the pairs of each pod. Dashed line: the TextserveLiveAccuracyLow "
+                    "threshold.",
+                    [
+                        Target(
+                            f"sum by ({_PER_VERSION}) (textserve_live_accuracy{{{sel}}} * {pairs}) / "
+                            f"sum by ({_PER_VERSION}) ({pairs})",
+                            _VERSION_LEGEND,
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                    threshold=LIVE_ACCURACY_ALERT,
+                    width=8,
+                ),
+                Panel(
+                    "Feedback accuracy, last hour",
+                    "Correct / joined feedback over the last hour from the counters (every pod, "
+                    "restarts included): the figure `textserve ab-report` compares between versions.",
+                    [
+                        Target(
+                            _ratio_or_zero(
+                                f"increase(textserve_feedback_correct_total{{{sel}}}[1h])",
+                                f"increase(textserve_feedback_total{{{joined_sel}}}[1h])",
+                                _PER_VERSION,
+                            ),
+                            _VERSION_LEGEND,
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                    width=8,
+                ),
+                Panel(
+                    "Joined pairs in the window",
+                    "Pairs behind the live accuracy (sum over pods). Dashed line: the pairs "
+                    "TextserveLiveAccuracyLow needs before it judges.",
+                    [Target(f"sum by ({_PER_VERSION}) ({pairs})", _VERSION_LEGEND)],
+                    threshold=LIVE_ACCURACY_MIN_PAIRS,
+                    width=8,
+                ),
+                Panel(
+                    "Live recall by class",
+                    "Recall of each true label over the window of joined pairs (mean over pods): "
+                    "which class the model misses.",
+                    [
+                        Target(
+                            f"avg by ({_PER_VERSION}, label) (textserve_live_recall{{{sel}}})",
+                            f"{_VERSION_LEGEND} {{{{label}}}}",
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                ),
+                Panel(
+                    "Feedback by result",
+                    "Ground truth received per second: joined with its prediction, unknown (id never "
+                    "seen or expired: NOT_FOUND) or duplicate. Not filtered by model or version, "
+                    "which an unknown id does not have.",
+                    [
+                        Target(
+                            f"sum by (result) (rate(textserve_feedback_total{{{by_service}}}[{RATE}]))",
+                            "{{result}}",
+                        )
+                    ],
+                    unit="cps",
+                    stack=True,
+                ),
+            ],
+        ),
+        Row(
+            "Inputs",
+            [
+                Panel(
+                    "Embedding norm",
+                    "L2 norm of each embedding before normalisation (p5, p50, p95): empty, "
+                    "repeated or foreign-language texts move it.",
+                    _version_quantiles("textserve_embedding_norm", sel, (0.05, 0.5, 0.95)),
+                    unit="none",
+                    width=6,
+                ),
+                Panel(
+                    "Text length in tokens",
+                    "Tokens of each input text after truncation (p50, p95, p99).",
+                    _version_quantiles("textserve_text_tokens", sel, (0.5, 0.95, 0.99)),
+                    width=6,
+                ),
+                Panel(
+                    "Entities per second by type",
+                    "Entities found by token classification (NER) per second, by type.",
+                    [
+                        Target(
+                            f"sum by ({_PER_VERSION}, entity_type) "
+                            f"(rate(textserve_entities_total{{{sel}}}[{RATE}]))",
+                            f"{_VERSION_LEGEND} {{{{entity_type}}}}",
+                        )
+                    ],
+                    unit="cps",
+                    stack=True,
+                    width=6,
+                ),
+                Panel(
+                    "Payload log records",
+                    "Records written to the opt-in payload log per second, by kind. Their texts are "
+                    "personal data; no data here means the log is off.",
+                    [
+                        Target(
+                            "sum by (service, kind) "
+                            f"(rate(textserve_payload_log_records_total{{{by_service}}}[{RATE}]))",
+                            "{{service}} {{kind}}",
+                        )
+                    ],
+                    unit="cps",
+                    width=6,
+                ),
+            ],
+        ),
+    ]
+    version_source = f'{QUALITY_SERIES}, namespace=~"$namespace"'
+    return Dashboard(
+        "textserve-quality",
+        "textserve / model quality",
+        "Whether the answers are still right: label mix and confidence, drift tests against the "
+        "reference, live accuracy and recall from feedback, and input statistics, per model version.",
+        rows,
+        ["datasource", "namespace", "release", "service", "model", "version"],
+        variable_queries={
+            "service": f"{{{version_source}}}",
+            "model": f'{{{version_source}, service=~"$service"}}',
+            "version": f'{{{version_source}, service=~"$service", model=~"$model"}}',
+        },
+        all_services=True,
+    )
+
+
 # --- JSON ------------------------------------------------------------------------------
-def _variable(name: str) -> dict[str, Any]:
+def _variable(name: str, dashboard: Dashboard) -> dict[str, Any]:
     if name == "datasource":
         return {
             "name": "datasource",
@@ -692,8 +984,11 @@ def _variable(name: str) -> dict[str, Any]:
         "service": ("Service", 'label_values(textserve_requests_total{namespace=~"$namespace"}, service)'),
         "model": ("Model", 'label_values(textserve_model_loaded{namespace=~"$namespace"}, model)'),
     }
-    label, query = queries[name]
-    all_of = name != "service"
+    if name in dashboard.variable_queries:
+        label, query = name.capitalize(), f"label_values({dashboard.variable_queries[name]}, {name})"
+    else:
+        label, query = queries[name]
+    all_of = name != "service" or dashboard.all_services
     return {
         "name": name,
         "label": label,
@@ -746,9 +1041,32 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
             "showPoints": "never",
             "stacking": {"mode": "normal" if panel.stack else "none", "group": "A"},
         }
+        if panel.threshold is not None:
+            defaults["custom"]["thresholdsStyle"] = {"mode": "dashed"}
+            defaults["thresholds"] = {
+                "mode": "absolute",
+                "steps": [
+                    {"color": "transparent", "value": None},
+                    {"color": "red", "value": panel.threshold},
+                ],
+            }
         body["options"] = {
             "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
             "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    elif panel.kind == "heatmap":
+        # Prometheus buckets as they are (no re-bucketing); one row per `le`.
+        for target in body["targets"]:
+            target["format"] = "heatmap"
+        defaults["unit"] = "short"  # the cells count texts; `unit` is the buckets' (y axis)
+        body["options"] = {
+            "calculate": False,
+            "cellGap": 1,
+            "color": {"mode": "scheme", "scheme": "Oranges", "scale": "exponential", "exponent": 0.5},
+            "rowsFrame": {"layout": "le"},
+            "yAxis": {"axisPlacement": "left", "unit": panel.unit},
+            "tooltip": {"mode": "single", "yHistogram": True},
+            "legend": {"show": True},
         }
     else:
         body["options"] = {
@@ -812,12 +1130,12 @@ def dashboard_json(dashboard: Dashboard) -> dict[str, Any]:
             }
         ],
         "annotations": {"list": []},
-        "templating": {"list": [_variable(name) for name in dashboard.variables]},
+        "templating": {"list": [_variable(name, dashboard) for name in dashboard.variables]},
         "panels": panels,
     }
 
 
-DASHBOARDS = (overview, service, generation)
+DASHBOARDS = (overview, service, generation, quality)
 
 
 def rendered_files() -> dict[Path, str]:

@@ -230,7 +230,7 @@ def _uids(maps: list[dict[str, Any]]) -> set[str]:
 def test_two_releases_in_one_namespace_get_distinct_dashboard_uids() -> None:
     first = _uids(_dashboard_maps(documents(render(DASHBOARDS, name="alpha"))))
     second = _uids(_dashboard_maps(documents(render(DASHBOARDS, name="beta"))))
-    assert len(first) == 3 and len(second) == 3 and not first & second
+    assert len(first) == 4 and len(second) == 4 and not first & second
     assert all(len(uid) <= 40 for uid in first | second), "Grafana uids are at most 40 characters"
 
 

@@ -22,6 +22,7 @@ VARIABLES = {
     "$__rate_interval": "1m",
     "$namespace": ".*",
     "$model": ".*",
+    "$version": ".*",
     "$service": "embedding",
     "$release": ".*",
     "${datasource}": "prometheus",
@@ -32,6 +33,9 @@ _SELECTOR = re.compile(r"\b(textserve_[a-z0-9_]+)\s*\{([^}]*)\}")
 _MATCHER_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+# {__name__=~"textserve_a|textserve_b", ...}: a selector over several series by name.
+_NAME_MATCHER = re.compile(r'__name__\s*=~?\s*"([^"]*)"')
+_NAMELESS_SELECTOR = re.compile(r"(?<![A-Za-z0-9_])\{([^}]*__name__[^}]*)\}")
 
 
 @dataclass(frozen=True)
@@ -82,16 +86,26 @@ def rule_queries(path: Path = RULES_FILE) -> list[Query]:
 
 
 def metric_names(expr: str) -> set[str]:
-    """textserve_* series names an expression reads."""
-    return set(_NAME.findall(_STRING.sub('""', expr)))
+    """textserve_* series names an expression reads (by name, or in a __name__ matcher)."""
+    names = set(_NAME.findall(_STRING.sub('""', expr)))
+    for alternatives in _NAME_MATCHER.findall(expr):
+        for name in alternatives.split("|"):
+            assert _NAME.fullmatch(name), f"__name__ matchers list plain textserve_* names: {name!r}"
+            names.add(name)
+    return names
 
 
 def selector_labels(expr: str) -> dict[str, set[str]]:
-    """series name -> label names used in its {...} matchers."""
+    """series name -> label names used in its {...} matchers (a {__name__=~"a|b", ...}
+    selector's labels count for each name it lists)."""
     found: dict[str, set[str]] = {}
     for name, body in _SELECTOR.findall(expr):
         labels = set(_MATCHER_LABEL.findall(_STRING.sub('""', body)))
         found.setdefault(name, set()).update(labels)
+    for body in _NAMELESS_SELECTOR.findall(expr):
+        labels = set(_MATCHER_LABEL.findall(_STRING.sub('""', body))) - {"__name__"}
+        for name in metric_names(body):
+            found.setdefault(name, set()).update(labels)
     return found
 
 
@@ -104,16 +118,19 @@ def grouping_labels(expr: str) -> set[str]:
 
 
 def exported_series() -> dict[str, set[str]]:
-    """Series name -> label names, for every series textserve.core.metrics can export.
+    """Series name -> label names, for every series textserve can export: the metrics of
+    textserve.core.metrics and textserve.quality.metrics (model quality, same registry).
 
     Counters export <name>_total, histograms <name>_bucket (with `le`), _sum and _count,
     gauges <name>; prometheus_client also adds <name>_created for counters and histograms.
     """
     from prometheus_client.metrics import MetricWrapperBase
     from textserve.core import metrics
+    from textserve.quality import metrics as quality_metrics
 
     series: dict[str, set[str]] = {}
-    for metric in vars(metrics).values():
+    every = [*vars(metrics).values(), *vars(quality_metrics).values()]
+    for metric in every:
         if not isinstance(metric, MetricWrapperBase):
             continue
         # prometheus_client keeps these as attributes only; the names are what it exports.

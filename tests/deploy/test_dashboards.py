@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.promql import DASHBOARD_DIR, REPO, dashboard_queries
+from tests.deploy.promql import DASHBOARD_DIR, REPO, RULES_FILE, dashboard_queries
 
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 FILES = sorted(DASHBOARD_DIR.glob("*.json"))
@@ -41,6 +42,7 @@ def test_the_expected_dashboards_exist() -> None:
     assert [f.name for f in FILES] == [
         "textserve-generation.json",
         "textserve-overview.json",
+        "textserve-quality.json",
         "textserve-service.json",
     ]
 
@@ -156,3 +158,53 @@ def test_service_dashboard_shows_pods_and_resources() -> None:
         for needle in needles:
             assert needle in exprs, (title, needle)
         assert 'namespace=~"$namespace"' in exprs and "$release" in exprs and "$service" in exprs, title
+
+
+def _threshold(panel: dict[str, Any]) -> float:
+    custom = panel["fieldConfig"]["defaults"]["custom"]
+    assert custom["thresholdsStyle"]["mode"] == "dashed", panel["title"]
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    return float(steps[-1]["value"])
+
+
+def test_quality_dashboard() -> None:
+    """Label mix, confidence, drift, live accuracy and recall, feedback, inputs; per version."""
+    from textserve.quality.config import DriftConfig
+
+    dashboard = _load(DASHBOARD_DIR / "textserve-quality.json")
+    panels = {p["title"]: p for p in dashboard["panels"] if p["type"] != "row"}
+    want = {
+        "Predictions per second by label": "textserve_predictions_total",
+        "Label mix": "textserve_predictions_total",
+        "Confidence percentiles": "textserve_prediction_confidence_bucket",
+        "Confidence distribution": "textserve_prediction_confidence_bucket",
+        "Drift p-value by detector": "textserve_drift_p_value",
+        "Pods flagging drift": "textserve_drift_detected",
+        "Live accuracy by version": "textserve_live_accuracy",
+        "Live recall by class": "textserve_live_recall",
+        "Feedback by result": "textserve_feedback_total",
+        "Embedding norm": "textserve_embedding_norm_bucket",
+        "Text length in tokens": "textserve_text_tokens_bucket",
+        "Entities per second by type": "textserve_entities_total",
+    }
+    for title, metric in want.items():
+        assert title in panels, title
+        exprs = " ".join(t["expr"] for t in panels[title]["targets"])
+        assert metric in exprs and 'service=~"$service"' in exprs and "$release" in exprs, title
+    for panel in panels.values():
+        exprs = " ".join(t["expr"] for t in panel["targets"])
+        if "version" in exprs:
+            assert 'version=~"$version"' in exprs and 'model=~"$model"' in exprs, panel["title"]
+    assert {t["format"] for t in panels["Confidence distribution"]["targets"]} == {"heatmap"}
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"namespace", "release", "service", "model", "version"} <= set(variables)
+    assert variables["service"]["includeAll"] and variables["version"]["includeAll"]
+    # The dashed lines: the default significance, and the live-accuracy alert's thresholds.
+    assert _threshold(panels["Drift p-value by detector"]) == DriftConfig().significance
+    rules = [r for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"]]
+    accuracy = next(r["expr"] for r in rules if r.get("alert") == "TextserveLiveAccuracyLow")
+    below = re.search(r"\)\s*<\s*([0-9.]+)", accuracy)
+    at_least = re.search(r"textserve_live_window_pairs\)\s*>=\s*([0-9]+)", accuracy)
+    assert below and at_least, accuracy
+    assert _threshold(panels["Live accuracy by version"]) == float(below.group(1))
+    assert _threshold(panels["Joined pairs in the window"]) == float(at_least.group(1))

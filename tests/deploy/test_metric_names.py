@@ -1,4 +1,4 @@
-"""Every metric the dashboards and alert rules query is one textserve exports (core/metrics.py)."""
+"""Every metric the dashboards and alert rules query is one textserve exports (core/, quality/metrics.py)."""
 
 from __future__ import annotations
 
@@ -49,9 +49,14 @@ def _foreign(expr: str) -> set[str]:
 
 def test_queries_were_found() -> None:
     sources = {q.source for q in QUERIES}
-    assert {"textserve-overview.json", "textserve-service.json", "textserve-generation.json"} <= sources
+    assert {
+        "textserve-overview.json",
+        "textserve-service.json",
+        "textserve-generation.json",
+        "textserve-quality.json",
+    } <= sources
     assert "textserve.rules.yaml" in sources
-    assert len(QUERIES) > 60
+    assert len(QUERIES) > 80
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=IDS)
@@ -60,7 +65,7 @@ def test_only_exported_metrics_are_queried(query: Query) -> None:
     names = metric_names(query.expr)
     assert names or _foreign(query.expr), f"no textserve (or allowed foreign) metric in {query.expr}"
     unknown = sorted(name for name in names if name not in exported)
-    assert not unknown, f"{query.title}: {unknown} are not defined in textserve/core/metrics.py"
+    assert not unknown, f"{query.title}: {unknown} are not defined in textserve/(core|quality)/metrics.py"
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=IDS)
@@ -98,3 +103,18 @@ def test_helpers_parse_promql() -> None:
         "textserve_queue_depth": {"model"},
     }
     assert grouping_labels(expr) == {"service", "le"}
+    several = 'count({__name__=~"textserve_predictions_total|textserve_text_tokens_count", x="m"})'
+    assert metric_names(several) == {"textserve_predictions_total", "textserve_text_tokens_count"}
+    assert selector_labels(several) == {
+        "textserve_predictions_total": {"x"},
+        "textserve_text_tokens_count": {"x"},
+    }
+
+
+def test_quality_metrics_are_exported_series() -> None:
+    """quality/metrics.py's metrics are on the same registry and count as textserve's."""
+    exported = exported_series()
+    assert exported["textserve_drift_p_value"] == {"service", "model", "version", "detector"}
+    assert exported["textserve_feedback_total"] == {"service", "model", "version", "result"}
+    assert exported["textserve_prediction_confidence_bucket"] == {"service", "model", "version", "le"}
+    assert "textserve_requests_total" in exported

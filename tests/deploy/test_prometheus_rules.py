@@ -18,6 +18,8 @@ REQUIRED_ALERTS = {
     "TextserveQueueSaturated",
     "TextserveCacheErrors",
     "TextservePodRestarting",
+    "TextserveDriftDetected",
+    "TextserveLiveAccuracyLow",
 }
 
 
@@ -43,6 +45,18 @@ def test_required_alerts_exist_with_severity_and_text() -> None:
     saturation = alerts["TextserveQueueSaturated"]["expr"]
     assert "textserve_queue_depth / textserve_queue_capacity" in saturation
     assert "kube_pod_container_status_restarts_total" in alerts["TextservePodRestarting"]["expr"]
+
+
+def test_quality_alerts_are_per_model_version() -> None:
+    """Drift per detector and version; live accuracy only with enough joined feedback."""
+    rules = [r for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"]]
+    alerts = {r.get("alert"): r for r in rules}
+    per_version = "by (namespace, release, service, model, version"
+    drift = alerts["TextserveDriftDetected"]["expr"]
+    assert f"{per_version}, detector) (textserve_drift_detected) == 1" in drift
+    accuracy = " ".join(alerts["TextserveLiveAccuracyLow"]["expr"].split())
+    assert f"{per_version}) (textserve_live_accuracy * textserve_live_window_pairs)" in accuracy
+    assert f"{per_version}) (textserve_live_window_pairs) >= 50" in accuracy
 
 
 def test_every_alert_is_unit_tested() -> None:

@@ -2,11 +2,12 @@
 
 Two sources of metrics:
 - `test_dashboards_against_every_metric`: a process that fills every metric of
-  textserve.core.metrics (all services, generation and cache included), so every panel of
-  every dashboard must return data.
+  textserve.core.metrics and textserve.quality.metrics (all services, generation, cache and
+  model quality: drift, feedback, live accuracy included), so every panel of every
+  dashboard must return data.
 - `test_live_services`: `textserve serve embedding generation gateway` as a subprocess, driven
   with real RPCs and HTTP calls; its /metrics is scraped directly (names checked against
-  core/metrics.py) and by Prometheus, and every panel whose series these services export
+  core/ and quality/metrics.py) and by Prometheus, and every panel whose series these services export
   must return data. The panels checked (and those left out, with the reason: e.g. no
   request was ever rejected) are printed and recorded as a property.
 
@@ -224,6 +225,7 @@ FILL_EVERY_METRIC = r"""
 import random, sys, time
 from prometheus_client.metrics import MetricWrapperBase
 from textserve.core import metrics
+from textserve.quality import metrics as quality_metrics
 
 VALUES = {
     "service": ["tokenizer", "embedding", "classifier", "generation", "gateway"],
@@ -231,10 +233,22 @@ VALUES = {
     "method": ["Embed", "Classify"],
     "code": ["OK", "OK", "OK", "INVALID_ARGUMENT", "INTERNAL", "RESOURCE_EXHAUSTED"],
     "reason": ["cancelled", "expired", "length", "stop"],
+    "version": ["1", "2"],
+    "label": ["negative", "positive"],
+    "detector": ["mmd", "label_mix", "confidence"],
+    "result": ["joined", "unknown", "duplicate"],
+    "entity_type": ["PER", "LOC"],
+    "kind": ["prediction", "feedback"],
 }
+# Gauges in [0, 1] (p-values, accuracy, recall) and 0/1 flags.
+SHARES = ("p_value", "accuracy", "recall")
 port = metrics.start_metrics_server("127.0.0.1", 0)
 print(port, flush=True)
-every = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+every = [
+    m
+    for m in [*vars(metrics).values(), *vars(quality_metrics).values()]
+    if isinstance(m, MetricWrapperBase)
+]
 
 def children(metric):
     combos = [{}]
@@ -247,6 +261,10 @@ while True:
         for child in children(metric):
             if metric._type == "counter":
                 child.inc(random.randint(1, 5))
+            elif metric._type == "gauge" and metric._name.endswith(SHARES):
+                child.set(random.random())
+            elif metric._type == "gauge" and metric._name.endswith("_detected"):
+                child.set(random.randint(0, 1))
             elif metric._type == "gauge":
                 child.set(random.uniform(1, 100) if "capacity" not in metric._name else 1000)
             elif metric._type == "histogram":
@@ -409,7 +427,7 @@ def test_live_services(
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
     try:
-        # The live scrape: every textserve series is one core/metrics.py defines.
+        # The live scrape: every textserve series is one core/ or quality/metrics.py defines.
         time.sleep(1)
         text = _get(f"http://{live_services.metrics}/metrics")
         exported = exported_series()
@@ -420,7 +438,8 @@ def test_live_services(
             if s.name.startswith("textserve_")
         }
         assert names, "no textserve metrics on /metrics"
-        assert names <= set(exported), f"not in core/metrics.py: {sorted(names - set(exported))}"
+        unknown = sorted(names - set(exported))
+        assert not unknown, f"not in core/ or quality/metrics.py: {unknown}"
 
         with run_prometheus(tmp_path, live_services.metrics) as prometheus:
             time.sleep(4)
