@@ -1,26 +1,31 @@
-"""Drift detectors off vs on: does model-quality monitoring slow the classifier's requests?
+"""Drift detectors off vs on: does model-quality monitoring slow the services' requests?
 
-The zero-shot sentiment classifier (`textserve serve classifier`, its own in-process model)
-is started once per round with `classifier.quality.drift` off, once with it on, in
-alternating order (off on, on off, ...: at least 4 rounds, so slow drift of the machine
-hits both sides alike). Each round drives it at each concurrency of --concurrency (default
-1 and 32) with one short text (~12 tokens) per Classify call, cache skipped, and records
-latency percentiles and throughput. The report gives, per workload, the medians over rounds
-of p50 latency and throughput of each mode and the medians of the per-round ratios on/off
-(the figure the issue bounds: p50 with detectors on within 5 % of off, same-run ratio).
+The zero-shot sentiment classifier and the embedding service (`textserve serve classifier
+embedding`, one process, the classifier on the embedding app's model as `make run` wires
+it; --services narrows it) are started once per round with `<service>.quality.drift` off,
+once with it on, in alternating order (off on, on off, ...: at least 4 rounds, so slow
+drift of the machine hits both sides alike). Each round drives each service at each
+concurrency of --concurrency (default 1 and 32) with one short text (~12 tokens) per
+Classify / Embed call, cache skipped, and records latency percentiles and throughput. The
+classifier's detectors test its outputs (label mix, confidences), the embedding service's
+its vectors (MMD). The report gives, per workload, the medians over rounds of p50 latency
+and throughput of each mode and the medians of the per-round ratios on/off (the figure
+the issue bounds: p50 with detectors on within 5 % of off, same-run ratio).
 
 "On" is drift enabled with a reference captured from the first --window inputs (or
---reference FILE from `textserve drift-reference`), window --window, a test every
---window inputs or every second, whichever comes first: the detectors run all the time
-under load. After each "on" round the server's `textserve_drift_test_cpu_seconds` shows how
-many tests ran and their CPU. When the checkout's settings have no `classifier.quality`
-section (issue 16's service wiring absent), both modes run the same configuration and the
-ratios measure the noise floor (an A/A run); the report says so.
+--reference FILE from `textserve drift-reference`, with vectors and classifier outputs,
+used by both services), window --window, a test every --window inputs or every second,
+whichever comes first: the detectors run all the time under load. After each "on" round
+the server's `textserve_drift_test_cpu_seconds` shows how many tests ran and their CPU.
+When the checkout's settings have no `quality` section (issue 16's service wiring
+absent), both modes run the same configuration and the ratios measure the noise floor (an
+A/A run); the report says so.
 
 The detectors' CPU per run outside the service comes from `loadtests/bench_drift.py`
 (`make bench-drift`), run here on random 200 x 384 windows with BLAS on one thread.
 
-    python -m loadtests.bench_quality [--rounds 4] [--seconds 5] [--concurrency 1 32] [--json out.json]
+    python -m loadtests.bench_quality [--rounds 4] [--seconds 5] [--concurrency 1 32]
+        [--services classifier embedding] [--reference ref.npz] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,32 +47,39 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SETTINGS = {"TEXTSERVE_CACHE__BACKEND": "none"}
 MODES = ("off", "on")
-DRIFT_ENV = "TEXTSERVE_CLASSIFIER__QUALITY__DRIFT__"
+SERVICES = ("classifier", "embedding")
 
 
-def quality_wired() -> bool:
-    """Whether this checkout's classifier settings have the `quality` section (issue 16)."""
-    from textserve.classifier.config import ClassifierServiceConfig
+def quality_wired(services: list[str]) -> bool:
+    """Whether this checkout's settings have the `quality` section of every service (issue 16)."""
+    from textserve.settings import Settings
 
-    return "quality" in ClassifierServiceConfig.model_fields
+    sections = Settings.model_fields
+    return all("quality" in getattr(sections[service].annotation, "model_fields", {}) for service in services)
 
 
-def mode_env(mode: str, window: int, reference: Path | None, wired: bool) -> dict[str, str]:
+def mode_env(
+    mode: str, services: list[str], window: int, reference: Path | None, wired: bool
+) -> dict[str, str]:
     """The TEXTSERVE_* settings of one mode."""
+    env = dict(SETTINGS)
     if not wired:
-        return dict(SETTINGS)
-    if mode == "off":
-        return SETTINGS | {f"{DRIFT_ENV}ENABLED": "false"}
-    env = SETTINGS | {
-        f"{DRIFT_ENV}ENABLED": "true",
-        f"{DRIFT_ENV}WINDOW_SIZE": str(window),
-        f"{DRIFT_ENV}TEST_EVERY_N": str(window),
-        f"{DRIFT_ENV}TEST_EVERY_S": "1",
-    }
-    if reference is not None:
-        env[f"{DRIFT_ENV}REFERENCE_FILE"] = str(reference.resolve())
-    else:
-        env[f"{DRIFT_ENV}CAPTURE_REFERENCE"] = str(window)
+        return env
+    for service in services:
+        prefix = f"TEXTSERVE_{service.upper()}__QUALITY__DRIFT__"
+        if mode == "off":
+            env[f"{prefix}ENABLED"] = "false"
+            continue
+        env |= {
+            f"{prefix}ENABLED": "true",
+            f"{prefix}WINDOW_SIZE": str(window),
+            f"{prefix}TEST_EVERY_N": str(window),
+            f"{prefix}TEST_EVERY_S": "1",
+        }
+        if reference is not None:
+            env[f"{prefix}REFERENCE_FILE"] = str(reference.resolve())
+        else:
+            env[f"{prefix}CAPTURE_REFERENCE"] = str(window)
     return env
 
 
@@ -89,7 +101,7 @@ class Workload:
 
 
 def drift_tests(metrics_page: str) -> dict[str, tuple[float, float]]:
-    """(tests run, CPU seconds) per detector from textserve_drift_test_cpu_seconds."""
+    """(tests run, CPU seconds) per service/detector from textserve_drift_test_cpu_seconds."""
     from prometheus_client.parser import text_string_to_metric_families
 
     found: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
@@ -97,7 +109,7 @@ def drift_tests(metrics_page: str) -> dict[str, tuple[float, float]]:
         if family.name != "textserve_drift_test_cpu_seconds":
             continue
         for sample in family.samples:
-            detector = sample.labels.get("detector", "?")
+            detector = f"{sample.labels.get('service', '?')}/{sample.labels.get('detector', '?')}"
             if sample.name.endswith("_count"):
                 found[detector][0] += sample.value
             elif sample.name.endswith("_sum"):
@@ -106,20 +118,29 @@ def drift_tests(metrics_page: str) -> dict[str, tuple[float, float]]:
 
 
 async def one_round(
-    mode: str, env: dict[str, str], concurrencies: list[int], seconds: float, texts: list[str]
+    mode: str,
+    services: list[str],
+    env: dict[str, str],
+    concurrencies: list[int],
+    seconds: float,
+    texts: list[str],
 ) -> tuple[dict[str, LatencyStats], dict[str, tuple[float, float]]]:
     """Every workload against one server of `mode`; the drift tests it ran."""
-    from loadtests.bench_ab import classify_call
+    from loadtests.bench_ab import classify_call, embed_call
 
+    calls = {"classifier": ("classify", classify_call(texts)), "embedding": ("embed", embed_call(texts))}
     results: dict[str, LatencyStats] = {}
-    call = classify_call(texts)
-    ports = {"classifier": free_port()}
-    async with ServerProcess(["classifier"], env, ports=ports, label=f"classifier, drift {mode}") as server:
-        for concurrency in concurrencies:
-            run = await closed_loop(
-                server.address("classifier"), call, concurrency, seconds, warmup_s=1.0, channels=4
-            )
-            results[f"classify c={concurrency}"] = run.stats()
+    ports = {service: free_port() for service in services}
+    async with ServerProcess(
+        services, env, ports=ports, label=f"{' '.join(services)}, drift {mode}"
+    ) as server:
+        for service in services:
+            name, call = calls[service]
+            for concurrency in concurrencies:
+                run = await closed_loop(
+                    server.address(service), call, concurrency, seconds, warmup_s=1.0, channels=4
+                )
+                results[f"{name} c={concurrency}"] = run.stats()
         tests = drift_tests(server.metrics())
     return results, tests
 
@@ -152,14 +173,15 @@ def drift_cpu(repeats: int) -> list[dict[str, Any]]:
 async def run(args: argparse.Namespace) -> BenchResult:
     if args.rounds < 4:
         raise SystemExit(f"--rounds must be at least 4 (got {args.rounds})")
-    wired = quality_wired()
+    services = [service for service in SERVICES if service in args.services]
+    wired = quality_wired(services)
     texts = make_texts(512, 10)
     workloads: dict[str, Workload] = defaultdict(Workload)
     tests_per_round: list[dict[str, tuple[float, float]]] = []
     for number in range(args.rounds):
         for mode in MODES if number % 2 == 0 else tuple(reversed(MODES)):
-            env = mode_env(mode, args.window, args.reference, wired)
-            measured, tests = await one_round(mode, env, args.concurrency, args.seconds, texts)
+            env = mode_env(mode, services, args.window, args.reference, wired)
+            measured, tests = await one_round(mode, services, env, args.concurrency, args.seconds, texts)
             for key, stats in measured.items():
                 workloads[key].runs[mode].append(stats)
             if mode == "on":
@@ -169,7 +191,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
             )
             print(f"round {number + 1} drift {mode}: {shown}", flush=True)
 
-    result = BenchResult("quality", "Classifier latency with drift detectors off vs on (same-run ratios)")
+    result = BenchResult("quality", "Latency with drift detectors off vs on (same-run ratios)")
     for key, workload in workloads.items():
         result.add_row(
             workload=key,
@@ -184,7 +206,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
     print_table(result.rows, title="medians over rounds; ratios are medians of the per-round on/off ratios")
     if not wired:
         result.notes.append(
-            "classifier.quality is not in this checkout's settings (issue 16's service wiring absent): "
+            "<service>.quality is not in this checkout's settings (issue 16's service wiring absent): "
             "both modes ran the same configuration, so the ratios are the noise floor (A/A)."
         )
     else:
@@ -222,6 +244,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement time per workload")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], help="concurrent callers")
+    parser.add_argument(
+        "--services", nargs="+", choices=SERVICES, default=list(SERVICES), help="services to measure"
+    )
     parser.add_argument("--window", type=int, default=200, help="drift window (and captured reference) size")
     parser.add_argument("--reference", type=Path, help="reference .npz (default: capture the first --window)")
     parser.add_argument(

@@ -6,7 +6,9 @@ model either straight from the services' /metrics pages (--metrics-url, once per
 the counts are summed; they are totals since each replica started) or from a Prometheus
 server (--prometheus: increases over --window, every replica included), then prints per
 version the joined feedback, the live accuracy and the traffic share, the two-sided
-two-proportion z-test of B against A (`quality.ab`) and a plain verdict.
+two-proportion z-test of B against A (`quality.ab`) and a plain verdict. Without --a and
+--b, a model with exactly two versions is compared with A = the version that served more
+predictions (the incumbent of a canary) and B = the other. Versions are model revisions.
 
 Latency: `textserve_request_duration_seconds` is labelled by service, method and code,
 not by model version, so it is shown per version as "n/a per version" and once for every
@@ -61,8 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument(
         "--model", default="", help="model name (default with --metrics-url: the only one with feedback)"
     )
-    parser.add_argument("--a", default="", help="version A, the incumbent (default: the lower of two)")
-    parser.add_argument("--b", default="", help="version B, the candidate (default: the higher of two)")
+    parser.add_argument(
+        "--a",
+        default="",
+        help="version A, the incumbent (default of two versions: the one with more traffic)",
+    )
+    parser.add_argument(
+        "--b", default="", help="version B, the candidate (default of two versions: the other)"
+    )
     parser.add_argument("--window", default="1d", help="PromQL range of the increases (--prometheus)")
     parser.add_argument("--service", default="classifier", help="service label of the counters and latency")
     parser.add_argument("--method", default="Classify", help="method whose latency is shown")
@@ -238,7 +246,8 @@ def _natural(version: str) -> tuple[tuple[int, int, str], ...]:
 def _choose_versions(
     stats: Mapping[str, VersionStats], a: str, b: str, model: str
 ) -> tuple[VersionStats, VersionStats]:
-    versions = sorted(stats, key=_natural)
+    # The incumbent of a canary serves most traffic; ties fall back to natural order.
+    versions = sorted(stats, key=lambda v: (-stats[v].predictions, _natural(v)))
     if not a or not b:
         if len(versions) != 2:
             found = ", ".join(versions) or "none"
