@@ -75,7 +75,7 @@ bench-drift: install ## CPU cost of each drift detector on a 200 x 384 window (q
 	$(PY) -m loadtests.bench_drift
 
 .PHONY: bench-quality
-bench-quality: install ## classifier p50 latency and throughput with drift detectors off vs on (4+ interleaved rounds, concurrency 1 and 32) + detector CPU (~3 min)
+bench-quality: install ## classifier and embedding p50 latency / throughput with drift detectors off vs on (4 interleaved rounds, concurrency 1 and 32) + detector CPU (~5 min)
 	$(PY) -m loadtests.bench_quality
 
 .PHONY: bench-tasks

@@ -81,8 +81,9 @@ async def test_reference_through_services(
 
         local = tmp_path / "local.npz"
         assert await run("--texts", str(texts_file), "--out", str(local), "--config", str(config_file)) == 0
-        assert reference.vectors is not None
-        np.testing.assert_allclose(reference.vectors, load_reference(local).vectors, atol=1e-4)
+        local_vectors = load_reference(local).vectors
+        assert reference.vectors is not None and local_vectors is not None
+        np.testing.assert_allclose(reference.vectors, local_vectors, atol=1e-4)
 
         assert reference.labels is not None and reference.confidences is not None
         assert len(reference.labels) == len(reference.confidences) == TEXTS
