@@ -74,6 +74,10 @@ bench-classifier: install ## classifier: in-process vs shared model vs embedding
 bench-drift: install ## CPU cost of each drift detector on a 200 x 384 window (quality/)
 	$(PY) -m loadtests.bench_drift
 
+.PHONY: bench-quality
+bench-quality: install ## classifier and embedding p50 latency / throughput with drift detectors off vs on (4 interleaved rounds, concurrency 1 and 32) + detector CPU (~5 min)
+	$(PY) -m loadtests.bench_quality
+
 .PHONY: bench-tasks
 bench-tasks: install ## fine-tune on SST-2, SST-3 and CoNLL-2003 (../shared/data): dev accuracy / macro-recall / entity F1, training time (~1 h on 2 cores)
 	$(PY) -m loadtests.bench_tasks
