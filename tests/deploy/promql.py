@@ -104,16 +104,19 @@ def grouping_labels(expr: str) -> set[str]:
 
 
 def exported_series() -> dict[str, set[str]]:
-    """Series name -> label names, for every series textserve.core.metrics can export.
+    """Series name -> label names, for every series textserve can export (core.metrics, and
+    quality.metrics on the same registry).
 
     Counters export <name>_total, histograms <name>_bucket (with `le`), _sum and _count,
     gauges <name>; prometheus_client also adds <name>_created for counters and histograms.
     """
     from prometheus_client.metrics import MetricWrapperBase
     from textserve.core import metrics
+    from textserve.quality import metrics as quality_metrics
 
     series: dict[str, set[str]] = {}
-    for metric in vars(metrics).values():
+    every = [*vars(metrics).values(), *vars(quality_metrics).values()]
+    for metric in every:
         if not isinstance(metric, MetricWrapperBase):
             continue
         # prometheus_client keeps these as attributes only; the names are what it exports.
