@@ -54,7 +54,7 @@ def _embedding_app(settings: Settings, encoder: Encoder) -> ServiceApp:
     """The embedding app over `encoder`, which it starts and stops."""
     from textserve.embedding.app import EmbeddingApp
 
-    return EmbeddingApp(settings.embedding, encoder=encoder)
+    return EmbeddingApp(settings.embedding, encoder=encoder, cache_config=settings.cache)
 
 
 def _remote_token_source(config: EmbeddingServiceConfig) -> TokenSource | None:
@@ -89,6 +89,7 @@ def _classifier_app(settings: Settings, embedding: Encoder | None) -> ServiceApp
         build_cache(settings.cache, "classifier") if classifier.cache_enabled else None,
         token=client_token(classifier.server.auth),
         encoder=shared,
+        cache_config=settings.cache,
     )
 
 

@@ -10,6 +10,7 @@ from textserve.classifier.service import SERVICE, ClassifierService
 from textserve.classifier.servicer import ClassifierServicer
 from textserve.classifier.vector_source import VectorSource
 from textserve.core.cache import ResponseCache
+from textserve.core.config import CacheConfig
 from textserve.oip.servicer import INFERENCE_SERVICE_NAME, add_inference_servicer
 from textserve.runtime.encoder_engine import Encoder
 from textserve.transport.registration import add_servicer
@@ -32,11 +33,15 @@ class ClassifierApp:
         token: str | None = None,
         *,
         encoder: Encoder | None = None,
+        cache_config: CacheConfig | None = None,
     ) -> None:
         """`encoder`: the Encoder of the embedding app of this process, shared (that app
-        starts and stops it); else the classifier builds its own or calls the embedding service."""
+        starts and stops it); else the classifier builds its own or calls the embedding service.
+        `cache_config`: the cache settings, whose Redis the quality feedback store and payload log use."""
         self.server_config = config.server
-        self.service = ClassifierService(config, cache, source, token, encoder=encoder)
+        self.service = ClassifierService(
+            config, cache, source, token, encoder=encoder, cache_config=cache_config
+        )
         self.servicer = ClassifierServicer(self.service)
 
     def register(self, server: grpc.aio.Server) -> None:

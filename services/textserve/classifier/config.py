@@ -19,6 +19,7 @@ from textserve.core.config import (
     ServerConfig,
     ServiceConfigBase,
 )
+from textserve.quality.config import QualityConfig
 from textserve.tuning.config import TuningConfig
 
 
@@ -116,6 +117,8 @@ class ClassifierServiceConfig(ServiceConfigBase):
     before serving; like tuned_budget_file, not used when the embedding service's model is used."""
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     """How `textserve tune classifier` and autotune measure and choose the batch budget."""
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    """Model-quality monitoring: prediction statistics (always), drift detection, feedback, payload log."""
 
     @model_validator(mode="after")
     def _check_label_sets(self) -> ClassifierServiceConfig:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from textserve.api import common
 from textserve.classifier.config import ClassifierServiceConfig
-from textserve.classifier.service import ClassifierDescription, ClassifyParams, ClassifyResult, Kind
+from textserve.classifier.service import (
+    ClassifierDescription,
+    ClassifyParams,
+    ClassifyResult,
+    FeedbackParams,
+    Kind,
+)
 from textserve.classifier.vector_source import EncoderDescription
 from textserve.classifier.zero_shot import Label
 from textserve.core.errors import InvalidInput
+from textserve.quality.feedback import FeedbackResult
 from textserve.v1 import classifier_pb2, common_pb2
 
 _KINDS: dict[Kind, classifier_pb2.ClassifierInfoResponse.Kind] = {
@@ -22,8 +29,14 @@ def model_info(model: EncoderDescription) -> common_pb2.ModelInfo:
     return common.model_info(model.name, model.revision, model.backend, model.device, model.max_length)
 
 
-def classify_params(request: classifier_pb2.ClassifyRequest) -> ClassifyParams:
-    """ClassifyRequest -> ClassifyParams."""
+_RESULTS: dict[FeedbackResult, classifier_pb2.FeedbackResponse.Result] = {
+    FeedbackResult.JOINED: classifier_pb2.FeedbackResponse.RESULT_JOINED,
+    FeedbackResult.DUPLICATE: classifier_pb2.FeedbackResponse.RESULT_DUPLICATE,
+}
+
+
+def classify_params(request: classifier_pb2.ClassifyRequest, request_id: str = "") -> ClassifyParams:
+    """ClassifyRequest (and the call's x-request-id) -> ClassifyParams."""
     if request.truncation not in common_pb2.TruncationPolicy.values():
         raise InvalidInput("truncation", f"unknown TruncationPolicy value {request.truncation}")
     return ClassifyParams(
@@ -34,7 +47,18 @@ def classify_params(request: classifier_pb2.ClassifyRequest) -> ClassifyParams:
         top_k=int(request.top_k),
         truncate=common.truncate_flag(request.truncation),
         skip_cache=request.skip_cache,
+        request_id=request_id,
     )
+
+
+def feedback_params(request: classifier_pb2.FeedbackRequest) -> FeedbackParams:
+    """FeedbackRequest -> FeedbackParams."""
+    return FeedbackParams(request.request_id, int(request.text_index), request.label)
+
+
+def feedback_response(result: FeedbackResult) -> classifier_pb2.FeedbackResponse:
+    """FeedbackResult -> FeedbackResponse."""
+    return classifier_pb2.FeedbackResponse(result=_RESULTS[result])
 
 
 def classify_response(result: ClassifyResult) -> classifier_pb2.ClassifyResponse:

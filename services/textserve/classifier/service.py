@@ -10,6 +10,13 @@ Each text's logits (before the softmax) go through the response cache
 the model name and revision, the kind, the label set's content, the truncation choice and
 the text. Temperature is applied after the cache, so requests at different temperatures
 share entries. Knows nothing of protobuf (convert.py).
+
+Model quality (quality/recorder.py): after each Classify over a configured label set, the
+top label and score of each text go to the prediction statistics, the drift windows (the
+default label set only) and, with feedback on, the prediction store under the request's
+x-request-id and the text's index; `feedback` joins ground truth with them. Predictions
+over labels a request brings are not recorded (their names are request data, not the
+model's). Model = the model name, version = its revision.
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ from textserve.classifier.vector_source import Accounting, EncoderDescription, V
 from textserve.classifier.zero_shot import Label, ZeroShotScorer
 from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
+from textserve.core.config import CacheConfig
 from textserve.core.errors import InvalidInput, NotReady, TextserveError
 from textserve.core.validation import check_texts
+from textserve.quality.feedback import FeedbackResult
+from textserve.quality.recorder import QualityRecorder
 from textserve.runtime.encoder_engine import Encoder
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,21 @@ class ClassifyParams:
     top_k: int = 0
     truncate: bool | None = None
     skip_cache: bool = False
+    request_id: str = ""
+    """The call's x-request-id: its predictions are kept for feedback under it (when on)."""
+
+
+@dataclass(frozen=True)
+class FeedbackParams:
+    """Ground truth for one text of an earlier Classify call."""
+
+    request_id: str
+    index: int
+    label: str
+
+
+MAX_REQUEST_ID_CHARS = 128
+"""Longest request id kept (the gateway cuts x-request-id to the same length)."""
 
 
 @dataclass(frozen=True)
@@ -153,13 +178,16 @@ class ClassifierService:
         token: str | None = None,
         *,
         encoder: Encoder | None = None,
+        cache_config: CacheConfig | None = None,
     ) -> None:
         """`source` replaces the configured vector source; `encoder` is the Encoder of the
-        embedding app of this process (`serve all`), which that app starts and stops."""
+        embedding app of this process (`serve all`), which that app starts and stops;
+        `cache_config` gives the Redis of the feedback store and payload log (quality)."""
         self.config = config
         self.kind: Kind = config.kind
         self.scorer: Scorer = build_scorer(config, source, token, encoder)
         self.results: CacheThrough[_Scored] = CacheThrough(cache if config.cache_enabled else None, SERVICE)
+        self.quality = QualityRecorder(config.quality, service=SERVICE, cache=cache_config)
         self._started = False
 
     @property
@@ -178,6 +206,7 @@ class ClassifierService:
     async def start(self) -> None:
         """Loads the head and the in-process model, or waits (bounded) for the embedding service;
         then checks the head against the model and embeds the default label set."""
+        await self.quality.start()
         await self.scorer.start()
         if self.scorer.home == "owned":
             await self.scorer.warm_up(None)
@@ -213,9 +242,10 @@ class ClassifierService:
             await asyncio.sleep(0.25)
 
     async def stop(self) -> None:
-        """Stops the in-process model or closes the channel, then the cache."""
+        """Stops the in-process model or closes the channel, then the cache and the quality parts."""
         await self.scorer.stop()
         await self.results.close()
+        await self.quality.close()
 
     # --- description ---------------------------------------------------------------------
     async def describe(self, deadline: float | None = None) -> ClassifierDescription:
@@ -278,5 +308,55 @@ class ClassifierService:
             result.classifications.append(
                 TextClassification(ranked, ranked[0][0], [float(v) for v in stacked[row]])
             )
+        if not params.labels:
+            self._record(params, model, result.classifications)
         result.total_seconds = time.perf_counter() - started
         return result
+
+    def _record(
+        self, params: ClassifyParams, model: EncoderDescription, classifications: list[TextClassification]
+    ) -> None:
+        """Hands the predictions to the quality recorder (never raises, never waits)."""
+        default_set = not params.label_set or params.label_set == self.config.default_label_set
+        self.quality.classified(
+            model.name,
+            model.revision,
+            [item.top_label for item in classifications],
+            [item.scores[0][1] for item in classifications],
+            request_id=params.request_id,
+            texts=params.texts,
+            drift=default_set,
+        )
+
+    async def feedback(self, params: FeedbackParams, deadline: float | None = None) -> FeedbackResult:
+        """Joins the true label of one earlier prediction: JOINED, or DUPLICATE when it was joined
+        before; NotFound for an unknown or expired prediction, InvalidInput for a label the
+        classifier does not have."""
+        if not self._started:
+            raise NotReady("classifier is still loading")
+        if not params.request_id:
+            raise InvalidInput(
+                "request_id", "must be the x-request-id of the Classify call; got an empty one"
+            )
+        if len(params.request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidInput(
+                "request_id", f"has {len(params.request_id)} characters; at most {MAX_REQUEST_ID_CHARS}"
+            )
+        if params.index < 0 or params.index >= self.config.limits.max_texts_per_request:
+            raise InvalidInput(
+                "text_index",
+                f"must be in [0, {self.config.limits.max_texts_per_request}); got {params.index}",
+            )
+        known = await self.known_labels(deadline)
+        if params.label not in known:
+            raise InvalidInput(
+                "label", f"{params.label!r} is not a label of this classifier: {sorted(known)}"
+            )
+        return await self.quality.feedback(params.request_id, params.index, params.label)
+
+    async def known_labels(self, deadline: float | None = None) -> frozenset[str]:
+        """Every label a recorded prediction can have: the fixed labels, or those of every configured set."""
+        if self.kind == "zero_shot":
+            return frozenset(label.name for labels in self.config.label_sets.values() for label in labels)
+        model = await self.scorer.describe(deadline)
+        return frozenset(self.scorer.label_info(model).labels)

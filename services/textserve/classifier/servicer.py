@@ -1,12 +1,19 @@
-"""gRPC servicer of textserve.v1.ClassifierService: convert -> call the service -> convert."""
+"""gRPC servicer of textserve.v1.ClassifierService: convert -> call the service -> convert.
+
+When the classifier keeps predictions by request id (quality feedback or payload log on),
+Classify reads the caller's x-request-id, makes one up (uuid4 hex) when there is none, and
+sends it back in the response's initial metadata: that is the id Feedback takes.
+"""
 
 from __future__ import annotations
+
+import uuid
 
 import grpc
 
 from textserve.classifier import convert
-from textserve.classifier.service import SERVICE, ClassifierService
-from textserve.transport.rpc import request_deadline, unary_rpc
+from textserve.classifier.service import MAX_REQUEST_ID_CHARS, SERVICE, ClassifierService
+from textserve.transport.rpc import REQUEST_ID_KEY, request_deadline, request_id, unary_rpc
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 
@@ -20,7 +27,13 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
     async def Classify(
         self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ClassifyResponse:
-        result = await self.service.classify(convert.classify_params(request), request_deadline(context))
+        call_id = ""
+        if self.service.quality.needs_request_id:
+            call_id = (request_id(context) or uuid.uuid4().hex)[:MAX_REQUEST_ID_CHARS]
+            await context.send_initial_metadata(((REQUEST_ID_KEY, call_id),))
+        result = await self.service.classify(
+            convert.classify_params(request, call_id), request_deadline(context)
+        )
         return convert.classify_response(result)
 
     @unary_rpc(SERVICE, "ClassifierInfo")
@@ -29,3 +42,10 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
     ) -> classifier_pb2.ClassifierInfoResponse:
         description = await self.service.describe(request_deadline(context))
         return convert.info_response(description, self.service.config)
+
+    @unary_rpc(SERVICE, "Feedback")
+    async def Feedback(
+        self, request: classifier_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.FeedbackResponse:
+        result = await self.service.feedback(convert.feedback_params(request), request_deadline(context))
+        return convert.feedback_response(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from textserve.core.cache import ResponseCache
+from textserve.core.config import CacheConfig
 from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.embedding.oip import EmbeddingAdapter
 from textserve.embedding.service import SERVICE, EmbeddingService
@@ -32,11 +33,15 @@ class EmbeddingApp:
         token_source: TokenSource | None = None,
         *,
         encoder: Encoder | None = None,
+        cache_config: CacheConfig | None = None,
     ) -> None:
         """`encoder` (built by apps.py, which may share it with the classifier) replaces the
-        one built here from the config, `cache` and `token_source`; this app starts and stops it."""
+        one built here from the config, `cache` and `token_source`; this app starts and stops it.
+        `cache_config`: the cache settings, whose Redis the quality payload log may use."""
         self.server_config = config.server
-        self.service = EmbeddingService(config, cache, token_source, encoder=encoder)
+        self.service = EmbeddingService(
+            config, cache, token_source, encoder=encoder, cache_config=cache_config
+        )
         self.servicer = EmbeddingServicer(self.service)
 
     def register(self, server: grpc.aio.Server) -> None:

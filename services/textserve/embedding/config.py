@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from textserve.core.config import BatcherConfig, LimitsConfig, ModelConfig, ServerConfig, ServiceConfigBase
+from textserve.quality.config import QualityConfig
 from textserve.tuning.config import TuningConfig
 
 
@@ -28,3 +29,5 @@ class EmbeddingServiceConfig(ServiceConfigBase):
     """Measure the batch budget at start (as `textserve tune`) before serving."""
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     """How `textserve tune` and autotune measure and choose the batch budget."""
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    """Model-quality monitoring: prediction statistics (always), drift detection, feedback, payload log."""

@@ -3,6 +3,11 @@
 The Encoder (runtime/encoder_engine.py) tokenizes, batches, runs the model and goes
 through the response cache; this module owns the request rules around it and the result.
 Knows nothing of protobuf; the servicer converts in and out (embedding/convert.py).
+
+Model quality (quality/recorder.py): each vector's norm before normalisation and each
+input's token count become prediction statistics; with drift detection on, the unit
+vectors go to the drift window (unit whatever the request's `normalize`, as references
+are). The norms are computed once and reused by the normalisation.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import numpy as np
 
 from textserve.core.batcher import BatchBudget
 from textserve.core.cache import ResponseCache
+from textserve.core.config import CacheConfig
 from textserve.core.errors import InvalidInput, NotReady
 from textserve.core.validation import check_texts, check_token_ids
-from textserve.core.vectors import unit_rows as normalize_rows
 from textserve.embedding.config import EmbeddingServiceConfig
+from textserve.quality.recorder import QualityRecorder
 from textserve.runtime.encoder import EncoderInfo
 from textserve.runtime.encoder_engine import Encoder, EncoderOptions, reject_truncated
 from textserve.runtime.token_source import TokenSource
@@ -80,19 +86,23 @@ class EmbeddingService:
         token_source: TokenSource | None = None,
         *,
         encoder: Encoder | None = None,
+        cache_config: CacheConfig | None = None,
     ) -> None:
         self.config = config
         self.name = SERVICE
         self.encoder = encoder if encoder is not None else build_encoder(config, cache, token_source)
+        self.quality = QualityRecorder(config.quality, service=SERVICE, cache=cache_config)
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Loads the model and starts its batcher."""
+        await self.quality.start()
         await self.encoder.start()
 
     async def stop(self) -> None:
-        """Stops the batcher and closes the cache and tokenizer connections."""
+        """Stops the batcher and closes the cache and tokenizer connections, then the quality parts."""
         await self.encoder.stop()
+        await self.quality.close()
 
     @property
     def ready(self) -> bool:
@@ -144,11 +154,20 @@ class EmbeddingService:
         # Identical inputs in flight are computed once (cache or not); skip_cache asks for a fresh one.
         output = await encoder.embed(encoded, deadline, skip_cache=params.skip_cache)
         stacked = np.stack(output.rows).astype(np.float32, copy=False)
+        norms = np.linalg.norm(stacked, axis=-1)
+        tokens = [len(e.ids) for e in encoded]
+        quality = self.quality
+        unit = None
+        if params.normalize or quality.wants_vectors:
+            unit = (stacked / np.maximum(norms, 1e-12)[:, None]).astype(np.float32, copy=False)
+        info = encoder.info
+        quality.embedded(info.name, info.revision, norms, tokens, unit)
         if params.normalize:
-            stacked = normalize_rows(stacked)
+            assert unit is not None
+            stacked = unit
         return EmbedResult(
             vectors=list(stacked),
-            tokens=[len(e.ids) for e in encoded],
+            tokens=tokens,
             truncated=[e.truncated for e in encoded],
             cached=output.cached,
             tokenize_seconds=tokenized - started,

@@ -28,19 +28,27 @@ from textserve.core.errors import TextserveError
 from textserve.gateway.calls import CallOptions
 from textserve.gateway.config import GatewayConfig
 from textserve.gateway.errors import GatewayError, Renamer, http_error
-from textserve.v1 import embedding_pb2, embedding_pb2_grpc, generation_pb2, generation_pb2_grpc
+from textserve.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
+    generation_pb2,
+    generation_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE = "gateway"
 """`service` label of the gateway's metrics."""
 
-BackendKind = Literal["embedding", "generation"]
+BackendKind = Literal["embedding", "generation", "classifier"]
 T = TypeVar("T")
 
 _SERVICE_NAMES: dict[BackendKind, str] = {
     "embedding": embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
     "generation": generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
+    "classifier": classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name,
 }
 _MODEL_REFRESH_S = 5.0
 """Least time between two Info calls made because a request named an unknown model."""
@@ -125,6 +133,7 @@ class Backends:
         self._addresses: dict[BackendKind, str] = {
             "embedding": config.embedding_address,
             "generation": config.generation_address,
+            "classifier": config.classifier_address,
         }
 
     @property
@@ -137,6 +146,7 @@ class Backends:
         stubs = {
             "embedding": embedding_pb2_grpc.EmbeddingServiceStub,
             "generation": generation_pb2_grpc.GenerationServiceStub,
+            "classifier": classifier_pb2_grpc.ClassifierServiceStub,
         }
         for kind in self.configured:
             address = self._addresses[kind]
@@ -263,6 +273,6 @@ class Backends:
             except GatewayError:
                 return None
 
-        kinds = self.configured
+        kinds = [kind for kind in self.configured if kind != "classifier"]  # OpenAI models only
         names = await asyncio.gather(*(one(kind) for kind in kinds))
         return [(kind, name) for kind, name in zip(kinds, names, strict=True) if name is not None]

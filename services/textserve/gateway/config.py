@@ -20,6 +20,8 @@ class GatewayConfig(ConfigSection):
     """Embedding service host:port (/v1/embeddings); empty disables the endpoint."""
     generation_address: str = "127.0.0.1:50054"
     """Generation service host:port (/v1/completions, /v1/chat/completions); empty disables them."""
+    classifier_address: str = ""
+    """Classifier service host:port (/v1/feedback); empty (the default) disables the endpoint."""
     client: ClientConfig = Field(default_factory=lambda: ClientConfig(timeout_s=300.0))
     """Calls to the services; client.timeout_s is the deadline of a request without x-request-timeout."""
     grace_period_s: float = Field(default=10.0, ge=0.0, le=600.0)

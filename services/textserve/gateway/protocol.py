@@ -309,3 +309,23 @@ class ChatCompletionChunk(_Response):
     choices: list[ChatChunkChoice]
     system_fingerprint: str | None = None
     usage: Usage | None = Field(default=None, exclude_if=_drop_none)
+
+
+# --- feedback (textserve extension) -----------------------------------------------------
+class FeedbackRequest(_Request):
+    """POST /v1/feedback: the true label of one text of an earlier classification."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+    """x-request-id of the Classify call (sent by the caller, or returned by the classifier)."""
+    index: int = Field(ge=0)
+    """Position of the text in that call (0-based)."""
+    label: str = Field(min_length=1)
+    """The true label; one of the classifier's labels."""
+
+
+class FeedbackResponse(_Response):
+    """Response of POST /v1/feedback."""
+
+    object: Literal["feedback"] = "feedback"
+    result: Literal["joined", "duplicate"]
+    """joined: counted in the live accuracy; duplicate: that text had feedback already (not counted)."""

@@ -26,6 +26,8 @@ from textserve.gateway.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelCard,
     ModelList,
 )
@@ -149,6 +151,23 @@ async def create_chat_completion(
     return await _answer(
         request, serving.stream(body, options) if body.stream else serving.create(body, options)
     )
+
+
+@router.post(
+    "/v1/feedback",
+    response_model=FeedbackResponse,
+    responses=_ERRORS,
+    tags=["textserve"],
+    summary="Give the true label of a classified text",
+)
+async def create_feedback(
+    body: FeedbackRequest, request: Request, gateway: Gateway = Depends(get_gateway)
+) -> Response:
+    """Joins ground truth with the classifier's earlier prediction for text `index` of the
+    Classify call whose x-request-id was `request_id` (404 when unknown or expired; a second
+    feedback for the same text answers `duplicate` and is not counted again)."""
+    options = call_options(request, gateway.config)
+    return await _answer(request, gateway.feedback.create(body, options))
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["OpenAI"], summary="List models")

@@ -10,6 +10,7 @@ from textserve.gateway.chat import ChatServing
 from textserve.gateway.completions import CompletionServing
 from textserve.gateway.config import GatewayConfig
 from textserve.gateway.embeddings import EmbeddingServing
+from textserve.gateway.feedback import FeedbackServing
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Gateway:
     embeddings: EmbeddingServing = field(init=False)
     completions: CompletionServing = field(init=False)
     chat: ChatServing = field(init=False)
+    feedback: FeedbackServing = field(init=False)
     started: int = field(default_factory=lambda: int(time.time()))
     """Unix time the app was built (`created` of the model cards)."""
 
@@ -28,3 +30,4 @@ class Gateway:
         self.embeddings = EmbeddingServing(self.backends)
         self.completions = CompletionServing(self.backends)
         self.chat = ChatServing(self.backends)
+        self.feedback = FeedbackServing(self.backends)

@@ -57,8 +57,9 @@ class FeedbackConfig(_Section):
 
     enabled: bool = False
     """Keep predictions (labels only, never texts) and accept feedback."""
-    backend: Literal["memory", "redis"] = "memory"
-    """memory: one replica's LRU; redis: shared by every replica (uses the cache's Redis)."""
+    backend: Literal["auto", "memory", "redis"] = "auto"
+    """memory: one replica's LRU; redis: shared by every replica (the cache's Redis connection
+    settings); auto: redis when the response cache's backend is redis, else memory."""
     max_predictions: int = Field(100_000, ge=1, le=100_000_000)
     """Most predictions kept; the oldest are dropped first."""
     ttl_s: int = Field(86_400, ge=1)
@@ -105,3 +106,6 @@ class QualityConfig(_Section):
     """Feedback join and live accuracy."""
     payload_log: PayloadLogConfig = PayloadLogConfig()
     """Opt-in payload log."""
+    max_pending_writes: int = Field(1024, ge=1, le=1_000_000)
+    """Background writes in flight (predictions kept for feedback, payload-log records); more are
+    dropped and counted (textserve_quality_writes_dropped_total), never waited for by a request."""

@@ -119,6 +119,14 @@ PAYLOAD_RECORDS = Counter(
     registry=REGISTRY,
 )
 
+QUALITY_WRITES_DROPPED = Counter(
+    "textserve_quality_writes_dropped_total",
+    "Background quality writes dropped because max_pending_writes were in flight, by kind "
+    "(prediction: kept for feedback; payload: payload-log records).",
+    ["service", "kind"],
+    registry=REGISTRY,
+)
+
 
 def record_classification(
     service: str, model: str, version: str, labels: Sequence[str], confidences: Sequence[float]

@@ -4,7 +4,8 @@
 status (the table of transport/status.py, with the BadRequest detail of an InvalidInput),
 anything unexpected into INTERNAL (logged, not sent), and record
 textserve_requests_total / textserve_request_duration_seconds by service, method, code.
-`request_deadline` turns the call's deadline into an absolute monotonic time.
+`request_deadline` turns the call's deadline into an absolute monotonic time; `request_id`
+reads the caller's x-request-id.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def request_deadline(context: grpc.aio.ServicerContext) -> float | None:
     if remaining is None:
         return None
     return time.monotonic() + float(remaining)
+
+
+REQUEST_ID_KEY = "x-request-id"
+"""Metadata key of the caller's request id (the gateway passes its HTTP header on as is)."""
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    """The call's x-request-id metadata, or "" when the caller sent none."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""
 
 
 _CHILDREN: dict[tuple[str, str, grpc.StatusCode], tuple[Any, Any]] = {}

@@ -97,3 +97,27 @@ class ClassifierInfoResponse(_message.Message):
     max_labels_per_request: int
     default_temperature: float
     def __init__(self, kind: _Optional[_Union[ClassifierInfoResponse.Kind, str]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., label_sets: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[_common_pb2.Limits, _Mapping]] = ..., max_labels_per_request: _Optional[int] = ..., default_temperature: _Optional[float] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "text_index", "label")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    text_index: int
+    label: str
+    def __init__(self, request_id: _Optional[str] = ..., text_index: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("result",)
+    class Result(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RESULT_UNSPECIFIED: _ClassVar[FeedbackResponse.Result]
+        RESULT_JOINED: _ClassVar[FeedbackResponse.Result]
+        RESULT_DUPLICATE: _ClassVar[FeedbackResponse.Result]
+    RESULT_UNSPECIFIED: FeedbackResponse.Result
+    RESULT_JOINED: FeedbackResponse.Result
+    RESULT_DUPLICATE: FeedbackResponse.Result
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: FeedbackResponse.Result
+    def __init__(self, result: _Optional[_Union[FeedbackResponse.Result, str]] = ...) -> None: ...

@@ -46,6 +46,11 @@ class ClassifierServiceStub:
                 request_serializer=textserve_dot_v1_dot_classifier__pb2.ClassifierInfoRequest.SerializeToString,
                 response_deserializer=textserve_dot_v1_dot_classifier__pb2.ClassifierInfoResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/textserve.v1.ClassifierService/Feedback',
+                request_serializer=textserve_dot_v1_dot_classifier__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=textserve_dot_v1_dot_classifier__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class ClassifierServiceServicer:
@@ -67,6 +72,14 @@ class ClassifierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Gives the true label of one text of an earlier Classify call, for live accuracy.
+        NOT_FOUND when that prediction is unknown or expired (or feedback is off).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassifierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_ClassifierServiceServicer_to_server(servicer, server):
                     servicer.ClassifierInfo,
                     request_deserializer=textserve_dot_v1_dot_classifier__pb2.ClassifierInfoRequest.FromString,
                     response_serializer=textserve_dot_v1_dot_classifier__pb2.ClassifierInfoResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=textserve_dot_v1_dot_classifier__pb2.FeedbackRequest.FromString,
+                    response_serializer=textserve_dot_v1_dot_classifier__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class ClassifierService:
             '/textserve.v1.ClassifierService/ClassifierInfo',
             textserve_dot_v1_dot_classifier__pb2.ClassifierInfoRequest.SerializeToString,
             textserve_dot_v1_dot_classifier__pb2.ClassifierInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/textserve.v1.ClassifierService/Feedback',
+            textserve_dot_v1_dot_classifier__pb2.FeedbackRequest.SerializeToString,
+            textserve_dot_v1_dot_classifier__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
