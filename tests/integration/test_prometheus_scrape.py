@@ -10,6 +10,12 @@ Two sources of metrics:
   core/ and quality/metrics.py) and by Prometheus, and every panel whose series these services export
   must return data. The panels checked (and those left out, with the reason: e.g. no
   request was ever rejected) are printed and recorded as a property.
+- `test_live_quality_dashboard_after_drift_and_feedback`: `textserve serve embedding classifier
+  gateway` (zero-shot classifier sharing the embedding model) with drift detection, feedback
+  and the payload log on. SST-2 reviews with their labels as feedback make the drift
+  references, CoNLL-2003 news then drifts away while feedback goes on over gRPC and the
+  gateway's /v1/feedback; every query of the quality dashboard must return data, apart from
+  the panels listed in NOT_PRODUCED with the reason. Skipped when ../shared/data is absent.
 
 Needs the `prometheus` binary (Debian package `prometheus`); skipped only when it is missing.
 """
@@ -173,11 +179,16 @@ def _name(query: Query) -> str:
     return f"{query.source} / {query.title}" + (f" [{query.target}]" if query.target else "")
 
 
-def check_dashboards(prometheus: Prometheus, service: str, require_all: bool) -> list[PanelCheck]:
-    """Runs every dashboard query. A query whose series all exist must return data; with
-    require_all every query must (every metric is being exported)."""
+def check_dashboards(
+    prometheus: Prometheus, service: str, require_all: bool, dashboard: str | None = None
+) -> list[PanelCheck]:
+    """Runs every dashboard query (of `dashboard`, a file name, when given). A query whose
+    series all exist must return data; with require_all every query must (every metric is
+    being exported). `service` replaces $service (a regex where the queries match with =~)."""
     results = []
     for query in dashboard_queries():
+        if dashboard is not None and query.source != dashboard:
+            continue
         expr = _concrete(query, service)
         samples = prometheus.query(expr)
         if samples:
@@ -314,46 +325,19 @@ class LiveServices:
     metrics: str
 
 
-@pytest.fixture
-def live_services(tmp_path: Path) -> Iterator[LiveServices]:
-    """`textserve serve embedding generation gateway` as a subprocess, once every service is ready.
-
-    The lead's in-process `serve all` fixture can replace this one: the test only needs the
-    addresses.
-    """
+@contextmanager
+def serve(tmp_path: Path, services: tuple[str, ...], config: dict[str, Any], gateway: str) -> Iterator[None]:
+    """`textserve serve <services>` with `config` as a subprocess, until the gateway at
+    `gateway` is ready (every backend it is configured with reports SERVING)."""
     if not TEXTSERVE.exists():
         pytest.skip(f"{TEXTSERVE} is missing (pip install -e .)")
-    from tests.support import ONNX_CACHE
-
-    ports = {name: _free_port() for name in ("embedding", "generation", "gateway", "metrics")}
-    live = LiveServices(**{name: f"127.0.0.1:{port}" for name, port in ports.items()})
-    server = {"host": "127.0.0.1", "grace_period_s": 1}
-    config = {
-        "log": {"level": "WARNING"},
-        "metrics": {"host": "127.0.0.1", "port": ports["metrics"]},
-        "cache": {"backend": "memory"},
-        "embedding": {
-            "server": {**server, "port": ports["embedding"]},
-            "model": {"onnx_cache_dir": str(ONNX_CACHE)},
-            "batcher": {"max_queue_delay_ms": 2},
-        },
-        # Empty model path: the built-in tiny random model.
-        "generation": {"server": {**server, "port": ports["generation"]}},
-        "gateway": {
-            "host": "127.0.0.1",
-            "port": ports["gateway"],
-            "grace_period_s": 1,
-            "embedding_address": live.embedding,
-            "generation_address": live.generation,
-        },
-    }
     config_file = tmp_path / "textserve.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEXTSERVE_")}
     log_path = tmp_path / "textserve.log"
     log = log_path.open("w")
     process = subprocess.Popen(
-        [str(TEXTSERVE), "serve", *LIVE_SERVICES, "--config", str(config_file)],
+        [str(TEXTSERVE), "serve", *services, "--config", str(config_file)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -363,16 +347,69 @@ def live_services(tmp_path: Path) -> Iterator[LiveServices]:
         def gateway_ready() -> bool:
             assert process.poll() is None, log_path.read_text()[-4000:]
             try:
-                _get(f"http://{live.gateway}/ready", timeout=2)  # 200 once both backends serve
+                _get(f"http://{gateway}/ready", timeout=2)  # 200 once every backend serves
             except (urllib.error.URLError, ConnectionError):
                 return False
             return True
 
         _wait(gateway_ready, 180, "the services to load their models and the gateway to be ready")
-        yield live
+        yield
     finally:
         _stop(process)
         log.close()
+
+
+def _server(port: int) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "grace_period_s": 1, "port": port}
+
+
+@pytest.fixture
+def live_services(tmp_path: Path) -> Iterator[LiveServices]:
+    """`textserve serve embedding generation gateway` as a subprocess, once every service is ready.
+
+    The lead's in-process `serve all` fixture can replace this one: the test only needs the
+    addresses.
+    """
+    from tests.support import ONNX_CACHE
+
+    ports = {name: _free_port() for name in ("embedding", "generation", "gateway", "metrics")}
+    live = LiveServices(**{name: f"127.0.0.1:{port}" for name, port in ports.items()})
+    config = {
+        "log": {"level": "WARNING"},
+        "metrics": {"host": "127.0.0.1", "port": ports["metrics"]},
+        "cache": {"backend": "memory"},
+        "embedding": {
+            "server": _server(ports["embedding"]),
+            "model": {"onnx_cache_dir": str(ONNX_CACHE)},
+            "batcher": {"max_queue_delay_ms": 2},
+        },
+        # Empty model path: the built-in tiny random model.
+        "generation": {"server": _server(ports["generation"])},
+        "gateway": {
+            "host": "127.0.0.1",
+            "port": ports["gateway"],
+            "grace_period_s": 1,
+            "embedding_address": live.embedding,
+            "generation_address": live.generation,
+        },
+    }
+    with serve(tmp_path, LIVE_SERVICES, config, live.gateway):
+        yield live
+
+
+def _check_exported_names(metrics: str) -> None:
+    """The live scrape: every textserve series on /metrics is one core/ or quality/metrics.py defines."""
+    text = _get(f"http://{metrics}/metrics")
+    exported = exported_series()
+    names = {
+        s.name
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name.startswith("textserve_")
+    }
+    assert names, "no textserve metrics on /metrics"
+    unknown = sorted(names - set(exported))
+    assert not unknown, f"not in core/ or quality/metrics.py: {unknown}"
 
 
 def _drive(live: LiveServices, stop: threading.Event) -> None:
@@ -427,19 +464,8 @@ def test_live_services(
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
     try:
-        # The live scrape: every textserve series is one core/ or quality/metrics.py defines.
         time.sleep(1)
-        text = _get(f"http://{live_services.metrics}/metrics")
-        exported = exported_series()
-        names = {
-            s.name
-            for f in text_string_to_metric_families(text)
-            for s in f.samples
-            if s.name.startswith("textserve_")
-        }
-        assert names, "no textserve metrics on /metrics"
-        unknown = sorted(names - set(exported))
-        assert not unknown, f"not in core/ or quality/metrics.py: {unknown}"
+        _check_exported_names(live_services.metrics)
 
         with run_prometheus(tmp_path, live_services.metrics) as prometheus:
             time.sleep(4)
@@ -475,3 +501,217 @@ def test_live_services(
         "Gateway requests by status code",
     }
     assert must <= checked, f"panels the live services must feed were not checked:\n{text}"
+
+
+# --- 3: live model quality: drift and feedback -----------------------------------------
+QUALITY_SERVICES = ("embedding", "classifier", "gateway")
+"""The live quality test's process: the zero-shot classifier shares the embedding model."""
+QUALITY_DASHBOARD = "textserve-quality.json"
+SERVICES_WITH_QUALITY = "classifier|embedding"
+"""$service of the quality dashboard (its queries match service with =~)."""
+REFERENCE_TEXTS = 48
+"""SST-2 sentences sent first: each service captures its drift reference from them."""
+DRIFT_WINDOW = 48
+"""Recent inputs tested against the reference, every DRIFT_WINDOW / 3 new ones."""
+BATCH = 8
+NOT_PRODUCED = {
+    "Entities per second by type": "textserve_entities_total is written by token classification "
+    "(NER) only; neither the zero-shot classifier nor the embedding service finds entities",
+}
+"""Quality panels this run cannot feed, with the reason; every other one must return data."""
+
+
+@dataclass
+class QualityServices:
+    """Addresses of the live services with model quality on."""
+
+    embedding: str
+    classifier: str
+    gateway: str
+    metrics: str
+    payload_log: Path
+
+
+@pytest.fixture
+def quality_services(tmp_path: Path) -> Iterator[QualityServices]:
+    """`textserve serve embedding classifier gateway` with drift detection in the embedding
+    service and the classifier (references captured from the first REFERENCE_TEXTS inputs),
+    feedback and the payload log (every request, to a file under tmp_path) in the classifier,
+    and the gateway forwarding /v1/feedback to it."""
+    from tests.support import ONNX_CACHE
+
+    ports = {name: _free_port() for name in ("embedding", "classifier", "gateway", "metrics")}
+    live = QualityServices(
+        **{name: f"127.0.0.1:{port}" for name, port in ports.items()},
+        payload_log=tmp_path / "payloads.jsonl",
+    )
+    drift = {
+        "enabled": True,
+        "capture_reference": REFERENCE_TEXTS,
+        "window_size": DRIFT_WINDOW,
+        "test_every_n": DRIFT_WINDOW // 3,
+        "test_every_s": 0,
+        "n_permutations": 99,
+    }
+    model = {"onnx_cache_dir": str(ONNX_CACHE)}
+    config = {
+        "log": {"level": "WARNING"},
+        "metrics": {"host": "127.0.0.1", "port": ports["metrics"]},
+        "cache": {"backend": "memory"},
+        "embedding": {
+            "server": _server(ports["embedding"]),
+            "model": model,
+            "batcher": {"max_queue_delay_ms": 2},
+            "quality": {"drift": drift},
+        },
+        "classifier": {
+            "server": _server(ports["classifier"]),
+            "model": model,
+            "quality": {
+                "drift": drift,
+                "feedback": {"enabled": True, "backend": "memory"},
+                "payload_log": {"enabled": True, "path": str(live.payload_log), "sample_rate": 1.0},
+            },
+        },
+        "gateway": {
+            "host": "127.0.0.1",
+            "port": ports["gateway"],
+            "grace_period_s": 1,
+            "embedding_address": live.embedding,
+            "generation_address": "",  # not served here
+            "classifier_address": live.classifier,
+        },
+    }
+    with serve(tmp_path, QUALITY_SERVICES, config, live.gateway):
+        yield live
+
+
+def _drive_quality(
+    live: QualityServices, reviews: list[tuple[str, str]], news: list[str], stop: threading.Event
+) -> None:
+    """The run: `reviews` (text, true label) first, classified and embedded (the drift
+    references), then news sentences until stopped (drift). Every classified text of the reviews
+    gets feedback; of each news batch, two texts get `neutral` (gRPC and HTTP), and every
+    fourth batch one duplicate and one unknown request id as well."""
+    from textserve.v1 import classifier_pb2, classifier_pb2_grpc, embedding_pb2, embedding_pb2_grpc
+
+    with (
+        grpc.insecure_channel(live.classifier) as classifier_channel,
+        grpc.insecure_channel(live.embedding) as embed_channel,
+    ):
+        classifier = classifier_pb2_grpc.ClassifierServiceStub(classifier_channel)
+        embed = embedding_pb2_grpc.EmbeddingServiceStub(embed_channel)
+
+        def classify_and_embed(texts: list[str]) -> str:
+            """Both services see the texts; returns the x-request-id the classifier answered with."""
+            request = classifier_pb2.ClassifyRequest(texts=texts)
+            response, call = classifier.Classify.with_call(request, timeout=30)
+            assert len(response.classifications) == len(texts)
+            embed.Embed(embedding_pb2.EmbedRequest(texts=texts), timeout=30)
+            return str(dict(call.initial_metadata())["x-request-id"])
+
+        def feedback(request_id: str, index: int, label: str) -> int:
+            request = classifier_pb2.FeedbackRequest(request_id=request_id, text_index=index, label=label)
+            return int(classifier.Feedback(request, timeout=10).result)
+
+        def http_feedback(request_id: str, index: int, label: str) -> str:
+            body = json.dumps({"request_id": request_id, "index": index, "label": label}).encode()
+            http = urllib.request.Request(
+                f"http://{live.gateway}/v1/feedback", data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(http, timeout=10) as response:
+                return str(json.loads(response.read())["result"])
+
+        joined = classifier_pb2.FeedbackResponse.RESULT_JOINED
+        for start in range(0, len(reviews), BATCH):
+            batch = reviews[start : start + BATCH]
+            request_id = classify_and_embed([text for text, _ in batch])
+            for index, (_, label) in enumerate(batch):
+                assert feedback(request_id, index, label) == joined
+        round_ = 0
+        while not stop.is_set():
+            start = round_ * BATCH % (len(news) - BATCH)
+            request_id = classify_and_embed(news[start : start + BATCH])
+            assert feedback(request_id, 0, "neutral") == joined
+            assert http_feedback(request_id, 1, "neutral") == "joined"
+            if round_ % 4 == 0:
+                assert http_feedback(request_id, 0, "neutral") == "duplicate"
+                try:
+                    feedback(f"never-classified-{round_}", 0, "neutral")
+                    raise AssertionError("feedback for an unknown request id was accepted")
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.NOT_FOUND, error
+            round_ += 1
+            stop.wait(0.05)
+
+
+def _quality_without_data(prometheus: Prometheus) -> list[str]:
+    """Quality panels (NOT_PRODUCED aside) without a finite value yet, and the drift signals
+    not yet seen: the embedding's MMD and the classifier's label-mix flags, the alert pending."""
+    missing = []
+    for query in dashboard_queries():
+        if query.source != QUALITY_DASHBOARD or query.title in NOT_PRODUCED:
+            continue
+        samples = prometheus.query(_concrete(query, SERVICES_WITH_QUALITY))
+        if not any(math.isfinite(float(sample["value"][1])) for sample in samples):
+            missing.append(_name(query))
+    for service, detector in (("embedding", "mmd"), ("classifier", "label_mix")):
+        flag = f'textserve_drift_detected{{service="{service}", detector="{detector}"}} == 1'
+        if not prometheus.query(flag):
+            missing.append(f"{service} {detector} drift flag")
+    drift_alert = [rule for rule in prometheus.rules() if rule.get("name") == "TextserveDriftDetected"]
+    if not any(rule.get("state") in ("pending", "firing") for rule in drift_alert):
+        missing.append("TextserveDriftDetected pending")
+    return missing
+
+
+def test_live_quality_dashboard_after_drift_and_feedback(
+    tmp_path: Path, quality_services: QualityServices, record_property: Callable[[str, object], None]
+) -> None:
+    """SST-2 reviews (with their true labels as feedback) make the drift references, CoNLL-2003
+    news sentences then drift away from them while feedback keeps coming: every panel of the
+    quality dashboard returns data on the live Prometheus, except NOT_PRODUCED."""
+    from tests.quality.data import conll_sentences, sst2
+
+    sentiment = {0: "negative", 1: "positive"}
+    reviews = [(text, sentiment[label]) for label, text in sst2("dev")[:REFERENCE_TEXTS]]
+    news = [sentence for sentence in conll_sentences("eng.testa") if len(sentence.split()) >= 6]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            _drive_quality(quality_services, reviews, news, stop)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    try:
+        with run_prometheus(tmp_path, quality_services.metrics) as prometheus:
+            missing: list[str] = []
+
+            def complete() -> bool:
+                assert not errors, errors
+                missing[:] = _quality_without_data(prometheus)
+                return not missing
+
+            try:
+                _wait(complete, 60, "every quality panel to return data", interval=1)
+            except AssertionError as error:
+                raise AssertionError(f"{error}; still without: {missing}") from None
+            checks = check_dashboards(
+                prometheus, SERVICES_WITH_QUALITY, require_all=False, dashboard=QUALITY_DASHBOARD
+            )
+            check_rules(prometheus)
+            _check_exported_names(quality_services.metrics)
+    finally:
+        stop.set()
+        driver.join(timeout=30)
+    assert not errors, errors
+    text = report(checks, record_property)
+    skipped = {c.query.title for c in checks if not c.checked}
+    assert skipped == set(NOT_PRODUCED), f"panels without data are exactly NOT_PRODUCED:\n{text}"
+    assert len(checks) > 20
+    records = [json.loads(line) for line in quality_services.payload_log.read_text().splitlines()]
+    assert records, "the payload log (sample_rate 1) is empty"
