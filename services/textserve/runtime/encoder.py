@@ -323,6 +323,17 @@ def plan_precision(
     )
 
 
+def preflight(config: ModelConfig, task: Task) -> PrecisionPlan:
+    """The precision plan and its gate, without loading the model: a service checks this when it
+    is built, so an artifact that may not be served fails the start at once (ConfigError)."""
+    files = resolve_model(config.path, config.name, config.revision)
+    pooling = detect_pooling(files, config.pooling)
+    plan = plan_precision(config, files, task, pooling)
+    if plan.artifact is not None:
+        prec.check_manifest(plan.artifact, plan.precision, config, model=files.name, revision=files.revision, task=task)
+    return plan
+
+
 @dataclass(frozen=True)
 class EncoderInfo:
     """What clients are told about a loaded encoder."""

@@ -28,7 +28,7 @@ from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
 from textserve.core.config import BatcherConfig, ModelConfig
 from textserve.core.errors import BackendFailure, InvalidInput, NotReady
-from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task
+from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task, preflight
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
 from textserve.runtime.tokenization import Encoded
 from textserve.tuning.config import TuningConfig
@@ -100,6 +100,8 @@ class Encoder:
         service: str,
         task: Task = "embedding",
     ) -> None:
+        if options.model.precision != "fp32":
+            preflight(options.model, task)  # a gated precision fails the build, not a later load
         self.options = options
         self.service = service
         """The metrics' `service` label (the app that owns this encoder)."""
