@@ -85,11 +85,15 @@ def vectors(model: EncoderModel, texts: Sequence[str]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def sentence_vectors(corpus: Corpus, fp32_model: EncoderModel, int8_model: EncoderModel) -> dict[str, np.ndarray]:
+def sentence_vectors(
+    corpus: Corpus, fp32_model: EncoderModel, int8_model: EncoderModel
+) -> dict[str, np.ndarray]:
     return {"fp32": vectors(fp32_model, corpus.sentences), "int8": vectors(int8_model, corpus.sentences)}
 
 
-def test_int8_graph_is_at_most_30_percent_of_fp32(artifact: tuple[Path, prec.Manifest], fp32_model: EncoderModel) -> None:
+def test_int8_graph_is_at_most_30_percent_of_fp32(
+    artifact: tuple[Path, prec.Manifest], fp32_model: EncoderModel
+) -> None:
     folder, manifest = artifact
     fp32_graph = onnx_cache_path(fp32_model.files, "embedding", fp32_model.pooling, ONNX_CACHE)
     ratio = (folder / prec.GRAPH).stat().st_size / fp32_graph.stat().st_size
@@ -135,9 +139,9 @@ def test_auto_picks_int8_only_when_measured_faster(artifact: tuple[Path, prec.Ma
 
 
 def test_impossible_precisions_fail_naming_the_fields() -> None:
-    with pytest.raises(ConfigError, match="model.precision='int8'.*model.backend='torch'"):
+    with pytest.raises(ConfigError, match=r"model\.precision='int8'.*model\.backend='torch'"):
         EncoderModel(model_config(precision="int8", backend="torch"))
-    with pytest.raises(ConfigError, match="model.precision='bf16'.*model.backend"):
+    with pytest.raises(ConfigError, match=r"model\.precision='bf16'.*model\.backend"):
         EncoderModel(model_config(precision="bf16", backend="onnxruntime"))
 
 
@@ -165,7 +169,11 @@ async def test_the_service_refuses_a_below_floor_artifact_and_a_missing_manifest
             "cache": {"backend": "none"},
             "embedding": {
                 "server": {"host": "127.0.0.1", "port": free_port()},
-                "model": {"onnx_cache_dir": str(ONNX_CACHE), "precision": "int8", "precision_artifact": str(path)},
+                "model": {
+                    "onnx_cache_dir": str(ONNX_CACHE),
+                    "precision": "int8",
+                    "precision_artifact": str(path),
+                },
             },
         }
         process = ServeProcess(tmp_path, ["embedding"], settings, name=name)
@@ -180,12 +188,18 @@ async def test_the_service_refuses_a_below_floor_artifact_and_a_missing_manifest
     assert f"no manifest at {bare / prec.MANIFEST}" in bare_log, bare_log[-3000:]
 
 
-def test_accuracy_floor_names_the_figure_and_the_floor(artifact: tuple[Path, prec.Manifest], tmp_path: Path) -> None:
+def test_accuracy_floor_names_the_figure_and_the_floor(
+    artifact: tuple[Path, prec.Manifest], tmp_path: Path
+) -> None:
     folder, manifest = artifact
     drop = _tampered(folder, tmp_path / "drop", accuracy_fp32=0.90, accuracy=0.87, labelled=872)
     config = model_config(precision="int8", precision_artifact=drop)
-    with pytest.raises(prec.PrecisionGateError, match=r"accuracy drop 0\.0300 .* model\.max_accuracy_drop=0\.01"):
-        prec.check_manifest(drop, "int8", config, model=manifest.model, revision=manifest.revision, task="embedding")
+    with pytest.raises(
+        prec.PrecisionGateError, match=r"accuracy drop 0\.0300 .* model\.max_accuracy_drop=0\.01"
+    ):
+        prec.check_manifest(
+            drop, "int8", config, model=manifest.model, revision=manifest.revision, task="embedding"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -214,4 +228,7 @@ async def test_an_int8_embedding_service_serves_vectors_close_to_fp32(
     assert response.model.precision == "int8"
     assert info.model.precision == "int8"
     exposition = generate_latest(metrics.REGISTRY).decode()
-    assert 'textserve_model_precision_info{model="all-MiniLM-L6-v2",precision="int8",service="embedding"} 1.0' in exposition
+    assert (
+        'textserve_model_precision_info{model="all-MiniLM-L6-v2",precision="int8",service="embedding"} 1.0'
+        in exposition
+    )

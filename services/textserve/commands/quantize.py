@@ -62,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--config", help="YAML config file (else TEXTSERVE_CONFIG_FILE)")
     parser.add_argument("--precision", choices=prec.REDUCED, default="int8", help="target precision")
     parser.add_argument(
-        "--method", choices=("dynamic", "static"), default=prec.DEFAULT_METHOD, help="int8 quantisation method"
+        "--method",
+        choices=("dynamic", "static"),
+        default=prec.DEFAULT_METHOD,
+        help="int8 quantisation method",
     )
     parser.add_argument("--calibration", type=Path, help="static int8: calibration texts, one per line")
     parser.add_argument(
@@ -143,7 +146,9 @@ def build_artifact(
     started = time.perf_counter()
     stages = 5
     say(f"[1/{stages}] loading fp32 {config.path}")
-    fp32_config = config.model_copy(update={"precision": "fp32", "precision_artifact": None})
+    fp32_config = config.model_copy(
+        update={"precision": "fp32", "precision_artifact": None, "dtype": "float32"}
+    )
     fp32 = EncoderModel(fp32_config, task)
     files, pooling = fp32.files, fp32.pooling
     plan = plan_precision(config, files, task, pooling, precision)
@@ -158,11 +163,20 @@ def build_artifact(
         fp32_bytes = fp32_graph.stat().st_size if fp32_graph.is_file() else 0
         kept: list[str] = []
         calibration_ids = [e.ids for e in fp32.tokenizer.encode_many(list(calibration))]
-        say(f"[2/{stages}] building {precision} ({plan.backend}{', ' + method if precision == 'int8' else ''})")
+        say(
+            f"[2/{stages}] building {precision} "
+            f"({plan.backend}{', ' + method if precision == 'int8' else ''})"
+        )
         if plan.backend == "onnxruntime":
             if precision == "int8":
                 feeds = [
-                    dict(zip(("input_ids", "attention_mask"), fp32.pad(calibration_ids[i : i + 16]), strict=True))
+                    dict(
+                        zip(
+                            ("input_ids", "attention_mask"),
+                            fp32.pad(calibration_ids[i : i + 16]),
+                            strict=True,
+                        )
+                    )
                     for i in range(0, len(calibration_ids), 16)
                 ]
                 kept = prec.quantize_int8(fp32_graph, tmp / prec.GRAPH, method, feeds)
@@ -282,7 +296,9 @@ def summary(folder: Path, manifest: prec.Manifest) -> str:
             f"({manifest.size_ratio:.1%})"
         )
     if fid.mean_cosine is not None and fid.min_cosine is not None:
-        lines.append(f"cosine vs fp32 over {fid.texts} texts: mean {fid.mean_cosine:.4f}, min {fid.min_cosine:.4f}")
+        lines.append(
+            f"cosine vs fp32 over {fid.texts} texts: mean {fid.mean_cosine:.4f}, min {fid.min_cosine:.4f}"
+        )
     if fid.agreement is not None:
         lines.append(f"top-label agreement with fp32 over {fid.texts} texts: {fid.agreement:.4f}")
     if fid.accuracy is not None and fid.accuracy_fp32 is not None:
@@ -351,7 +367,12 @@ def _quantize(args: argparse.Namespace) -> int:
         print(summary(folder, manifest))
         try:
             prec.check_manifest(
-                folder, manifest.precision, config.model, model=manifest.model, revision=manifest.revision, task=task
+                folder,
+                manifest.precision,
+                config.model,
+                model=manifest.model,
+                revision=manifest.revision,
+                task=task,
             )
             print(
                 f"gate: passes (model.min_cosine={config.model.min_cosine}, "

@@ -145,7 +145,9 @@ def onnx_cache_path(
     manifest beside it for a reduced precision; torch artifacts hold only the manifest)."""
     import torch
 
-    parts = f"{files.revision}|{task}|{pooling}|opset{ONNX_OPSET}|torch{torch.__version__}|{export_code_hash()}"
+    parts = (
+        f"{files.revision}|{task}|{pooling}|opset{ONNX_OPSET}|torch{torch.__version__}|{export_code_hash()}"
+    )
     name = f"{files.name}-{task}"
     if precision != "fp32":
         import onnxruntime
@@ -238,7 +240,12 @@ class PrecisionPlan:
 
 
 def artifact_folder(
-    config: ModelConfig, files: ModelFiles, task: Task, pooling: Pooling, precision: prec.Precision, backend: str
+    config: ModelConfig,
+    files: ModelFiles,
+    task: Task,
+    pooling: Pooling,
+    precision: prec.Precision,
+    backend: str,
 ) -> Path:
     """`model.precision_artifact`, else the cache folder of this model and precision."""
     if config.precision_artifact is not None:
@@ -264,7 +271,9 @@ def plan_precision(
         return PrecisionPlan("fp32", backend, None, "configured")
     if wanted == "int8":
         if config.backend == "torch":
-            raise ConfigError("model.precision='int8' runs on ONNX Runtime; model.backend='torch' cannot serve it")
+            raise ConfigError(
+                "model.precision='int8' runs on ONNX Runtime; model.backend='torch' cannot serve it"
+            )
         if config.device == "cuda":
             raise ConfigError(
                 "model.precision='int8' is a CPU precision (ONNX Runtime integer kernels); "
@@ -287,11 +296,15 @@ def plan_precision(
             )
         else:
             backend = "torch"
-        return PrecisionPlan("fp16", backend, artifact_folder(config, files, task, pooling, "fp16", backend), "configured")
+        return PrecisionPlan(
+            "fp16", backend, artifact_folder(config, files, task, pooling, "fp16", backend), "configured"
+        )
     if wanted == "bf16":
         if config.backend == "onnxruntime":
             raise ConfigError("model.precision='bf16' runs on torch; set model.backend to auto or torch")
-        return PrecisionPlan("bf16", "torch", artifact_folder(config, files, task, pooling, "bf16", "torch"), "configured")
+        return PrecisionPlan(
+            "bf16", "torch", artifact_folder(config, files, task, pooling, "bf16", "torch"), "configured"
+        )
     # auto: int8 only where its manifest says faster on this hardware and the gate passes.
     if config.backend == "torch":
         return PrecisionPlan("fp32", backend, None, "auto: model.backend='torch' has no int8 path")
@@ -313,13 +326,17 @@ def plan_precision(
         )
     if manifest.speedup <= 1.0:
         return PrecisionPlan(
-            "fp32", backend, None, f"auto: int8 measured {manifest.speedup:.2f}x fp32's throughput here; not faster"
+            "fp32",
+            backend,
+            None,
+            f"auto: int8 measured {manifest.speedup:.2f}x fp32's throughput here; not faster",
         )
     return PrecisionPlan(
         "int8",
         "onnxruntime",
         folder,
-        f"auto: int8 measured {manifest.speedup:.2f}x fp32's throughput here and its fidelity passes the gate",
+        f"auto: int8 measured {manifest.speedup:.2f}x fp32's throughput here and its fidelity "
+        "passes the gate",
     )
 
 
@@ -330,7 +347,9 @@ def preflight(config: ModelConfig, task: Task) -> PrecisionPlan:
     pooling = detect_pooling(files, config.pooling)
     plan = plan_precision(config, files, task, pooling)
     if plan.artifact is not None:
-        prec.check_manifest(plan.artifact, plan.precision, config, model=files.name, revision=files.revision, task=task)
+        prec.check_manifest(
+            plan.artifact, plan.precision, config, model=files.name, revision=files.revision, task=task
+        )
     return plan
 
 
@@ -374,7 +393,12 @@ class EncoderModel:
         plan = self.plan
         if plan.artifact is not None and gate:
             self.manifest = prec.check_manifest(
-                plan.artifact, plan.precision, config, model=self.files.name, revision=self.files.revision, task=task
+                plan.artifact,
+                plan.precision,
+                config,
+                model=self.files.name,
+                revision=self.files.revision,
+                task=task,
             )
         self.backend: OnnxEncoderBackend | TorchEncoderBackend
         if plan.backend == "onnxruntime":
@@ -383,7 +407,8 @@ class EncoderModel:
                 graph = plan.artifact / prec.GRAPH
                 if not graph.is_file():
                     raise prec.PrecisionGateError(
-                        f"model.precision={plan.precision}: no graph at {graph}; run `textserve quantize <service>`"
+                        f"model.precision={plan.precision}: no graph at {graph}; "
+                        "run `textserve quantize <service>`"
                     )
             self.backend = OnnxEncoderBackend(self.files, task, self.pooling, config, graph, plan.precision)
         else:

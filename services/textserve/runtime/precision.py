@@ -19,6 +19,7 @@ texts) and, for ONNX Runtime, the graph `model.onnx`. `check_manifest` is the ga
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import json
@@ -26,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -196,7 +198,8 @@ def check_manifest(
         figures += 1
         if drop > config.max_accuracy_drop:
             raise PrecisionGateError(
-                f"{path}: {precision} accuracy drop {drop:.4f} ({fid.accuracy_fp32:.4f} -> {fid.accuracy:.4f} "
+                f"{path}: {precision} accuracy drop {drop:.4f} "
+                f"({fid.accuracy_fp32:.4f} -> {fid.accuracy:.4f} "
                 f"over {fid.labelled} labelled texts) is above the floor "
                 f"model.max_accuracy_drop={config.max_accuracy_drop}"
             )
@@ -217,10 +220,12 @@ def check_manifest(
 
 
 def source_hash(*objects: Any) -> str:
-    """A hash of the source code of functions/classes: a changed exporter changes cache keys."""
+    """A hash of the code of functions/classes (their syntax tree: formatting and comments do not
+    count): a changed exporter changes cache keys."""
     digest = hashlib.sha256()
     for obj in objects:
-        digest.update(inspect.getsource(obj).encode())
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+        digest.update(ast.dump(tree).encode())
     return digest.hexdigest()[:12]
 
 
