@@ -136,6 +136,7 @@ def build_artifact(
     out: Path | None = None,
     seconds: float = 6.0,
     progress: bool = False,
+    shapes: Sequence[tuple[int, int]] = SHAPES,
 ) -> tuple[Path, prec.Manifest]:
     """Builds, measures and writes one artifact; returns its folder and manifest."""
     from textserve.runtime.encoder import EncoderModel, onnx_cache_path, plan_precision
@@ -201,16 +202,16 @@ def build_artifact(
         ids = [e.ids for e in fp32.tokenizer.encode_many(texts)]
         reference, candidate = _compare(fp32, reduced, ids, progress)
         fidelity = _fidelity(task, reference, candidate, texts, eval_labels, fp32.info.labels, source)
-        say(f"[5/{stages}] timing both models at {len(SHAPES)} batch shapes, interleaved")
+        say(f"[5/{stages}] timing both models at {len(shapes)} batch shapes, interleaved")
         synthetic = SyntheticTexts(fp32.tokenizer)
-        shapes = [(b, min(t, fp32.tokenizer.max_length)) for b, t in SHAPES]
-        batches = [synthetic.batch(t, b) for b, t in shapes]
+        timed_shapes = [(b, min(t, fp32.tokenizer.max_length)) for b, t in shapes]
+        batches = [synthetic.batch(t, b) for b, t in timed_shapes]
         timed = prec.time_batches(
             {"fp32": fp32.run_batch, precision: reduced.run_batch}, batches, seconds / 2, rounds=3
         )
         points = tuple(
             prec.SpeedPoint(b, t, round(row["fp32"], 2), round(row[precision], 2))
-            for (b, t), row in zip(shapes, timed, strict=True)
+            for (b, t), row in zip(timed_shapes, timed, strict=True)
         )
         manifest = prec.Manifest(
             precision=precision,
