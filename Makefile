@@ -58,6 +58,10 @@ deploy-check: install ## dashboards/rules copies fresh, chart tests, promtool ch
 	promtool check rules deploy/prometheus/textserve.rules.yaml
 	promtool test rules deploy/prometheus/tests/textserve.rules.test.yaml
 
+.PHONY: bench-precision
+bench-precision: install ## fp32 vs INT8 embedding: raw best batch, service at concurrency 1/32/64, short and medium texts (~4 min)
+	$(PY) -m loadtests.bench_precision
+
 .PHONY: bench-cache
 bench-cache: install ## response-cache benchmark: hit vs miss latency, 90% hits vs no cache (own redis-server)
 	$(PY) -m loadtests.bench_cache

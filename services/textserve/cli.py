@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "textserve.commands.serve",
     "textserve.commands.tune",
+    "textserve.commands.quantize",
     "textserve.commands.fine_tune",
     "textserve.commands.embed",
     "textserve.commands.tokenize",

@@ -8,11 +8,16 @@ from textserve.v1 import common_pb2
 
 
 def model_info(
-    name: str, revision: str, backend: str, device: str, max_input_tokens: int
+    name: str, revision: str, backend: str, device: str, max_input_tokens: int, precision: str = ""
 ) -> common_pb2.ModelInfo:
-    """ModelInfo message."""
+    """ModelInfo message (precision empty: not reported)."""
     return common_pb2.ModelInfo(
-        name=name, revision=revision, backend=backend, device=device, max_input_tokens=max_input_tokens
+        name=name,
+        revision=revision,
+        backend=backend,
+        device=device,
+        max_input_tokens=max_input_tokens,
+        precision=precision,
     )
 
 

@@ -180,6 +180,20 @@ class ModelConfig(ConfigSection):
     """Threads per forward (0: every CPU the process may use, the cgroup CPU quota respected)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Weights dtype for torch (auto: float16 on CUDA, float32 on CPU)."""
+    precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"
+    """Numeric precision of an encoder model (runtime/precision.py): fp32; int8 (ONNX Runtime
+    quantisation, CPU); fp16 (CUDA); bf16 (torch). A reduced precision is served only from an
+    artifact measured by `textserve quantize` whose manifest passes min_cosine and
+    max_accuracy_drop; auto picks int8 where its manifest says it is faster on this device and
+    passes, else fp32."""
+    precision_artifact: Path | None = None
+    """Folder written by `textserve quantize --out` (manifest.json, model.onnx); unset: the
+    artifact cached under onnx_cache_dir for this model and precision."""
+    min_cosine: float = Field(default=0.99, ge=0.0, le=1.0)
+    """Floor on the mean cosine between reduced-precision and fp32 outputs (the manifest's)."""
+    max_accuracy_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+    """Ceiling on the accuracy lost against fp32 on the labelled evaluation file (0.01 = one
+    point); without labels, on the share of texts whose top label changes."""
 
 
 class LimitsConfig(ConfigSection):

@@ -160,6 +160,12 @@ MODEL_LOADED = Gauge(
     ["service", "model"],
     registry=REGISTRY,
 )
+MODEL_PRECISION = Gauge(
+    "textserve_model_precision_info",
+    "Numeric precision the loaded model runs in (fp32, fp16, bf16, int8): 1 while loaded.",
+    ["service", "model", "precision"],
+    registry=REGISTRY,
+)
 MODEL_LOAD_DURATION = Gauge(
     "textserve_model_load_duration_seconds",
     "Time the last model load took (including any ONNX export).",

@@ -29,7 +29,9 @@ def embed_response(result: EmbedResult, service: EmbeddingService) -> embedding_
     """EmbedResult -> EmbedResponse."""
     info = service.info
     response = embedding_pb2.EmbedResponse(
-        model=common.model_info(info.name, info.revision, info.backend, info.device, info.max_length),
+        model=common.model_info(
+            info.name, info.revision, info.backend, info.device, info.max_length, info.precision
+        ),
         usage=common_pb2.Usage(
             input_tokens=sum(result.tokens),
             truncated_texts=sum(result.truncated),
@@ -50,7 +52,9 @@ def info_response(service: EmbeddingService) -> embedding_pb2.InfoResponse:
     info = service.info
     config = service.config
     response = embedding_pb2.InfoResponse(
-        model=common.model_info(info.name, info.revision, info.backend, info.device, info.max_length),
+        model=common.model_info(
+            info.name, info.revision, info.backend, info.device, info.max_length, info.precision
+        ),
         dimensions=info.dimensions,
         pooling=info.pooling,
         limits=common.limits(config.limits, config.server, info.max_length),

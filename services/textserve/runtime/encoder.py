@@ -4,6 +4,8 @@
 returns pooled vectors (task "embedding") or logits (task "sequence-classification").
 Two implementations: ONNX Runtime (graph exported once and cached on disk) and torch.
 `EncoderModel.run_batch` pads a batch of id lists to its longest and calls the backend.
+`model.precision` picks the numeric precision and, with it, the backend and the graph
+(`plan_precision`; reduced precisions pass the manifest gate of runtime/precision.py).
 The Encoder (runtime/encoder_engine.py) puts a batcher and the task verbs around it.
 """
 
@@ -21,8 +23,10 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from textserve.core.config import ModelConfig
+from textserve.core.config import ConfigError, ModelConfig
+from textserve.runtime import precision as prec
 from textserve.runtime.device import (
+    cuda_available,
     intra_op_threads,
     resolve_onnx_providers,
     resolve_torch_device,
@@ -95,15 +99,23 @@ class TorchEncoderBackend:
 
     name = "torch"
 
-    def __init__(self, files: ModelFiles, task: Task, pooling: Pooling, config: ModelConfig) -> None:
+    def __init__(
+        self,
+        files: ModelFiles,
+        task: Task,
+        pooling: Pooling,
+        config: ModelConfig,
+        precision: prec.Precision | None = None,
+    ) -> None:
         import torch
 
         self.device = resolve_torch_device(config.device)
         torch.set_num_threads(intra_op_threads(config.intra_op_threads))
         self._torch = torch
-        self._module = _torch_module(files, task, pooling, torch_dtype(config.dtype, self.device)).to(
-            self.device
-        )
+        halves = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+        dtype = halves[precision] if precision in halves else torch_dtype(config.dtype, self.device)
+        self.precision: prec.Precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")  # type: ignore[assignment]
+        self._module = _torch_module(files, task, pooling, dtype).to(self.device)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -114,14 +126,36 @@ class TorchEncoderBackend:
             return out.float().cpu().numpy()
 
 
-def onnx_cache_path(files: ModelFiles, task: Task, pooling: Pooling, cache_dir: Path) -> Path:
-    """Where the exported graph of this model, task and pooling is cached."""
+@functools.cache
+def export_code_hash() -> str:
+    """Hash of the code that exports the graph: part of every cache key, so a changed exporter
+    never reuses a stale graph."""
+    return prec.source_hash(_torch_module, export_onnx)
+
+
+def onnx_cache_path(
+    files: ModelFiles,
+    task: Task,
+    pooling: Pooling,
+    cache_dir: Path,
+    precision: prec.Precision = "fp32",
+    backend: str = "onnxruntime",
+) -> Path:
+    """Where the graph of this model, task, pooling and precision is cached (with the
+    manifest beside it for a reduced precision; torch artifacts hold only the manifest)."""
     import torch
 
-    key = hashlib.sha256(
-        f"{files.revision}|{task}|{pooling}|opset{ONNX_OPSET}|torch{torch.__version__}".encode()
-    ).hexdigest()[:16]
-    return cache_dir / f"{files.name}-{task}-{key}" / "model.onnx"
+    parts = (
+        f"{files.revision}|{task}|{pooling}|opset{ONNX_OPSET}|torch{torch.__version__}|{export_code_hash()}"
+    )
+    name = f"{files.name}-{task}"
+    if precision != "fp32":
+        import onnxruntime
+
+        parts += f"|{precision}|{backend}|ort{onnxruntime.__version__}|{prec.BUILD_SOURCE}"
+        name += f"-{precision}" if backend == "onnxruntime" else f"-{precision}-{backend}"
+    key = hashlib.sha256(parts.encode()).hexdigest()[:16]
+    return cache_dir / f"{name}-{key}" / prec.GRAPH
 
 
 def export_onnx(files: ModelFiles, task: Task, pooling: Pooling, target: Path) -> Path:
@@ -161,11 +195,26 @@ class OnnxEncoderBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, files: ModelFiles, task: Task, pooling: Pooling, config: ModelConfig) -> None:
+    def __init__(
+        self,
+        files: ModelFiles,
+        task: Task,
+        pooling: Pooling,
+        config: ModelConfig,
+        graph: Path | None = None,
+        precision: prec.Precision = "fp32",
+    ) -> None:
         import onnxruntime as ort
 
-        providers, self.device = resolve_onnx_providers(config.device)
-        path = export_onnx(files, task, pooling, onnx_cache_path(files, task, pooling, config.onnx_cache_dir))
+        self.precision = precision
+        if precision == "int8":
+            # Dynamically quantised graphs run MatMulInteger: a CPU kernel.
+            providers, self.device = ["CPUExecutionProvider"], "cpu"
+        else:
+            providers, self.device = resolve_onnx_providers(config.device)
+        path = graph or export_onnx(
+            files, task, pooling, onnx_cache_path(files, task, pooling, config.onnx_cache_dir)
+        )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads(config.intra_op_threads)
@@ -180,6 +229,131 @@ class OnnxEncoderBackend:
 
 
 @dataclass(frozen=True)
+class PrecisionPlan:
+    """The precision to load, on which backend, from which artifact folder, and why."""
+
+    precision: prec.Precision
+    backend: str
+    artifact: Path | None
+    """Folder of manifest.json (and model.onnx for ONNX Runtime); None for fp32."""
+    reason: str
+
+
+def artifact_folder(
+    config: ModelConfig,
+    files: ModelFiles,
+    task: Task,
+    pooling: Pooling,
+    precision: prec.Precision,
+    backend: str,
+) -> Path:
+    """`model.precision_artifact`, else the cache folder of this model and precision."""
+    if config.precision_artifact is not None:
+        return config.precision_artifact
+    return onnx_cache_path(files, task, pooling, config.onnx_cache_dir, precision, backend).parent
+
+
+def _onnx_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def plan_precision(
+    config: ModelConfig, files: ModelFiles, task: Task, pooling: Pooling, precision: str | None = None
+) -> PrecisionPlan:
+    """Resolves `model.precision` (or `precision`) against the backend and the device; raises
+    ConfigError for a combination that cannot run here. `auto` reads the int8 manifest."""
+    wanted = precision or config.precision
+    backend = "onnxruntime" if config.backend == "auto" else config.backend
+    cpu_only = config.device == "cpu" or not cuda_available()
+    if wanted == "fp32":
+        return PrecisionPlan("fp32", backend, None, "configured")
+    if wanted == "int8":
+        if config.backend == "torch":
+            raise ConfigError(
+                "model.precision='int8' runs on ONNX Runtime; model.backend='torch' cannot serve it"
+            )
+        if config.device == "cuda":
+            raise ConfigError(
+                "model.precision='int8' is a CPU precision (ONNX Runtime integer kernels); "
+                "model.device='cuda': use fp16 or bf16 on a GPU"
+            )
+        folder = artifact_folder(config, files, task, pooling, "int8", "onnxruntime")
+        return PrecisionPlan("int8", "onnxruntime", folder, "configured")
+    if wanted == "fp16":
+        if cpu_only:
+            raise ConfigError(
+                "model.precision='fp16' needs a CUDA device and this process sees none "
+                f"(model.device={config.device!r}); use fp32 or int8 on CPU"
+            )
+        if config.backend != "torch" and _onnx_has_cuda():
+            backend = "onnxruntime"
+        elif config.backend == "onnxruntime":
+            raise ConfigError(
+                "model.precision='fp16' with model.backend='onnxruntime' needs onnxruntime's "
+                "CUDAExecutionProvider (the gpu extra: onnxruntime-gpu)"
+            )
+        else:
+            backend = "torch"
+        return PrecisionPlan(
+            "fp16", backend, artifact_folder(config, files, task, pooling, "fp16", backend), "configured"
+        )
+    if wanted == "bf16":
+        if config.backend == "onnxruntime":
+            raise ConfigError("model.precision='bf16' runs on torch; set model.backend to auto or torch")
+        return PrecisionPlan(
+            "bf16", "torch", artifact_folder(config, files, task, pooling, "bf16", "torch"), "configured"
+        )
+    # auto: int8 only where its manifest says faster on this hardware and the gate passes.
+    if config.backend == "torch":
+        return PrecisionPlan("fp32", backend, None, "auto: model.backend='torch' has no int8 path")
+    if not cpu_only:
+        return PrecisionPlan("fp32", backend, None, "auto: on CUDA int8 is not used")
+    folder = artifact_folder(config, files, task, pooling, "int8", "onnxruntime")
+    try:
+        manifest = prec.check_manifest(
+            folder, "int8", config, model=files.name, revision=files.revision, task=task
+        )
+    except prec.PrecisionGateError as exc:
+        return PrecisionPlan("fp32", backend, None, f"auto: int8 not used: {exc}")
+    from textserve.tuning.result import hardware_description
+
+    here = hardware_description("cpu")
+    if manifest.hardware != here:
+        return PrecisionPlan(
+            "fp32", backend, None, f"auto: int8 was measured on {manifest.hardware!r}, not here ({here!r})"
+        )
+    if manifest.speedup <= 1.0:
+        return PrecisionPlan(
+            "fp32",
+            backend,
+            None,
+            f"auto: int8 measured {manifest.speedup:.2f}x fp32's throughput here; not faster",
+        )
+    return PrecisionPlan(
+        "int8",
+        "onnxruntime",
+        folder,
+        f"auto: int8 measured {manifest.speedup:.2f}x fp32's throughput here and its fidelity "
+        "passes the gate",
+    )
+
+
+def preflight(config: ModelConfig, task: Task) -> PrecisionPlan:
+    """The precision plan and its gate, without loading the model: a service checks this when it
+    is built, so an artifact that may not be served fails the start at once (ConfigError)."""
+    files = resolve_model(config.path, config.name, config.revision)
+    pooling = detect_pooling(files, config.pooling)
+    plan = plan_precision(config, files, task, pooling)
+    if plan.artifact is not None:
+        prec.check_manifest(
+            plan.artifact, plan.precision, config, model=files.name, revision=files.revision, task=task
+        )
+    return plan
+
+
+@dataclass(frozen=True)
 class EncoderInfo:
     """What clients are told about a loaded encoder."""
 
@@ -191,24 +365,56 @@ class EncoderInfo:
     dimensions: int
     pooling: Pooling
     labels: tuple[str, ...]
+    precision: str = "fp32"
+    """Numeric precision in force: fp32, fp16, bf16 or int8."""
 
 
 class EncoderModel:
     """Tokenizer + backend for one encoder model; `run_batch` is the batcher's work function."""
 
-    def __init__(self, config: ModelConfig, task: Task = "embedding") -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        task: Task = "embedding",
+        *,
+        precision: str | None = None,
+        gate: bool = True,
+    ) -> None:
+        """`precision` overrides model.precision; gate=False loads a reduced-precision artifact
+        without its manifest (only `textserve quantize` does, to measure it)."""
         started = time.perf_counter()
         self.config = config
         self.task = task
         self.files = resolve_model(config.path, config.name, config.revision)
         self.tokenizer = TextTokenizer(self.files, config.max_length)
         self.pooling = detect_pooling(self.files, config.pooling)
-        backend_name = "onnxruntime" if config.backend == "auto" else config.backend
-        self.backend: EncoderBackend
-        if backend_name == "onnxruntime":
-            self.backend = OnnxEncoderBackend(self.files, task, self.pooling, config)
+        self.plan = plan_precision(config, self.files, task, self.pooling, precision)
+        self.manifest: prec.Manifest | None = None
+        plan = self.plan
+        if plan.artifact is not None and gate:
+            self.manifest = prec.check_manifest(
+                plan.artifact,
+                plan.precision,
+                config,
+                model=self.files.name,
+                revision=self.files.revision,
+                task=task,
+            )
+        self.backend: OnnxEncoderBackend | TorchEncoderBackend
+        if plan.backend == "onnxruntime":
+            graph = None
+            if plan.artifact is not None:
+                graph = plan.artifact / prec.GRAPH
+                if not graph.is_file():
+                    raise prec.PrecisionGateError(
+                        f"model.precision={plan.precision}: no graph at {graph}; "
+                        "run `textserve quantize <service>`"
+                    )
+            self.backend = OnnxEncoderBackend(self.files, task, self.pooling, config, graph, plan.precision)
         else:
-            self.backend = TorchEncoderBackend(self.files, task, self.pooling, config)
+            self.backend = TorchEncoderBackend(
+                self.files, task, self.pooling, config, None if plan.precision == "fp32" else plan.precision
+            )
         hf_config = self.files.read_json("config.json") or {}
         probe = self.run_batch([[self.tokenizer.pad_id + 1] * 2])[0]
         labels: tuple[str, ...] = ()
@@ -224,6 +430,7 @@ class EncoderModel:
             dimensions=int(probe.shape[-1]),
             pooling=self.pooling,
             labels=labels,
+            precision=self.backend.precision,
         )
         self.load_seconds = time.perf_counter() - started
 

@@ -28,7 +28,7 @@ from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
 from textserve.core.config import BatcherConfig, ModelConfig
 from textserve.core.errors import BackendFailure, InvalidInput, NotReady
-from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task
+from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task, preflight
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
 from textserve.runtime.tokenization import Encoded
 from textserve.tuning.config import TuningConfig
@@ -100,6 +100,8 @@ class Encoder:
         service: str,
         task: Task = "embedding",
     ) -> None:
+        if options.model.precision != "fp32":
+            preflight(options.model, task)  # a gated precision fails the build, not a later load
         self.options = options
         self.service = service
         """The metrics' `service` label (the app that owns this encoder)."""
@@ -141,6 +143,7 @@ class Encoder:
         self.batcher = batcher
         await batcher.start()
         metrics.MODEL_LOADED.labels(**labels).set(1)
+        metrics.MODEL_PRECISION.labels(**labels, precision=model.info.precision).set(1)
         log.info(
             "model loaded",
             extra={
@@ -148,6 +151,8 @@ class Encoder:
                 "model": model.info.name,
                 "backend": model.info.backend,
                 "device": model.info.device,
+                "precision": model.info.precision,
+                "precision_reason": model.plan.reason,
                 "seconds": round(model.load_seconds, 3),
             },
         )
@@ -158,6 +163,9 @@ class Encoder:
             await self.batcher.stop()
         if self.model is not None:
             metrics.MODEL_LOADED.labels(service=self.service, model=self.model.info.name).set(0)
+            metrics.MODEL_PRECISION.labels(
+                service=self.service, model=self.model.info.name, precision=self.model.info.precision
+            ).set(0)
         if self._token_source is not None:
             await self._token_source.close()
         await self.outputs.close()
@@ -258,7 +266,9 @@ class Encoder:
         return output
 
     def _key(self, info: EncoderInfo, ids: Sequence[int]) -> str:
-        """Identity of one input's output: model, revision, task, pooling and the exact token ids."""
-        return self.outputs.key(
-            info.name, info.revision, self.task, info.pooling, np.asarray(ids, np.int32).tobytes()
-        )
+        """Identity of one input's output: model, revision, task, pooling, precision (when not
+        fp32: fp32 keys stay as they were) and the exact token ids."""
+        parts = [info.name, info.revision, self.task, info.pooling]
+        if info.precision != "fp32":
+            parts.append(info.precision)
+        return self.outputs.key(*parts, np.asarray(ids, np.int32).tobytes())
