@@ -64,7 +64,10 @@ DEFAULT_ADDRESSES = {
 """Where `textserve serve all` listens by default."""
 
 
-def _truncation(truncate: bool) -> common_pb2.TruncationPolicy:
+def _truncation(truncate: bool | None) -> common_pb2.TruncationPolicy:
+    """True: cut overlong texts; False: reject them (INVALID_ARGUMENT); None: the server's default."""
+    if truncate is None:
+        return common_pb2.TRUNCATION_POLICY_UNSPECIFIED
     return common_pb2.TRUNCATION_POLICY_TRUNCATE if truncate else common_pb2.TRUNCATION_POLICY_REJECT
 
 
@@ -151,7 +154,7 @@ class AsyncTextserveClient:
         text: str,
         *,
         normalize: bool = False,
-        truncate: bool = True,
+        truncate: bool | None = None,
         skip_cache: bool = False,
         timeout: float | None = None,
     ) -> np.ndarray:
@@ -163,7 +166,7 @@ class AsyncTextserveClient:
         return await self._embed_merger.submit(key, text, deadline)
 
     async def _send_embed(self, key: Hashable, texts: list[str], deadline: float) -> list[np.ndarray]:
-        normalize, truncate, skip_cache = cast(tuple[bool, bool, bool], key)
+        normalize, truncate, skip_cache = cast(tuple[bool, bool | None, bool], key)
         request = embedding_pb2.EmbedRequest(
             texts=texts, normalize=normalize, truncation=_truncation(truncate), skip_cache=skip_cache
         )
@@ -175,7 +178,7 @@ class AsyncTextserveClient:
         texts: Sequence[str],
         *,
         normalize: bool = False,
-        truncate: bool = True,
+        truncate: bool | None = None,
         skip_cache: bool = False,
         timeout: float | None = None,
     ) -> Embeddings:
@@ -198,7 +201,7 @@ class AsyncTextserveClient:
         label_set: str = "",
         top_k: int = 0,
         temperature: float = 0.0,
-        truncate: bool = True,
+        truncate: bool | None = None,
         timeout: float | None = None,
     ) -> Classification:
         """The classification of one text; concurrent calls with equal options share one RPC."""
@@ -210,7 +213,7 @@ class AsyncTextserveClient:
 
     async def _send_classify(self, key: Hashable, texts: list[str], deadline: float) -> list[Classification]:
         labels, label_set, top_k, temperature, truncate = cast(
-            tuple[tuple[str, ...], str, int, float, bool], key
+            tuple[tuple[str, ...], str, int, float, bool | None], key
         )
         request = classifier_pb2.ClassifyRequest(
             texts=texts,
@@ -233,7 +236,7 @@ class AsyncTextserveClient:
         label_set: str = "",
         top_k: int = 0,
         temperature: float = 0.0,
-        truncate: bool = True,
+        truncate: bool | None = None,
         timeout: float | None = None,
     ) -> Classifications:
         """Classifications of several texts in one call."""
@@ -324,7 +327,14 @@ class AsyncTextserveClient:
         """A whole completion of `prompt` (a string, or chat messages as (role, content) pairs);
         `params` are SamplingParams fields (max_new_tokens, temperature, top_k, top_p,
         repetition_penalty, stop, seed, ignore_eos)."""
-        request = generate_request(prompt, skip_cache=skip_cache, **params)
+        return await self.generate_request(
+            generate_request(prompt, skip_cache=skip_cache, **params), timeout=timeout
+        )
+
+    async def generate_request(
+        self, request: generation_pb2.GenerateRequest, *, timeout: float | None = None
+    ) -> Generation:
+        """`generate` of a GenerateRequest built by the caller."""
         reply = await self._policy.call_unary(
             self._stub("generation").Generate, request, deadline_of(timeout, self.options), "Generate"
         )
@@ -339,7 +349,17 @@ class AsyncTextserveClient:
     ) -> AsyncIterator[GenerationChunk]:
         """A completion streamed as it is generated (arguments as for `generate`); leaving the
         loop early cancels the generation on the server."""
-        request = generate_request(prompt, **params)
+        chunks = self.stream_request(generate_request(prompt, **params), timeout=timeout)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:  # leaving early cancels the call at once
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def stream_request(
+        self, request: generation_pb2.GenerateRequest, *, timeout: float | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        """`stream` of a GenerateRequest built by the caller."""
         deadline = deadline_of(timeout, self.options)
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -61,6 +61,8 @@ class ClientOptions:
     failing at once with UNAVAILABLE."""
     retry: bool = True
     """Retry UNAVAILABLE and RESOURCE_EXHAUSTED with backoff and the server's pushback."""
+    retry_within_deadline: bool = True
+    """After gRPC's attempts, keep retrying those codes until the deadline (off: fail after them)."""
     max_attempts: int = 5
     """Attempts of gRPC's retry policy per call (2..5); `call_unary` retries on within the deadline."""
     initial_backoff_s: float = 0.05
@@ -181,7 +183,7 @@ class CallPolicy:
     def retry_pause(self, error: grpc.aio.AioRpcError, attempt: int, deadline: float) -> float | None:
         """Seconds to wait before retrying `error`, or None when it is not retried (not
         retryable, retries off, or the deadline would pass)."""
-        if not self.options.retry or error.code() not in RETRYABLE:
+        if not (self.options.retry and self.options.retry_within_deadline) or error.code() not in RETRYABLE:
             return None
         pushback = retry_pushback_ms(error)
         pause = pushback / 1000.0 if pushback is not None else _backoff(attempt, self.options)
