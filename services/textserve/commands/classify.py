@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from textserve.commands.client_options import add_client_options, call_service
-from textserve.v1 import classifier_pb2, classifier_pb2_grpc
+from textserve.commands.client_options import add_client_options, call_client
 
 if TYPE_CHECKING:
     from textserve.classifier.vector_source import VectorSource
@@ -61,32 +60,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 async def _classify(args: argparse.Namespace) -> int:
-    labels = [classifier_pb2.LabelSpec(name=name.strip()) for name in args.labels.split(",") if name.strip()]
-    request = classifier_pb2.ClassifyRequest(
-        texts=args.texts,
-        labels=labels,
-        label_set=args.label_set,
-        top_k=max(0, args.top_k),
-        temperature=args.temperature,
+    labels = [name.strip() for name in args.labels.split(",") if name.strip()]
+    response = await call_client(
+        args,
+        "classifier",
+        lambda client: client.classify_batch(
+            args.texts,
+            labels=labels,
+            label_set=args.label_set,
+            top_k=max(0, args.top_k),
+            temperature=args.temperature,
+        ),
     )
-    response = await call_service(args, classifier_pb2_grpc.ClassifierServiceStub, "Classify", request)
     if response is None:
         return 1
     if args.json:
         print(
             json.dumps(
                 [
-                    {"top_label": c.top_label, "scores": {s.label: round(s.score, 6) for s in c.scores}}
-                    for c in response.classifications
+                    {
+                        "top_label": c.top_label,
+                        "scores": {label: round(score, 6) for label, score in c.scores.items()},
+                    }
+                    for c in response.items
                 ]
             )
         )
         return 0
-    for text, item in zip(args.texts, response.classifications, strict=True):
+    for text, item in zip(args.texts, response.items, strict=True):
         shown = text if len(text) <= 50 else text[:47] + "..."
-        scores = ", ".join(f"{s.label} {s.score:.3f}" for s in item.scores)
+        scores = ", ".join(f"{label} {score:.3f}" for label, score in item.scores.items())
         print(f"{shown!r}: {item.top_label}  [{scores}]")
-    print(f"model {response.model.name}, {response.timing.total_time_ns / 1e6:.1f} ms")
+    print(f"model {response.model.name}, {response.timing.total_ns / 1e6:.1f} ms")
     return 0
 
 

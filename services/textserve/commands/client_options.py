@@ -1,9 +1,10 @@
 """Connection options shared by the client commands (`textserve embed|classify|tokenize|generate`).
 
 `add_client_options(parser)` adds TLS / mutual TLS and bearer-token flags;
-`open_client_channel(args, address)` turns them into a `ClientConfig` and a token and opens
-the channel with `client.channels.open_channel` (the same channel services use between them);
-`call_service` makes the one unary call of a command over it.
+`open_client(args, service)` turns them into the public client (textserve.client) the
+commands call through; `call_client` makes a command's one call with it and prints a failure
+as `error: CODE: details`. `open_client_channel(args, address)` opens a bare channel with
+`client.channels.open_channel` (the same channel services use between them).
 
 The token comes from --token-file, else from the TEXTSERVE_CLIENT_TOKEN environment variable
 (read by `core.config.cli_client_token`, the only module that reads the environment, and only
@@ -15,16 +16,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn, TypeVar
 
 import grpc
 from pydantic import SecretStr, ValidationError
 
+from textserve.client.api import AsyncTextserveClient
 from textserve.client.channels import open_channel
+from textserve.client.policy import ClientOptions
 from textserve.client.tokens import read_token_file
 from textserve.core.config import CLIENT_TOKEN_VARIABLE, ClientConfig, TlsConfig, cli_client_token
+from textserve.core.errors import TextserveError
+from textserve.transport.status import status_of
+
+T = TypeVar("T")
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -96,14 +103,38 @@ def open_client_channel(args: argparse.Namespace, address: str) -> grpc.aio.Chan
     return open_channel(address, client_config(args), token=client_token(args))
 
 
-async def call_service(
-    args: argparse.Namespace, stub_type: Callable[[grpc.aio.Channel], Any], method: str, request: Any
-) -> Any | None:
-    """Calls the unary `method` of the service at --address within --timeout; a failure is
-    printed as `error: CODE: details` and answers None."""
-    async with open_client_channel(args, args.address) as channel:
+def open_client(args: argparse.Namespace, service: str) -> AsyncTextserveClient:
+    """The public client towards `service` at --address, with the TLS and token options; a
+    command fails fast (no waiting for a server that is down, no retries past gRPC's few)."""
+    token = client_token(args)
+    options = ClientOptions(
+        timeout_s=args.timeout,
+        token=token.get_secret_value() if token is not None else None,
+        tls=client_config(args).tls,
+        wait_for_ready=False,
+        retry_within_deadline=False,
+        merge=False,
+    )
+    return AsyncTextserveClient(**{service: args.address}, options=options)
+
+
+def print_error(error: TextserveError) -> None:
+    """`error: CODE: details` of a failed call (the status the server answered, when it did)."""
+    cause = error.__cause__
+    if isinstance(cause, grpc.aio.AioRpcError):
+        print(f"error: {cause.code().name}: {cause.details()}", file=sys.stderr)
+    else:
+        print(f"error: {status_of(error).name}: {error.message}", file=sys.stderr)
+
+
+async def call_client(
+    args: argparse.Namespace, service: str, call: Callable[[AsyncTextserveClient], Awaitable[T]]
+) -> T | None:
+    """Runs `call` with the client of `service` (see `open_client`); a failure is printed as
+    `error: CODE: details` and answers None."""
+    async with open_client(args, service) as client:
         try:
-            return await getattr(stub_type(channel), method)(request, timeout=args.timeout)
-        except grpc.aio.AioRpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return await call(client)
+        except TextserveError as error:
+            print_error(error)
             return None

@@ -7,8 +7,7 @@ import json
 
 import numpy as np
 
-from textserve.commands.client_options import add_client_options, call_service
-from textserve.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
+from textserve.commands.client_options import add_client_options, call_client
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,32 +24,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 async def _embed(args: argparse.Namespace) -> int:
-    request = embedding_pb2.EmbedRequest(
-        texts=args.texts,
-        normalize=args.normalize,
-        truncation=(
-            common_pb2.TRUNCATION_POLICY_REJECT if args.reject_long else common_pb2.TRUNCATION_POLICY_TRUNCATE
+    response = await call_client(
+        args,
+        "embedding",
+        lambda client: client.embed_batch(
+            args.texts, normalize=args.normalize, truncate=not args.reject_long
         ),
     )
-    response = await call_service(args, embedding_pb2_grpc.EmbeddingServiceStub, "Embed", request)
     if response is None:
         return 1
     if args.json:
-        print(json.dumps([list(e.values) for e in response.embeddings]))
+        print(json.dumps([[float(v) for v in row] for row in response.vectors]))
         return 0
     model = response.model
     print(f"model {model.name} ({model.backend} on {model.device}), {response.usage.input_tokens} tokens")
-    for text, item in zip(args.texts, response.embeddings, strict=True):
-        vector = np.asarray(item.values, dtype=np.float32)
+    for text, vector, tokens, truncated in zip(
+        args.texts, response.vectors, response.input_tokens, response.truncated, strict=True
+    ):
         head = ", ".join(f"{v:+.4f}" for v in vector[:5])
         shown = text if len(text) <= 40 else text[:37] + "..."
         print(
-            f"{shown!r}: dim={vector.size} norm={np.linalg.norm(vector):.4f} tokens={item.input_tokens}"
-            f"{' (truncated)' if item.truncated else ''} [{head}, ...]"
+            f"{shown!r}: dim={vector.size} norm={np.linalg.norm(vector):.4f} tokens={tokens}"
+            f"{' (truncated)' if truncated else ''} [{head}, ...]"
         )
     timing = response.timing
     print(
-        f"timing: total {timing.total_time_ns / 1e6:.2f} ms, queue {timing.queue_time_ns / 1e6:.2f} ms, "
-        f"inference {timing.inference_time_ns / 1e6:.2f} ms"
+        f"timing: total {timing.total_ns / 1e6:.2f} ms, queue {timing.queue_ns / 1e6:.2f} ms, "
+        f"inference {timing.inference_ns / 1e6:.2f} ms"
     )
     return 0

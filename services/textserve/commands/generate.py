@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import grpc
-
-from textserve.commands.client_options import add_client_options, open_client_channel
-from textserve.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from textserve.commands.client_options import add_client_options, open_client, print_error
+from textserve.core.errors import TextserveError
+from textserve.v1 import common_pb2, generation_pb2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -59,28 +58,26 @@ def build_request(args: argparse.Namespace) -> generation_pb2.GenerateRequest:
 
 async def _generate(args: argparse.Namespace) -> int:
     request = build_request(args)
-    async with open_client_channel(args, args.address) as channel:
-        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+    async with open_client(args, "generation") as client:
         try:
             if args.no_stream:
-                response = await stub.Generate(request, timeout=args.timeout)
+                response = await client.generate_request(request)
                 sys.stdout.write(response.text)
                 finish, usage, model = response.finish_reason, response.usage, response.model
             else:
-                finish, usage, model = generation_pb2.FINISH_REASON_UNSPECIFIED, None, None
-                async for item in stub.GenerateStream(request, timeout=args.timeout):
-                    sys.stdout.write(item.text_delta)
+                finish, usage, model = "", None, None
+                async for item in client.stream_request(request):
+                    sys.stdout.write(item.text)
                     sys.stdout.flush()
                     if item.finish_reason:
                         finish, usage, model = item.finish_reason, item.usage, item.model
-        except grpc.aio.AioRpcError as error:
+        except TextserveError as error:
             sys.stdout.write("\n")
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            print_error(error)
             return 1
     sys.stdout.write("\n")
     sys.stdout.flush()
-    reason = generation_pb2.FinishReason.Name(finish).removeprefix("FINISH_REASON_").lower()
-    summary = f"[finish: {reason}"
+    summary = f"[finish: {finish or 'unspecified'}"
     if usage is not None:
         summary += f", prompt tokens: {usage.input_tokens}, generated: {usage.output_tokens}"
     if model is not None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from textserve.commands.client_options import add_client_options, call_service
-from textserve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from textserve.commands.client_options import add_client_options, call_client
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,15 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 async def _tokenize(args: argparse.Namespace) -> int:
-    request = tokenizer_pb2.TokenizeRequest(
-        model=args.model,
-        texts=args.texts,
-        add_special_tokens=not args.no_special_tokens,
-        return_tokens=True,
-        return_offsets=True,
-        max_tokens=max(0, args.max_tokens),
+    response = await call_client(
+        args,
+        "tokenizer",
+        lambda client: client.tokenize(
+            args.texts,
+            model=args.model,
+            add_special_tokens=not args.no_special_tokens,
+            max_tokens=max(0, args.max_tokens),
+        ),
     )
-    response = await call_service(args, tokenizer_pb2_grpc.TokenizerServiceStub, "Tokenize", request)
     if response is None:
         return 1
     if args.json:
@@ -44,9 +44,9 @@ async def _tokenize(args: argparse.Namespace) -> int:
             json.dumps(
                 [
                     {
-                        "ids": list(e.ids),
-                        "tokens": list(e.tokens),
-                        "offsets": [[o.start, o.end] for o in e.offsets],
+                        "ids": e.ids,
+                        "tokens": e.tokens,
+                        "offsets": [[start, end] for start, end in e.offsets],
                         "truncated": e.truncated,
                     }
                     for e in response.encodings
@@ -58,7 +58,9 @@ async def _tokenize(args: argparse.Namespace) -> int:
     for text, encoding in zip(args.texts, response.encodings, strict=True):
         note = f" (cut from {encoding.untruncated_tokens})" if encoding.truncated else ""
         print(f"{text!r}: {len(encoding.ids)} tokens{note}")
-        for token_id, token, offset in zip(encoding.ids, encoding.tokens, encoding.offsets, strict=True):
-            span = text[offset.start : offset.end] if offset.end > offset.start else ""
-            print(f"  {token_id:>7}  {token:<16} [{offset.start:>4}, {offset.end:>4})  {span!r}")
+        for token_id, token, (start, end) in zip(
+            encoding.ids, encoding.tokens, encoding.offsets, strict=True
+        ):
+            span = text[start:end] if end > start else ""
+            print(f"  {token_id:>7}  {token:<16} [{start:>4}, {end:>4})  {span!r}")
     return 0

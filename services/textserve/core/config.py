@@ -96,7 +96,22 @@ class ServerConfig(ConfigSection):
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
     """Largest request or response message."""
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
-    """RPCs handled at once per server; more are rejected with RESOURCE_EXHAUSTED."""
+    """grpc's own cap on RPCs handled at once per server, health checks included (RESOURCE_EXHAUSTED
+    without retry guidance); prefer max_in_flight_requests."""
+    max_in_flight_requests: int = Field(default=4096, ge=1, le=1_000_000)
+    """Admission bound: calls to this service's methods (health and reflection excluded) handled at
+    once, streams counted while open. A call over it is refused at once, before its request is
+    decoded, with RESOURCE_EXHAUSTED, a message and a `grpc-retry-pushback-ms` trailer (like TEI's
+    max concurrent requests). The default is twice the default batcher.max_queue_size: keep it
+    above the queue bound so that, in steady state, the queue decides."""
+    retry_pushback_ms: int = Field(default=250, ge=0, le=600_000)
+    """Retry guidance sent with every refusal (RESOURCE_EXHAUSTED): the `grpc-retry-pushback-ms`
+    trailer, which gRPC retry policies honour, is this value with +-50% jitter so that refused
+    callers do not all come back at once; 0 sends no trailer."""
+    max_pending_calls: int = Field(default=65536, ge=1, le=10_000_000)
+    """Calls grpc has received but the server's event loop has not taken up yet (a burst arrives
+    faster than Python accepts it). grpc drops calls over this backlog with a bare CANCELLED, so it
+    is set well above any burst: taken up, a call over max_in_flight_requests is refused clearly."""
     max_concurrent_streams: int = Field(default=1024, ge=1, le=100000)
     """HTTP/2 streams one client connection may hold open at once. gRPC clients multiplex
     all their calls over one connection and grpc counts streams until both sides closed

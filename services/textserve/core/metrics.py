@@ -68,6 +68,13 @@ AUTH_FAILURES = Counter(
     ["service", "code"],
     registry=REGISTRY,
 )
+REQUESTS_REFUSED = Counter(
+    "textserve_requests_refused_total",
+    "RPCs refused with RESOURCE_EXHAUSTED and retry guidance, by reason: in_flight (the admission bound "
+    "server.max_in_flight_requests), queue_full (the batch or generation queue).",
+    ["service", "method", "reason"],
+    registry=REGISTRY,
+)
 
 # --- Batcher ----------------------------------------------------------------------------
 QUEUE_DURATION = Histogram(

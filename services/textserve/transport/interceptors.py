@@ -1,4 +1,4 @@
-"""Server interceptors every textserve server gets: the RPC deadline context, and bearer-token auth.
+"""Server interceptors every textserve server gets: bearer-token auth, admission, the RPC deadline context.
 
 `DeadlineInterceptor` records each RPC's deadline (transport/deadlines.py) so calls this server
 makes to other services inherit it. `BearerTokenInterceptor` requires
@@ -8,6 +8,20 @@ token -> UNAUTHENTICATED, a token not accepted -> PERMISSION_DENIED. Accepted to
 from the config and/or a file mounted from a Secret; the file is re-read when it changes,
 so a rotated Secret takes effect without a restart. Tokens are compared as SHA-256 digests
 in constant time and are never logged.
+
+`AdmissionInterceptor` bounds the calls one server handles at once: it counts the calls of
+the service's methods in flight (health checks and reflection are not counted) and refuses a
+call at once when `server.max_in_flight_requests` are already in flight: RESOURCE_EXHAUSTED
+with a message naming the bound and a `grpc-retry-pushback-ms` trailer (gRPC retry policies
+retry it after that long), counted in textserve_requests_refused_total{reason="in_flight"}
+and textserve_requests_total. A refusal decodes no request. It also sets the pushback the
+call's other refusals carry (a full batch queue: Overloaded, reason queue_full, counted by
+the RPC boundary, transport/rpc.py). Every call the server does not serve in a burst is
+thereby refused by textserve, with a reason, rather than dropped by grpc:
+`transport/server.grpc_options` raises grpc's own backlog of calls not yet taken up by the
+event loop (`server.max_pending_calls`; over it grpc answers a bare CANCELLED) and makes
+grpc count HTTP/2 streams as the client does (so a client holds streams over
+`max_concurrent_streams` back instead of having them refused).
 """
 
 from __future__ import annotations
@@ -25,9 +39,9 @@ import grpc
 
 from textserve.core import metrics
 from textserve.core.config import ServerConfig
-from textserve.core.errors import PermissionDenied, TextserveError, Unauthenticated
+from textserve.core.errors import Overloaded, PermissionDenied, TextserveError, Unauthenticated
 from textserve.transport.deadlines import set_current_deadline
-from textserve.transport.status import abort, status_of
+from textserve.transport.status import abort, set_retry_pushback_ms, status_of
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +65,7 @@ def _digest(token: str | bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
+def rebuild_handler(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
     """A handler of the same kind and (de)serializers as `handler`, running `behaviour`."""
     kwargs: dict[str, Any] = {
         "request_deserializer": handler.request_deserializer,
@@ -66,7 +80,7 @@ def _rebuild(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]) -> g
     return grpc.unary_unary_rpc_method_handler(behaviour, **kwargs)
 
 
-def _behaviour_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any] | None:
+def behaviour_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any] | None:
     if handler.request_streaming and handler.response_streaming:
         return handler.stream_stream  # type: ignore[no-any-return]
     if handler.request_streaming:
@@ -107,7 +121,7 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or is_open_method(handler_call_details.method or ""):
             return handler
-        behaviour = _behaviour_of(handler)
+        behaviour = behaviour_of(handler)
         if behaviour is None:
             return handler
         if inspect.isasyncgenfunction(behaviour):
@@ -121,14 +135,14 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):
                 finally:  # closing this generator closes the servicer's at once (its cleanup runs now)
                     await inner.aclose()
 
-            return _rebuild(handler, streaming)
+            return rebuild_handler(handler, streaming)
         if inspect.iscoroutinefunction(behaviour):
 
             async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 _record_deadline(context)
                 return await behaviour(request, context)
 
-            return _rebuild(handler, single)
+            return rebuild_handler(handler, single)
         return handler
 
 
@@ -233,11 +247,114 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return deny_handler(handler, error)
 
 
+IN_FLIGHT = "in_flight"
+"""Refusal reason: the admission bound (server.max_in_flight_requests)."""
+QUEUE_FULL = "queue_full"
+"""Refusal reason: a full batch or generation queue (Overloaded from the service)."""
+
+
+def method_name(full_method: str) -> str:
+    """`Embed` of `/textserve.v1.EmbeddingService/Embed` (the `method` label of the metrics)."""
+    return full_method.rsplit("/", 1)[-1]
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls over `max_in_flight` at once with RESOURCE_EXHAUSTED and retry guidance."""
+
+    def __init__(self, service: str, max_in_flight: int, retry_pushback_ms: int) -> None:
+        self.service = service
+        self.max_in_flight = max_in_flight
+        self.retry_pushback_ms = retry_pushback_ms
+        self.in_flight = 0
+        self._refusals: dict[str, tuple[Any, Any]] = {}
+
+    @classmethod
+    def from_config(cls, service: str, config: ServerConfig) -> AdmissionInterceptor:
+        """The interceptor of one server from its config."""
+        return cls(service, config.max_in_flight_requests, config.retry_pushback_ms)
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"server busy: {self.in_flight} calls in flight, "
+            f"server.max_in_flight_requests={self.max_in_flight}; retry with backoff"
+        )
+
+    def _count_refusal(self, method: str) -> None:
+        counters = self._refusals.get(method)
+        if counters is None:
+            counters = (
+                metrics.REQUESTS_REFUSED.labels(service=self.service, method=method, reason=IN_FLIGHT),
+                metrics.REQUESTS.labels(
+                    service=self.service, method=method, code=grpc.StatusCode.RESOURCE_EXHAUSTED.name
+                ),
+            )
+            self._refusals[method] = counters
+        counters[0].inc()
+        counters[1].inc()
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        full_method = handler_call_details.method or ""
+        if handler is None or is_open_method(full_method):
+            return handler
+        behaviour = behaviour_of(handler)
+        if behaviour is None:
+            return handler
+        method = method_name(full_method)
+        if self.in_flight >= self.max_in_flight:  # refused before the request is even decoded
+            set_retry_pushback_ms(self.retry_pushback_ms)
+            self._count_refusal(method)
+            return deny_handler(handler, self._overloaded())
+        if inspect.isasyncgenfunction(behaviour):
+            return rebuild_handler(handler, self._streaming(behaviour, method))
+        if inspect.iscoroutinefunction(behaviour):
+            return rebuild_handler(handler, self._single(behaviour, method))
+        return handler
+
+    def _single(self, behaviour: Any, method: str) -> Any:
+        async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # Checked again: calls admitted together may have filled the bound meanwhile.
+            set_retry_pushback_ms(self.retry_pushback_ms)
+            if self.in_flight >= self.max_in_flight:
+                self._count_refusal(method)
+                await abort(context, self._overloaded())
+            self.in_flight += 1
+            try:
+                return await behaviour(request, context)
+            finally:
+                self.in_flight -= 1
+
+        return single
+
+    def _streaming(self, behaviour: Any, method: str) -> Any:
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            set_retry_pushback_ms(self.retry_pushback_ms)
+            if self.in_flight >= self.max_in_flight:
+                self._count_refusal(method)
+                await abort(context, self._overloaded())
+            self.in_flight += 1
+            try:
+                inner = behaviour(request, context)
+                try:
+                    async for item in inner:
+                        yield item
+                finally:  # closing this generator closes the servicer's at once
+                    await inner.aclose()
+            finally:
+                self.in_flight -= 1
+
+        return streaming
+
+
 def build_interceptors(service: str, config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
-    """Interceptors for one server, from its config (auth first, then the deadline context)."""
+    """Interceptors for one server, from its config: auth first (a call without a valid token
+    takes no admission slot), then admission, then the deadline context."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if config.auth.enabled:
         tokens = TokenSet([t.get_secret_value() for t in config.auth.tokens], config.auth.tokens_file)
         interceptors.append(BearerTokenInterceptor(tokens, service))
+    interceptors.append(AdmissionInterceptor.from_config(service, config))
     interceptors.append(DeadlineInterceptor())
     return interceptors

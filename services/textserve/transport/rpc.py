@@ -3,7 +3,8 @@
 `unary_rpc` / `stream_rpc` wrap servicer methods. They turn TextserveError into its
 status (the table of transport/status.py, with the BadRequest detail of an InvalidInput),
 anything unexpected into INTERNAL (logged, not sent), and record
-textserve_requests_total / textserve_request_duration_seconds by service, method, code.
+textserve_requests_total / textserve_request_duration_seconds by service, method, code (and a
+refusal of the service, Overloaded, in textserve_requests_refused_total{reason="queue_full"}).
 `request_deadline` turns the call's deadline into an absolute monotonic time; `request_id`
 reads the caller's x-request-id.
 """
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from textserve.core import metrics
-from textserve.core.errors import TextserveError
+from textserve.core.errors import Overloaded, TextserveError
 from textserve.transport.registration import check_request
 from textserve.transport.status import abort, status_of
 
@@ -90,6 +91,8 @@ async def _failed(
         _record(service, method, code or grpc.StatusCode.UNKNOWN, started)
         return
     _record(service, method, status_of(error), started)
+    if isinstance(error, Overloaded):  # answered with the retry pushback (transport/status.py)
+        metrics.REQUESTS_REFUSED.labels(service=service, method=method, reason="queue_full").inc()
     if not isinstance(error, passthrough):
         await _abort(context, error, service, method)
 

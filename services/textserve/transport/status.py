@@ -10,13 +10,20 @@ Clients turn a failed call to another service back into a kind with `from_rpc_er
 (`KIND_OF`): INVALID_ARGUMENT becomes an InvalidInput that keeps the field of the detail and
 the message as it was sent (the fields it names are the ones the caller sent); other kinds
 keep the other service's message after the name of that service.
+
+Every refusal (Overloaded -> RESOURCE_EXHAUSTED) also carries retry guidance: the
+`grpc-retry-pushback-ms` trailer, which gRPC retry policies honour (the admission
+interceptor sets the server's value for the call, `set_retry_pushback_ms`); clients read it
+with `retry_pushback_ms`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import re
-from typing import NoReturn
+from contextvars import ContextVar
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -87,15 +94,61 @@ def status_of(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""Trailer of a refused call: milliseconds the client should wait before retrying (gRFC A6)."""
+
+DEFAULT_RETRY_PUSHBACK_MS = 250
+"""Pushback of a refusal outside a call the admission interceptor saw (server.retry_pushback_ms)."""
+
+_PUSHBACK_MS: ContextVar[int] = ContextVar("textserve_retry_pushback_ms", default=DEFAULT_RETRY_PUSHBACK_MS)
+
+
+def set_retry_pushback_ms(milliseconds: int) -> None:
+    """The pushback the refusals of the call this task serves carry (0: none)."""
+    _PUSHBACK_MS.set(milliseconds)
+
+
+def retry_pushback(milliseconds: int | None = None) -> tuple[tuple[str, str], ...]:
+    """The pushback trailer: `milliseconds` (default: this call's) with +-50% jitter, so refused
+    callers spread their retries; empty for 0."""
+    base = _PUSHBACK_MS.get() if milliseconds is None else milliseconds
+    if base <= 0:
+        return ()
+    return ((RETRY_PUSHBACK_KEY, str(max(1, round(base * random.uniform(0.5, 1.5))))),)
+
+
+def retry_pushback_ms(call: object) -> int | None:
+    """The pushback a failed call carries, in milliseconds, or None when it has none."""
+    trailing = getattr(call, "trailing_metadata", None)
+    if not callable(trailing):
+        return None
+    for key, value in trailing() or ():
+        if key == RETRY_PUSHBACK_KEY:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return int(text) if text.isdigit() else None
+    return None
+
+
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, Any], ...]
+
+
 def rich_status(error: TextserveError) -> grpc.Status:
     """Code, message and trailing metadata of `error`; an InvalidInput naming its field
-    carries a `google.rpc.BadRequest` field violation (field path, problem)."""
+    carries a `google.rpc.BadRequest` field violation (field path, problem), an Overloaded
+    the retry pushback."""
     code = status_of(error)
     status = status_pb2.Status(code=code.value[0], message=error.message)
     if isinstance(error, InvalidInput) and error.field:
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.problem)
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    return rpc_status.to_status(status)
+    converted = rpc_status.to_status(status)
+    if isinstance(error, Overloaded):
+        trailing = (*converted.trailing_metadata, *retry_pushback())
+        return _Status(converted.code, converted.details, trailing)  # type: ignore[return-value]
+    return converted
 
 
 async def abort(context: grpc.aio.ServicerContext, error: TextserveError) -> NoReturn:
