@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +13,22 @@ from textserve.core.config import BatcherConfig, ModelConfig, ServerConfig
 from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.transport.server import ServiceApp, ServiceHost
 
-ONNX_CACHE = Path.home() / ".cache" / "textserve" / "onnx-tests"
+
+def export_code_hash() -> str:
+    """A hash of the code that builds and exports the ONNX graph (pooling wrapper, export call,
+    cache path, opset): part of the tests' cache directory, so a change to pooling or export
+    never passes locally on a graph exported by the previous code."""
+    from textserve.runtime import encoder
+
+    parts = [
+        inspect.getsource(f) for f in (encoder._torch_module, encoder.export_onnx, encoder.onnx_cache_path)
+    ]
+    parts.append(f"opset{encoder.ONNX_OPSET}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+ONNX_CACHE = Path.home() / ".cache" / "textserve" / "onnx-tests" / export_code_hash()
+"""Exported graphs of the tests, one directory per version of the export code (see above)."""
 
 
 def free_port() -> int:
