@@ -231,13 +231,14 @@ async def test_stream_deltas_rebuild_the_text(served: Served) -> None:
     assert "".join(deltas) == unary.text
     if served.name == "tiny-gpt2":  # byte level: the text is exactly the ids' bytes
         assert unary.text == served.tokenizer.decode(ids, skip_special_tokens=True)
-    else:  # WordPiece: words are joined as in a decode of the whole sequence
-        whole = served.tokenizer.decode(
-            served.tokenizer(prompt)["input_ids"] + ids,
-            skip_special_tokens=True,
-            clean_up_tokenization_spaces=False,
+    else:  # WordPiece: exactly (spaces included) what the ids add to a decode of the prompt
+        prompt_ids = served.tokenizer(prompt)["input_ids"]
+        prefix, whole = (
+            served.tokenizer.decode(i, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            for i in (prompt_ids, prompt_ids + ids)
         )
-        assert whole.replace(" ", "").endswith(unary.text.replace(" ", ""))
+        assert whole.startswith(prefix)
+        assert unary.text == whole[len(prefix) :]
     assert last.finish_reason == generation_pb2.FINISH_REASON_LENGTH
     assert last.usage.output_tokens == 40 and last.model.name == served.name
     assert unary.finish_reason == generation_pb2.FINISH_REASON_LENGTH
