@@ -22,11 +22,15 @@ install: $(STAMP) ## create .venv and install textserve with its dev tools
 run: install ## start every service on localhost with embedded defaults
 	$(VENV)/bin/textserve serve all
 
-test: install ## the whole test suite
-	$(PY) -m pytest -q -p no:cacheprovider
+# Shuffled order (pytest-randomly; the seed is printed: rerun one with SEED=<n>), skip reasons
+# listed (-rs); under CI=true a skip for a missing dependency fails the run (tests/conftest.py).
+PYTEST_ARGS := -q -p no:cacheprovider -p randomly -rs $(if $(SEED),--randomly-seed=$(SEED))
+
+test: install ## the whole test suite, in a shuffled order (SEED=<n> repeats one)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install ## unit tests only
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
 
 proto: install ## regenerate Python stubs from protos/
 	$(PY) -m textserve.protogen
