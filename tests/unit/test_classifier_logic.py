@@ -28,7 +28,7 @@ from textserve.core.errors import DeadlineExceeded, InvalidInput
 from textserve.runtime.tokenization import kept_positions
 from textserve.settings import load_settings
 
-from tests.support import settle
+from tests.support import settle, wait_until
 
 
 def test_softmax_and_rank() -> None:
@@ -210,6 +210,7 @@ async def test_merger_retries_alone_after_invalid_argument_and_honours_deadlines
     await settle()
     # Time passing the deadline is the behaviour under test (not synchronisation).
     await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
+    await wait_until(expired.done)  # it gave up waiting (DeadlineExceeded) before a slot freed
     upstream.gate.set()
     await first
     assert (await good).tokens == [4]
