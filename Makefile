@@ -37,7 +37,7 @@ MUTATION_DIR := build/mutation
 mutation: install ## mutmut over the contract's core modules ([tool.mutmut]; MUTANTS='textserve.core.vectors*' narrows); slow, not in CI
 	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)/src
 	cp -r services/textserve $(MUTATION_DIR)/src/
-	cp -r tests pyproject.toml $(MUTATION_DIR)/
+	cp -r tests docs protos deploy pyproject.toml $(MUTATION_DIR)/
 	cd $(MUTATION_DIR) && env -u PYTHONPATH $(abspath $(VENV))/bin/mutmut run $(MUTANTS); \
 	  $(abspath $(VENV))/bin/mutmut results --all true > results.txt; \
 	  echo "killed: $$(grep -c ': killed' results.txt)  survived: $$(grep -c ': survived' results.txt)  other: $$(grep -vc ': killed\|: survived' results.txt)"; \
