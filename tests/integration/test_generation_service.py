@@ -194,9 +194,9 @@ def gauge(name: str, model: str) -> float:
 async def test_concurrent_greedy_equals_generate_alone(served: Served) -> None:
     """16 prompts at once (half streamed, half unary) == generate() on each prompt alone."""
     max_new = 12
-    before = REGISTRY.get_sample_value(
-        "textserve_batch_size_sum", {"service": "generation", "model": served.name}
-    )
+    labels = {"service": "generation", "model": served.name}
+    rows_before = REGISTRY.get_sample_value("textserve_batch_size_sum", labels) or 0.0
+    steps_before = REGISTRY.get_sample_value("textserve_batch_size_count", labels) or 0.0
     async with grpc.aio.insecure_channel(served.address) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
         calls = []
@@ -211,13 +211,9 @@ async def test_concurrent_greedy_equals_generate_alone(served: Served) -> None:
         usage = result.usage if isinstance(result, generation_pb2.GenerateResponse) else result[2].usage
         assert usage.input_tokens == len(prompt_ids)
         assert usage.output_tokens == len(ids)
-    after = REGISTRY.get_sample_value(
-        "textserve_batch_size_sum", {"service": "generation", "model": served.name}
-    )
-    steps = REGISTRY.get_sample_value(
-        "textserve_batch_size_count", {"service": "generation", "model": served.name}
-    )
-    assert after is not None and steps is not None and after - (before or 0) > steps  # rows shared steps
+    rows = (REGISTRY.get_sample_value("textserve_batch_size_sum", labels) or 0.0) - rows_before
+    steps = (REGISTRY.get_sample_value("textserve_batch_size_count", labels) or 0.0) - steps_before
+    assert steps > 0 and rows > steps  # this test's rows shared its steps (deltas: other tests ran too)
 
 
 async def test_stream_deltas_rebuild_the_text(served: Served) -> None:
