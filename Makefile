@@ -40,7 +40,7 @@ mutation: install ## mutmut over the contract's core modules ([tool.mutmut]; MUT
 	cp -r tests docs protos deploy pyproject.toml $(MUTATION_DIR)/
 	cd $(MUTATION_DIR) && env -u PYTHONPATH $(abspath $(VENV))/bin/mutmut run $(MUTANTS); \
 	  $(abspath $(VENV))/bin/mutmut results --all true > results.txt; \
-	  echo "killed: $$(grep -c ': killed' results.txt)  survived: $$(grep -c ': survived' results.txt)  other: $$(grep -vc ': killed\|: survived' results.txt)"; \
+	  echo "mutants by status (build/mutation/results.txt):"; grep -o ': [a-z ]*$$' results.txt | sort | uniq -c; \
 	  grep ': survived' results.txt || true
 
 proto: install ## regenerate Python stubs from protos/
