@@ -121,3 +121,12 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The shuffled order's seed, also under -q (where pytest-randomly's header is hidden)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(
+            f"test order: pytest-randomly seed {seed} (repeat it: make test SEED={seed})"
+        )
