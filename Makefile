@@ -22,11 +22,26 @@ install: $(STAMP) ## create .venv and install textserve with its dev tools
 run: install ## start every service on localhost with embedded defaults
 	$(VENV)/bin/textserve serve all
 
-test: install ## the whole test suite
-	$(PY) -m pytest -q -p no:cacheprovider
+# Shuffled order (pytest-randomly; the seed is printed: rerun one with SEED=<n>), skip reasons
+# listed (-rs); under CI=true a skip for a missing dependency fails the run (tests/conftest.py).
+PYTEST_ARGS := -q -p no:cacheprovider -p randomly -rs $(if $(SEED),--randomly-seed=$(SEED))
+
+test: install ## the whole test suite, in a shuffled order (SEED=<n> repeats one)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install ## unit tests only
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
+
+.PHONY: mutation
+MUTATION_DIR := build/mutation
+mutation: install ## mutmut over the contract's core modules ([tool.mutmut]; MUTANTS='textserve.core.vectors*' narrows); slow, not in CI
+	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)/src
+	cp -r services/textserve $(MUTATION_DIR)/src/
+	cp -r tests docs protos deploy pyproject.toml $(MUTATION_DIR)/
+	cd $(MUTATION_DIR) && env -u PYTHONPATH $(abspath $(VENV))/bin/mutmut run $(MUTANTS); \
+	  $(abspath $(VENV))/bin/mutmut results --all true > results.txt; \
+	  echo "mutants by status (build/mutation/results.txt):"; grep -o ': [a-z ]*$$' results.txt | sort | uniq -c; \
+	  grep ': survived' results.txt || true
 
 proto: install ## regenerate Python stubs from protos/
 	$(PY) -m textserve.protogen

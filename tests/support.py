@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import inspect
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,22 @@ from textserve.core.config import BatcherConfig, ModelConfig, ServerConfig
 from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.transport.server import ServiceApp, ServiceHost
 
-ONNX_CACHE = Path.home() / ".cache" / "textserve" / "onnx-tests"
+
+def export_code_hash() -> str:
+    """A hash of the code that builds and exports the ONNX graph (pooling wrapper, export call,
+    cache path, opset): part of the tests' cache directory, so a change to pooling or export
+    never passes locally on a graph exported by the previous code."""
+    from textserve.runtime import encoder
+
+    parts = [
+        inspect.getsource(f) for f in (encoder._torch_module, encoder.export_onnx, encoder.onnx_cache_path)
+    ]
+    parts.append(f"opset{encoder.ONNX_OPSET}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+ONNX_CACHE = Path.home() / ".cache" / "textserve" / "onnx-tests" / export_code_hash()
+"""Exported graphs of the tests, one directory per version of the export code (see above)."""
 
 
 def free_port() -> int:
@@ -53,3 +72,20 @@ async def start_host(apps: Sequence[ServiceApp]) -> ServiceHost:
     host = ServiceHost(apps)
     await host.start()
     return host
+
+
+async def wait_until(condition: Callable[[], object], limit_s: float = 30.0, every_s: float = 0.001) -> None:
+    """Bounded poll of a state another task or thread sets (an event, a counter, a metric):
+    the synchronisation of the tests, never a sleep of a guessed length. Fails at `limit_s`."""
+    stop_at = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < stop_at, f"not reached within {limit_s} s: {condition}"
+        await asyncio.sleep(every_s)
+
+
+async def settle(rounds: int = 100) -> None:
+    """Lets every ready task of this event loop run on to its next wait: for unit tests whose
+    tasks await only in-process events (no thread, no socket), a fixed number of loop turns,
+    not a length of time, so the result does not depend on the machine's speed."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)

@@ -12,7 +12,7 @@ from textserve.embedding.app import EmbeddingApp
 from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
-from tests.support import embedding_config, model_config
+from tests.support import embedding_config, model_config, wait_until
 
 TEXTS = [
     "A man is eating food.",
@@ -84,7 +84,11 @@ async def test_unavailable_and_not_serving_until_model_loaded() -> None:
 
 
 async def test_deadline_exceeded_work_is_not_computed(embedding_address: str) -> None:
-    """A request whose deadline passes while queued gets DEADLINE_EXCEEDED and is dropped."""
+    """A request whose deadline passes while queued gets DEADLINE_EXCEEDED and is dropped.
+
+    Through gRPC the server cancels the call at its deadline, so the drop is counted as
+    cancelled or expired, whichever comes first; the batcher's own expiry, apart from
+    cancellation, is test_embedding_queue.py."""
     from textserve.core.metrics import REGISTRY
 
     def dropped() -> float:
@@ -97,7 +101,15 @@ async def test_deadline_exceeded_work_is_not_computed(embedding_address: str) ->
             for reason in ("expired", "cancelled")
         )
 
-    before = dropped()
+    labels = {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+
+    def queue_depth() -> float:
+        return REGISTRY.get_sample_value("textserve_queue_depth", labels) or 0.0
+
+    def computed() -> float:
+        return REGISTRY.get_sample_value("textserve_batch_size_sum", labels) or 0.0
+
+    before, computed_before = dropped(), computed()
     async with grpc.aio.insecure_channel(embedding_address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         # Fill the queue with distinct long texts (identical ones would be computed once)
@@ -112,7 +124,9 @@ async def test_deadline_exceeded_work_is_not_computed(embedding_address: str) ->
             )
             for i in range(6)
         ]
-        await asyncio.sleep(0.15)  # the first long batch is running; the rest is queued
+        # Until the long texts are tokenized and wait in the queue: 96 texts, at most one batch
+        # (max_batch_size 32) taken out to run (bounded poll of the server's own gauge).
+        await wait_until(lambda: queue_depth() >= 6 * 16 - 32, limit_s=60)
         hurried = [
             stub.Embed(embedding_pb2.EmbedRequest(texts=[f"hurry {i}"], skip_cache=True), timeout=0.05)
             for i in range(8)
@@ -121,6 +135,9 @@ async def test_deadline_exceeded_work_is_not_computed(embedding_address: str) ->
     assert all(isinstance(r, embedding_pb2.EmbedResponse) for r in results[:6])
     codes = [r.code() for r in results[6:] if isinstance(r, grpc.aio.AioRpcError)]
     assert codes and set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
-    # Each timed-out text left the queue uncomputed (the gRPC deadline cancels the call,
-    # or the batcher finds it expired first).
-    assert dropped() - before >= len(codes)
+    # No timed-out text was computed: the model ran the 96 long texts and nothing else. (A text
+    # whose deadline passed before it was queued, e.g. while tokenizing, never reaches the queue;
+    # one that was queued left it uncomputed: cancelled by the gRPC deadline, or expired.)
+    await wait_until(lambda: computed() - computed_before >= 6 * 16, limit_s=60)
+    assert computed() - computed_before == 6 * 16
+    assert dropped() - before <= len(codes)

@@ -22,7 +22,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def reference_vectors() -> np.ndarray:
-    """sentence-transformers' own vectors for TEXTS (the ground truth)."""
+    """sentence-transformers' own vectors for TEXTS (the ground truth; unit length, as the
+    packaged pipeline ends in Normalize: exact raw parity is in test_embedding_parity.py)."""
     from sentence_transformers import SentenceTransformer
     from textserve.core.config import default_model_path
 
@@ -53,9 +54,11 @@ async def test_normalize_flag(embedding_address: str) -> None:
         raw = await stub.Embed(embedding_pb2.EmbedRequest(texts=TEXTS[:2], skip_cache=True))
         unit = await stub.Embed(embedding_pb2.EmbedRequest(texts=TEXTS[:2], normalize=True))
     for a, b in zip(raw.embeddings, unit.embeddings, strict=True):
+        raw_vector = np.asarray(a.values)
         assert abs(np.linalg.norm(b.values) - 1.0) < 1e-5
-        assert abs(np.linalg.norm(a.values) - 1.0) > 1e-3 or True
-        assert cosine(np.asarray(a.values), np.asarray(b.values)) > 0.99999
+        # Mean-pooled MiniLM vectors have norms of 3 to 9: the flag off really leaves them raw.
+        assert np.linalg.norm(raw_vector) > 2.0
+        np.testing.assert_allclose(b.values, raw_vector / np.linalg.norm(raw_vector), atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -242,6 +242,8 @@ def _running(model: str) -> float:
 
 async def test_cancelled_stream_frees_the_generation_slot(gateway: GatewayServer, model_name: str) -> None:
     cancelled_before = _finished_cancelled(model_name)
+    upstream = {"service": "gateway", "method": "GenerationService/GenerateStream", "code": "CANCELLED"}
+    upstream_before = sample("textserve_upstream_requests_total", upstream)
     async with openai_client(gateway) as client:
         stream = await client.chat.completions.create(
             model=model_name,
@@ -259,8 +261,9 @@ async def test_cancelled_stream_frees_the_generation_slot(gateway: GatewayServer
         await stream.close()
     assert await wait_until(lambda: _finished_cancelled(model_name) == cancelled_before + 1)
     assert await wait_until(lambda: _running(model_name) == 0)
-    upstream = {"service": "gateway", "method": "GenerationService/GenerateStream", "code": "CANCELLED"}
-    assert sample("textserve_upstream_requests_total", upstream) >= 1
+    assert await wait_until(
+        lambda: sample("textserve_upstream_requests_total", upstream) == upstream_before + 1
+    )
 
 
 async def test_client_leaving_a_unary_request_frees_the_slot(gateway: GatewayServer, model_name: str) -> None:

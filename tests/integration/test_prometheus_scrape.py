@@ -70,6 +70,15 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str, interval: fl
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _scraped(prometheus: Prometheus, times: int = 3) -> bool:
+    """Whether Prometheus has scraped every target at least `times` times (rates have points)."""
+    try:
+        result = prometheus.query("min(count_over_time(up[10m]))")
+    except (OSError, AssertionError):
+        return False
+    return bool(result) and float(result[0]["value"][1]) >= times
+
+
 def _get(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return str(response.read().decode())
@@ -302,7 +311,7 @@ def test_dashboards_against_every_metric(
     tmp_path: Path, every_metric_exporter: str, record_property: Callable[[str, object], None]
 ) -> None:
     with run_prometheus(tmp_path, every_metric_exporter) as prometheus:
-        time.sleep(3)  # a few scrapes, so rates have two points
+        _wait(lambda: _scraped(prometheus), 120, "three scrapes, so rates have two points")
         checks = check_dashboards(prometheus, "embedding", require_all=True)
         report(checks, record_property)
         assert all(c.checked for c in checks if not c.foreign)
@@ -464,11 +473,16 @@ def test_live_services(
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
     try:
-        time.sleep(1)
+        # The live scrape: every textserve series is one core/ or quality/metrics.py defines.
+        _wait(
+            lambda: "textserve_requests_total{" in _get(f"http://{live_services.metrics}/metrics"),
+            60,
+            "the driver's first requests",
+        )
         _check_exported_names(live_services.metrics)
 
         with run_prometheus(tmp_path, live_services.metrics) as prometheus:
-            time.sleep(4)
+            _wait(lambda: _scraped(prometheus), 120, "three scrapes of the live services")
             assert not errors, errors
             checks = check_dashboards(prometheus, "embedding", require_all=False)
             check_rules(prometheus)

@@ -27,7 +27,7 @@ import pytest
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.procs import ServeProcess
-from tests.support import ONNX_CACHE, free_port
+from tests.support import ONNX_CACHE, free_port, wait_until
 
 NAME = "embedding.textserve.test"
 MAX_AGE_MS = 2000
@@ -153,18 +153,19 @@ async def test_a_replica_added_later_gets_its_share_within_the_connection_age(
                     calls += 1
                 except grpc.aio.AioRpcError as error:
                     failures.append(f"{error.code().name}: {error.details()}")
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # the client's pacing: load, not synchronisation
 
         async with channel:
             clients = [asyncio.create_task(client()) for _ in range(CLIENTS)]
             try:
-                await asyncio.sleep(1.0)
+                await wait_until(lambda: calls >= CLIENTS or failures, limit_s=60)
                 assert calls > 0 and not failures, failures[:3]
                 # A new pod: listed by DNS once it is ready, as a headless Service does.
                 third.start()
                 await third.wait_serving(f"127.0.0.3:{port}")
                 dns.addresses = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
                 deadline = time.monotonic() + MAX_AGE_MS / 1000 + 5
+                # Time passing max_connection_age is the behaviour under test.
                 await asyncio.sleep(deadline - time.monotonic() - 2.0)
                 # The share over the last 2 s before max age + 5 s.
                 before = [_served(r) for r in (first, second, third)]

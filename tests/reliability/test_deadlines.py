@@ -9,18 +9,21 @@ interceptors, channels and gRPC underneath are the real ones.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from textserve.client.channels import open_channel
 from textserve.core.config import ClientConfig
-from textserve.transport.deadlines import current_deadline
+from textserve.transport.deadlines import MIN_TIMEOUT_S, current_deadline
 from textserve.transport.interceptors import build_interceptors
 
 from tests.support import loopback_server
 
 PROBE = "/test.Probe/Remaining"
+LATE_DONE: dict[bytes, asyncio.Event] = {}
+"""Set by the relay once its late onward call has been made (or refused), by request tag."""
 DEFAULT_TIMEOUT_S = 60.0
 
 
@@ -29,7 +32,13 @@ def _remaining(context: grpc.aio.ServicerContext) -> bytes:
     return b"none" if left is None else repr(float(left)).encode()
 
 
+SEEN_BY_PROBE: dict[bytes, float | None] = {}
+"""time_remaining() of each tagged call that reached the probe (the relay's upstream), by tag."""
+
+
 async def _probe_remaining(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    if request:
+        SEEN_BY_PROBE[request] = context.time_remaining()
     return _remaining(context)
 
 
@@ -57,14 +66,30 @@ async def relay_address(probe_address: str) -> AsyncIterator[str]:
     channel = open_channel(probe_address, ClientConfig(timeout_s=DEFAULT_TIMEOUT_S))
     probe = channel.unary_unary(PROBE)
 
-    async def ask(explicit: float | None) -> bytes:
-        return bytes(await probe(b"", timeout=explicit))
+    async def ask(explicit: float | None, tag: bytes = b"") -> bytes:
+        return bytes(await probe(tag, timeout=explicit))
 
     async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        if request == b"late":  # wait past the caller's deadline, then call on
-            await asyncio.sleep(1.5)
-            return await ask(None)
+        if request.startswith(b"late"):
+            # Work the RPC spawned goes on past the caller's deadline (gRPC cancels the handler
+            # itself then, not the task), and calls on: the call must get ~no time.
+            task = asyncio.create_task(late_call(request))
+            background.add(task)
+            task.add_done_callback(background.discard)
+            return await asyncio.shield(task)
         return await ask(float(request) if request else None)
+
+    async def late_call(tag: bytes) -> bytes:
+        deadline = current_deadline()  # the task inherits the RPC's deadline
+        assert deadline is not None
+        try:
+            # The wait is the behaviour under test (time passing the deadline), not synchronisation.
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.05)
+            return await ask(None, tag=tag)
+        finally:
+            LATE_DONE.setdefault(tag, asyncio.Event()).set()
+
+    background: set[asyncio.Task[bytes]] = set()
 
     async def unary_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         yield await ask(None)
@@ -148,9 +173,21 @@ async def test_streaming_handlers_pass_the_deadline_on(relay_address: str) -> No
 
 
 async def test_expired_caller_makes_the_onward_call_fail_at_once(relay_address: str) -> None:
-    """The relay waits past its caller's deadline: its onward call gets ~no time and fails."""
+    """The relay waits past its caller's deadline: its onward call gets ~no time and fails.
+
+    Measured at the relay's upstream (the probe records the time its call had left), not
+    at the caller, whose own deadline fails the call whatever the relay does.
+    """
+    tag = b"late-1"
+    done = LATE_DONE.setdefault(tag, asyncio.Event())
     async with grpc.aio.insecure_channel(relay_address) as channel:
         relay = channel.unary_unary("/test.Relay/Unary")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await relay(b"late", timeout=1.0)
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await relay(tag, timeout=1.0)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The relay goes on after its caller gave up: wait (bounded) until its onward call ended.
+        await asyncio.wait_for(done.wait(), timeout=30)
+    # Either the call never reached the probe (it expired on the way), or it came with ~no time.
+    if tag in SEEN_BY_PROBE:
+        seen = SEEN_BY_PROBE[tag]
+        assert seen is not None and seen <= MIN_TIMEOUT_S + SLACK_S, seen

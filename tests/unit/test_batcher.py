@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from textserve.core.batcher import Batcher, form_batch
@@ -48,18 +49,34 @@ class Recorder:
         self.delay = delay
         self.fail = fail
         self.threads: set[str] = set()
+        self.entered: list[list[int]] = []
+        """Batches that reached the function, recorded before the gate (what is running now)."""
         self.gate = threading.Event()
         self.gate.set()
 
     def __call__(self, items: list[int]) -> list[int]:
-        self.gate.wait(5)
+        self.entered.append(list(items))
+        assert self.gate.wait(60), "the test never opened the gate"
         self.threads.add(threading.current_thread().name)
         self.batches.append(list(items))
         if self.delay:
-            time.sleep(self.delay)
+            time.sleep(self.delay)  # a deliberately slow forward: the behaviour under test
         if self.fail:
             raise RuntimeError("boom")
         return [item * 2 for item in items]
+
+
+def depth() -> float:
+    """Texts waiting in the test batcher's queue (its metric)."""
+    return REGISTRY.get_sample_value("textserve_queue_depth", {"service": "test", "model": "m"}) or 0.0
+
+
+async def until(condition: Callable[[], object], limit_s: float = 30.0) -> None:
+    """Bounded poll of a state the batcher's loop or worker sets."""
+    stop_at = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < stop_at, "condition not reached"
+        await asyncio.sleep(0.001)
 
 
 async def make(recorder: Recorder, **config: object) -> Batcher[int, int]:
@@ -83,7 +100,8 @@ async def test_concurrent_callers_share_batches() -> None:
     recorder.gate.clear()
     batcher = await make(recorder, max_batch_size=8)
     calls = [asyncio.create_task(batcher.run([i], [4])) for i in range(17)]
-    await asyncio.sleep(0.05)
+    # One batch is running (held at the gate), the rest of the 17 wait in the queue.
+    await until(lambda: recorder.entered and sum(map(len, recorder.entered)) + depth() == 17)
     recorder.gate.set()
     results = await asyncio.gather(*calls)
     assert [r[0].value for r in results] == [i * 2 for i in range(17)]
@@ -97,9 +115,9 @@ async def test_full_queue_rejects_at_once() -> None:
     recorder.gate.clear()
     batcher = await make(recorder, max_queue_size=4, max_batch_size=1)
     first = asyncio.create_task(batcher.run([0], [1]))
-    await asyncio.sleep(0.02)  # the first is now running (blocked), the queue is empty
+    await until(lambda: recorder.entered)  # the first is now running (blocked), the queue is empty
     waiting = [asyncio.create_task(batcher.run([i], [1])) for i in range(1, 5)]
-    await asyncio.sleep(0)
+    await until(lambda: depth() == 4)
     with pytest.raises(Overloaded, match="max_queue_size=4"):
         await batcher.run([99], [1])
     recorder.gate.set()
@@ -112,10 +130,10 @@ async def test_cancelled_requests_are_never_computed() -> None:
     recorder.gate.clear()
     batcher = await make(recorder, max_batch_size=1)
     blocker = asyncio.create_task(batcher.run([0], [1]))
-    await asyncio.sleep(0.02)
+    await until(lambda: recorder.entered)
     doomed = asyncio.create_task(batcher.run([7], [1]))
     kept = asyncio.create_task(batcher.run([8], [1]))
-    await asyncio.sleep(0.01)
+    await until(lambda: depth() == 2)
     doomed.cancel()
     before = (
         REGISTRY.get_sample_value(
@@ -139,9 +157,12 @@ async def test_expired_requests_are_never_computed() -> None:
     recorder.gate.clear()
     batcher = await make(recorder, max_batch_size=1)
     blocker = asyncio.create_task(batcher.run([0], [1]))
-    await asyncio.sleep(0.02)
-    expired = asyncio.create_task(batcher.run([5], [1], deadline=time.monotonic() + 0.01))
-    await asyncio.sleep(0.05)
+    await until(lambda: recorder.entered)
+    deadline = time.monotonic() + 0.01
+    expired = asyncio.create_task(batcher.run([5], [1], deadline=deadline))
+    await until(lambda: depth() == 1)
+    # Time passing the deadline is the behaviour under test (not synchronisation).
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
     recorder.gate.set()
     await blocker
     with pytest.raises(DeadlineExceeded):
@@ -166,14 +187,14 @@ async def test_dead_loop_fails_pending_futures() -> None:
     recorder.gate.clear()
     batcher = await make(recorder, max_batch_size=1)
     running = asyncio.create_task(batcher.run([1], [1]))
-    await asyncio.sleep(0.02)
+    await until(lambda: recorder.entered)
 
     def broken_take_batch() -> list[object]:
         raise RuntimeError("loop crashed")
 
     batcher._take_batch = broken_take_batch  # type: ignore[method-assign,assignment]
     queued = asyncio.create_task(batcher.run([2], [1]))
-    await asyncio.sleep(0.01)
+    await until(lambda: depth() == 1)
     recorder.gate.set()
     await running
     with pytest.raises(BackendFailure, match="batcher loop died"):
@@ -183,9 +204,10 @@ async def test_dead_loop_fails_pending_futures() -> None:
 
 async def test_queue_delay_waits_for_more_when_idle() -> None:
     recorder = Recorder()
-    batcher = await make(recorder, max_queue_delay_ms=50, max_batch_size=4)
+    # The delay is far longer than the test: the batch runs because it is full (2), not timed out.
+    batcher = await make(recorder, max_queue_delay_ms=10_000, max_batch_size=2)
     first = asyncio.create_task(batcher.run([1], [1]))
-    await asyncio.sleep(0.01)
+    await until(lambda: depth() == 1)
     second = asyncio.create_task(batcher.run([2], [1]))
     await asyncio.gather(first, second)
     assert recorder.batches == [[1, 2]]

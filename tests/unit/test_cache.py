@@ -17,7 +17,7 @@ from textserve.core.metrics import REGISTRY
 from textserve.core.redis_cache import RedisCacheBackend, connection_pool, redacted_url
 from textserve.settings import load_settings
 
-from tests.support import free_port
+from tests.support import free_port, settle
 
 
 def sample(name: str, service: str) -> float:
@@ -205,9 +205,9 @@ async def test_identical_keys_in_flight_across_calls_are_computed_once() -> None
     leader, follower = Doubler(gate), Doubler()
     first_keys, second_keys = ["1", "2"], ["2", "3"]
     first = asyncio.create_task(coalescer.run(first_keys, leader.for_keys(first_keys)))
-    await asyncio.sleep(0)
+    await settle()
     second = asyncio.create_task(coalescer.run(second_keys, follower.for_keys(second_keys)))
-    await asyncio.sleep(0.01)
+    await settle()
     assert follower.calls == [["3"]] and not second.done()  # "2" is awaited, not recomputed
     gate.set()
     assert await first == [2, 4] and await second == [4, 6]
@@ -220,9 +220,9 @@ async def test_followers_take_over_when_the_leader_fails() -> None:
     leader, follower = Doubler(gate, fail=True), Doubler()
     keys = ["7"]
     first = asyncio.create_task(coalescer.run(keys, leader.for_keys(keys)))
-    await asyncio.sleep(0)
+    await settle()
     second = asyncio.create_task(coalescer.run(keys, follower.for_keys(keys)))
-    await asyncio.sleep(0.01)
+    await settle()
     gate.set()
     with pytest.raises(RuntimeError, match="leader failed"):
         await first
@@ -235,7 +235,7 @@ async def test_follower_waits_no_longer_than_its_deadline_and_share_false_never_
     gate = asyncio.Event()
     keys = ["5"]
     leader = asyncio.create_task(coalescer.run(keys, Doubler(gate).for_keys(keys)))
-    await asyncio.sleep(0)
+    await settle()
     with pytest.raises(DeadlineExceeded):
         await coalescer.run(keys, Doubler().for_keys(keys), deadline=time.monotonic() + 0.02)
     independent = Doubler()

@@ -14,6 +14,8 @@ from textserve.core.cache_through import CacheThrough
 from textserve.core.config import CacheConfig
 from textserve.core.metrics import REGISTRY
 
+from tests.support import settle, wait_until
+
 
 def sample(name: str, service: str) -> float:
     return REGISTRY.get_sample_value(name, {"service": service}) or 0.0
@@ -99,10 +101,10 @@ async def test_concurrent_callers_share_one_read_and_one_computation() -> None:
     gate, later = asyncio.Event(), asyncio.Event()
     leader = Tripler(["4", "5"], gate)
     first = asyncio.create_task(results.run(["4", "5"], leader, IntCodec()))
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: leader.calls)
     followers = [Tripler(["5", "6"], later) for _ in range(3)]
     rest = [asyncio.create_task(results.run(["5", "6"], f, IntCodec())) for f in followers]
-    await asyncio.sleep(0.01)
+    await settle()
     assert results.in_flight == 3  # "4", "5" led by the first call, "6" by the first follower
     gate.set()
     later.set()
@@ -121,7 +123,7 @@ async def test_skip_cache_neither_reads_nor_writes_nor_shares() -> None:
     await backend.seed("7", b"70")
     gate = asyncio.Event()
     leader = asyncio.create_task(results.run(["7", "8"], Tripler(["7", "8"], gate), IntCodec()))
-    await asyncio.sleep(0.01)
+    await settle()
     reads = list(backend.reads)
     fresh = Tripler(["7", "8", "8"])
     items = await results.run(["7", "8", "8"], fresh, IntCodec(), skip_cache=True)
@@ -162,10 +164,10 @@ async def test_a_value_the_codec_refuses_is_neither_stored_nor_shared() -> None:
     results, backend = through("unit-through-private")
     gate = asyncio.Event()
     leader = asyncio.create_task(results.run(["9"], Tripler(["9"], gate, value=-1), IntCodec()))
-    await asyncio.sleep(0.01)
+    await settle()
     follower = Tripler(["9"])
     second = asyncio.create_task(results.run(["9"], follower, IntCodec()))
-    await asyncio.sleep(0.01)
+    await settle()
     assert follower.calls == []  # waiting for the leader
     gate.set()
     assert [(item.value, item.shared) for item in await leader] == [(-1, False)]
@@ -182,10 +184,10 @@ async def test_without_a_cache_it_still_coalesces() -> None:
     gate = asyncio.Event()
     leader = Tripler(["2"], gate)
     first = asyncio.create_task(results.run(["2"], leader, IntCodec()))
-    await asyncio.sleep(0.01)
+    await settle()
     follower = Tripler(["2"])
     second = asyncio.create_task(results.run(["2"], follower, IntCodec()))
-    await asyncio.sleep(0.01)
+    await settle()
     gate.set()
     assert [item.value for item in await first] == [6] == [item.value for item in await second]
     assert follower.calls == [] and results.in_flight == 0
@@ -194,14 +196,18 @@ async def test_without_a_cache_it_still_coalesces() -> None:
 async def test_a_failing_compute_fails_only_its_own_caller() -> None:
     results, _ = through("unit-through-fail")
 
+    release = asyncio.Event()
+
     async def broken(indices: list[int]) -> list[int]:
-        await asyncio.sleep(0.01)
+        await release.wait()
         raise RuntimeError("model failed")
 
     first = asyncio.create_task(results.run(["1"], broken, IntCodec()))
-    await asyncio.sleep(0)
+    await settle()
     follower = Tripler(["1"])
     second = asyncio.create_task(results.run(["1"], follower, IntCodec()))
+    await settle()  # the follower waits for the leader
+    release.set()
     with pytest.raises(RuntimeError, match="model failed"):
         await first
     assert [item.value for item in await second] == [3]

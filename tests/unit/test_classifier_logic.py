@@ -28,6 +28,8 @@ from textserve.core.errors import DeadlineExceeded, InvalidInput
 from textserve.runtime.tokenization import kept_positions
 from textserve.settings import load_settings
 
+from tests.support import settle, wait_until
+
 
 def test_softmax_and_rank() -> None:
     logits = np.array([[0.1, 0.5, 0.3]], dtype=np.float32)
@@ -184,10 +186,10 @@ async def test_merger_sends_at_once_when_idle_and_merges_while_busy() -> None:
     upstream = _Upstream()
     merger = CallMerger(upstream, max_in_flight=1, max_texts=8)
     first = asyncio.create_task(merger.embed(["a"], None, None, False))
-    await asyncio.sleep(0)
+    await settle()
     later = [asyncio.create_task(merger.embed(["bb", "ccc"][: i + 1], None, None, False)) for i in range(2)]
     alone = asyncio.create_task(merger.embed(["reject-mode"], None, False, False))
-    await asyncio.sleep(0.01)
+    await settle()
     upstream.gate.set()
     results = await asyncio.gather(first, *later, alone)
     assert upstream.calls[0] == ["a"] and ["reject-mode"] in upstream.calls
@@ -200,11 +202,15 @@ async def test_merger_retries_alone_after_invalid_argument_and_honours_deadlines
     upstream = _Upstream(bad="bad")
     merger = CallMerger(upstream, max_in_flight=1, max_texts=8)
     first = asyncio.create_task(merger.embed(["x"], None, None, False))
-    await asyncio.sleep(0)
+    await settle()
     good = asyncio.create_task(merger.embed(["good"], None, None, False))
     bad = asyncio.create_task(merger.embed(["bad"], None, None, False))
-    expired = asyncio.create_task(merger.embed(["late"], time.monotonic() + 0.01, None, False))
-    await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 0.01
+    expired = asyncio.create_task(merger.embed(["late"], deadline, None, False))
+    await settle()
+    # Time passing the deadline is the behaviour under test (not synchronisation).
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
+    await wait_until(expired.done)  # it gave up waiting (DeadlineExceeded) before a slot freed
     upstream.gate.set()
     await first
     assert (await good).tokens == [4]

@@ -30,6 +30,21 @@ def wordpiece() -> Any:
     return AutoTokenizer.from_pretrained(default_model_path())
 
 
+@pytest.fixture(scope="module")
+def sentencepiece() -> Any:
+    """A SentencePiece-style tokenizer (Metaspace "▁" pieces and decoder, as Llama and T5 use),
+    trained here on a few sentences: a lone piece decodes without its leading space."""
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    core = SentencePieceBPETokenizer()
+    corpus = TEXTS + ["Hello there, the world is wide and the schedulers are playful."] * 3
+    core.train_from_iterator(corpus, vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core._tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
 def stream(tokenizer: Any, prompt_ids: list[int], ids: list[int]) -> list[str]:
     detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids)
     return [detokenizer.add(i) for i in ids] + [detokenizer.flush()]
@@ -62,6 +77,28 @@ def test_first_word_gets_its_space_from_the_prompt(byte_level: Any) -> None:
     prompt = byte_level("Hello")["input_ids"]
     ids = byte_level(" world")["input_ids"]
     assert "".join(stream(byte_level, prompt, ids)) == " world"
+
+
+@pytest.mark.parametrize("family", ["wordpiece", "sentencepiece", "byte_level"])
+@pytest.mark.parametrize(
+    "continuation", ["world is wide", "playful kubernetes schedulers", ", said she.", "ing and more 🚀"]
+)
+def test_deltas_equal_the_whole_decode_after_the_prompt(
+    request: pytest.FixtureRequest, family: str, continuation: str
+) -> None:
+    """Exactly, spaces included: the deltas are what decoding prompt + generated ids adds to
+    the decoded prompt (WordPiece and SentencePiece drop the space before a lone first word;
+    only the prompt as context gives it back)."""
+    tokenizer = request.getfixturevalue(family)
+    prompt = tokenizer("Hello there")["input_ids"]  # with the family's special tokens, if any
+    ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+
+    def decode(ids: list[int]) -> str:
+        return str(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    prefix, whole = decode(prompt), decode(prompt + ids)
+    assert whole.startswith(prefix) and len(whole) > len(prefix)
+    assert "".join(stream(tokenizer, prompt, ids)) == whole[len(prefix) :]
 
 
 def test_special_tokens_are_not_rendered(byte_level: Any) -> None:

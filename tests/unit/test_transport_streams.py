@@ -1,4 +1,8 @@
-"""transport/streams.pump: bounded in-flight requests, answer order, errors, cleanup."""
+"""transport/streams.pump: bounded in-flight requests, answer order, errors, cleanup.
+
+The sleeps inside the fake `answer` functions are the behaviour under test (answers that
+take different times, so they finish out of order); no test sleeps to wait for a state.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from textserve.transport.streams import pump
+
+from tests.support import settle
 
 
 async def _requests(items: list[int]) -> AsyncIterator[int]:
@@ -110,5 +116,5 @@ async def test_leaving_early_cancels_and_closes_running_answers(ordered: bool) -
     stream = pump(_requests([0, 1, 2]), answer, window=8, ordered=ordered)
     assert await anext(stream) == 0
     await stream.aclose()
-    await asyncio.sleep(0)
+    await settle()
     assert sorted(closed) == [0, 1, 2]
