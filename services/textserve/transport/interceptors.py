@@ -65,10 +65,13 @@ def _digest(token: str | bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def rebuild_handler(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
-    """A handler of the same kind and (de)serializers as `handler`, running `behaviour`."""
+def rebuild_handler(
+    handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any], *, decode: bool = True
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and (de)serializers as `handler`, running `behaviour`;
+    with decode=False the request reaches it as raw bytes (nothing is parsed)."""
     kwargs: dict[str, Any] = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": handler.request_deserializer if decode else None,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:
@@ -99,17 +102,7 @@ def deny_handler(handler: grpc.RpcMethodHandler, error: TextserveError) -> grpc.
     async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
         await abort(context, error)
 
-    kwargs: dict[str, Any] = {
-        "request_deserializer": None,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(reject, **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(reject, **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(reject, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(reject, **kwargs)
+    return rebuild_handler(handler, reject, decode=False)
 
 
 class DeadlineInterceptor(grpc.aio.ServerInterceptor):
