@@ -28,8 +28,8 @@ from textserve.embedding.app import EmbeddingApp
 from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
+from tests.shared_data import shared_file
 from tests.support import embedding_config, model_config, start_host
-from tests.training.conftest import shared_file
 
 MAX_TOKENS = 256
 """all-MiniLM-L6-v2's max_seq_length, and the service's default max_tokens_per_text."""

@@ -685,7 +685,7 @@ def test_live_quality_dashboard_after_drift_and_feedback(
     """SST-2 reviews (with their true labels as feedback) make the drift references, CoNLL-2003
     news sentences then drift away from them while feedback keeps coming: every panel of the
     quality dashboard returns data on the live Prometheus, except NOT_PRODUCED."""
-    from tests.quality.data import conll_sentences, sst2
+    from tests.shared_data import conll_sentences, sst2
 
     sentiment = {0: "negative", 1: "positive"}
     reviews = [(text, sentiment[label]) for label, text in sst2("dev")[:REFERENCE_TEXTS]]

@@ -35,8 +35,8 @@ from textserve.transport.server import ServiceHost
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc, embedding_pb2, embedding_pb2_grpc
 
 from tests.gateway_support import base_url, running_gateway
-from tests.quality.data import conll_sentences, sst2
 from tests.redis_server import RedisServer, redis_available
+from tests.shared_data import conll_sentences, sst2
 from tests.support import embedding_config, loopback_server, model_config, start_host
 
 FEEDBACK = classifier_pb2.FeedbackResponse

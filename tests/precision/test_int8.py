@@ -28,8 +28,8 @@ from textserve.runtime.encoder import EncoderModel, onnx_cache_path
 from textserve.transport.server import ServiceHost
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
-from tests.precision.conftest import conll_sentences, shared_file, sst2
 from tests.procs import ServeProcess
+from tests.shared_data import conll_sentences, sst2
 from tests.support import ONNX_CACHE, embedding_config, free_port, model_config, start_host
 
 TRAIN_SUBSET = 1500
@@ -47,9 +47,10 @@ class Corpus:
 
 @pytest.fixture(scope="module")
 def corpus() -> Corpus:
-    dev, dev_labels = sst2(shared_file("sentiment/stsa.binary.dev"))
-    train, train_labels = sst2(shared_file("sentiment/stsa.binary.train"))
-    conll = conll_sentences(shared_file("ner/eng.testa"))
+    dev_rows, train_rows = sst2("dev"), sst2("train")
+    dev, dev_labels = [text for _, text in dev_rows], [label for label, _ in dev_rows]
+    train, train_labels = [text for _, text in train_rows], [label for label, _ in train_rows]
+    conll = conll_sentences("eng.testa")
     sentences = dev + conll[: 1000 - len(dev)]
     assert len(sentences) == 1000
     return Corpus(sentences, dev_labels, train[:TRAIN_SUBSET], train_labels[:TRAIN_SUBSET])

@@ -21,7 +21,7 @@ from textserve.quality.drift import CONFIDENCE, LABEL_MIX, MMD, PROJECTION_KS, D
 from textserve.quality.monitor import DriftMonitor, ModelKey
 from textserve.quality.reference import Reference
 
-from tests.quality.data import conll_sentences, sst2
+from tests.shared_data import conll_sentences, sst2
 
 WINDOW = 200
 WINDOWS = 20

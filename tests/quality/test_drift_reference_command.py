@@ -19,7 +19,7 @@ from textserve.cli import build_parser
 from textserve.quality.reference import load_reference
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
-from tests.quality.data import sst2
+from tests.shared_data import sst2
 from tests.support import ONNX_CACHE, loopback_server, model_config, start_host
 
 TEXTS = 200

@@ -28,8 +28,8 @@ from textserve.quality.feedback import (
     RedisPredictionStore,
 )
 
-from tests.quality.data import sst2
 from tests.redis_server import RedisServer
+from tests.shared_data import sst2
 
 NAMES = ("negative", "positive")
 TEXTS_PER_REQUEST = 5

@@ -13,8 +13,8 @@ from textserve.quality.config import PayloadLogConfig
 from textserve.quality.feedback import FeedbackJoiner, Prediction, RedisPredictionStore
 from textserve.quality.payload_log import DisabledPayloadLog, PayloadLog, make_payload_log, sampled
 
-from tests.quality.data import sst2
 from tests.redis_server import RedisServer
+from tests.shared_data import sst2
 
 
 def listing(folder: Path) -> list[Path]:

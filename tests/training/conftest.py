@@ -1,17 +1,12 @@
-"""Fixtures for the fine-tuning tests: a tiny config-built BERT with the MiniLM tokenizer,
-small generated data files, and the shared public data folder (skips when absent)."""
+"""Fixtures for the fine-tuning tests: a tiny config-built BERT with the MiniLM tokenizer and
+small generated data files (the shared public data comes from tests/shared_data.py)."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("TEXTSERVE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-"""The public data sets (../shared/data from the repo root; TEXTSERVE_SHARED_DATA overrides)."""
 
 POSITIVE = ["a wonderful", "a moving", "a brilliant", "a delightful", "an excellent", "a charming"]
 NEGATIVE = ["a dull", "a tedious", "an awful", "a boring", "a clumsy", "a lifeless"]
@@ -19,14 +14,6 @@ NOUNS = ["film", "story", "performance", "script", "comedy", "drama"]
 PEOPLE = [["John", "Smith"], ["Maria"], ["Li", "Wei"], ["Anna", "Berg"], ["Ahmed"]]
 PLACES = [["Paris"], ["New", "York"], ["Tokyo"], ["Berlin"], ["São", "Paulo"]]
 ORGS = [["Reuters"], ["European", "Union"], ["Acme", "Corp"], ["UN"]]
-
-
-def shared_file(relative: str) -> Path:
-    """A file of the shared data folder; skips the test with the reason when it is absent."""
-    path = SHARED_DATA / relative
-    if not path.is_file():
-        pytest.skip(f"shared data file {path} is absent (the public data sets live in ../shared/data)")
-    return path
 
 
 @pytest.fixture(scope="session")

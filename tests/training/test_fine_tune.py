@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from textserve.training.output import METADATA_FILE, read_metadata
 
-from tests.training.conftest import sentiment_rows, shared_file, tagged_sentences, write_conll
+from tests.shared_data import shared_file
+from tests.training.conftest import sentiment_rows, tagged_sentences, write_conll
 
 FAST = ["--epochs", "2", "--batch-size", "16", "--max-seq-length", "32", "--seed", "7"]
 

@@ -9,7 +9,8 @@ import pytest
 from textserve.training.conll import TaggedSentence, iob1_to_iob2, read_tagged_sentences
 from textserve.training.data import DataError, TextExample, file_sha256, read_text_examples
 
-from tests.training.conftest import shared_file, tagged_sentences, write_conll
+from tests.shared_data import shared_file
+from tests.training.conftest import tagged_sentences, write_conll
 
 
 def test_csv_jsonl_tsv_and_label_lines(tmp_path: Path) -> None:
