@@ -19,10 +19,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import psutil
 
-from loadtests.common import Bind, Sender, bench_parser, closed_loop
+from loadtests.bench_classifier import classify_call
+from loadtests.bench_embedding import embed_call
+from loadtests.common import bench_parser, closed_loop
 from loadtests.serve import ServerProcess, free_port
 from loadtests.texts import make_texts
 
@@ -45,32 +46,6 @@ def server_cpu_seconds(server: ServerProcess) -> float:
     assert server.proc is not None
     times = psutil.Process(server.proc.pid).cpu_times()
     return float(times.user + times.system)
-
-
-def embed_call(texts: list[str]) -> Bind:
-    """One text per Embed request, cache skipped."""
-    from textserve.v1 import embedding_pb2, embedding_pb2_grpc
-
-    requests = [embedding_pb2.EmbedRequest(texts=[t], skip_cache=True) for t in texts]
-
-    def bind(channel: grpc.aio.Channel) -> Sender:
-        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-        return lambda i: stub.Embed(requests[i % len(requests)], timeout=30)
-
-    return bind
-
-
-def classify_call(texts: list[str]) -> Bind:
-    """One text per Classify request, cache skipped."""
-    from textserve.v1 import classifier_pb2, classifier_pb2_grpc
-
-    requests = [classifier_pb2.ClassifyRequest(texts=[t], skip_cache=True) for t in texts]
-
-    def bind(channel: grpc.aio.Channel) -> Sender:
-        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
-        return lambda i: stub.Classify(requests[i % len(requests)], timeout=30)
-
-    return bind
 
 
 async def one_round(checkout: Path, concurrencies: list[int], seconds: float) -> dict[str, float]:

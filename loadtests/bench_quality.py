@@ -126,7 +126,8 @@ async def one_round(
     texts: list[str],
 ) -> tuple[dict[str, LatencyStats], dict[str, tuple[float, float]]]:
     """Every workload against one server of `mode`; the drift tests it ran."""
-    from loadtests.bench_ab import classify_call, embed_call
+    from loadtests.bench_classifier import classify_call
+    from loadtests.bench_embedding import embed_call
 
     calls = {"classifier": ("classify", classify_call(texts)), "embedding": ("embed", embed_call(texts))}
     results: dict[str, LatencyStats] = {}
