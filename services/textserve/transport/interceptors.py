@@ -306,14 +306,18 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             return rebuild_handler(handler, self._single(behaviour, method))
         return handler
 
+    async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        """Takes an in-flight slot, or aborts with RESOURCE_EXHAUSTED. Checked again here (not
+        only in intercept_service): calls admitted together may have filled the bound meanwhile."""
+        set_retry_pushback_ms(self.retry_pushback_ms)
+        if self.in_flight >= self.max_in_flight:
+            self._count_refusal(method)
+            await abort(context, self._overloaded())
+        self.in_flight += 1
+
     def _single(self, behaviour: Any, method: str) -> Any:
         async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            # Checked again: calls admitted together may have filled the bound meanwhile.
-            set_retry_pushback_ms(self.retry_pushback_ms)
-            if self.in_flight >= self.max_in_flight:
-                self._count_refusal(method)
-                await abort(context, self._overloaded())
-            self.in_flight += 1
+            await self._enter(context, method)
             try:
                 return await behaviour(request, context)
             finally:
@@ -323,11 +327,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
     def _streaming(self, behaviour: Any, method: str) -> Any:
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            set_retry_pushback_ms(self.retry_pushback_ms)
-            if self.in_flight >= self.max_in_flight:
-                self._count_refusal(method)
-                await abort(context, self._overloaded())
-            self.in_flight += 1
+            await self._enter(context, method)
             try:
                 inner = behaviour(request, context)
                 try:
