@@ -113,14 +113,9 @@ def redis_server() -> Iterator[RedisServer]:
     Shared: use a unique key prefix per test module, and never kill it (start your own
     `tests.redis_server.RedisServer` for that). Skips when redis-server is not installed.
     """
-    from tests.redis_server import RedisServer, redis_available
+    from tests.redis_server import own_redis
 
-    if not redis_available():
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+    yield from own_redis()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

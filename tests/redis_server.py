@@ -11,9 +11,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.support import free_port
@@ -102,3 +103,14 @@ class RedisServer:
     def client(self) -> redis.Redis:
         """A synchronous client for assertions (plain TCP servers only)."""
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
+
+
+def own_redis() -> Iterator[RedisServer]:
+    """A started RedisServer for a fixture to yield from (`yield from own_redis()`), stopped
+    after; skips the fixture's tests when redis-server is not installed."""
+    if not redis_available():
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

@@ -35,7 +35,7 @@ from textserve.transport.server import ServiceHost
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc, embedding_pb2, embedding_pb2_grpc
 
 from tests.gateway_support import base_url, running_gateway
-from tests.redis_server import RedisServer, redis_available
+from tests.redis_server import RedisServer, own_redis
 from tests.shared_data import conll_sentences, sst2
 from tests.support import embedding_config, loopback_server, model_config, start_host
 
@@ -110,12 +110,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def redis_of_module() -> Iterator[RedisServer]:
     """A redis-server of this module's own, so that every key in it is one these services wrote."""
-    if not redis_available():
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+    yield from own_redis()
 
 
 @pytest.fixture(scope="module")
