@@ -23,6 +23,7 @@ from textserve.core.cache import ResponseCache
 from textserve.core.config import CacheConfig
 from textserve.core.errors import InvalidInput, NotReady
 from textserve.core.validation import check_texts, check_token_ids
+from textserve.core.vectors import unit_rows
 from textserve.embedding.config import EmbeddingServiceConfig
 from textserve.quality.recorder import QualityRecorder
 from textserve.runtime.encoder import EncoderInfo
@@ -159,7 +160,7 @@ class EmbeddingService:
         quality = self.quality
         unit = None
         if params.normalize or quality.wants_vectors:
-            unit = (stacked / np.maximum(norms, 1e-12)[:, None]).astype(np.float32, copy=False)
+            unit = unit_rows(stacked, norms)
         info = encoder.info
         quality.embedded(info.name, info.revision, norms, tokens, unit)
         if params.normalize:
