@@ -41,7 +41,7 @@ from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
 from textserve.core.config import CacheConfig
 from textserve.core.errors import InvalidInput, NotReady, TextserveError
-from textserve.core.validation import check_texts
+from textserve.core.validation import MAX_REQUEST_ID_CHARS, check_texts
 from textserve.quality.feedback import FeedbackResult
 from textserve.quality.recorder import QualityRecorder
 from textserve.runtime.encoder_engine import Encoder
@@ -71,10 +71,6 @@ class FeedbackParams:
     request_id: str
     index: int
     label: str
-
-
-MAX_REQUEST_ID_CHARS = 128
-"""Longest request id kept (the gateway cuts x-request-id to the same length)."""
 
 
 @dataclass(frozen=True)

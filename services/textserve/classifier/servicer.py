@@ -12,7 +12,8 @@ import uuid
 import grpc
 
 from textserve.classifier import convert
-from textserve.classifier.service import MAX_REQUEST_ID_CHARS, SERVICE, ClassifierService
+from textserve.classifier.service import SERVICE, ClassifierService
+from textserve.core.validation import MAX_REQUEST_ID_CHARS
 from textserve.transport.rpc import REQUEST_ID_KEY, request_deadline, request_id, unary_rpc
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from textserve.core.config import LimitsConfig
 from textserve.core.errors import InvalidInput
 
+MAX_REQUEST_ID_CHARS = 128
+"""Longest x-request-id passed on (gateway) or kept (classifier feedback); longer ones are cut."""
+
 
 def check_texts(texts: Sequence[str], limits: LimitsConfig, field: str = "texts") -> None:
     """Non-empty list within max_texts_per_request; each text non-empty within max_text_chars."""

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from textserve.core.errors import InvalidInput
+from textserve.core.validation import MAX_REQUEST_ID_CHARS
 from textserve.gateway.config import GatewayConfig
 from textserve.gateway.errors import from_kind
+from textserve.transport.rpc import REQUEST_ID_KEY
 
 TIMEOUT_HEADER = "x-request-timeout"
 """Header a client may send to shorten the deadline (seconds, e.g. `2.5`)."""
-REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_HEADER = REQUEST_ID_KEY
 """Header passed on to the services for tracing."""
 
 
@@ -59,5 +61,5 @@ def call_options(request: Request, config: GatewayConfig) -> CallOptions:
         metadata.append(("authorization", authorization))
     request_id = request.headers.get(REQUEST_ID_HEADER)
     if request_id:
-        metadata.append((REQUEST_ID_HEADER, request_id[:128]))
+        metadata.append((REQUEST_ID_HEADER, request_id[:MAX_REQUEST_ID_CHARS]))
     return CallOptions(time.monotonic() + timeout, tuple(metadata))
