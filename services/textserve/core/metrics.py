@@ -8,6 +8,9 @@ rules in deploy/ may only use names defined here (tests check this against a liv
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -286,6 +289,13 @@ GEN_FINISHED = Counter(
     ["service", "model", "reason"],
     registry=REGISTRY,
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, resolved once per label values: on a request path `.labels()`
+    costs a lock and a dict lookup per call. Bounded: label values are few by design."""
+    return metric.labels(*labels)
 
 
 def start_metrics_server(host: str, port: int) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from textserve.core.metrics import REGISTRY
+from textserve.core.metrics import REGISTRY, child
 
 _KEY = ["service", "model", "version"]
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
@@ -133,8 +133,8 @@ def record_classification(
 ) -> None:
     """Counts predicted labels and observes confidences of one classified batch."""
     for label, count in Tally(labels).items():
-        PREDICTIONS.labels(service, model, version, label).inc(count)
-    histogram = PREDICTION_CONFIDENCE.labels(service, model, version)
+        child(PREDICTIONS, service, model, version, label).inc(count)
+    histogram = child(PREDICTION_CONFIDENCE, service, model, version)
     for confidence in confidences:
         histogram.observe(float(confidence))
 
@@ -147,10 +147,10 @@ def record_embeddings(
     token_counts: Iterable[int] = (),
 ) -> None:
     """Observes the pre-normalisation norm (and token count) of each embedded text."""
-    norm_histogram = EMBEDDING_NORM.labels(service, model, version)
+    norm_histogram = child(EMBEDDING_NORM, service, model, version)
     for norm in norms:
         norm_histogram.observe(float(norm))
-    token_histogram = TEXT_TOKENS.labels(service, model, version)
+    token_histogram = child(TEXT_TOKENS, service, model, version)
     for count in token_counts:
         token_histogram.observe(count)
 
@@ -158,7 +158,7 @@ def record_embeddings(
 def record_entities(service: str, model: str, version: str, entity_types: Iterable[str]) -> None:
     """Counts the entities of one NER batch by type (PER, LOC, ...)."""
     for entity_type, count in Tally(entity_types).items():
-        ENTITIES.labels(service, model, version, entity_type).inc(count)
+        child(ENTITIES, service, model, version, entity_type).inc(count)
 
 
 def publish_drift(

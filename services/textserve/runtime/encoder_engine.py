@@ -260,7 +260,7 @@ class Encoder:
         )
         output.rows = [item.value for item in items]
         output.cached = [item.cached for item in items]
-        metrics.INPUT_TOKENS.labels(service=self.service, model=info.name).inc(
+        metrics.child(metrics.INPUT_TOKENS, self.service, info.name).inc(
             sum(len(item.ids) for item in inputs)
         )
         return output
