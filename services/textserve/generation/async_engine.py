@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
 from textserve.generation.scheduler import Scheduler, SchedulerLimits
@@ -89,6 +89,30 @@ class AsyncEngine:
         finally:
             self._streams.pop(seq_id, None)
             if not finished:
+                self.engine.abort(seq_id)
+
+    async def generate_many(
+        self, requests: Sequence[EngineRequest]
+    ) -> AsyncGenerator[list[SequenceEvent], None]:
+        """Like `generate` for several sequences submitted together (the n sequences of one
+        request, admitted in one step when they fit); yields until every one has finished.
+        Leaving early aborts those still running."""
+        events: asyncio.Queue[list[SequenceEvent]] = asyncio.Queue()
+        pending = {request.seq_id for request in requests}
+        for seq_id in pending:
+            self._streams[seq_id] = events
+        try:
+            self.engine.submit_all(requests)
+            while pending:
+                batch = await events.get()
+                while not events.empty():
+                    batch += events.get_nowait()
+                pending.difference_update(event.seq_id for event in batch if event.finish is not None)
+                yield batch
+        finally:
+            for request in requests:
+                self._streams.pop(request.seq_id, None)
+            for seq_id in pending:
                 self.engine.abort(seq_id)
 
     # --- engine thread -> event loop -----------------------------------------------------

@@ -33,6 +33,14 @@ class GenerationServiceConfig(ServiceConfigBase):
     """Most stop sequences in one request."""
     max_stop_chars: int = Field(default=256, ge=1, le=100_000)
     """Most characters in one stop sequence."""
+    max_n: int = Field(default=16, ge=1, le=1024)
+    """Most sequences one request may ask for (`n`)."""
+    max_top_logprobs: int = Field(default=20, ge=0, le=1000)
+    """Most alternatives per position a request may ask for (`top_logprobs`)."""
+    max_response_format_chars: int = Field(default=65536, ge=1, le=10_000_000)
+    """Most characters in a structured-output JSON Schema or regex."""
+    grammar_cache_size: int = Field(default=64, ge=1, le=100_000)
+    """Compiled structured-output grammars kept (LRU); a format sent again is not recompiled."""
 
     @model_validator(mode="after")
     def _check_limits(self) -> GenerationServiceConfig:

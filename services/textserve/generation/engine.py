@@ -5,8 +5,9 @@ Each step:
 2. rows of sequences that left (finished, cancelled, expired) are dropped from the batch cache;
 3. running rows get one decode forward, newly admitted ones one batched prefill forward
    (then join the batch);
-4. one token is chosen per row (`sampling`), turned into a text delta (`detokenize`), and
-   checked against the request's stop sequences;
+4. one token is chosen per row (`sampling`: under the row's grammar when the request is
+   constrained, with its logprobs when asked), turned into a text delta (`detokenize`), and
+   checked against the request's stop sequences (a completed grammar also stops it);
 5. `Scheduler.update` / `finish` end sequences (EOS, length, stop) and free their KV at once;
 6. the step's events are handed to `on_events` in one call (generation/async_engine.py
    moves them onto the event loop), and the generation metrics are updated.
@@ -32,8 +33,9 @@ from textserve.core import metrics
 from textserve.core.errors import NotReady
 from textserve.generation.detokenize import IncrementalDetokenizer, StopMatcher
 from textserve.generation.kv_batch import PaddedKVBatch
-from textserve.generation.sampling import SamplingConfig, SequenceSampler, sample_next
+from textserve.generation.sampling import SamplingConfig, SequenceSampler, TokenLogprobs, sample_step
 from textserve.generation.scheduler import Finished, FinishStatus, Scheduler, SequenceSlot
+from textserve.generation.structured import Grammar
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ class EngineRequest:
     """Absolute time.monotonic() deadline, or None."""
     arrival: float = field(default_factory=time.monotonic)
     """time.monotonic() when the request was received (time to first token counts from here)."""
+    grammar: Grammar | None = None
+    """Structured output: the grammar every token must follow (None: unconstrained)."""
+    logprobs: int | None = None
+    """None: no logprobs; k >= 0: each token's logprob and the k most likely alternatives."""
 
 
 @dataclass
@@ -69,6 +75,8 @@ class SequenceEvent:
     """Seed the sequence samples with (None for greedy)."""
     first_token_seconds: float | None = None
     """Time from arrival to the first token; set once it is known."""
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    """Logprobs of `token_ids`, one each, when the request asked for them."""
 
 
 EventSink = Callable[[list[SequenceEvent]], None]
@@ -79,7 +87,9 @@ class _Sequence:
 
     def __init__(self, request: EngineRequest, tokenizer: Any, vocab_size: int, device: str) -> None:
         self.request = request
-        self.sampler = SequenceSampler(request.sampling, vocab_size, device)
+        self.sampler = SequenceSampler(
+            request.sampling, vocab_size, device, grammar=request.grammar, logprobs=request.logprobs
+        )
         self.detokenizer = IncrementalDetokenizer(tokenizer, request.prompt_ids)
         self.stops = StopMatcher(request.stop)
         self.history: list[int] | None = list(request.prompt_ids) if self.sampler.uses_history else None
@@ -186,22 +196,31 @@ class GenerationEngine:
 
         Sequences submitted before `start` wait for the worker (or for `step` calls in tests).
         """
-        slot = SequenceSlot(
-            seq_id=request.seq_id,
-            prompt_tokens=len(request.prompt_ids),
-            max_new_tokens=request.max_new_tokens,
-            eos_token_ids=self.eos_token_ids,
-            ignore_eos=request.ignore_eos,
-            deadline=request.deadline,
-        )
+        self.submit_all([request])
+
+    def submit_all(self, requests: Sequence[EngineRequest]) -> None:
+        """Queues sequences together (the n sequences of one request): no step runs between
+        them, so they are admitted, and prefilled, in the same step when they fit. On an error
+        the ones already queued stay queued; the caller aborts them."""
         with self._lock:
             if self._failed is not None:
                 raise NotReady(f"generation engine failed: {self._failed}")
             if self._stopping:
                 raise NotReady("generation engine is stopping")
-            self.scheduler.add(slot)
-            self._requests[request.seq_id] = request
-            self._metrics.queue(self.scheduler)
+            try:
+                for request in requests:
+                    slot = SequenceSlot(
+                        seq_id=request.seq_id,
+                        prompt_tokens=len(request.prompt_ids),
+                        max_new_tokens=request.max_new_tokens,
+                        eos_token_ids=self.eos_token_ids,
+                        ignore_eos=request.ignore_eos,
+                        deadline=request.deadline,
+                    )
+                    self.scheduler.add(slot)
+                    self._requests[request.seq_id] = request
+            finally:
+                self._metrics.queue(self.scheduler)
         self._wakeup.set()
 
     def abort(self, seq_id: int) -> None:
@@ -303,19 +322,22 @@ class GenerationEngine:
         if not rows:
             return {}
         logits = logits_parts[0] if len(logits_parts) == 1 else torch.cat(logits_parts, dim=0)
-        tokens = sample_next(
+        sample = sample_step(
             logits,
             [seq.sampler for seq in rows],
             [seq.history if seq.history is not None else () for seq in rows],
         )
+        tokens = sample.tokens
         seconds = time.perf_counter() - started
         now = time.monotonic()
         result: dict[int, tuple[int, bool]] = {}
-        for seq, token in zip(rows, tokens, strict=True):
+        for seq, token, logprobs in zip(rows, tokens, sample.logprobs, strict=True):
             seq_id = seq.request.seq_id
             event = events.setdefault(seq_id, SequenceEvent(seq_id, [], "", seed=seq.sampler.seed))
             previous = seq.last_token_time
-            stopped = seq.add_token(token, now, event)
+            stopped = seq.add_token(token, now, event) or seq.sampler.constraint_done
+            if logprobs is not None:
+                event.logprobs.append(logprobs)
             if seq.generated == 1:
                 self._metrics.first_token(now - seq.request.arrival)
             else:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from textserve.core.errors import InvalidInput
 from textserve.generation.config import GenerationServiceConfig
 from textserve.generation.sampling import SamplingConfig
+from textserve.generation.structured import FormatKind, ResponseFormat
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,12 @@ class GenerateParams:
     seed: int | None = None
     ignore_eos: bool = False
     skip_cache: bool = False
+    n: int = 1
+    """Sequences from the one prompt (0 means 1)."""
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: ResponseFormat | None = None
+    """Structured output; None is free text."""
 
 
 def check_input(params: GenerateParams, config: GenerationServiceConfig) -> None:
@@ -106,3 +113,36 @@ def sampling_config(params: GenerateParams) -> SamplingConfig:
         repetition_penalty=penalty,
         seed=params.seed,
     )
+
+
+def check_n(n: int, config: GenerationServiceConfig) -> int:
+    """The number of sequences (0 means 1), within max_n."""
+    if n < 0 or n > config.max_n:
+        raise InvalidInput("params.n", f"is {n}; must be at most max_n={config.max_n}")
+    return n or 1
+
+
+def logprobs_count(params: GenerateParams, config: GenerationServiceConfig) -> int | None:
+    """None without logprobs, else how many alternatives per position (within max_top_logprobs)."""
+    if params.top_logprobs < 0 or params.top_logprobs > config.max_top_logprobs:
+        raise InvalidInput(
+            "params.top_logprobs",
+            f"is {params.top_logprobs}; must be at most max_top_logprobs={config.max_top_logprobs}",
+        )
+    if not params.logprobs:
+        if params.top_logprobs:
+            raise InvalidInput("params.top_logprobs", "requires logprobs=true")
+        return None
+    return params.top_logprobs
+
+
+def check_response_format(response_format: ResponseFormat | None, config: GenerationServiceConfig) -> None:
+    """A schema or regex is present and within max_response_format_chars (compiling checks the rest)."""
+    if response_format is None or response_format.kind is FormatKind.JSON_OBJECT:
+        return
+    spec, field_name = response_format.spec, response_format.field
+    if not spec.strip():
+        raise InvalidInput(field_name, f"must not be empty for type {response_format.kind.value}")
+    limit = config.max_response_format_chars
+    if len(spec) > limit:
+        raise InvalidInput(field_name, f"has {len(spec)} characters; max_response_format_chars={limit}")

@@ -7,6 +7,11 @@ over to the event loop. `stream` yields text deltas as the engine produces them;
 seeded) from the response cache (core/cache_through.py: identical ones in flight are
 generated once). A caller that goes away (its task is cancelled) aborts its sequence,
 which frees the sequence's batch slot and KV reservation at the engine's next step.
+
+Options that ride on a request: `n` sequences from the one prompt (submitted together;
+sequence i of a seeded request is seeded with seed + i; usage counts the prompt once),
+per-token logprobs (generation/logprobs.py) and structured output (the response format is
+compiled once into a grammar by generation/structured.py, off the event loop).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from textserve.core import metrics
 from textserve.core.cache import ResponseCache
@@ -26,15 +31,20 @@ from textserve.core.cache_through import CacheThrough
 from textserve.core.errors import BackendFailure, DeadlineExceeded, InvalidInput, NotReady
 from textserve.generation.async_engine import AsyncEngine
 from textserve.generation.config import GenerationServiceConfig
-from textserve.generation.engine import EngineRequest
+from textserve.generation.engine import EngineRequest, SequenceEvent
+from textserve.generation.logprobs import TokenLogprob, TokenTexts
 from textserve.generation.params import (
     GenerateParams,
     check_input,
     check_max_new_tokens,
+    check_n,
+    check_response_format,
     check_stop,
+    logprobs_count,
     sampling_config,
 )
 from textserve.generation.scheduler import FinishStatus, SchedulerLimits
+from textserve.generation.structured import Grammar, GrammarCompiler
 from textserve.runtime.causal_lm import CausalLM, CausalLMInfo
 
 log = logging.getLogger(__name__)
@@ -46,34 +56,56 @@ _THREAD_THRESHOLD_CHARS = 4096
 
 @dataclass
 class GenerationChunk:
-    """One piece of a streamed completion; the last one carries `finish` and the usage."""
+    """One piece of a streamed completion of sequence `index`; each sequence's last chunk
+    carries its `finish`, and the very last chunk of the request (`last`) the usage."""
 
     text: str
     token_ids: list[int]
     finish: FinishStatus | None = None
     prompt_tokens: int = 0
     output_tokens: int = 0
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    """Logprobs of `token_ids` when the request asked for them."""
+    last: bool = False
+
+
+@dataclass
+class Choice:
+    """One of the n sequences of a whole completion."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish: FinishStatus
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
 class GenerateResult:
-    """A whole completion."""
+    """A whole completion (text, token_ids, finish and logprobs are the first sequence's)."""
 
     text: str
     token_ids: list[int]
     finish: FinishStatus
     prompt_tokens: int
     output_tokens: int
+    """Generated tokens of all the sequences."""
     first_token_seconds: float = 0.0
     cached: bool = False
+    logprobs: list[TokenLogprob] | None = None
+    choices: list[Choice] = field(default_factory=list)
+    """Every sequence in index order (one when n=1)."""
 
 
 @dataclass
 class _Prepared:
     prompt_ids: list[int]
     max_new_tokens: int
-    request: EngineRequest | None = None
+    requests: list[EngineRequest] = field(default_factory=list)
+    """The n sequences, in index order."""
     first_token_seconds: float = 0.0
+    logprobs: bool = False
 
 
 class GenerationService:
@@ -88,6 +120,9 @@ class GenerationService:
         self.name = name
         self.model: CausalLM | None = None
         self.engine: AsyncEngine | None = None
+        self.grammars: GrammarCompiler | None = None
+        """Structured output's compiler (None when the model's tokenizer is not supported)."""
+        self._token_texts: TokenTexts | None = None
         self._info: CausalLMInfo | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -106,6 +141,8 @@ class GenerationService:
         )
         self.engine = AsyncEngine(model, limits, service=self.name)
         await self.engine.start()
+        self._token_texts = TokenTexts(model.tokenizer)
+        self.grammars = await asyncio.to_thread(self._grammar_compiler, model)
         labels = {"service": self.name, "model": info.name}
         metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
         metrics.MODEL_LOADED.labels(**labels).set(1)
@@ -125,6 +162,19 @@ class GenerationService:
                 "seconds": round(model.load_seconds, 3),
             },
         )
+
+    def _grammar_compiler(self, model: CausalLM) -> GrammarCompiler | None:
+        info = model.info
+        try:
+            size = self.config.grammar_cache_size
+            return GrammarCompiler(model.tokenizer, info.vocab_size, info.eos_token_ids, cache_size=size)
+        except Exception:
+            log.warning(
+                "structured output is off: the grammar library does not support this tokenizer",
+                exc_info=True,
+                extra={"service": self.name, "model": info.name},
+            )
+            return None
 
     async def stop(self) -> None:
         """Stops the engine (ending what still runs) and closes the cache."""
@@ -157,7 +207,6 @@ class GenerationService:
         """A whole completion; deterministic requests are served from and written to the cache."""
         arrival = time.monotonic()
         prepared = await self._prepare(params, deadline, arrival)
-        assert prepared.request is not None
         key = self._cache_key(prepared, params)
         if key is None:
             return await self._complete(prepared)
@@ -170,22 +219,35 @@ class GenerationService:
         return item.value
 
     async def _complete(self, prepared: _Prepared) -> GenerateResult:
-        """Runs the sequence and collects its chunks into one completion."""
-        texts: list[str] = []
-        ids: list[int] = []
+        """Runs the sequences and collects their chunks into one completion."""
+        choices = [
+            Choice(index, "", [], FinishStatus.ABORTED, [] if prepared.logprobs else None)
+            for index in range(len(prepared.requests))
+        ]
+        texts: list[list[str]] = [[] for _ in choices]
         last: GenerationChunk | None = None
         async for chunk in self._run(prepared):
-            texts.append(chunk.text)
-            ids.extend(chunk.token_ids)
+            choice = choices[chunk.index]
+            texts[chunk.index].append(chunk.text)
+            choice.token_ids.extend(chunk.token_ids)
+            if choice.logprobs is not None and chunk.logprobs:
+                choice.logprobs.extend(chunk.logprobs)
+            if chunk.finish is not None:
+                choice.finish = chunk.finish
             last = chunk
-        assert last is not None and last.finish is not None
+        assert last is not None and last.last
+        for choice, parts in zip(choices, texts, strict=True):
+            choice.text = "".join(parts)
+        first = choices[0]
         return GenerateResult(
-            text="".join(texts),
-            token_ids=ids,
-            finish=last.finish,
+            text=first.text,
+            token_ids=first.token_ids,
+            finish=first.finish,
             prompt_tokens=last.prompt_tokens,
             output_tokens=last.output_tokens,
             first_token_seconds=prepared.first_token_seconds,
+            logprobs=first.logprobs,
+            choices=choices,
         )
 
     async def _prepare(self, params: GenerateParams, deadline: float | None, arrival: float) -> _Prepared:
@@ -198,6 +260,9 @@ class GenerationService:
         check_max_new_tokens(params.max_new_tokens, config)
         check_stop(params.stop, config)
         sampling = sampling_config(params)
+        n = check_n(params.n, config)
+        logprobs = logprobs_count(params, config)
+        grammar = await self._grammar(params)
         if params.chat is not None and not info.has_chat_template:
             raise InvalidInput("chat", f"model {info.name!r} has no chat template; send a raw prompt instead")
         prompt_ids = await self._tokenize(model, params)
@@ -224,18 +289,35 @@ class GenerationService:
             max_new = params.max_new_tokens
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded("deadline passed before generation started; not computed")
-        prepared = _Prepared(prompt_ids, max_new)
-        prepared.request = EngineRequest(
-            seq_id=self.engine.next_seq_id(),
-            prompt_ids=prompt_ids,
-            max_new_tokens=max_new,
-            sampling=sampling,
-            stop=params.stop,
-            ignore_eos=params.ignore_eos,
-            deadline=deadline,
-            arrival=arrival,
-        )
+        prepared = _Prepared(prompt_ids, max_new, logprobs=logprobs is not None)
+        for index in range(n):
+            seed = sampling.seed
+            own = sampling if seed is None else dataclasses.replace(sampling, seed=(seed + index) % _SEEDS)
+            prepared.requests.append(
+                EngineRequest(
+                    seq_id=self.engine.next_seq_id(),
+                    prompt_ids=prompt_ids,
+                    max_new_tokens=max_new,
+                    sampling=own,
+                    stop=params.stop,
+                    ignore_eos=params.ignore_eos,
+                    deadline=deadline,
+                    arrival=arrival,
+                    grammar=grammar,
+                    logprobs=logprobs,
+                )
+            )
         return prepared
+
+    async def _grammar(self, params: GenerateParams) -> Grammar | None:
+        """The request's structured-output grammar (compiled off the event loop, or cached)."""
+        response_format = params.response_format
+        if response_format is None:
+            return None
+        check_response_format(response_format, self.config)
+        if self.grammars is None:
+            raise InvalidInput(response_format.field, "structured output is not available for this model")
+        return await asyncio.to_thread(self.grammars.compile, response_format)
 
     async def _tokenize(self, model: CausalLM, params: GenerateParams) -> list[int]:
         if params.prompt is not None:
@@ -249,39 +331,73 @@ class GenerationService:
             raise InvalidInput("chat.messages", f"the model's chat template failed: {exc}") from exc
 
     async def _run(self, prepared: _Prepared) -> AsyncIterator[GenerationChunk]:
-        """Submits the sequence and yields its chunks; aborts it if the caller goes away."""
-        assert self.engine is not None and prepared.request is not None
+        """Submits the sequences and yields their chunks; aborts them if the caller goes away."""
+        assert self.engine is not None and prepared.requests
+        requests = prepared.requests
         interval = self.config.stream_interval_tokens
-        pending = GenerationChunk("", [])
-        produced = 0
-        async with contextlib.aclosing(self.engine.generate(prepared.request)) as steps:
+        index_of = {request.seq_id: index for index, request in enumerate(requests)}
+        pending = [self._chunk(prepared, index) for index in range(len(requests))]
+        produced = [0] * len(requests)
+        unfinished = len(requests)
+        engine = self.engine
+        steps = engine.generate(requests[0]) if len(requests) == 1 else engine.generate_many(requests)
+        async with contextlib.aclosing(steps):
             async for batch in steps:
                 for event in batch:
-                    if event.error is not None:
-                        raise BackendFailure(event.error)
-                    if event.first_token_seconds is not None:
-                        prepared.first_token_seconds = event.first_token_seconds
-                    pending.text += event.text
-                    pending.token_ids += event.token_ids
-                    produced = event.output_tokens or produced
+                    index = index_of[event.seq_id]
+                    produced[index] = self._add_event(prepared, pending[index], event) or produced[index]
                     if event.finish is not None:
-                        if not produced and event.finish is FinishStatus.EXPIRED:
-                            raise DeadlineExceeded("deadline passed before the first token; not computed")
-                        if not produced and event.finish is FinishStatus.ABORTED:
-                            raise NotReady("server is shutting down")
-                        pending.finish = _client_status(event.finish)
-                        pending.prompt_tokens = len(prepared.prompt_ids)
-                        pending.output_tokens = produced
-                if pending.finish is not None or len(pending.token_ids) >= interval:
-                    yield pending
-                    pending = GenerationChunk("", [])
+                        unfinished -= 1
+                ready = [
+                    chunk for chunk in pending if chunk.finish is not None or len(chunk.token_ids) >= interval
+                ]
+                if not unfinished:
+                    ready[-1].last = True
+                    ready[-1].prompt_tokens = len(prepared.prompt_ids)
+                    ready[-1].output_tokens = sum(produced)
+                for chunk in ready:
+                    yield chunk
+                    pending[chunk.index] = self._chunk(prepared, chunk.index)
+
+    @staticmethod
+    def _chunk(prepared: _Prepared, index: int) -> GenerationChunk:
+        return GenerationChunk("", [], index=index, logprobs=[] if prepared.logprobs else None)
+
+    def _add_event(self, prepared: _Prepared, pending: GenerationChunk, event: SequenceEvent) -> int:
+        """Adds one engine event to the sequence's pending chunk; returns its tokens so far."""
+        if event.error is not None:
+            raise BackendFailure(event.error)
+        if event.first_token_seconds is not None and pending.index == 0:
+            prepared.first_token_seconds = event.first_token_seconds
+        pending.text += event.text
+        pending.token_ids += event.token_ids
+        if pending.logprobs is not None and event.logprobs:
+            assert self._token_texts is not None
+            pending.logprobs += [self._token_texts.entry(item) for item in event.logprobs]
+        produced = event.output_tokens
+        if event.finish is not None:
+            if not produced and event.finish is FinishStatus.EXPIRED:
+                raise DeadlineExceeded("deadline passed before the first token; not computed")
+            if not produced and event.finish is FinishStatus.ABORTED:
+                raise NotReady("server is shutting down")
+            pending.finish = _client_status(event.finish)
+        return produced
 
     # --- cache ---------------------------------------------------------------------------
     def _cache_key(self, prepared: _Prepared, params: GenerateParams) -> str | None:
-        request = prepared.request
-        if self.cache is None or params.skip_cache or request is None or not request.sampling.deterministic:
+        """Deterministic single-sequence requests without logprobs are cached (the entry holds
+        one text); n > 1 and logprobs always generate."""
+        request = prepared.requests[0]
+        if (
+            self.cache is None
+            or params.skip_cache
+            or len(prepared.requests) > 1
+            or prepared.logprobs
+            or not request.sampling.deterministic
+        ):
             return None
         info = self.info
+        response_format = params.response_format
         sampling = request.sampling
         return self.cache.key(
             info.name,
@@ -296,7 +412,12 @@ class GenerationService:
             -1 if sampling.greedy or sampling.seed is None else sampling.seed,
             json.dumps(list(request.stop)),
             request.ignore_eos,
+            *(() if response_format is None else (response_format.kind.value, response_format.spec)),
         )
+
+
+_SEEDS = 1 << 64
+"""Seeds are taken modulo 2^64 (sequence i of a seeded request samples with seed + i)."""
 
 
 def _client_status(status: FinishStatus) -> FinishStatus:
@@ -337,13 +458,16 @@ def _decode_result(value: bytes | None) -> GenerateResult | None:
         return None
     try:
         data = json.loads(value)
+        text, finish = str(data["text"]), FinishStatus(data["finish"])
+        ids = [int(i) for i in data["token_ids"]]
         return GenerateResult(
-            text=str(data["text"]),
-            token_ids=[int(i) for i in data["token_ids"]],
-            finish=FinishStatus(data["finish"]),
+            text=text,
+            token_ids=ids,
+            finish=finish,
             prompt_tokens=int(data["prompt_tokens"]),
             output_tokens=int(data["output_tokens"]),
             cached=True,
+            choices=[Choice(0, text, ids, finish)],
         )
     except (ValueError, KeyError, TypeError):
         return None
