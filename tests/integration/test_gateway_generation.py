@@ -199,7 +199,7 @@ async def test_completions_unary_and_streamed(
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 1000}, "n"),
         ({"max_tokens": 5000}, "max_tokens"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"presence_penalty": 0.5}, "presence_penalty"),

@@ -1,10 +1,12 @@
 """POST /v1/chat/completions: OpenAI chat request -> GenerationService (ChatInput) -> response or SSE.
 
 Messages go to the service as ChatInput (rendered with the model's chat template there);
-text content parts are joined with newlines and `developer` is treated as `system`. A
-stream sends the OpenAI chunk sequence: a first chunk with the assistant role, one chunk
-per text delta, a chunk with the finish reason and an empty delta, optionally a usage
-chunk with empty choices, then `data: [DONE]`.
+text content parts are joined with newlines and `developer` is treated as `system`. `n`,
+`logprobs`/`top_logprobs` and `response_format` go to the service as they are (one call
+makes all n choices). A stream sends the OpenAI chunk sequence: a first chunk with the
+assistant role per choice, one chunk per text delta (with its tokens' logprobs when asked),
+a chunk per choice with its finish reason and an empty delta, optionally a usage chunk with
+empty choices, then `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,21 @@ from textserve.gateway.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ChatLogprobs,
     ChatMessage,
     ChatMessageParam,
     completion_id,
     now,
 )
-from textserve.gateway.sampling import check_supported, finish_reason, rename_field, sampling_params, usage_of
+from textserve.gateway.sampling import (
+    chat_logprobs,
+    check_supported,
+    finish_reason,
+    rename_field,
+    response_format,
+    sampling_params,
+    usage_of,
+)
 from textserve.gateway.streaming import DONE, EventStream, error_event, merge_streams, sse_data
 from textserve.v1 import common_pb2, generation_pb2
 
@@ -62,16 +73,12 @@ def chat_input(request: ChatCompletionRequest) -> generation_pb2.ChatInput:
 
 def _check(request: ChatCompletionRequest) -> None:
     check_supported(request)
-    if request.logprobs:
-        raise invalid("logprobs", "is not supported")
-    if request.top_logprobs:
-        raise invalid("top_logprobs", "is not supported")
+    if request.top_logprobs is not None and not request.logprobs:
+        raise invalid("top_logprobs", "requires logprobs=true")
     if request.tools:
         raise invalid("tools", "tool calling is not supported")
     if request.tool_choice not in (None, "none"):
         raise invalid("tool_choice", "tool calling is not supported")
-    if request.response_format and request.response_format.get("type", "text") != "text":
-        raise invalid("response_format", "only {'type': 'text'} is supported")
 
 
 class ChatServing:
@@ -85,8 +92,11 @@ class ChatServing:
     ) -> tuple[str, generation_pb2.GenerateRequest]:
         _check(request)
         max_tokens = request.max_completion_tokens or request.max_tokens
+        top = (request.top_logprobs or 0) if request.logprobs else None
         message = generation_pb2.GenerateRequest(
-            chat=chat_input(request), params=sampling_params(request, max_tokens)
+            chat=chat_input(request),
+            params=sampling_params(request, max_tokens, top),
+            response_format=response_format(request),
         )
         model = await self.backends.check_model("generation", request.model, options)
         return model, message
@@ -95,16 +105,20 @@ class ChatServing:
         """The whole assistant message."""
         model, message = await self._request(request, options)
         result = await self.backends.unary("generation", "Generate", message, options, rename=rename_field)
-        choice = ChatChoice(
-            index=0,
-            message=ChatMessage(content=result.text),
-            finish_reason=finish_reason(result.finish_reason),
-        )
+        choices = [
+            ChatChoice(
+                index=choice.index,
+                message=ChatMessage(content=choice.text),
+                logprobs=ChatLogprobs(content=chat_logprobs(choice.logprobs)) if request.logprobs else None,
+                finish_reason=finish_reason(choice.finish_reason),
+            )
+            for choice in result.choices
+        ]
         return ChatCompletionResponse(
             id=completion_id("chatcmpl"),
             created=now(),
             model=result.model.name or model,
-            choices=[choice],
+            choices=choices,
             usage=usage_of(result.usage),
         )
 
@@ -118,31 +132,39 @@ class ChatServing:
             upstream.cancel()
             raise
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return EventStream(self._events(model, upstream, include_usage), [upstream])
+        events = self._events(model, upstream, include_usage, request.n, bool(request.logprobs))
+        return EventStream(events, [upstream])
 
     async def _events(
-        self, model: str, upstream: UpstreamStream, include_usage: bool
+        self, model: str, upstream: UpstreamStream, include_usage: bool, n: int, logprobs: bool
     ) -> AsyncIterator[bytes]:
         response_id, created = completion_id("chatcmpl"), now()
 
-        def chunk(delta: ChatDelta, reason: str | None = None) -> bytes:
-            choice = ChatChunkChoice(index=0, delta=delta, finish_reason=reason)  # type: ignore[arg-type]
+        def chunk(
+            index: int, delta: ChatDelta, reason: str | None = None, lp: ChatLogprobs | None = None
+        ) -> bytes:
+            choice = ChatChunkChoice(index=index, delta=delta, logprobs=lp, finish_reason=reason)  # type: ignore[arg-type]
             body = ChatCompletionChunk(id=response_id, created=created, model=model, choices=[choice])
             return sse_data(body, include_null_usage=include_usage)
 
-        yield chunk(ChatDelta(role="assistant", content=""))
+        for index in range(n):
+            yield chunk(index, ChatDelta(role="assistant", content=""))
         usage = None
-        finished = False
+        finished: set[int] = set()
         try:
             async for _, message in merge_streams([upstream]):
-                if message.text_delta:
-                    yield chunk(ChatDelta(content=message.text_delta))
+                index = message.index
+                if message.text_delta or (logprobs and message.logprobs):
+                    lp = ChatLogprobs(content=chat_logprobs(message.logprobs)) if logprobs else None
+                    yield chunk(index, ChatDelta(content=message.text_delta), lp=lp)
                 if message.finish_reason != generation_pb2.FINISH_REASON_UNSPECIFIED:
-                    finished = True
+                    finished.add(index)
+                    yield chunk(index, ChatDelta(), finish_reason(message.finish_reason))
+                if message.HasField("usage"):
                     usage = usage_of(message.usage)
-                    yield chunk(ChatDelta(), finish_reason(message.finish_reason))
-            if not finished:
-                yield chunk(ChatDelta(), "stop")
+            for index in range(n):
+                if index not in finished:
+                    yield chunk(index, ChatDelta(), "stop")
             if include_usage and usage is not None:
                 yield sse_data(
                     ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=usage)

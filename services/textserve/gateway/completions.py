@@ -1,7 +1,10 @@
 """POST /v1/completions: OpenAI CompletionRequest -> GenerationService -> OpenAI response or SSE.
 
-Each prompt of the request is one Generate call (choice `index` = prompt position), run
-concurrently; a streamed request merges their GenerateStream messages as they arrive. The
+Each prompt of the request is one Generate call making its `n` choices (choice `index` =
+prompt position x n + choice), run concurrently; `logprobs` (legacy format: tokens, their
+logprobs, the top alternatives as {token: logprob}, text offsets) and `response_format` (an
+extension here, as in vLLM) go to the service as they are; a streamed request merges their
+GenerateStream messages as they arrive. The
 first message of every stream is awaited before the HTTP response starts, so a request
 the service rejects (bad input, overload) gets its HTTP status, not a 200 stream.
 """
@@ -17,6 +20,7 @@ from textserve.gateway.calls import CallOptions
 from textserve.gateway.errors import GatewayError, invalid
 from textserve.gateway.protocol import (
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     Usage,
@@ -26,8 +30,10 @@ from textserve.gateway.protocol import (
 from textserve.gateway.sampling import (
     add_usage,
     check_supported,
+    completion_logprobs,
     finish_reason,
     rename_field,
+    response_format,
     sampling_params,
     usage_of,
 )
@@ -56,8 +62,6 @@ def _check(request: CompletionRequest) -> None:
     check_supported(request)
     if request.echo:
         raise invalid("echo", "is not supported")
-    if request.logprobs:
-        raise invalid("logprobs", "is not supported")
     if request.best_of not in (None, 1):
         raise invalid("best_of", f"only best_of=1 is supported, got {request.best_of}")
     if request.suffix:
@@ -75,7 +79,11 @@ async def _gather(calls: Sequence[asyncio.Future[Any]]) -> list[generation_pb2.G
 
 
 def _rename(field: str) -> str:
-    return "prompt" + field[len("prompt") :] if field.startswith("prompt") else rename_field(field)
+    if field.startswith("prompt"):
+        return "prompt" + field[len("prompt") :]
+    if field == "params.top_logprobs":
+        return "logprobs"
+    return rename_field(field)
 
 
 class CompletionServing:
@@ -89,9 +97,12 @@ class CompletionServing:
     ) -> tuple[str, list[generation_pb2.GenerateRequest]]:
         _check(request)
         prompts = prompts_of(request)
-        params = sampling_params(request, request.max_tokens)
+        params = sampling_params(request, request.max_tokens, request.logprobs)
+        fmt = response_format(request)
         model = await self.backends.check_model("generation", request.model, options)
-        return model, [generation_pb2.GenerateRequest(prompt=p, params=params) for p in prompts]
+        return model, [
+            generation_pb2.GenerateRequest(prompt=p, params=params, response_format=fmt) for p in prompts
+        ]
 
     async def create(self, request: CompletionRequest, options: CallOptions) -> CompletionResponse:
         """A whole completion per prompt."""
@@ -103,13 +114,20 @@ class CompletionServing:
         results = await _gather(calls)
         usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
         choices = []
-        for index, result in enumerate(results):
+        n = request.n
+        for position, result in enumerate(results):
             usage = add_usage(usage, usage_of(result.usage))
-            choices.append(
-                CompletionChoice(
-                    index=index, text=result.text, finish_reason=finish_reason(result.finish_reason)
+            for choice in result.choices:
+                choices.append(
+                    CompletionChoice(
+                        index=position * n + choice.index,
+                        text=choice.text,
+                        logprobs=None
+                        if request.logprobs is None
+                        else completion_logprobs(choice.logprobs, 0),
+                        finish_reason=finish_reason(choice.finish_reason),
+                    )
                 )
-            )
         name = results[0].model.name or model
         return CompletionResponse(
             id=completion_id("cmpl"), created=now(), model=name, choices=choices, usage=usage
@@ -130,29 +148,37 @@ class CompletionServing:
                 stream.cancel()
             raise
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return EventStream(self._events(model, streams, include_usage), streams)
+        events = self._events(model, streams, include_usage, request.n, request.logprobs is not None)
+        return EventStream(events, streams)
 
     async def _events(
-        self, model: str, streams: list[UpstreamStream], include_usage: bool
+        self, model: str, streams: list[UpstreamStream], include_usage: bool, n: int, logprobs: bool
     ) -> AsyncIterator[bytes]:
         response_id, created = completion_id("cmpl"), now()
         usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
         finished: set[int] = set()
+        offsets: dict[int, int] = {}
 
-        def chunk(index: int, text: str, reason: str | None) -> bytes:
-            choice = CompletionChoice(index=index, text=text, finish_reason=reason)  # type: ignore[arg-type]
+        def chunk(index: int, text: str, reason: str | None, lp: CompletionLogprobs | None = None) -> bytes:
+            choice = CompletionChoice(index=index, text=text, logprobs=lp, finish_reason=reason)  # type: ignore[arg-type]
             body = CompletionResponse(id=response_id, created=created, model=model, choices=[choice])
             return sse_data(body, include_null_usage=include_usage)
 
         try:
-            async for index, message in merge_streams(streams):
-                if message.text_delta:
-                    yield chunk(index, message.text_delta, None)
+            async for position, message in merge_streams(streams):
+                index = position * n + message.index
+                if message.text_delta or (logprobs and message.logprobs):
+                    lp = None
+                    if logprobs:
+                        lp = completion_logprobs(message.logprobs, offsets.get(index, 0))
+                        offsets[index] = offsets.get(index, 0) + sum(len(t) for t in lp.tokens)
+                    yield chunk(index, message.text_delta, None, lp)
                 if message.finish_reason != generation_pb2.FINISH_REASON_UNSPECIFIED:
                     finished.add(index)
-                    usage = add_usage(usage, usage_of(message.usage))
                     yield chunk(index, "", finish_reason(message.finish_reason))
-            for index in range(len(streams)):
+                if message.HasField("usage"):
+                    usage = add_usage(usage, usage_of(message.usage))
+            for index in range(len(streams) * n):
                 if index not in finished:
                     yield chunk(index, "", "stop")
             if include_usage:

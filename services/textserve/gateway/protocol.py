@@ -1,10 +1,11 @@
 """OpenAI wire types (pydantic) of the gateway's endpoints.
 
 Requests accept what the OpenAI API accepts; unknown fields are ignored (clients send
-many), while known features the services do not have (n > 1, logprobs, tools, penalties)
-are rejected by the serving modules with a 400 naming the field. A few extensions known
-from other OpenAI-compatible servers (vLLM) are accepted: `top_k`, `repetition_penalty`,
-`ignore_eos`, and `normalize` for embeddings. Responses match OpenAI's field for field.
+many), while known features the services do not have (tools, penalties, echo) are rejected
+by the serving modules with a 400 naming the field. A few extensions known from other
+OpenAI-compatible servers (vLLM) are accepted: `top_k`, `repetition_penalty`, `ignore_eos`,
+`response_format` on /v1/completions and its `regex` type, and `normalize` for embeddings.
+Responses match OpenAI's field for field.
 """
 
 from __future__ import annotations
@@ -137,6 +138,31 @@ class EmbeddingResponse(_Response):
 
 
 # --- generation requests ----------------------------------------------------------------
+class JsonSchemaFormat(_Request):
+    """The `json_schema` of a json_schema response format."""
+
+    name: str = "response"
+    """Name of the schema (not used for decoding)."""
+    description: str | None = None
+    """Ignored."""
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    """The JSON Schema the output must be valid under."""
+    strict: bool | None = None
+    """Ignored: the output always follows the schema (properties not in it are not generated)."""
+
+
+class ResponseFormatParam(_Request):
+    """`response_format`: free text, any JSON object, JSON under a schema, or (extension) a regex."""
+
+    type: Literal["text", "json_object", "json_schema", "regex"]
+    """text: unconstrained; json_object: a JSON object; json_schema: valid under `json_schema.schema`;
+    regex (extension): the whole output matches `regex`."""
+    json_schema: JsonSchemaFormat | None = None
+    """Required with type json_schema."""
+    regex: str | None = None
+    """Extension: required with type regex."""
+
+
 class SamplingFields(_Request):
     """Fields /v1/completions and /v1/chat/completions share."""
 
@@ -151,7 +177,8 @@ class SamplingFields(_Request):
     seed: int | None = None
     """Seed for reproducible sampling."""
     n: int = Field(default=1, ge=1)
-    """Choices per prompt; only 1 is supported."""
+    """Choices per prompt (at most the generation service's max_n); sampled from one prompt, whose
+    tokens usage counts once; with a seed, choice i samples with seed + i."""
     stream: bool = False
     """Send server-sent events, ending with `data: [DONE]`."""
     stream_options: StreamOptions | None = None
@@ -170,6 +197,8 @@ class SamplingFields(_Request):
     """Extension: repetition penalty (1 is none)."""
     ignore_eos: bool = False
     """Extension: keep generating past the end-of-sequence token."""
+    response_format: ResponseFormatParam | None = None
+    """Structured output (constrained decoding): json_object, json_schema (or the regex extension)."""
 
 
 class CompletionRequest(SamplingFields):
@@ -181,8 +210,9 @@ class CompletionRequest(SamplingFields):
     """Most tokens to generate per prompt; unset uses the service default."""
     echo: bool = False
     """Not supported (must be false)."""
-    logprobs: int | None = None
-    """Not supported (must be unset)."""
+    logprobs: int | None = Field(default=None, ge=0)
+    """Log-probabilities of the generated tokens and of the `logprobs` most likely tokens at each
+    position (0 gives the generated tokens' only)."""
     best_of: int | None = None
     """Only 1 is supported."""
     suffix: str | None = None
@@ -218,19 +248,50 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(default=None, ge=1)
     """Deprecated alias of max_completion_tokens."""
     logprobs: bool | None = None
-    """Not supported (must be unset or false)."""
-    top_logprobs: int | None = None
-    """Not supported (must be unset)."""
+    """Return the log-probability of each generated token."""
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    """With logprobs: the most likely tokens at each position (0-20)."""
     tools: list[dict[str, Any]] | None = None
     """Not supported (must be unset or empty)."""
     tool_choice: Any = None
     """Only unset or "none"."""
-    response_format: dict[str, Any] | None = None
-    """Only {"type": "text"}."""
 
 
 # --- generation responses ---------------------------------------------------------------
 FinishReason = Literal["stop", "length", "abort"]
+
+
+class CompletionLogprobs(_Response):
+    """Log-probabilities of a completion choice (the legacy completions format)."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int]
+
+
+class TopLogprob(_Response):
+    """One of the most likely tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(_Response):
+    """A generated token with its log-probability and the most likely tokens at its position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Response):
+    """Log-probabilities of a chat choice."""
+
+    content: list[ChatTokenLogprob] | None = None
+    refusal: None = None
 
 
 class CompletionChoice(_Response):
@@ -238,7 +299,7 @@ class CompletionChoice(_Response):
 
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -267,7 +328,7 @@ class ChatChoice(_Response):
 
     index: int
     message: ChatMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -295,7 +356,7 @@ class ChatChunkChoice(_Response):
 
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
