@@ -85,6 +85,10 @@ bench-cache: install ## response-cache benchmark: hit vs miss latency, 90% hits 
 bench-generation: install ## continuous batching at 1/8/32 streams vs sequential generate() (~3 min)
 	$(PY) -m loadtests.bench_generation
 
+.PHONY: bench-structured
+bench-structured: install ## structured output: JSON-Schema-constrained vs unconstrained tokens/s at 8 streams (interleaved rounds, medians; ~2 min)
+	$(PY) -m loadtests.bench_structured
+
 .PHONY: bench-classifier
 bench-classifier: install ## classifier: in-process vs shared model vs embedding service over gRPC, concurrency 1 and 32
 	$(PY) -m loadtests.bench_classifier

@@ -317,6 +317,9 @@ class GenerationService:
         check_response_format(response_format, self.config)
         if self.grammars is None:
             raise InvalidInput(response_format.field, "structured output is not available for this model")
+        cached = self.grammars.cached(response_format)
+        if cached is not None:
+            return cached
         return await asyncio.to_thread(self.grammars.compile, response_format)
 
     async def _tokenize(self, model: CausalLM, params: GenerateParams) -> list[int]:

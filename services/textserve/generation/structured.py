@@ -133,26 +133,37 @@ class GrammarCompiler:
         self._compiler = xgrammar.GrammarCompiler(info, max_threads=threads, cache_enabled=False)
         self._cache: OrderedDict[ResponseFormat, Grammar] = OrderedDict()
         self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache_lock = threading.Lock()  # held for dictionary operations only
+        self._compile_lock = threading.Lock()  # one compilation at a time
         self.compiled = 0
         """Grammars compiled so far (cache misses)."""
+
+    def cached(self, response_format: ResponseFormat) -> Grammar | None:
+        """The grammar of a format compiled lately, or None (never blocks on a compilation)."""
+        with self._cache_lock:
+            grammar = self._cache.get(response_format)
+            if grammar is not None:
+                self._cache.move_to_end(response_format)
+            return grammar
 
     def compile(self, response_format: ResponseFormat) -> Grammar:
         """The grammar of a format (from the cache when it was compiled lately); raises
         InvalidInput naming the field when the schema or regex is not valid or not supported.
-        Blocks for the compilation: call it off the event loop."""
-        with self._lock:
-            grammar = self._cache.get(response_format)
+        Blocks for the compilation: call it off the event loop (or try `cached` first)."""
+        grammar = self.cached(response_format)
+        if grammar is not None:
+            return grammar
+        with self._compile_lock:
+            grammar = self.cached(response_format)  # compiled by another caller meanwhile
             if grammar is not None:
-                self._cache.move_to_end(response_format)
                 return grammar
-            compiled = self._compile(response_format)
+            grammar = Grammar(self._compile(response_format), response_format)
             self.compiled += 1
-            grammar = Grammar(compiled, response_format)
+        with self._cache_lock:
             self._cache[response_format] = grammar
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-            return grammar
+        return grammar
 
     def _compile(self, response_format: ResponseFormat) -> Any:
         kind, spec = response_format.kind, response_format.spec
