@@ -315,3 +315,10 @@ async def test_n_streamed_by_index(served: Served) -> None:
     assert [m.HasField("usage") for m in messages].count(True) == 1 and messages[-1].HasField("usage")
     assert messages[-1].usage.input_tokens == unary.usage.input_tokens
     assert messages[-1].usage.output_tokens == 24
+
+
+async def test_info_reports_the_option_limits(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        info = await stub.GenerationInfo(generation_pb2.GenerationInfoRequest(), timeout=30)
+    assert info.max_n == 12 and info.max_top_logprobs == 20
