@@ -131,3 +131,32 @@ def test_constrained_and_free_rows_in_one_engine_step(compiler: GrammarCompiler,
     constrained = [e for e in events if e.seq_id == 2]
     assert constrained[-1].finish is not None and constrained[-1].finish.value == "eos"
     assert isinstance(json.loads("".join(e.text for e in constrained))["a"], bool)
+
+
+def test_n_sequences_are_queued_all_or_none(tokenizer: Any) -> None:
+    from textserve.core.errors import Overloaded
+    from textserve.runtime.random_lm import random_causal_lm
+    from transformers import GPT2Config
+
+    eos = int(tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2, eos_token_id=eos
+    )
+    scheduler = Scheduler(SchedulerLimits(8, 3, 4096, 4096))
+    engine = GenerationEngine(
+        random_causal_lm(config, seed=1),
+        tokenizer,
+        "cpu",
+        len(tokenizer),
+        scheduler,
+        lambda _: None,
+        service="test",
+        model_name="tiny",
+    )
+    ids = tokenizer("Hi")["input_ids"]
+    engine.submit_all([EngineRequest(i, ids, 4, SamplingConfig()) for i in (1, 2)])
+    with pytest.raises(Overloaded):
+        engine.submit_all([EngineRequest(i, ids, 4, SamplingConfig()) for i in (3, 4)])
+    assert scheduler.num_waiting == 2
+    engine.submit_all([EngineRequest(5, ids, 4, SamplingConfig())])
+    assert scheduler.num_waiting == 3

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from textserve.core import metrics
-from textserve.core.errors import NotReady
+from textserve.core.errors import NotReady, Overloaded
 from textserve.generation.detokenize import IncrementalDetokenizer, StopMatcher
 from textserve.generation.kv_batch import PaddedKVBatch
 from textserve.generation.sampling import SamplingConfig, SequenceSampler, TokenLogprobs, sample_step
@@ -200,13 +200,19 @@ class GenerationEngine:
 
     def submit_all(self, requests: Sequence[EngineRequest]) -> None:
         """Queues sequences together (the n sequences of one request): no step runs between
-        them, so they are admitted, and prefilled, in the same step when they fit. On an error
-        the ones already queued stay queued; the caller aborts them."""
+        them, so they are admitted, and prefilled, in the same step when they fit. All or none:
+        Overloaded when they do not all fit in the waiting queue."""
         with self._lock:
             if self._failed is not None:
                 raise NotReady(f"generation engine failed: {self._failed}")
             if self._stopping:
                 raise NotReady("generation engine is stopping")
+            waiting, limit = self.scheduler.num_waiting, self.scheduler.limits.max_waiting
+            if len(requests) > 1 and waiting + len(requests) > limit:
+                raise Overloaded(
+                    f"generation queue full: {waiting} sequences waiting and {len(requests)} more asked "
+                    f"for, max_waiting_sequences={limit}; retry with backoff"
+                )
             try:
                 for request in requests:
                     slot = SequenceSlot(
