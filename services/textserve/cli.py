@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textserve.commands.embed",
     "textserve.commands.tokenize",
     "textserve.commands.classify",
+    "textserve.commands.entities",
     "textserve.commands.generate",
     "textserve.commands.drift_reference",
     "textserve.commands.ab_report",

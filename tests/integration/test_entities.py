@@ -1,0 +1,239 @@
+"""Named entities end to end: a token_classification classifier on real gRPC (loopback) with a
+tiny config-built BERT (seeded random weights, MiniLM tokenizer, 64-token windows).
+
+Parity: over 300 generated texts (CJK, emoji, accents, punctuation, every 10th several
+windows long) every aggregation strategy gives exactly the entities of
+`transformers.pipeline("token-classification")` (labels and code-point offsets; scores
+within 1e-4), long texts against the pipeline with the same `stride`. Then the per-token
+labels, the response cache, the Open Inference Protocol adapter read by tritonclient, the
+CLI, and bad input named by field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from textserve.classifier.config import ClassifierServiceConfig, EntitiesConfig
+from textserve.core.config import LimitsConfig, ModelConfig
+from textserve.transport.server import ServiceHost
+from textserve.v1 import classifier_pb2, classifier_pb2_grpc
+
+from tests.support import loopback_server, start_host
+from tests.token_model import LABELS, WINDOW, build_token_model, generated_texts
+
+STRIDE = 16
+STRATEGIES = {
+    "none": classifier_pb2.AGGREGATION_STRATEGY_NONE,
+    "simple": classifier_pb2.AGGREGATION_STRATEGY_SIMPLE,
+    "first": classifier_pb2.AGGREGATION_STRATEGY_FIRST,
+    "average": classifier_pb2.AGGREGATION_STRATEGY_AVERAGE,
+    "max": classifier_pb2.AGGREGATION_STRATEGY_MAX,
+}
+TEXTS = generated_texts(300, seed=15)
+
+
+@pytest.fixture(scope="module")
+def token_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_token_model(tmp_path_factory.mktemp("tiny-ner"))
+
+
+@pytest.fixture(scope="module")
+async def address(token_model: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    from textserve.classifier.app import ClassifierApp
+    from textserve.core.cache import build_cache
+    from textserve.core.config import CacheConfig
+
+    config = ClassifierServiceConfig(
+        server=loopback_server(),
+        kind="token_classification",
+        model=ModelConfig(path=str(token_model), onnx_cache_dir=tmp_path_factory.mktemp("onnx")),
+        limits=LimitsConfig(max_texts_per_request=64, max_text_chars=5000),
+        entities=EntitiesConfig(stride=STRIDE, max_windows_per_text=12),
+    )
+    host: ServiceHost = await start_host([ClassifierApp(config, build_cache(CacheConfig(), "classifier"))])
+    yield f"127.0.0.1:{host.port_of('classifier')}"
+    await host.stop(grace=1.0)
+
+
+async def extract(address: str, **fields: Any) -> classifier_pb2.ExtractEntitiesResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        return await stub.ExtractEntities(classifier_pb2.ExtractEntitiesRequest(**fields), timeout=120)
+
+
+async def extract_all(address: str, texts: list[str], strategy: str) -> list[classifier_pb2.TextEntities]:
+    chunks = [texts[i : i + 50] for i in range(0, len(texts), 50)]
+    replies = await asyncio.gather(
+        *(extract(address, texts=chunk, aggregation_strategy=STRATEGIES[strategy]) for chunk in chunks)
+    )
+    return [item for reply in replies for item in reply.results]
+
+
+def reference(
+    token_model: Path, strategy: str, texts: list[str], windows: list[int]
+) -> list[list[dict[str, Any]]]:
+    """The pipeline's entities: with `stride` for texts of several windows (not allowed with
+    strategy none: those are left out, None)."""
+    import warnings
+
+    from transformers import pipeline
+
+    pipe = pipeline(
+        "token-classification", model=str(token_model), aggregation_strategy=strategy, device="cpu"
+    )
+    answers: list[Any] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for text, count in zip(texts, windows, strict=True):
+            if count > 1 and strategy == "none":
+                answers.append(None)
+            else:
+                answers.append(pipe(text, stride=STRIDE) if count > 1 else pipe(text))
+    return answers
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+async def test_every_strategy_equals_the_pipeline(token_model: Path, address: str, strategy: str) -> None:
+    served = await extract_all(address, TEXTS, strategy)
+    windows = [item.windows for item in served]
+    assert sum(count > 1 for count in windows) >= 25  # the long texts do span several windows
+    expected = reference(token_model, strategy, TEXTS, windows)
+    key = "entity" if strategy == "none" else "entity_group"
+    compared = found = 0
+    for text, item, answer in zip(TEXTS, served, expected, strict=True):
+        if answer is None:
+            continue
+        compared += 1
+        got = [(e.label, e.start, e.end) for e in item.entities]
+        assert got == [(a[key], a["start"], a["end"]) for a in answer], text
+        np.testing.assert_allclose([e.score for e in item.entities], [a["score"] for a in answer], atol=1e-4)
+        assert [e.text for e in item.entities] == [text[a["start"] : a["end"]] for a in answer]
+        found += len(answer)
+    assert compared >= 270 and found > 300
+
+
+async def test_token_labels_cover_every_token_once(address: str) -> None:
+    text = "Zoë met 李伟 in São Paulo 😀 and " + "Acme Corp reported from Tokyo " * 12
+    reply = await extract(address, texts=[text], include_tokens=True)
+    (item,) = reply.results
+    assert item.windows > 1
+    spans = [(t.start, t.end) for t in item.tokens]
+    assert spans == sorted(set(spans)) and all(t.label in LABELS for t in item.tokens)
+    assert all(text[t.start : t.end] == t.text and t.text.strip() for t in item.tokens)
+    starts, ends = {t.start for t in item.tokens}, {t.end for t in item.tokens}
+    assert item.entities and all(e.start in starts and e.end in ends for e in item.entities)
+
+
+async def test_results_are_cached_by_strategy_and_text(address: str) -> None:
+    text = "A text only the entity cache test sends: John Smith of Acme Corp."
+    first = await extract(address, texts=[text], aggregation_strategy=STRATEGIES["first"])
+    again = await extract(address, texts=[text], aggregation_strategy=STRATEGIES["first"])
+    other = await extract(address, texts=[text], aggregation_strategy=STRATEGIES["max"])
+    assert (first.usage.cached_texts, again.usage.cached_texts, other.usage.cached_texts) == (0, 1, 0)
+    assert again.results[0] == first.results[0]
+
+
+async def test_info_reports_the_kind_and_labels(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        info = await stub.ClassifierInfo(classifier_pb2.ClassifierInfoRequest(), timeout=30)
+    assert info.kind == classifier_pb2.ClassifierInfoResponse.KIND_TOKEN_CLASSIFICATION
+    assert tuple(info.labels) == LABELS and info.model.max_input_tokens == WINDOW
+
+
+def field_of(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    detail = error_details_pb2.BadRequest()
+    status.details[0].Unpack(detail)
+    return str(detail.field_violations[0].field)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"texts": []}, "texts"),
+        ({"texts": ["ok", " "]}, "texts[1]"),
+        ({"texts": ["x" * 5001]}, "texts[0]"),
+        ({"texts": ["a"] * 65}, "texts"),
+        ({"texts": ["word " * 900]}, "texts[0]"),  # over max_windows_per_text
+        ({"texts": ["a"], "aggregation_strategy": 42}, "aggregation_strategy"),
+        ({"texts": ["a"], "stride": WINDOW}, "stride"),
+    ],
+)
+async def test_bad_input_names_the_field(address: str, fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await extract(address, **fields)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_of(caught.value) == field
+
+
+async def test_classify_on_a_token_classifier_is_invalid(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Classify(classifier_pb2.ClassifyRequest(texts=["John"]), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ExtractEntities" in (caught.value.details() or "")
+
+
+async def test_open_inference_protocol_entities(address: str) -> None:
+    from tests.oip_client import official
+
+    v2 = official()
+    texts = TEXTS[:6]
+    native = await extract(address, texts=texts, aggregation_strategy=STRATEGIES["average"])
+    async with v2.aio.InferenceServerClient(url=address) as client:
+        metadata = await client.get_model_metadata("classifier")
+        assert [t.name for t in metadata.outputs] == [
+            "entity_count", "entity_label", "entity_score", "entity_start", "entity_end", "entity_text",
+        ]  # fmt: skip
+        tensor = v2.grpc.InferInput("text_input", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+        parameters = {"aggregation_strategy": "average"}
+        result = await client.infer("classifier", [tensor], parameters=parameters)
+        with pytest.raises(Exception, match="aggregation_strategy"):
+            await client.infer("classifier", [tensor], parameters={"aggregation_strategy": "loudest"})
+    counts = result.as_numpy("entity_count")
+    assert counts.tolist() == [len(item.entities) for item in native.results]
+    flat = [e for item in native.results for e in item.entities]
+    assert [b.decode() for b in result.as_numpy("entity_label")] == [e.label for e in flat]
+    assert result.as_numpy("entity_start").tolist() == [e.start for e in flat]
+    assert result.as_numpy("entity_end").tolist() == [e.end for e in flat]
+    assert [b.decode() for b in result.as_numpy("entity_text")] == [e.text for e in flat]
+    np.testing.assert_allclose(result.as_numpy("entity_score"), [e.score for e in flat], rtol=1e-6)
+
+
+async def test_cli_prints_the_entities(address: str) -> None:
+    text = "John Smith visited São Paulo 😀"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "textserve.cli", "entities", text, "--address", address, "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    import json
+
+    printed = json.loads(out)
+    native = await extract(address, texts=[text])
+    assert printed == [
+        [
+            {
+                "label": e.label,
+                "score": pytest.approx(e.score, abs=1e-6),
+                "start": e.start,
+                "end": e.end,
+                "text": e.text,
+            }
+            for e in native.results[0].entities
+        ]
+    ]
