@@ -237,3 +237,27 @@ async def test_cli_prints_the_entities(address: str) -> None:
             for e in native.results[0].entities
         ]
     ]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_backends_give_the_models_token_logits(
+    token_model: Path, tmp_path_factory: pytest.TempPathFactory, backend: str
+) -> None:
+    """Both backends' per-token logits equal the transformers model's (padding cut off)."""
+    import torch
+    from textserve.runtime.encoder import EncoderModel
+    from transformers import AutoModelForTokenClassification
+
+    config = ModelConfig(
+        path=str(token_model), backend=backend, onnx_cache_dir=tmp_path_factory.mktemp("onnx")
+    )
+    model = EncoderModel(config, "token-classification")
+    reference = AutoModelForTokenClassification.from_pretrained(str(token_model)).eval()
+    batch = [encoded.ids for encoded in model.tokenizer.encode_many(TEXTS[:8])]
+    rows = model.run_batch(batch)
+    assert model.info.labels == LABELS and model.info.backend == backend
+    for ids, row in zip(batch, rows, strict=True):
+        with torch.inference_mode():
+            expected = reference(input_ids=torch.tensor([ids])).logits[0].numpy()
+        assert row.shape == (len(ids), len(LABELS))
+        np.testing.assert_allclose(row, expected, atol=1e-4)
