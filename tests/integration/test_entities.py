@@ -261,3 +261,18 @@ def test_backends_give_the_models_token_logits(
             expected = reference(input_ids=torch.tensor([ids])).logits[0].numpy()
         assert row.shape == (len(ids), len(LABELS))
         np.testing.assert_allclose(row, expected, atol=1e-4)
+
+
+def test_serve_all_gives_the_token_classifier_its_own_model(token_model: Path) -> None:
+    """Beside the embedding app in one process, a token classifier still runs its own model."""
+    from textserve.apps import build_apps
+    from textserve.settings import Settings
+
+    classifier = ClassifierServiceConfig(
+        kind="token_classification", model=ModelConfig(path=str(token_model))
+    )
+    apps = build_apps(["embedding", "classifier"], Settings(classifier=classifier))
+    (app,) = [app for app in apps if app.name == "classifier"]
+    service = app.service  # type: ignore[attr-defined]
+    assert service.entities is not None and service.scorer.home == "owned"
+    assert service.entities.encoder.task == "token-classification"
