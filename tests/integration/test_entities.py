@@ -276,3 +276,40 @@ def test_serve_all_gives_the_token_classifier_its_own_model(token_model: Path) -
     service = app.service  # type: ignore[attr-defined]
     assert service.entities is not None and service.scorer.home == "owned"
     assert service.entities.encoder.task == "token-classification"
+
+
+def random_unicode_texts(count: int, seed: int) -> list[str]:
+    """Seeded texts of code points from many scripts and odd characters (combining marks,
+    zero-width joiners, full-width forms, symbols, astral emoji), spaces between runs."""
+    import random
+
+    rng = random.Random(seed)
+    ranges = [
+        (0x21, 0x7E), (0xC0, 0x24F), (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x6FF),
+        (0x900, 0x97F), (0x3040, 0x30FF), (0x4E00, 0x4FFF), (0xAC00, 0xAD00), (0xFF01, 0xFF5E),
+        (0x200B, 0x200D), (0x2000, 0x206F), (0x1F300, 0x1F64F), (0x1F900, 0x1F9FF),
+    ]  # fmt: skip
+    texts = []
+    while len(texts) < count:
+        runs = []
+        for _ in range(1 + rng.randrange(12)):
+            low, high = rng.choice(ranges)
+            runs.append("".join(chr(rng.randint(low, high)) for _ in range(1 + rng.randrange(6))))
+        text = " ".join(runs)
+        if text.strip():
+            texts.append(text)
+    return texts
+
+
+@pytest.mark.parametrize("strategy", ["simple", "average"])
+async def test_odd_unicode_equals_the_pipeline(token_model: Path, address: str, strategy: str) -> None:
+    """Offsets stay exact on scripts, combining marks and zero-width characters."""
+    texts = random_unicode_texts(60, seed=151)
+    served = await extract_all(address, texts, strategy)
+    expected = reference(token_model, strategy, texts, [item.windows for item in served])
+    for text, item, answer in zip(texts, served, expected, strict=True):
+        assert [(e.label, e.start, e.end) for e in item.entities] == [
+            (a["entity_group"], a["start"], a["end"]) for a in answer
+        ], text
+        assert all(e.text == text[e.start : e.end] for e in item.entities)
+        np.testing.assert_allclose([e.score for e in item.entities], [a["score"] for a in answer], atol=1e-4)

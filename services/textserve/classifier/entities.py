@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar, cast
+
+import numpy as np
 
 from textserve.classifier.config import ClassifierServiceConfig
 from textserve.classifier.scoring import SERVICE
@@ -32,6 +35,7 @@ from textserve.runtime.encoder_engine import Encoder
 from textserve.runtime.token_classification import STRATEGIES, Strategy, TokenWindow, entities, token_labels
 from textserve.runtime.tokenization import Encoded
 
+_T = TypeVar("_T")
 _THREAD_THRESHOLD = 16
 """Above this many texts, windowing and aggregation move off the event loop."""
 
@@ -136,7 +140,7 @@ class EntityExtractor:
                 "stride",
                 f"is {stride}; at most {windower.max_stride} for windows of {windower.max_length} tokens",
             )
-        return strategy, stride  # type: ignore[return-value]
+        return cast(Strategy, strategy), stride
 
     async def extract(self, params: EntitiesParams, deadline: float | None = None) -> EntitiesResult:
         """The entities of every text; raises the error kinds of core/errors.py."""
@@ -187,10 +191,11 @@ class EntityExtractor:
         return result
 
     @staticmethod
-    async def _in_thread(count: int, function: object, *args: object) -> list:  # type: ignore[type-arg]
+    async def _in_thread(count: int, function: Callable[..., _T], *args: Any) -> _T:
+        """`function(*args)`, in a worker thread when `count` texts make it long."""
         if count > _THREAD_THRESHOLD:
-            return await asyncio.to_thread(function, *args)  # type: ignore[arg-type]
-        return function(*args)  # type: ignore[operator,no-any-return]
+            return await asyncio.to_thread(function, *args)
+        return function(*args)
 
     def _windows(self, texts: list[str], indices: list[int], stride: int) -> list[list[TokenWindow]]:
         windower = self.encoder.windower
@@ -211,7 +216,7 @@ class EntityExtractor:
         self,
         texts: list[str],
         windows: list[list[TokenWindow]],
-        rows: list,  # type: ignore[type-arg]
+        rows: Sequence[np.ndarray],
         strategy: Strategy,
         include_tokens: bool,
     ) -> list[TextEntities]:
