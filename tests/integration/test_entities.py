@@ -313,3 +313,24 @@ async def test_odd_unicode_equals_the_pipeline(token_model: Path, address: str, 
         ], text
         assert all(e.text == text[e.start : e.end] for e in item.entities)
         np.testing.assert_allclose([e.score for e in item.entities], [a["score"] for a in answer], atol=1e-4)
+
+
+def test_tune_command_measures_the_token_model(
+    token_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`textserve tune classifier` measures a token classifier's model with its own task."""
+    import yaml
+    from textserve.cli import main
+    from textserve.tuning.result import TuningResult
+
+    config = tmp_path / "config.yaml"
+    output = tmp_path / "tuned-ner.json"
+    model = {"path": str(token_model), "onnx_cache_dir": str(tmp_path / "onnx")}
+    config.write_text(yaml.safe_dump({"classifier": {"kind": "token_classification", "model": model}}))
+    args = ["tune", "classifier", "--config", str(config), "--output", str(output)]
+    args += ["--seconds", "0.5", "--text-tokens", "8", "--batch-sizes", "1", "2"]
+    assert main(args) == 0
+    written = TuningResult.load(output)
+    assert written.provenance.model == token_model.name and written.budget.max_batch_size in (1, 2)
+    graphs = [folder.name for folder in (tmp_path / "onnx").iterdir()]
+    assert graphs and all(name.startswith(f"{token_model.name}-token-classification-") for name in graphs)
