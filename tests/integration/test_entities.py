@@ -334,3 +334,36 @@ def test_tune_command_measures_the_token_model(
     assert written.provenance.model == token_model.name and written.budget.max_batch_size in (1, 2)
     graphs = [folder.name for folder in (tmp_path / "onnx").iterdir()]
     assert graphs and all(name.startswith(f"{token_model.name}-token-classification-") for name in graphs)
+
+
+async def test_encoder_caches_token_logits(token_model: Path, tmp_path: Path) -> None:
+    """The Encoder's token verb through a response cache: the second call is answered from it,
+    with the same [tokens, labels] arrays."""
+    from textserve.core.cache import build_cache
+    from textserve.core.config import BatcherConfig, CacheConfig
+    from textserve.runtime.encoder_engine import Encoder, EncoderOptions
+    from textserve.tuning.config import TuningConfig
+
+    options = EncoderOptions(
+        model=ModelConfig(path=str(token_model), onnx_cache_dir=tmp_path / "onnx"),
+        batcher=BatcherConfig(),
+        tuning=TuningConfig(),
+    )
+    encoder = Encoder(
+        options, build_cache(CacheConfig(), "classifier"), service="classifier", task="token-classification"
+    )
+    await encoder.start()
+    try:
+        inputs = await encoder.tokenize(TEXTS[:5], None)
+        first = await encoder.token_logits(inputs, None)
+        assert encoder.cache is not None
+        await encoder.cache.flush()  # the write-back runs in the background
+        again = await encoder.token_logits(inputs, None)
+        with pytest.raises(Exception, match="token-classification"):
+            await encoder.embed(inputs, None)
+    finally:
+        await encoder.stop()
+    assert first.cached == [False] * 5 and again.cached == [True] * 5
+    for item, before, after in zip(inputs, first.rows, again.rows, strict=True):
+        assert before.shape == after.shape == (len(item.ids), len(LABELS))
+        np.testing.assert_array_equal(before, after)
