@@ -102,8 +102,12 @@ bench-quality: install ## classifier and embedding p50 latency / throughput with
 	$(PY) -m loadtests.bench_quality
 
 .PHONY: bench-tasks
-bench-tasks: install ## fine-tune on SST-2, SST-3 and CoNLL-2003 (../shared/data): dev accuracy / macro-recall / entity F1, training time (~1 h on 2 cores)
+bench-tasks: install ## fine-tune on SST-2, SST-3 and CoNLL-2003 (../shared/data): dev accuracy / macro-recall / entity F1, training time, then each model served vs its raw forward (~1.5 h on 2 cores)
 	$(PY) -m loadtests.bench_tasks
+
+.PHONY: bench-task-serving
+bench-task-serving: install ## served sequence classifier and NER model vs raw forward, one short text per call (~3 min; MiniLM stand-ins unless given)
+	$(PY) -m loadtests.bench_task_serving
 
 .PHONY: bench-tuning
 bench-tuning: install ## tuned batch budget vs fixed max_batch_size on a mixed-length workload (~5 min)

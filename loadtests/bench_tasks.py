@@ -8,6 +8,10 @@ p50/p99 at concurrency 1 as the baseline the served model is compared with:
   * sst3: sst3_collapsed_train.tsv -> sst3_collapsed_dev.tsv: macro-recall and neutral recall
   * ner:  ner/eng.train -> ner/eng.testa: entity-level P/R/F1 per type (seqeval strict IOB2;
           bar 0.85 F1)
+Then each trained model is served by a classifier (sequence_classification /
+token_classification) and measured against its raw forward in the same run, interleaved
+(loadtests/bench_task_serving.py): one short text per call, p50/p95/p99 at concurrency 1,
+throughput at concurrency 1 and 32, ratios served/raw (--serve-seconds 0 skips it).
 Only train and dev splits exist here: every figure is a dev-split figure. Models are written
 under --out-dir (default /tmp/textserve-bench-tasks), never into the repository.
 
@@ -164,11 +168,20 @@ async def run(args: argparse.Namespace) -> BenchResult:
     result = BenchResult("tasks", "Fine-tuned task models: dev-split quality, training time, raw forward")
     started = time.perf_counter()
     for name in args.tasks:
-        result.add_row(**run_task(name, args))
+        row = run_task(name, args)
+        if args.serve_seconds > 0:
+            from loadtests.bench_task_serving import measure_served
+
+            served = await measure_served(
+                Path(row["model_dir"]), TASKS[name]["task"], args.serve_seconds, args.serve_rounds
+            )
+            row.update({key: value for key, value in served.items() if key not in ("model_dir",)})
+        result.add_row(**row)
     columns = [
         "task", "dev_split", "train_examples", "epochs", "train_seconds", "accuracy", "macro_f1",
         "macro_recall", "neutral_recall", "precision", "recall", "f1", "raw_forward_p50_ms",
-        "raw_forward_p99_ms",
+        "raw_forward_p99_ms", "raw_p50_ms", "served_c1_p50_ms", "served_c1_p95_ms", "served_c1_p99_ms",
+        "served_c32_rps", "c1_p50_ratio_to_raw", "c32_rps_ratio_to_raw",
     ]  # fmt: skip
     result.columns = [c for c in columns if any(c in row for row in result.rows)]
     print_table(result.rows, result.columns, title="fine-tuned task models (figures on the dev split)")
@@ -205,6 +218,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--latency-calls", type=int, default=200, help="raw forward calls timed per model")
+    parser.add_argument("--serve-seconds", type=float, default=5.0, help="served runs' length (0: skip)")
+    parser.add_argument("--serve-rounds", type=int, default=3, help="interleaved raw/served rounds")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", type=Path, help="write the result here (textserve-bench/1)")
     run_bench(parser, run)

@@ -78,7 +78,8 @@ def _classifier_app(settings: Settings, embedding: Encoder | None) -> ServiceApp
     classifier = settings.classifier
     shared = (
         embedding
-        if not classifier.embedding_address and classifier.kind != "sequence_classification"
+        if not classifier.embedding_address
+        and classifier.kind not in ("sequence_classification", "token_classification")
         else None
     )
     # One copy of the model in memory, one batcher for both services' texts, no gRPC hop

@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textserve.commands.embed",
     "textserve.commands.tokenize",
     "textserve.commands.classify",
+    "textserve.commands.entities",
+    "textserve.commands.evaluate",
     "textserve.commands.generate",
     "textserve.commands.drift_reference",
     "textserve.commands.ab_report",

@@ -254,3 +254,14 @@ def test_a_bad_free_form_config_is_caught_by_textserve(tmp_path: Path) -> None:
     docs = documents(render({"services": {"embedding": {"config": {"batcher": {"max_batch_sise": 3}}}}}))
     with pytest.raises(ConfigError, match=r"embedding\.batcher\.max_batch_sise"):
         _pod_settings(docs, "embedding", tmp_path)
+
+
+def test_ner_release_serves_a_token_classifier_on_its_own(tmp_path: Path) -> None:
+    """ci/ner-values.yaml: only the classifier, of kind token_classification, on its own model."""
+    scenario = Scenario("ci-ner", ("ci/ner-values.yaml",))
+    assert enabled_components(scenario) == ["classifier"]
+    settings, _ = _pod_settings(scenario_docs(scenario), "classifier", tmp_path)
+    classifier = settings.classifier
+    assert classifier.kind == "token_classification" and classifier.embedding_address == ""
+    assert classifier.model.path == "/models/ner"
+    assert (classifier.entities.aggregation_strategy, classifier.entities.stride) == ("first", 32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from textserve.classifier.config import ClassifierServiceConfig
+from textserve.classifier.entities_oip import EntitiesAdapter
 from textserve.classifier.oip import ClassifierAdapter
 from textserve.classifier.service import SERVICE, ClassifierService
 from textserve.classifier.servicer import ClassifierServicer
@@ -46,7 +47,12 @@ class ClassifierApp:
 
     def register(self, server: grpc.aio.Server) -> None:
         add_servicer(server, self.servicer, _DESCRIPTOR)
-        add_inference_servicer(server, self.name, [ClassifierAdapter(self.service)])
+        adapter = (
+            EntitiesAdapter(self.service)
+            if self.service.entities is not None
+            else ClassifierAdapter(self.service)
+        )
+        add_inference_servicer(server, self.name, [adapter])
 
     async def start(self) -> None:
         await self.service.start()

@@ -74,12 +74,24 @@ def default_label_sets() -> dict[str, list[LabelConfig]]:
     }
 
 
+class EntitiesConfig(ConfigSection):
+    """Entity extraction of a token_classification classifier (ExtractEntities)."""
+
+    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = "simple"
+    """How tokens become entities when a request leaves it unspecified (transformers' pipeline strategies)."""
+    stride: int = Field(default=16, ge=0, le=4096)
+    """Tokens shared by consecutive windows of a text longer than the model's window
+    (a request's 0); must stay below the window length minus the special tokens."""
+    max_windows_per_text: int = Field(default=64, ge=1, le=100_000)
+    """Most windows one text may take; a longer text is INVALID_ARGUMENT."""
+
+
 class ClassifierServiceConfig(ServiceConfigBase):
     """Classifier service."""
 
     server: ServerConfig = Field(default_factory=lambda: ServerConfig(port=50053))
-    kind: Literal["zero_shot", "sequence_classification", "linear_head"] = "zero_shot"
-    """How texts are classified."""
+    kind: Literal["zero_shot", "sequence_classification", "linear_head", "token_classification"] = "zero_shot"
+    """How texts are classified (token_classification: named entities through ExtractEntities)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     """Embedding model (zero_shot, linear_head) or sequence-classification model."""
     batcher: BatcherConfig = Field(default_factory=BatcherConfig)
@@ -119,6 +131,8 @@ class ClassifierServiceConfig(ServiceConfigBase):
     """How `textserve tune classifier` and autotune measure and choose the batch budget."""
     quality: QualityConfig = Field(default_factory=QualityConfig)
     """Model-quality monitoring: prediction statistics (always), drift detection, feedback, payload log."""
+    entities: EntitiesConfig = Field(default_factory=EntitiesConfig)
+    """token_classification: aggregation strategy, window stride and window limit of ExtractEntities."""
 
     @model_validator(mode="after")
     def _check_label_sets(self) -> ClassifierServiceConfig:

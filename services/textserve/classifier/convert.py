@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textserve.api import common
 from textserve.classifier.config import ClassifierServiceConfig
+from textserve.classifier.entities import EntitiesParams, EntitiesResult, FoundEntity
 from textserve.classifier.service import (
     ClassifierDescription,
     ClassifyParams,
@@ -21,7 +22,18 @@ _KINDS: dict[Kind, classifier_pb2.ClassifierInfoResponse.Kind] = {
     "sequence_classification": classifier_pb2.ClassifierInfoResponse.KIND_SEQUENCE_CLASSIFICATION,
     "zero_shot": classifier_pb2.ClassifierInfoResponse.KIND_ZERO_SHOT,
     "linear_head": classifier_pb2.ClassifierInfoResponse.KIND_LINEAR_HEAD,
+    "token_classification": classifier_pb2.ClassifierInfoResponse.KIND_TOKEN_CLASSIFICATION,
 }
+
+STRATEGY_NAMES: dict[int, str] = {
+    classifier_pb2.AGGREGATION_STRATEGY_UNSPECIFIED: "",
+    classifier_pb2.AGGREGATION_STRATEGY_NONE: "none",
+    classifier_pb2.AGGREGATION_STRATEGY_SIMPLE: "simple",
+    classifier_pb2.AGGREGATION_STRATEGY_FIRST: "first",
+    classifier_pb2.AGGREGATION_STRATEGY_AVERAGE: "average",
+    classifier_pb2.AGGREGATION_STRATEGY_MAX: "max",
+}
+"""AggregationStrategy values -> the logic's strategy names ("": the configured one)."""
 
 
 def model_info(model: EncoderDescription) -> common_pb2.ModelInfo:
@@ -95,3 +107,45 @@ def info_response(
         max_labels_per_request=description.max_labels_per_request,
         default_temperature=description.default_temperature,
     )
+
+
+def entities_params(request: classifier_pb2.ExtractEntitiesRequest) -> EntitiesParams:
+    """ExtractEntitiesRequest -> EntitiesParams."""
+    strategy = STRATEGY_NAMES.get(request.aggregation_strategy)
+    if strategy is None:
+        raise InvalidInput(
+            "aggregation_strategy", f"unknown AggregationStrategy value {request.aggregation_strategy}"
+        )
+    return EntitiesParams(
+        texts=list(request.texts),
+        aggregation_strategy=strategy,
+        stride=int(request.stride),
+        include_tokens=request.include_tokens,
+        skip_cache=request.skip_cache,
+    )
+
+
+def _entity(item: FoundEntity) -> classifier_pb2.Entity:
+    return classifier_pb2.Entity(
+        label=item.label, score=item.score, start=item.start, end=item.end, text=item.text
+    )
+
+
+def entities_response(result: EntitiesResult) -> classifier_pb2.ExtractEntitiesResponse:
+    """EntitiesResult -> ExtractEntitiesResponse."""
+    response = classifier_pb2.ExtractEntitiesResponse(
+        model=model_info(result.model),
+        usage=common_pb2.Usage(
+            input_tokens=sum(item.input_tokens for item in result.results), cached_texts=result.cached
+        ),
+        timing=common.timing(
+            result.tokenize_seconds, result.queue_seconds, result.inference_seconds, result.total_seconds
+        ),
+    )
+    for item in result.results:
+        response.results.add(
+            entities=[_entity(entity) for entity in item.entities],
+            tokens=[_entity(token) for token in item.tokens],
+            windows=item.windows,
+        )
+    return response

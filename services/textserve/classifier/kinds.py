@@ -8,6 +8,7 @@ from textserve.classifier.linear_head import LinearHeadScorer
 from textserve.classifier.merging import MergingVectorSource
 from textserve.classifier.scoring import SERVICE, Scorer
 from textserve.classifier.sequence_classification import SequenceClassificationScorer
+from textserve.classifier.token_classification import TokenClassificationScorer
 from textserve.classifier.vector_source import LocalVectorSource, RemoteVectorSource, VectorSource
 from textserve.classifier.zero_shot import ZeroShotScorer
 from textserve.runtime.encoder import Task
@@ -47,6 +48,10 @@ def build_scorer(
 ) -> Scorer:
     """The scorer of `config.kind`. `source` replaces the configured vector source; `encoder`
     is an Encoder another app of this process owns and shares (`serve all`)."""
+    if config.kind == "token_classification":
+        if source is not None or encoder is not None:
+            raise ValueError("a token_classification classifier runs its own model; it shares none")
+        return TokenClassificationScorer(local_encoder(config, "token-classification"), config.limits)
     if config.kind == "sequence_classification":
         if source is not None:
             raise ValueError(

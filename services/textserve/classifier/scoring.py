@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 SERVICE = "classifier"
 
-Kind = Literal["zero_shot", "sequence_classification", "linear_head"]
+Kind = Literal["zero_shot", "sequence_classification", "linear_head", "token_classification"]
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from textserve.classifier.config import ClassifierServiceConfig
+from textserve.classifier.entities import EntitiesParams, EntitiesResult, EntityExtractor
 from textserve.classifier.kinds import build_scorer
 from textserve.classifier.linear_head import HeadMismatch, LinearHeadScorer
 from textserve.classifier.scoring import SERVICE, Kind, ScoreCall, Scorer
+from textserve.classifier.token_classification import TokenClassificationScorer
 from textserve.classifier.vector_source import Accounting, EncoderDescription, VectorSource
 from textserve.classifier.zero_shot import Label, ZeroShotScorer
 from textserve.core.cache import ResponseCache
@@ -184,6 +186,10 @@ class ClassifierService:
         self.scorer: Scorer = build_scorer(config, source, token, encoder)
         self.results: CacheThrough[_Scored] = CacheThrough(cache if config.cache_enabled else None, SERVICE)
         self.quality = QualityRecorder(config.quality, service=SERVICE, cache=cache_config)
+        self.entities: EntityExtractor | None = None
+        """Entity extraction (kind token_classification only; entities.py)."""
+        if isinstance(self.scorer, TokenClassificationScorer):
+            self.entities = EntityExtractor(self.scorer.encoder, config, self.results.cache)
         self._started = False
 
     @property
@@ -208,6 +214,8 @@ class ClassifierService:
             await self.scorer.warm_up(None)
         else:
             await self._wait_for_embedding()
+        if self.entities is not None:
+            self.entities.check()
         self._started = True
         log.info(
             "classifier ready",
@@ -240,7 +248,7 @@ class ClassifierService:
     async def stop(self) -> None:
         """Stops the in-process model or closes the channel, then the cache and the quality parts."""
         await self.scorer.stop()
-        await self.results.close()
+        await self.results.close()  # the entities share this cache
         await self.quality.close()
 
     # --- description ---------------------------------------------------------------------
@@ -323,6 +331,18 @@ class ClassifierService:
             texts=params.texts,
             drift=default_set,
         )
+
+    async def extract_entities(self, params: EntitiesParams, deadline: float | None = None) -> EntitiesResult:
+        """Named entities of every text (kind token_classification; InvalidInput for other kinds)."""
+        if not self._started:
+            raise NotReady("classifier is still loading")
+        if self.entities is None:
+            raise InvalidInput(
+                "texts",
+                f"this classifier (kind={self.kind}) classifies texts; "
+                "entities need kind token_classification",
+            )
+        return await self.entities.extract(params, deadline)
 
     async def feedback(self, params: FeedbackParams, deadline: float | None = None) -> FeedbackResult:
         """Joins the true label of one earlier prediction: JOINED, or DUPLICATE when it was joined

@@ -50,3 +50,12 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
     ) -> classifier_pb2.FeedbackResponse:
         result = await self.service.feedback(convert.feedback_params(request), request_deadline(context))
         return convert.feedback_response(result)
+
+    @unary_rpc(SERVICE, "ExtractEntities")
+    async def ExtractEntities(
+        self, request: classifier_pb2.ExtractEntitiesRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.ExtractEntitiesResponse:
+        result = await self.service.extract_entities(
+            convert.entities_params(request), request_deadline(context)
+        )
+        return convert.entities_response(result)

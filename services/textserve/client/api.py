@@ -30,6 +30,7 @@ from textserve.client.results import (
     Classification,
     Classifications,
     Embeddings,
+    EntityExtraction,
     Generation,
     GenerationChunk,
     Tokenization,
@@ -37,6 +38,7 @@ from textserve.client.results import (
     classification_of,
     classifications_of,
     embeddings_of,
+    entities_of,
     generation_of,
     tokenization_of,
     vector_of,
@@ -252,6 +254,34 @@ class AsyncTextserveClient:
             self._stub("classifier").Classify, request, deadline_of(timeout, self.options), "Classify"
         )
         return classifications_of(reply)
+
+    async def extract_entities(
+        self,
+        texts: Sequence[str],
+        *,
+        aggregation_strategy: str = "",
+        stride: int = 0,
+        include_tokens: bool = False,
+        timeout: float | None = None,
+    ) -> EntityExtraction:
+        """Named entities of several texts (a classifier of kind token_classification).
+        `aggregation_strategy`: none, simple, first, average or max ("": the service's)."""
+        strategies = {"": 0, "none": 1, "simple": 2, "first": 3, "average": 4, "max": 5}
+        if aggregation_strategy not in strategies:
+            raise ValueError(f"aggregation_strategy must be one of {sorted(strategies)[1:]}")
+        request = classifier_pb2.ExtractEntitiesRequest(
+            texts=list(texts),
+            aggregation_strategy=strategies[aggregation_strategy],  # type: ignore[arg-type]
+            stride=max(0, stride),
+            include_tokens=include_tokens,
+        )
+        reply = await self._policy.call_unary(
+            self._stub("classifier").ExtractEntities,
+            request,
+            deadline_of(timeout, self.options),
+            "ExtractEntities",
+        )
+        return entities_of(reply)
 
     # --- tokenizer -------------------------------------------------------------------------
 

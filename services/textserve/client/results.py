@@ -84,6 +84,36 @@ class Classifications:
 
 
 @dataclass(frozen=True)
+class Entity:
+    """A named entity (or a token's label): code-point span [start, end) of its text."""
+
+    label: str
+    score: float
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class TextEntities:
+    """Entities of one text, and its tokens' labels when asked for."""
+
+    entities: list[Entity]
+    tokens: list[Entity]
+    windows: int
+
+
+@dataclass(frozen=True)
+class EntityExtraction:
+    """Entities of several texts, in the order sent."""
+
+    items: list[TextEntities]
+    model: ModelInfo
+    usage: Usage
+    timing: Timing
+
+
+@dataclass(frozen=True)
 class Encoding:
     """Tokens of one text."""
 
@@ -169,6 +199,24 @@ def classification_of(item: classifier_pb2.Classification) -> Classification:
 def classifications_of(reply: classifier_pb2.ClassifyResponse) -> Classifications:
     return Classifications(
         [classification_of(item) for item in reply.classifications],
+        model_of(reply.model),
+        usage_of(reply.usage),
+        timing_of(reply.timing),
+    )
+
+
+def _entity_of(item: classifier_pb2.Entity) -> Entity:
+    return Entity(item.label, float(item.score), int(item.start), int(item.end), item.text)
+
+
+def entities_of(reply: classifier_pb2.ExtractEntitiesResponse) -> EntityExtraction:
+    return EntityExtraction(
+        [
+            TextEntities(
+                [_entity_of(e) for e in item.entities], [_entity_of(t) for t in item.tokens], item.windows
+            )
+            for item in reply.results
+        ],
         model_of(reply.model),
         usage_of(reply.usage),
         timing_of(reply.timing),

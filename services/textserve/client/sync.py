@@ -26,6 +26,7 @@ from textserve.client.results import (
     Classification,
     Classifications,
     Embeddings,
+    EntityExtraction,
     Generation,
     GenerationChunk,
     Tokenization,
@@ -107,6 +108,10 @@ class TextserveClient:
     def classify_batch(self, texts: Sequence[str], **kwargs: Any) -> Classifications:
         """Classifications of several texts in one call."""
         return self._run(self.aio.classify_batch(texts, **kwargs))
+
+    def extract_entities(self, texts: Sequence[str], **kwargs: Any) -> EntityExtraction:
+        """Named entities of several texts (a token_classification classifier)."""
+        return self._run(self.aio.extract_entities(texts, **kwargs))
 
     def tokenize(self, texts: Sequence[str], **kwargs: Any) -> Tokenization:
         """Token ids, token strings and offsets of each text."""

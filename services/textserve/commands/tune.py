@@ -80,6 +80,8 @@ def _task(config: EmbeddingServiceConfig | ClassifierServiceConfig) -> Task:
     """The encoder task the service runs its model with (as its in-process EmbeddingService does)."""
     if isinstance(config, ClassifierServiceConfig) and config.kind == "sequence_classification":
         return "sequence-classification"
+    if isinstance(config, ClassifierServiceConfig) and config.kind == "token_classification":
+        return "token-classification"
     return "embedding"
 
 

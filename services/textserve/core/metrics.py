@@ -65,6 +65,13 @@ INPUT_TOKENS = Counter(
     ["service", "model"],
     registry=REGISTRY,
 )
+ENTITY_WINDOWS = Histogram(
+    "textserve_entity_windows",
+    "Model windows one text was split into for entity extraction (1: the text fits one window).",
+    ["service", "model"],
+    buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64, 128),
+    registry=REGISTRY,
+)
 AUTH_FAILURES = Counter(
     "textserve_auth_failures_total",
     "RPCs rejected by bearer-token auth, by gRPC status code (UNAUTHENTICATED, PERMISSION_DENIED).",

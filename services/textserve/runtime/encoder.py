@@ -1,7 +1,8 @@
-"""Encoder models (embedding and sequence classification) behind one small backend contract.
+"""Encoder models (embedding, sequence and token classification) behind one small backend contract.
 
 `EncoderBackend` is the contract: load once, then `forward(input_ids, attention_mask)`
-returns pooled vectors (task "embedding") or logits (task "sequence-classification").
+returns pooled vectors (task "embedding"), logits (task "sequence-classification") or
+per-token logits [batch, seq, labels] (task "token-classification").
 Two implementations: ONNX Runtime (graph exported once and cached on disk) and torch.
 `EncoderModel.run_batch` pads a batch of id lists to its longest and calls the backend.
 `model.precision` picks the numeric precision and, with it, the backend and the graph
@@ -37,7 +38,7 @@ from textserve.runtime.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
 
-Task = Literal["embedding", "sequence-classification"]
+Task = Literal["embedding", "sequence-classification", "token-classification"]
 Pooling = Literal["mean", "cls"]
 ONNX_OPSET = 17
 
@@ -49,7 +50,8 @@ class EncoderBackend(Protocol):
     device: str
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """[batch, seq] int64 ids and mask -> [batch, dim] float32 vectors or logits."""
+        """[batch, seq] int64 ids and mask -> [batch, dim] float32 vectors or logits
+        ([batch, seq, labels] for token classification)."""
         ...
 
 
@@ -66,9 +68,13 @@ def detect_pooling(files: ModelFiles, configured: str) -> Pooling:
 def _torch_module(files: ModelFiles, task: Task, pooling: Pooling, dtype: Any = None) -> Any:
     """The HF model wrapped so that its forward returns pooled vectors or logits."""
     import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    loader = AutoModel if task == "embedding" else AutoModelForSequenceClassification
+    loader = {
+        "embedding": AutoModel,
+        "sequence-classification": AutoModelForSequenceClassification,
+        "token-classification": AutoModelForTokenClassification,
+    }[task]
     kwargs: dict[str, Any] = {"attn_implementation": "eager"}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -82,7 +88,7 @@ def _torch_module(files: ModelFiles, task: Task, pooling: Pooling, dtype: Any = 
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             output = self.model(input_ids=input_ids, attention_mask=attention_mask)
-            if task == "sequence-classification":
+            if task != "embedding":
                 return output.logits
             states = output.last_hidden_state
             if pooling == "cls":
@@ -180,7 +186,7 @@ def export_onnx(files: ModelFiles, task: Task, pooling: Pooling, target: Path) -
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "sequence"},
                 "attention_mask": {0: "batch", 1: "sequence"},
-                "output": {0: "batch"},
+                "output": {0: "batch", 1: "sequence"} if task == "token-classification" else {0: "batch"},
             },
             opset_version=ONNX_OPSET,
             dynamo=False,
@@ -418,7 +424,7 @@ class EncoderModel:
         hf_config = self.files.read_json("config.json") or {}
         probe = self.run_batch([[self.tokenizer.pad_id + 1] * 2])[0]
         labels: tuple[str, ...] = ()
-        if task == "sequence-classification":
+        if task != "embedding":
             id2label = hf_config.get("id2label") or {}
             labels = tuple(str(id2label.get(str(i), f"LABEL_{i}")) for i in range(probe.shape[-1]))
         self.info = EncoderInfo(
@@ -454,7 +460,10 @@ class EncoderModel:
         return input_ids, mask
 
     def run_batch(self, batch: list[list[int]]) -> list[np.ndarray]:
-        """One forward over a batch of id lists; one float32 row (pooled vector or logits) per list."""
+        """One forward over a batch of id lists; one float32 row (pooled vector or logits) per
+        list, or for token classification one [tokens, labels] array per list (padding cut off)."""
         input_ids, mask = self.pad(batch)
         output = self.backend.forward(input_ids, mask)
+        if self.task == "token-classification":
+            return [output[row, : len(ids)] for row, ids in enumerate(batch)]
         return list(output)

@@ -5,7 +5,9 @@ source (in-process or the tokenizer service), the Batcher with its start-up batc
 (tuning/startup.py), and the cache-through path of its outputs (core/cache_through.py:
 identical inputs in flight computed once, response-cache read and write). Its task verbs
 follow the model's task, as in TEI's backend contract: `embed` gives pooled vectors of an
-"embedding" model, `predict` gives the logits of a "sequence-classification" model.
+"embedding" model, `predict` gives the logits of a "sequence-classification" model,
+`token_logits` gives the per-token logits of a "token-classification" model (with
+`windower`: the text windows and code-point offsets they are computed on).
 
 Services put their request logic around it (validation, truncation policy, normalizing,
 result assembly); `textserve serve all` shares one instance between the embedding and
@@ -29,6 +31,7 @@ from textserve.core.cache_through import CacheThrough
 from textserve.core.config import BatcherConfig, ModelConfig
 from textserve.core.errors import BackendFailure, InvalidInput, NotReady
 from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task, preflight
+from textserve.runtime.token_classification import TokenWindower
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
 from textserve.runtime.tokenization import Encoded
 from textserve.tuning.config import TuningConfig
@@ -88,6 +91,22 @@ class _RowCodec:
         return row if np.all(np.isfinite(row)) else None
 
 
+class _TokenRowsCodec:
+    """A cached [tokens, labels] array: packed little-endian float32, `width` labels a row."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def encode(self, value: np.ndarray) -> bytes:
+        return np.asarray(value, dtype="<f4").tobytes()
+
+    def decode(self, entry: bytes) -> np.ndarray | None:
+        if not entry or len(entry) % (self.width * 4):
+            return None
+        rows = np.frombuffer(entry, dtype="<f4").astype(np.float32).reshape(-1, self.width)
+        return rows if np.all(np.isfinite(rows)) else None
+
+
 class Encoder:
     """An encoder model behind a batcher, with task verbs; see the module docstring."""
 
@@ -110,6 +129,7 @@ class Encoder:
         self.model: EncoderModel | None = None
         self.batcher: Batcher[list[int], np.ndarray] | None = None
         self.outputs: CacheThrough[np.ndarray] = CacheThrough(cache, service)
+        self._windower: TokenWindower | None = None
         self.tuning_curve: list[TuningPoint] = []
         """The measured batching curve behind a tuned budget (empty when the budget is configured)."""
 
@@ -236,6 +256,22 @@ class Encoder:
         """Logits of a sequence-classification model (label order of info.labels), one row per input."""
         return await self._run("sequence-classification", inputs, deadline, skip_cache)
 
+    async def token_logits(
+        self, inputs: Sequence[Encoded], deadline: float | None, *, skip_cache: bool = False
+    ) -> EncoderOutput:
+        """Per-token logits of a token-classification model: one [tokens, labels] array per
+        input (label order of info.labels), padding removed."""
+        return await self._run("token-classification", inputs, deadline, skip_cache)
+
+    @property
+    def windower(self) -> TokenWindower:
+        """Windows of texts at the model's length, with code-point offsets (the model's own
+        tokenizer, in process: offsets never come from a remote token source)."""
+        model = self._loaded()[0]
+        if self._windower is None:
+            self._windower = TokenWindower(model.tokenizer, model.tokenizer.max_length)
+        return self._windower
+
     async def _run(
         self, task: Task, inputs: Sequence[Encoded], deadline: float | None, skip_cache: bool
     ) -> EncoderOutput:
@@ -255,9 +291,10 @@ class Encoder:
             return [r.value for r in results]
 
         keys = [self._key(info, item.ids) for item in inputs]
-        items = await self.outputs.run(
-            keys, compute, _RowCodec(info.dimensions), deadline, skip_cache=skip_cache
+        codec = (
+            _TokenRowsCodec(info.dimensions) if task == "token-classification" else _RowCodec(info.dimensions)
         )
+        items = await self.outputs.run(keys, compute, codec, deadline, skip_cache=skip_cache)
         output.rows = [item.value for item in items]
         output.cached = [item.cached for item in items]
         metrics.child(metrics.INPUT_TOKENS, self.service, info.name).inc(

@@ -8,6 +8,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class AggregationStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATION_STRATEGY_UNSPECIFIED: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_NONE: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_SIMPLE: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_FIRST: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_AVERAGE: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_MAX: _ClassVar[AggregationStrategy]
+AGGREGATION_STRATEGY_UNSPECIFIED: AggregationStrategy
+AGGREGATION_STRATEGY_NONE: AggregationStrategy
+AGGREGATION_STRATEGY_SIMPLE: AggregationStrategy
+AGGREGATION_STRATEGY_FIRST: AggregationStrategy
+AGGREGATION_STRATEGY_AVERAGE: AggregationStrategy
+AGGREGATION_STRATEGY_MAX: AggregationStrategy
+
 class LabelSpec(_message.Message):
     __slots__ = ("name", "description", "examples")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -78,10 +93,12 @@ class ClassifierInfoResponse(_message.Message):
         KIND_SEQUENCE_CLASSIFICATION: _ClassVar[ClassifierInfoResponse.Kind]
         KIND_ZERO_SHOT: _ClassVar[ClassifierInfoResponse.Kind]
         KIND_LINEAR_HEAD: _ClassVar[ClassifierInfoResponse.Kind]
+        KIND_TOKEN_CLASSIFICATION: _ClassVar[ClassifierInfoResponse.Kind]
     KIND_UNSPECIFIED: ClassifierInfoResponse.Kind
     KIND_SEQUENCE_CLASSIFICATION: ClassifierInfoResponse.Kind
     KIND_ZERO_SHOT: ClassifierInfoResponse.Kind
     KIND_LINEAR_HEAD: ClassifierInfoResponse.Kind
+    KIND_TOKEN_CLASSIFICATION: ClassifierInfoResponse.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -121,3 +138,53 @@ class FeedbackResponse(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     result: FeedbackResponse.Result
     def __init__(self, result: _Optional[_Union[FeedbackResponse.Result, str]] = ...) -> None: ...
+
+class ExtractEntitiesRequest(_message.Message):
+    __slots__ = ("texts", "aggregation_strategy", "stride", "include_tokens", "skip_cache")
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    aggregation_strategy: AggregationStrategy
+    stride: int
+    include_tokens: bool
+    skip_cache: bool
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., aggregation_strategy: _Optional[_Union[AggregationStrategy, str]] = ..., stride: _Optional[int] = ..., include_tokens: _Optional[bool] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
+
+class Entity(_message.Message):
+    __slots__ = ("label", "score", "start", "end", "text")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    start: int
+    end: int
+    text: str
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class TextEntities(_message.Message):
+    __slots__ = ("entities", "tokens", "windows")
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    entities: _containers.RepeatedCompositeFieldContainer[Entity]
+    tokens: _containers.RepeatedCompositeFieldContainer[Entity]
+    windows: int
+    def __init__(self, entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., tokens: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., windows: _Optional[int] = ...) -> None: ...
+
+class ExtractEntitiesResponse(_message.Message):
+    __slots__ = ("results", "model", "usage", "timing")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TextEntities]
+    model: _common_pb2.ModelInfo
+    usage: _common_pb2.Usage
+    timing: _common_pb2.Timing
+    def __init__(self, results: _Optional[_Iterable[_Union[TextEntities, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ...) -> None: ...

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class ClassifierServiceStub:
     """Classifies texts with a sequence-classification model, zero-shot label prototypes,
-    or a trained linear head over embeddings.
+    or a trained linear head over embeddings; a token-classification classifier
+    (kind token_classification) extracts named entities instead.
     """
 
     def __init__(self, channel):
@@ -51,11 +52,17 @@ class ClassifierServiceStub:
                 request_serializer=textserve_dot_v1_dot_classifier__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=textserve_dot_v1_dot_classifier__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.ExtractEntities = channel.unary_unary(
+                '/textserve.v1.ClassifierService/ExtractEntities',
+                request_serializer=textserve_dot_v1_dot_classifier__pb2.ExtractEntitiesRequest.SerializeToString,
+                response_deserializer=textserve_dot_v1_dot_classifier__pb2.ExtractEntitiesResponse.FromString,
+                _registered_method=True)
 
 
 class ClassifierServiceServicer:
     """Classifies texts with a sequence-classification model, zero-shot label prototypes,
-    or a trained linear head over embeddings.
+    or a trained linear head over embeddings; a token-classification classifier
+    (kind token_classification) extracts named entities instead.
     """
 
     def Classify(self, request, context):
@@ -80,6 +87,14 @@ class ClassifierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExtractEntities(self, request, context):
+        """Extracts named entities from texts with a token-classification model (classifier kind
+        token_classification; INVALID_ARGUMENT for other kinds).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassifierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +113,11 @@ def add_ClassifierServiceServicer_to_server(servicer, server):
                     request_deserializer=textserve_dot_v1_dot_classifier__pb2.FeedbackRequest.FromString,
                     response_serializer=textserve_dot_v1_dot_classifier__pb2.FeedbackResponse.SerializeToString,
             ),
+            'ExtractEntities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtractEntities,
+                    request_deserializer=textserve_dot_v1_dot_classifier__pb2.ExtractEntitiesRequest.FromString,
+                    response_serializer=textserve_dot_v1_dot_classifier__pb2.ExtractEntitiesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'textserve.v1.ClassifierService', rpc_method_handlers)
@@ -108,7 +128,8 @@ def add_ClassifierServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ClassifierService:
     """Classifies texts with a sequence-classification model, zero-shot label prototypes,
-    or a trained linear head over embeddings.
+    or a trained linear head over embeddings; a token-classification classifier
+    (kind token_classification) extracts named entities instead.
     """
 
     @staticmethod
@@ -182,6 +203,33 @@ class ClassifierService:
             '/textserve.v1.ClassifierService/Feedback',
             textserve_dot_v1_dot_classifier__pb2.FeedbackRequest.SerializeToString,
             textserve_dot_v1_dot_classifier__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtractEntities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/textserve.v1.ClassifierService/ExtractEntities',
+            textserve_dot_v1_dot_classifier__pb2.ExtractEntitiesRequest.SerializeToString,
+            textserve_dot_v1_dot_classifier__pb2.ExtractEntitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,
