@@ -18,6 +18,7 @@ import itertools
 from collections.abc import AsyncGenerator
 
 from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
+from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.scheduler import Scheduler, SchedulerLimits
 from textserve.runtime.causal_lm import CausalLM
 
@@ -25,7 +26,15 @@ from textserve.runtime.causal_lm import CausalLM
 class AsyncEngine:
     """One GenerationEngine run in its worker thread, driven from the event loop."""
 
-    def __init__(self, model: CausalLM, limits: SchedulerLimits, *, service: str) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        limits: SchedulerLimits,
+        *,
+        service: str,
+        max_batched_tokens: int = 512,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         info = model.info
         pad = model.tokenizer.pad_token_id
         self.engine = GenerationEngine(
@@ -39,6 +48,8 @@ class AsyncEngine:
             model_name=info.name,
             eos_token_ids=info.eos_token_ids,
             pad_token_id=int(pad) if pad is not None else 0,
+            max_batched_tokens=max_batched_tokens,
+            prefix_cache=prefix_cache,
         )
         self._model_name = info.name
         self._loop: asyncio.AbstractEventLoop | None = None

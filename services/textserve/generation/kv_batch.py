@@ -9,6 +9,12 @@ batch by padding the shorter cache on the left. Rows of finished sequences are d
 before the next forward, and padding columns that no row needs any more are cut, so the
 cache stays `rows x longest sequence`.
 
+A sequence may also be prefilled in pieces (chunked prefill, and prefix reuse where its
+first part's keys and values come from generation/prefix_cache.py): it is *staged* in a
+cache of its own (`stage`), extended chunk by chunk (`extend`, each chunk attending to the
+staged past), and joined to the batch when its prompt is complete (`commit`). `row_kv`
+reads the keys and values of a sequence's positions, staged or joined, for the prefix cache.
+
 The cache is transformers' `DynamicCache` with one change: its layers append a step's
 keys and values into spare capacity instead of `torch.cat`-ing the whole cache every
 step (`_AppendLayer`). Only the tensors inside the cache layers are touched; the
@@ -18,6 +24,7 @@ model's attention, masks (`create_causal_mask`) and position handling are its ow
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,6 +46,7 @@ class PaddedKVBatch:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, width], 1 where a token is held
         self._lengths: torch.Tensor | None = None  # [rows], tokens held per row
+        self._staged: dict[int, _Staged] = {}  # sequences prefilled in pieces, not joined yet
 
     # --- shape ---------------------------------------------------------------------------
     @property
@@ -50,9 +58,18 @@ class PaddedKVBatch:
         """Drops every row (after a failed forward)."""
         self.rows = []
         self._cache = self._mask = self._lengths = None
+        self._staged.clear()
+
+    @property
+    def staged(self) -> Collection[int]:
+        """Sequences staged (partly prefilled), not joined yet."""
+        return self._staged.keys()
 
     def keep(self, seq_ids: Collection[int]) -> None:
-        """Drops the rows of sequences not in `seq_ids`, then the padding no row needs."""
+        """Drops the rows (and staged sequences) of sequences not in `seq_ids`, then the padding
+        no row needs."""
+        for seq_id in [s for s in self._staged if s not in seq_ids]:
+            del self._staged[seq_id]
         if not self.rows:
             return
         keep_rows = [row for row, seq_id in enumerate(self.rows) if seq_id in seq_ids]
@@ -126,6 +143,62 @@ class PaddedKVBatch:
         logits: torch.Tensor = output.logits[:, -1, :]
         return logits
 
+    # --- prefill in pieces -----------------------------------------------------------------
+    def stage(self, seq_id: int, past: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """Starts a sequence prefilled in pieces, its first positions' keys and values given
+        (per layer [1, heads, positions, head_dim]) or none."""
+        cache = _BatchCache()
+        length = 0
+        for layer, (keys, values) in enumerate(past or ()):
+            cache.update(keys, values, layer)
+            length = int(keys.shape[-2])
+        self._staged[seq_id] = _Staged(cache, length)
+
+    def staged_tokens(self, seq_id: int) -> int:
+        """Positions a staged sequence holds."""
+        return self._staged[seq_id].length
+
+    def extend(self, seq_id: int, tokens: Sequence[int]) -> torch.Tensor:
+        """Feeds the next prompt tokens of a staged sequence; returns the logits after its last
+        token [vocab]."""
+        staged = self._staged[seq_id]
+        count = len(tokens)
+        input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        positions = torch.arange(staged.length, staged.length + count, device=self.device).unsqueeze(0)
+        mask = torch.ones((1, staged.length + count), dtype=torch.long, device=self.device)
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=staged.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        staged.cache = output.cache
+        staged.length += count
+        logits: torch.Tensor = output.logits[0, -1, :]
+        return logits
+
+    def commit(self, seq_id: int) -> None:
+        """Joins a staged sequence to the batch (as its last row)."""
+        staged = self._staged.pop(seq_id)
+        mask = torch.ones((1, staged.length), dtype=torch.long, device=self.device)
+        lengths = torch.tensor([staged.length], dtype=torch.long, device=self.device)
+        self._join([seq_id], staged.cache, mask, lengths)
+
+    def row_kv(self, seq_id: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values (per layer, views) of positions [start, end) of a staged or joined
+        sequence (positions count from its first token; a joined row is right-aligned)."""
+        staged = self._staged.get(seq_id)
+        if staged is not None:
+            return [(k[..., start:end, :], v[..., start:end, :]) for _, k, v in _layers(staged.cache)]
+        assert self._cache is not None and self._lengths is not None
+        row = self.rows.index(seq_id)
+        first = self.width - int(self._lengths[row].item())
+        span = slice(first + start, first + end)
+        rows = slice(row, row + 1)
+        return [(k[rows, :, span, :], v[rows, :, span, :]) for _, k, v in _layers(self._cache)]
+
     def _join(
         self, seq_ids: list[int], cache: DynamicCache, mask: torch.Tensor, lengths: torch.Tensor
     ) -> None:
@@ -141,6 +214,14 @@ class PaddedKVBatch:
         self._mask = torch.cat([_pad_left_2d(self._mask, width), _pad_left_2d(mask, width)], dim=0)
         self._lengths = torch.cat([self._lengths, lengths])
         self.rows = self.rows + seq_ids
+
+
+@dataclass
+class _Staged:
+    """A sequence being prefilled in pieces: its own unpadded cache and the positions it holds."""
+
+    cache: DynamicCache
+    length: int
 
 
 def _length_groups(lengths: Sequence[int]) -> list[list[int]]:

@@ -34,6 +34,7 @@ from textserve.generation.params import (
     check_stop,
     sampling_config,
 )
+from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.scheduler import FinishStatus, SchedulerLimits
 from textserve.runtime.causal_lm import CausalLM, CausalLMInfo
 
@@ -104,7 +105,16 @@ class GenerationService:
             kv_budget_tokens=self.config.kv_budget_tokens,
             max_prefill_tokens=self.config.max_prefill_tokens,
         )
-        self.engine = AsyncEngine(model, limits, service=self.name)
+        self.engine = AsyncEngine(
+            model,
+            limits,
+            service=self.name,
+            max_batched_tokens=self.config.max_batched_tokens,
+            prefix_cache=PrefixCache(
+                min(self.config.prefix_cache_tokens, self.config.kv_budget_tokens),
+                self.config.prefix_block_tokens,
+            ),
+        )
         await self.engine.start()
         labels = {"service": self.name, "model": info.name}
         metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
