@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import threading
 from collections.abc import AsyncGenerator
 
 from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
@@ -55,6 +56,9 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
         self._streams: dict[int, asyncio.Queue[list[SequenceEvent]]] = {}
+        self._pending: list[SequenceEvent] = []  # from the engine thread, not dispatched yet
+        self._pending_lock = threading.Lock()
+        self._wake_pending = False
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,15 +108,25 @@ class AsyncEngine:
 
     # --- engine thread -> event loop -----------------------------------------------------
     def _on_events(self, events: list[SequenceEvent]) -> None:
-        """Engine thread -> event loop, once per step."""
+        """Engine thread -> event loop, once per step; the loop is woken only when it has
+        not yet been asked to dispatch (steps that come while it is busy are dispatched together)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        with self._pending_lock:
+            self._pending += events
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # loop closing during shutdown
-            loop.call_soon_threadsafe(self._dispatch, events)
+            loop.call_soon_threadsafe(self._dispatch)
 
-    def _dispatch(self, events: list[SequenceEvent]) -> None:
+    def _dispatch(self) -> None:
+        with self._pending_lock:
+            events, self._pending = self._pending, []
+            self._wake_pending = False
+        streams = self._streams
         for event in events:
-            queue = self._streams.get(event.seq_id)
+            queue = streams.get(event.seq_id)
             if queue is not None:
                 queue.put_nowait([event])

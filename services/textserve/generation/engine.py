@@ -290,7 +290,6 @@ class GenerationEngine:
                 for item in plan.finished
                 if self._requests.pop(item.seq_id, None) is not None or item.seq_id in self._seqs
             ]
-            self._metrics.queue(self.scheduler)
         for item in left:
             self._finish(item, events)
         self.batch.keep({seq_id for seq_id in plan.decode if seq_id in self._seqs})

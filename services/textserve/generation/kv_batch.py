@@ -46,6 +46,7 @@ class PaddedKVBatch:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, width], 1 where a token is held
         self._lengths: torch.Tensor | None = None  # [rows], tokens held per row
+        self._unpadded = False  # every row holds `width` tokens: decode needs no attention mask
         self._staged: dict[int, _Staged] = {}  # sequences prefilled in pieces, not joined yet
 
     # --- shape ---------------------------------------------------------------------------
@@ -90,6 +91,7 @@ class PaddedKVBatch:
                 layer.keys = keys[..., unused:, :]
                 layer.values = values[..., unused:, :]
             self._mask = self._mask[:, unused:]
+        self._unpadded = bool(self._mask.all())
 
     # --- forward passes ------------------------------------------------------------------
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
@@ -100,7 +102,7 @@ class PaddedKVBatch:
         self._mask = torch.cat([self._mask, ones], dim=1)
         output = self.model(
             input_ids=input_ids,
-            attention_mask=self._mask,
+            attention_mask=None if self._unpadded else self._mask,
             position_ids=self._lengths.unsqueeze(1),
             cache=self._cache,
             use_cache=True,
@@ -204,6 +206,7 @@ class PaddedKVBatch:
     ) -> None:
         if self._cache is None or self._mask is None or self._lengths is None:
             self.rows, self._cache, self._mask, self._lengths = seq_ids, cache, mask, lengths
+            self._unpadded = bool(mask.all())
             return
         width = max(self.width, int(mask.shape[1]))
         for (layer, keys, values), (_, new_keys, new_values) in zip(
@@ -214,6 +217,7 @@ class PaddedKVBatch:
         self._mask = torch.cat([_pad_left_2d(self._mask, width), _pad_left_2d(mask, width)], dim=0)
         self._lengths = torch.cat([self._lengths, lengths])
         self.rows = self.rows + seq_ids
+        self._unpadded = bool(self._mask.all())
 
 
 @dataclass

@@ -282,6 +282,8 @@ class GenerationService:
                         pending.finish = _client_status(event.finish)
                         pending.prompt_tokens = len(prepared.prompt_ids)
                         pending.output_tokens = produced
+                # Tokens that arrived together (the consumer fell behind the engine) go out as
+                # one chunk: one message instead of one per token.
                 if pending.finish is not None or len(pending.token_ids) >= interval:
                     yield pending
                     pending = GenerationChunk("", [])
