@@ -33,6 +33,8 @@ from transformers.cache_utils import DynamicLayer
 
 # A prefill group may hold this much padding, relative to its real prompt tokens.
 _PREFILL_PADDING_RATIO = 1.25
+# Rows a cache buffer keeps free when it grows, for sequences that join later.
+_SPARE_ROWS = 8
 
 
 class PaddedKVBatch:
@@ -212,8 +214,11 @@ class PaddedKVBatch:
         for (layer, keys, values), (_, new_keys, new_values) in zip(
             _layers(self._cache), _layers(cache), strict=True
         ):
-            layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)], dim=0)
-            layer.values = torch.cat([_pad_left(values, width), _pad_left(new_values, width)], dim=0)
+            if isinstance(layer, _AppendLayer):
+                layer.join_rows(new_keys, new_values)
+            else:
+                layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)], dim=0)
+                layer.values = torch.cat([_pad_left(values, width), _pad_left(new_values, width)], dim=0)
         self._mask = torch.cat([_pad_left_2d(self._mask, width), _pad_left_2d(mask, width)], dim=0)
         self._lengths = torch.cat([self._lengths, lengths])
         self.rows = self.rows + seq_ids
@@ -246,11 +251,13 @@ def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
 
 
 class _AppendLayer(DynamicLayer):
-    """A DynamicLayer that appends into spare capacity (amortised O(1) per token).
+    """A DynamicLayer that appends into spare capacity (amortised O(1) per token and per row).
 
-    `keys` / `values` are views of the first `length` positions of larger buffers. When
-    they are replaced from outside (rows selected, padding cut, batches joined), the next
-    update copies them into fresh buffers with room to grow.
+    `keys` / `values` are views of the first rows and first `length` positions of larger
+    buffers: a step's keys and values are written into spare positions, and rows that join
+    (`join_rows`) into spare rows, so neither copies the cache. When the views are replaced
+    from outside (rows selected, padding cut), the next update copies them into fresh buffers
+    with room to grow.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -267,33 +274,75 @@ class _AppendLayer(DynamicLayer):
             self.keys, self.values = key_states, value_states
             self._key_buffer = self._value_buffer = None
             return self.keys, self.values
-        keys, values = self.keys, self.values
-        length, new = keys.shape[-2], key_states.shape[-2]
-        if not self._owns(keys, self._key_buffer) or not self._owns(values, self._value_buffer):
+        keys = self.keys
+        rows, length, new = keys.shape[0], keys.shape[-2], key_states.shape[-2]
+        if not self._owned():
             self._key_buffer = self._value_buffer = None
+        if self._key_buffer is None or length + new > self._key_buffer.shape[-2]:
+            self._grow(rows, max(2 * (length + new), 64), 0)
         key_buffer, value_buffer = self._key_buffer, self._value_buffer
-        if key_buffer is None or value_buffer is None or length + new > key_buffer.shape[-2]:
-            capacity = max(2 * (length + new), 64)
-            key_buffer = keys.new_empty((*keys.shape[:-2], capacity, keys.shape[-1]))
-            value_buffer = values.new_empty((*values.shape[:-2], capacity, values.shape[-1]))
-            key_buffer[..., :length, :] = keys
-            value_buffer[..., :length, :] = values
-            self._key_buffer, self._value_buffer = key_buffer, value_buffer
-        key_buffer[..., length : length + new, :] = key_states
-        value_buffer[..., length : length + new, :] = value_states
-        self.keys = key_buffer[..., : length + new, :]
-        self.values = value_buffer[..., : length + new, :]
+        assert key_buffer is not None and value_buffer is not None
+        key_buffer[:rows, :, length : length + new, :] = key_states
+        value_buffer[:rows, :, length : length + new, :] = value_states
+        self.keys = key_buffer[:rows, :, : length + new, :]
+        self.values = value_buffer[:rows, :, : length + new, :]
         return self.keys, self.values
 
-    @staticmethod
-    def _owns(view: torch.Tensor, buffer: torch.Tensor | None) -> bool:
-        """True when `view` is still the leading part of `buffer` (nothing replaced it)."""
-        return (
-            buffer is not None
-            and view.data_ptr() == buffer.data_ptr()
-            and view.shape[:-2] == buffer.shape[:-2]
-            and view.stride() == buffer.stride()
-        )
+    def join_rows(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> None:
+        """Appends rows (right-aligned, left-padded with zeros to the common width)."""
+        assert self.keys is not None and self.values is not None
+        rows, width = self.keys.shape[0], self.keys.shape[-2]
+        count, new_width = new_keys.shape[0], new_keys.shape[-2]
+        target = max(width, new_width)
+        buffer = self._key_buffer
+        if (
+            not self._owned()
+            or buffer is None
+            or target > buffer.shape[-2]
+            or rows + count > buffer.shape[0]
+            or target != width
+        ):
+            self._grow(rows + count + _SPARE_ROWS, max(2 * target, 64), target - width)
+        key_buffer, value_buffer = self._key_buffer, self._value_buffer
+        assert key_buffer is not None and value_buffer is not None
+        pad = target - new_width
+        for buf, states in ((key_buffer, new_keys), (value_buffer, new_values)):
+            buf[rows : rows + count, :, :pad, :] = 0
+            buf[rows : rows + count, :, pad:target, :] = states
+        self.keys = key_buffer[: rows + count, :, :target, :]
+        self.values = value_buffer[: rows + count, :, :target, :]
+
+    def _grow(self, row_capacity: int, capacity: int, shift: int) -> None:
+        """Copies the cache into new buffers of `row_capacity` rows and `capacity` positions,
+        `shift` zero positions added on the left."""
+        assert self.keys is not None and self.values is not None
+        keys, values = self.keys, self.values
+        rows, length = keys.shape[0], keys.shape[-2]
+        buffers = []
+        for states in (keys, values):
+            buf = states.new_empty((max(row_capacity, rows), *states.shape[1:-2], capacity, states.shape[-1]))
+            if shift:
+                buf[:rows, :, :shift, :] = 0
+            buf[:rows, :, shift : shift + length, :] = states
+            buffers.append(buf)
+        self._key_buffer, self._value_buffer = buffers
+        self.keys = self._key_buffer[:rows, :, : shift + length, :]
+        self.values = self._value_buffer[:rows, :, : shift + length, :]
+
+    def _owned(self) -> bool:
+        """True when `keys` / `values` are still the leading part of the buffers (nothing replaced them)."""
+        return _leads(self.keys, self._key_buffer) and _leads(self.values, self._value_buffer)
+
+
+def _leads(view: torch.Tensor | None, buffer: torch.Tensor | None) -> bool:
+    return (
+        view is not None
+        and buffer is not None
+        and view.data_ptr() == buffer.data_ptr()
+        and view.shape[1:-2] == buffer.shape[1:-2]
+        and view.shape[0] <= buffer.shape[0]
+        and view.stride() == buffer.stride()
+    )
 
 
 class _BatchCache(DynamicCache):
