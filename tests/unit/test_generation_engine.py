@@ -258,11 +258,12 @@ def test_prefix_reuse_and_chunked_prefill_match_generate_alone(tiny: tuple[Any, 
     prompts += [f"long {i}: " + "the quick brown fox jumps over " * 4 for i in range(3)]
     prompts += [prompts[6] + " and again"]  # shares the long prompt 6 (cached once 6 is prefilled)
     ids = [tokenizer(p)["input_ids"] for p in prompts]
-    assert min(len(ids[i]) for i in (0, 6, 7, 8, 9)) > 24  # these are prefilled in chunks
+    assert min(len(ids[i]) for i in (0, 6, 7, 8, 9)) > 24  # over the budget: chunked when others run
     new = [6 + (i % 4) * 2 for i in range(len(prompts))]
     expected = [_alone(model, p, n) for p, n in zip(ids, new, strict=True)]
     waves = {0: [0, 6], 1: [1, 2], 3: [7, 3], 5: [8, 4, 5], 12: [9]}
     tokens_before: dict[int, int] = {}
+    chunked_while_decoding = False
     for step in range(60):
         for i in waves.get(step, []):
             h.submit(i, prompts[i], max_new=new[i])
@@ -273,8 +274,10 @@ def test_prefix_reuse_and_chunked_prefill_match_generate_alone(tiny: tuple[Any, 
                 assert produced[i] == count + 1, f"sequence {i} stalled at step {step}"
         tokens_before = produced
         h.step()
+        chunked_while_decoding = chunked_while_decoding or bool(h.engine.batch.staged and h.engine.batch.rows)
     got = [[t for e in h.of(i) for t in e.token_ids] for i in range(len(prompts))]
     assert got == expected
+    assert chunked_while_decoding
     cached = {i: max((e.cached_prompt_tokens for e in h.of(i)), default=0) for i in range(len(prompts))}
     # 1 and 2 arrive while 0 is still being prefilled (in chunks); 3-5 come later.
     assert all(cached[i] >= 32 for i in (3, 4, 5)), cached  # the system prompt was reused
@@ -300,3 +303,25 @@ def test_prefix_cache_is_counted_in_the_kv_budget_and_evicted_for_sequences(tiny
     for _ in range(115):
         h.step()
     assert [t for e in h.of(2) for t in e.token_ids] == _alone(model, tokenizer("Hello")["input_ids"], 110)
+
+
+def test_a_row_joining_is_written_into_spare_rows_without_copying_the_cache(tiny: tuple[Any, Any]) -> None:
+    from textserve.generation.kv_batch import PaddedKVBatch
+
+    model, tokenizer = tiny
+    long_prompt, short_prompt = tokenizer("a longer first prompt")["input_ids"], tokenizer("hi")["input_ids"]
+    with torch.inference_mode():
+        batch = PaddedKVBatch(model, "cpu")
+        first = [int(batch.prefill([1], [long_prompt])[0].argmax())]
+        first.append(int(batch.decode([first[-1]])[0].argmax()))  # the layers now own grown buffers
+        layer = batch._cache.layers[0]  # type: ignore[union-attr]
+        buffer = layer._key_buffer.data_ptr()  # type: ignore[attr-defined]
+        batch.stage(2)
+        second = [int(batch.extend(2, short_prompt).argmax())]
+        batch.commit(2)
+        assert layer._key_buffer.data_ptr() == buffer  # type: ignore[attr-defined]
+        for _ in range(3):
+            logits = batch.decode([first[-1], second[-1]])
+            first.append(int(logits[0].argmax()))
+            second.append(int(logits[1].argmax()))
+    assert first == _alone(model, long_prompt, 5) and second == _alone(model, short_prompt, 4)

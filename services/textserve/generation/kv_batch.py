@@ -279,7 +279,7 @@ class _AppendLayer(DynamicLayer):
         if not self._owned():
             self._key_buffer = self._value_buffer = None
         if self._key_buffer is None or length + new > self._key_buffer.shape[-2]:
-            self._grow(rows, max(2 * (length + new), 64), 0)
+            self._grow(_with_spare(rows), max(2 * (length + new), 64), 0)
         key_buffer, value_buffer = self._key_buffer, self._value_buffer
         assert key_buffer is not None and value_buffer is not None
         key_buffer[:rows, :, length : length + new, :] = key_states
@@ -302,7 +302,7 @@ class _AppendLayer(DynamicLayer):
             or rows + count > buffer.shape[0]
             or target != width
         ):
-            self._grow(rows + count + _SPARE_ROWS, max(2 * target, 64), target - width)
+            self._grow(_with_spare(rows + count), max(2 * target, 64), target - width)
         key_buffer, value_buffer = self._key_buffer, self._value_buffer
         assert key_buffer is not None and value_buffer is not None
         pad = target - new_width
@@ -332,6 +332,11 @@ class _AppendLayer(DynamicLayer):
     def _owned(self) -> bool:
         """True when `keys` / `values` are still the leading part of the buffers (nothing replaced them)."""
         return _leads(self.keys, self._key_buffer) and _leads(self.values, self._value_buffer)
+
+
+def _with_spare(rows: int) -> int:
+    """Rows a buffer holding `rows` rows is given: room for as many again, at most _SPARE_ROWS more."""
+    return rows + min(rows, _SPARE_ROWS)
 
 
 def _leads(view: torch.Tensor | None, buffer: torch.Tensor | None) -> bool:
