@@ -82,16 +82,26 @@ class PaddedKVBatch:
             self.reset()
             return
         assert self._cache is not None and self._mask is not None and self._lengths is not None
-        index = torch.tensor(keep_rows, device=self.device)
-        self._cache.batch_select_indices(index)
+        order = _fill_holes(len(self.rows), keep_rows)
+        layers = _layers(self._cache)
+        if all(isinstance(layer, _AppendLayer) for layer, _, _ in layers):
+            for layer, _, _ in layers:
+                assert isinstance(layer, _AppendLayer)
+                layer.move_rows(order)
+        else:
+            self._cache.batch_select_indices(torch.tensor(order, device=self.device))
+        index = torch.tensor(order, device=self.device)
         self._mask = self._mask.index_select(0, index)
         self._lengths = self._lengths.index_select(0, index)
-        self.rows = [self.rows[row] for row in keep_rows]
+        self.rows = [self.rows[row] for row in order]
         unused = self.width - int(self._lengths.max().item())
         if unused > 0:
             for layer, keys, values in _layers(self._cache):
-                layer.keys = keys[..., unused:, :]
-                layer.values = values[..., unused:, :]
+                if isinstance(layer, _AppendLayer):
+                    layer.cut_left(unused)
+                else:
+                    layer.keys = keys[..., unused:, :]
+                    layer.values = values[..., unused:, :]
             self._mask = self._mask[:, unused:]
         self._unpadded = bool(self._mask.all())
 
@@ -233,6 +243,15 @@ class _Staged:
     length: int
 
 
+def _fill_holes(rows: int, keep: Sequence[int]) -> list[int]:
+    """The new row order after dropping rows: kept rows stay where they are, except the last
+    ones, which move into the gaps (old row indices, in new row order)."""
+    count = len(keep)
+    stay = {row for row in keep if row < count}
+    movers = iter(row for row in keep if row >= count)
+    return [row if row in stay else next(movers) for row in range(count)]
+
+
 def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
     """Indices grouped by similar length (shortest first): a group grows while its padded
     tokens stay within _PREFILL_PADDING_RATIO x its real tokens."""
@@ -311,6 +330,41 @@ class _AppendLayer(DynamicLayer):
             buf[rows : rows + count, :, pad:target, :] = states
         self.keys = key_buffer[: rows + count, :, :target, :]
         self.values = value_buffer[: rows + count, :, :target, :]
+
+    def move_rows(self, order: Sequence[int]) -> None:
+        """Keeps the rows `order` (old indices, new order) in place: only rows whose index
+        changes are copied (`_fill_holes` moves the last rows into the gaps)."""
+        assert self.keys is not None and self.values is not None
+        if not self._owned():
+            index = torch.tensor(list(order), device=self.keys.device)
+            self.keys = self.keys.index_select(0, index)
+            self.values = self.values.index_select(0, index)
+            return
+        key_buffer, value_buffer = self._key_buffer, self._value_buffer
+        assert key_buffer is not None and value_buffer is not None
+        length = self.keys.shape[-2]
+        for new, old in enumerate(order):
+            if new != old:
+                key_buffer[new, :, :length, :] = key_buffer[old, :, :length, :]
+                value_buffer[new, :, :length, :] = value_buffer[old, :, :length, :]
+        self.keys = key_buffer[: len(order), :, :length, :]
+        self.values = value_buffer[: len(order), :, :length, :]
+
+    def cut_left(self, columns: int) -> None:
+        """Drops the first `columns` positions (padding no row needs), keeping the buffers."""
+        assert self.keys is not None and self.values is not None
+        if not self._owned():
+            self.keys = self.keys[..., columns:, :]
+            self.values = self.values[..., columns:, :]
+            return
+        key_buffer, value_buffer = self._key_buffer, self._value_buffer
+        assert key_buffer is not None and value_buffer is not None
+        rows, length = self.keys.shape[0], self.keys.shape[-2]
+        kept = length - columns
+        for buf in (key_buffer, value_buffer):
+            buf[:rows, :, :kept, :] = buf[:rows, :, columns:length, :].clone()
+        self.keys = key_buffer[:rows, :, :kept, :]
+        self.values = value_buffer[:rows, :, :kept, :]
 
     def _grow(self, row_capacity: int, capacity: int, shift: int) -> None:
         """Copies the cache into new buffers of `row_capacity` rows and `capacity` positions,
