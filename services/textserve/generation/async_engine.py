@@ -33,7 +33,7 @@ class AsyncEngine:
         limits: SchedulerLimits,
         *,
         service: str,
-        max_batched_tokens: int = 512,
+        max_batched_tokens: int = 128,
         prefix_cache: PrefixCache | None = None,
     ) -> None:
         info = model.info

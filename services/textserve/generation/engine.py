@@ -148,7 +148,7 @@ class GenerationEngine:
         model_name: str,
         eos_token_ids: frozenset[int] = frozenset(),
         pad_token_id: int = 0,
-        max_batched_tokens: int = 512,
+        max_batched_tokens: int = 128,
         prefix_cache: PrefixCache | None = None,
     ) -> None:
         self.model = model
