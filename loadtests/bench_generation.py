@@ -7,9 +7,10 @@ Measured in interleaved rounds (A B A B: every round runs every setup once, so l
 changes during the run hits all of them), reported as medians over the rounds and as
 same-round ratios (their median):
   * baseline: transformers' `generate()` on one prompt at a time (greedy), in a process of
-    its own (no gRPC thread competes with it), with a streamer recording when each token appears (so it has TTFT and inter-token too);
+    its own (no gRPC thread competes with it), with a streamer recording when each token
+    appears (so it has TTFT and inter-token too);
   * service: a `textserve serve generation` subprocess (or --in-process), driven by asyncio
-    gRPC clients holding 1, 8 and 32 concurrent GenerateStream calls (x base: tokens/s over
+    gRPC clients holding 1, 8 and 32 concurrent GenerateStream calls (ratio: tokens/s over
     the same round's baseline);
   * prefix hit: one prompt of a --prefix-tokens long prefix (new each round) sent twice;
     the second's time to first token over the first's (prefix reuse), outputs compared;

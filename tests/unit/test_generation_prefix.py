@@ -18,6 +18,7 @@ def _kv(start: int, tokens: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _fill(cache: PrefixCache, prompt: list[int], room: int = 10_000) -> None:
     for index, key, parent, tokens in cache.missing(prompt):
         assert cache.insert(key, parent, tokens, _kv(index * cache.block_tokens), room)
+    cache.touch(prompt)
 
 
 def test_a_prefix_is_found_in_whole_blocks_and_its_keys_come_back_in_order() -> None:
@@ -72,3 +73,11 @@ def test_the_scheduler_counts_the_prefix_cache_and_evicts_it_for_a_waiting_seque
     assert scheduler.schedule(0.0).prefill == [2]  # 2 x 12 reserved: 8 cached tokens evicted
     assert cache.tokens == 16 and scheduler.stats().prefix_cached_tokens == 16
     assert scheduler.stats().kv_tokens_used == 24
+
+
+def test_a_prefix_loses_its_last_blocks_before_its_first() -> None:
+    cache = PrefixCache(8, block_tokens=4)
+    _fill(cache, [1, 2, 3, 4, 5, 6, 7, 8, 0])  # two blocks: the cache is full
+    _fill(cache, [9, 9, 9, 9, 0])  # one more: the first prompt's second block goes
+    assert cache.lookup([1, 2, 3, 4, 5, 6, 7, 8, 0]).tokens == 4
+    assert cache.lookup([9, 9, 9, 9, 0]).tokens == 4

@@ -429,6 +429,7 @@ class GenerationEngine:
             kv = self.batch.row_kv(seq.request.seq_id, index * size, (index + 1) * size)
             if not cache.insert(key, parent, tokens, kv, room):
                 break
+        cache.touch(seq.request.prompt_ids)
         self._metrics.prefix_tokens(cache.tokens)
 
     def _finish(self, item: Finished, events: dict[int, SequenceEvent]) -> None:

@@ -10,8 +10,9 @@ uncached suffix is computed; at least the last prompt token is always computed, 
 logits of the first new token.
 
 Memory is bounded: `capacity_tokens` (cached blocks x block_tokens) at most, least
-recently used blocks evicted first; the scheduler counts `tokens` in its KV budget and
-calls `evict` when a waiting sequence needs the room (generation/scheduler.py).
+recently used blocks evicted first (within a prefix, its last blocks first); the scheduler
+counts `tokens` in its KV budget and calls `evict` when a waiting sequence needs the room
+(generation/scheduler.py).
 Used by the engine thread only (no lock).
 """
 
@@ -87,11 +88,11 @@ class PrefixCache:
             block = self._blocks.get(key)
             if block is None or block.tokens != tokens or block.parent != parent:
                 break
-            self._blocks.move_to_end(key)
             found.append(block)
             parent = key
         if not found:
             return PrefixHit(0, None)
+        self.touch(prompt)
         layers = len(found[0].kv)
         kv = [
             (
@@ -114,10 +115,17 @@ class PrefixCache:
             block = self._blocks.get(key)
             if block is None or block.tokens != tokens or block.parent != parent:
                 result.append((index, key, parent, tokens))
-            else:
-                self._blocks.move_to_end(key)
             parent = key
         return result
+
+    def touch(self, prompt: Sequence[int]) -> None:
+        """Marks the cached blocks of `prompt` recently used, its first block most recently,
+        so eviction takes a prefix's last blocks before its first ones (no block is left
+        unreachable behind an evicted one while its parent could go instead)."""
+        keys = [key for key, _ in block_keys(prompt, self.block_tokens, self.reusable_blocks(len(prompt)))]
+        for key in reversed(keys):
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
 
     def insert(self, key: int, parent: int | None, tokens: tuple[int, ...], kv: LayerKV, room: int) -> bool:
         """Stores one block (its own copy of `kv`), evicting least recently used blocks to stay
