@@ -10,7 +10,7 @@ Each step:
    queue in arrival order: prompts that fit whole are prefilled together (one left-padded
    forward), the others get a chunk (chunked prefill: a long prompt or a burst of new ones
    is spread over several steps, so running streams keep getting a token every step; with
-   no running stream there is nothing to protect and admitted prompts are prefilled whole);
+   no running stream there is nothing to protect and up to `max_prefill_tokens` go at once);
    a sequence whose prompt is complete joins the batch and gets its first token, and its
    full prompt blocks go into the prefix cache;
 4. one token is chosen per row (`sampling`), turned into a text delta (`detokenize`), and
@@ -28,7 +28,6 @@ sequence is failed and `submit` refuses new work.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -338,9 +337,11 @@ class GenerationEngine:
     def _plan_prefill(self, running: int) -> tuple[list[_Sequence], list[tuple[_Sequence, int]]]:
         """This step's prefill work under the token budget, in arrival order: sequences whose
         whole prompt is computed now (together), and (sequence, tokens) chunks of the others."""
-        # The budget protects running streams; with none, prompts are prefilled whole (what
-        # the scheduler admitted is already bounded by max_prefill_tokens).
-        budget = max(self.max_batched_tokens - running, _MIN_PREFILL_TOKENS) if running else sys.maxsize
+        # The budget protects running streams; with none, up to max_prefill_tokens go at once.
+        if running:
+            budget = max(self.max_batched_tokens - running, _MIN_PREFILL_TOKENS)
+        else:
+            budget = max(self.max_batched_tokens, self.scheduler.limits.max_prefill_tokens)
         whole: list[_Sequence] = []
         chunks: list[tuple[_Sequence, int]] = []
         for seq in self._prefilling.values():
