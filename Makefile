@@ -82,7 +82,7 @@ bench-cache: install ## response-cache benchmark: hit vs miss latency, 90% hits 
 	$(PY) -m loadtests.bench_cache
 
 .PHONY: bench-generation
-bench-generation: install ## continuous batching at 1/8/32 streams vs sequential generate() (~3 min)
+bench-generation: install ## 1/8/32 streams vs generate(), prefix-hit TTFT, burst ITL p99/p50; interleaved rounds (~5 min)
 	$(PY) -m loadtests.bench_generation
 
 .PHONY: bench-structured

@@ -3,18 +3,24 @@
 The model is a GPT-2-shaped random model built offline (default 4 layers, 256 wide,
 byte-level BPE tokenizer; the same shape as the demo model), written to a temporary
 folder so the baseline and the service load the very same weights.
-Measured:
-  * baseline: transformers' `generate()` on one prompt at a time (greedy), in this process,
-    with a streamer recording when each token appears (so it has TTFT and inter-token too);
+Measured in interleaved rounds (A B A B: every round runs every setup once, so load that
+changes during the run hits all of them), reported as medians over the rounds and as
+same-round ratios (their median):
+  * baseline: transformers' `generate()` on one prompt at a time (greedy), in a process of
+    its own (no gRPC thread competes with it), with a streamer recording when each token
+    appears (so it has TTFT and inter-token too);
   * service: a `textserve serve generation` subprocess (or --in-process), driven by asyncio
-    gRPC clients holding 1, 8 and 32 concurrent GenerateStream calls.
+    gRPC clients holding 1, 8 and 32 concurrent GenerateStream calls (ratio: tokens/s over
+    the same round's baseline);
+  * prefix hit: one prompt of a --prefix-tokens long prefix (new each round) sent twice;
+    the second's time to first token over the first's (prefix reuse), outputs compared;
+  * burst: --burst-running streams decoding, then --burst-new new prompts arriving at
+    once; the running streams' inter-token p99 over their p50 (chunked prefill).
 Every request generates exactly --max-new-tokens tokens (EOS ignored), from prompts of
-16-64 tokens. The baseline runs before and again after the service; ratios are aggregate
-generated tokens/s against the mean of those two runs. Client and server share the
-machine's cores; the ratios are what to compare.
+16-64 tokens. Client and server share the machine's cores; the ratios are what to compare.
 
-    python -m loadtests.bench_generation                       # full run (~1 min)
-    python -m loadtests.bench_generation --max-new-tokens 16 --requests-per-stream 1 \\
+    python -m loadtests.bench_generation                       # full run (~3-5 min)
+    python -m loadtests.bench_generation --rounds 1 --max-new-tokens 16 --requests-per-stream 1 \\
         --baseline-requests 2 --concurrency 1,8                # quick check
     python -m loadtests.bench_generation --json out.json       # also write the table as JSON
 """
@@ -23,9 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import itertools
+import multiprocessing
 import os
 import random
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,7 +43,7 @@ from typing import Any
 
 import grpc
 
-from loadtests.common import BenchResult, bench_parser, percentile, run_bench
+from loadtests.common import BenchResult, bench_parser, format_table, percentile, run_bench
 from loadtests.serve import ServerProcess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,50 +89,59 @@ class Point:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
-def measure_baseline(model_dir: Path, prompts: list[str], max_new_tokens: int, when: str) -> Point:
-    """Sequential generate(), one prompt at a time, with per-token timestamps."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.generation.streamers import BaseStreamer
+class Baseline:
+    """transformers' `generate()` on the benchmark model, loaded once, in this process."""
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    model.generation_config.eos_token_id = None  # every request makes max_new_tokens tokens
+    def __init__(self, model_dir: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    class Clock(BaseStreamer):
-        def __init__(self) -> None:
-            self.times: list[float] = []
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+        self.model.generation_config.eos_token_id = None  # every request makes max_new_tokens tokens
 
-        def put(self, value: Any) -> None:
-            self.times.append(time.perf_counter())
+    def measure(self, prompts: list[str], max_new_tokens: int) -> Point:
+        """Sequential generate(), one prompt at a time, with per-token timestamps."""
+        import torch
+        from transformers.generation.streamers import BaseStreamer
 
-        def end(self) -> None:
-            pass
+        class Clock(BaseStreamer):
+            def __init__(self) -> None:
+                self.times: list[float] = []
 
-    point = Point(f"generate() seq. ({when})", 1, len(prompts), 0, 0.0)
-    with torch.inference_mode():
-        ids = tokenizer(prompts[0], return_tensors="pt")["input_ids"]
-        model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)  # warm-up
-        started = time.perf_counter()
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-            clock = Clock()
-            sent = time.perf_counter()
-            output = model.generate(
-                ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, streamer=clock
-            )
-            point.tokens += int(output.shape[1] - ids.shape[1])
-            token_times = clock.times[1:]  # the first put() is the prompt
-            if token_times:
-                point.ttft.append(token_times[0] - sent)
-                point.itl += [b - a for a, b in itertools.pairwise(token_times)]
-        point.seconds = time.perf_counter() - started
-    return point
+            def put(self, value: Any) -> None:
+                self.times.append(time.perf_counter())
+
+            def end(self) -> None:
+                pass
+
+        model, tokenizer = self.model, self.tokenizer
+        point = Point("generate() sequential", 1, len(prompts), 0, 0.0)
+        with torch.inference_mode():
+            ids = tokenizer(prompts[0], return_tensors="pt")["input_ids"]
+            model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)  # warm-up
+            started = time.perf_counter()
+            for prompt in prompts:
+                ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+                clock = Clock()
+                sent = time.perf_counter()
+                output = model.generate(
+                    ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, streamer=clock
+                )
+                point.tokens += int(output.shape[1] - ids.shape[1])
+                token_times = clock.times[1:]  # the first put() is the prompt
+                if token_times:
+                    point.ttft.append(token_times[0] - sent)
+                    point.itl += [b - a for a, b in itertools.pairwise(token_times)]
+            point.seconds = time.perf_counter() - started
+        return point
 
 
-def start_server(model_dir: Path, max_running: int, max_new_tokens: int, threads: int) -> ServerProcess:
+def start_server(
+    model_dir: Path, max_running: int, max_new_tokens: int, threads: int, batched: int
+) -> ServerProcess:
     """`textserve serve generation` in a subprocess serving the benchmark model."""
     settings = {
+        "TEXTSERVE_GENERATION__MAX_BATCHED_TOKENS": str(batched),
         "TEXTSERVE_GENERATION__MODEL__PATH": str(model_dir),
         "TEXTSERVE_GENERATION__MAX_RUNNING_SEQUENCES": str(max_running),
         "TEXTSERVE_GENERATION__MODEL__INTRA_OP_THREADS": str(threads),
@@ -136,7 +154,9 @@ def start_server(model_dir: Path, max_running: int, max_new_tokens: int, threads
 class InProcessServer:
     """The generation service on a ServiceHost in this process (client and server share a loop)."""
 
-    def __init__(self, model_dir: Path, max_running: int, max_new_tokens: int, threads: int) -> None:
+    def __init__(
+        self, model_dir: Path, max_running: int, max_new_tokens: int, threads: int, batched: int
+    ) -> None:
         from textserve.core.config import ModelConfig, ServerConfig
         from textserve.generation.app import GenerationApp
         from textserve.generation.config import GenerationServiceConfig
@@ -147,6 +167,7 @@ class InProcessServer:
             model=ModelConfig(path=str(model_dir), backend="torch", intra_op_threads=threads),
             max_running_sequences=max_running,
             max_new_tokens_limit=max(max_new_tokens, 64),
+            max_batched_tokens=batched,
             cache_enabled=False,
         )
         self.host = ServiceHost([GenerationApp(config)])
@@ -162,139 +183,298 @@ class InProcessServer:
         await self.host.stop(grace=1.0)
 
 
-async def drive(
-    address: str, prompts: list[str], streams: int, per_stream: int, max_new_tokens: int
-) -> Point:
-    """`streams` clients, each sending `per_stream` GenerateStream calls back to back."""
-    from textserve.v1 import generation_pb2, generation_pb2_grpc
+_BASELINE: Baseline | None = None
 
+
+def _load_baseline(model_dir: Path, threads: int) -> None:
+    global _BASELINE
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    _BASELINE = Baseline(model_dir)
+
+
+def _measure_baseline(prompts: list[str], max_new_tokens: int) -> Point:
+    assert _BASELINE is not None
+    return _BASELINE.measure(prompts, max_new_tokens)
+
+
+def baseline_process(model_dir: Path, threads: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A process of its own for generate() (loaded once): no gRPC thread of this process's
+    client competes with it for the interpreter lock."""
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_load_baseline,
+        initargs=(model_dir, threads),
+    )
+
+
+def _request(prompt: str, max_new_tokens: int) -> Any:
+    from textserve.v1 import generation_pb2
+
+    return generation_pb2.GenerateRequest(
+        prompt=prompt,
+        params=generation_pb2.SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True),
+        skip_cache=True,
+    )
+
+
+async def stream_one(stub: Any, prompt: str, max_new_tokens: int, into: Point) -> list[int]:
+    """One GenerateStream call; its tokens, TTFT and inter-token gaps go into `into`."""
+    sent = last = time.perf_counter()
+    first = True
+    ids: list[int] = []
+    async for item in stub.GenerateStream(_request(prompt, max_new_tokens), timeout=600):
+        now = time.perf_counter()
+        count = len(item.token_ids)
+        if not count:
+            continue
+        ids += item.token_ids
+        into.tokens += count
+        if first:
+            into.ttft.append(now - sent)
+            first = False
+            count -= 1
+        if count:  # tokens that came in one message share the gap evenly
+            into.itl += [(now - last) / count] * count
+        last = now
+    return ids
+
+
+async def drive(stub: Any, prompts: list[str], streams: int, per_stream: int, max_new_tokens: int) -> Point:
+    """`streams` clients, each sending `per_stream` GenerateStream calls back to back."""
     point = Point("service GenerateStream", streams, streams * per_stream, 0, 0.0)
 
-    async def client(stub: Any, index: int) -> None:
+    async def client(index: int) -> None:
         for turn in range(per_stream):
-            prompt = prompts[(index * per_stream + turn) % len(prompts)]
-            request = generation_pb2.GenerateRequest(
-                prompt=prompt,
-                params=generation_pb2.SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True),
-                skip_cache=True,
-            )
-            sent = last = time.perf_counter()
-            first = True
-            async for item in stub.GenerateStream(request, timeout=600):
-                now = time.perf_counter()
-                count = len(item.token_ids)
-                if not count:
-                    continue
-                point.tokens += count
-                if first:
-                    point.ttft.append(now - sent)
-                    first = False
-                    count -= 1
-                if count:
-                    point.itl += [(now - last) / count] * count
-                last = now
+            await stream_one(stub, prompts[(index * per_stream + turn) % len(prompts)], max_new_tokens, point)
 
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = generation_pb2_grpc.GenerationServiceStub(channel)
-        await client(stub, -1)  # warm-up
-        point.tokens, point.ttft, point.itl = 0, [], []
-        started = time.perf_counter()
-        await asyncio.gather(*(client(stub, i) for i in range(streams)))
-        point.seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(streams)))
+    point.seconds = time.perf_counter() - started
     return point
 
 
-def render(points: list[Point], reference: float) -> str:
-    header = (
-        f"{'setup':<27}{'streams':>8}{'requests':>9}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}"
-        f"{'x base':>8}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}"
-    )
-    lines = [header, "-" * len(header)]
-    for point in points:
-        ms = [
-            percentile(values, q) * 1000
-            for values, q in ((point.ttft, 50), (point.ttft, 99), (point.itl, 50), (point.itl, 99))
-        ]
-        lines.append(
-            f"{point.setup:<27}{point.streams:>8}{point.requests:>9}{point.tokens:>8}{point.seconds:>9.2f}"
-            f"{point.tokens_per_s:>10.1f}{point.tokens_per_s / reference:>7.2f}x"
-            f"{ms[0]:>8.1f}ms{ms[1]:>8.1f}ms{ms[2]:>7.1f}ms{ms[3]:>7.1f}ms"
+async def prefix_pair(stub: Any, prefix: str, max_new_tokens: int) -> tuple[Point, Point, bool]:
+    """The same long-prefix prompt twice, one after the other: (first, second, same output)."""
+    first, second = (Point(f"prefix {which}", 1, 1, 0, 0.0) for which in ("cold", "hit"))
+    prompt = prefix + " Now answer:"
+    started = time.perf_counter()
+    a = await stream_one(stub, prompt, max_new_tokens, first)
+    first.seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    b = await stream_one(stub, prompt, max_new_tokens, second)
+    second.seconds = time.perf_counter() - started
+    return first, second, a == b
+
+
+async def burst(
+    stub: Any, running: list[str], new: list[str], max_new_tokens: int, settle_tokens: int = 4
+) -> tuple[Point, Point]:
+    """`running` streams decoding; once each has `settle_tokens` tokens, the `new` prompts
+    arrive at once. Returns (the running streams, the new ones)."""
+    streams = Point("burst: running streams", len(running), len(running), 0, 0.0)
+    joined = Point("burst: new prompts", len(new), len(new), 0, 0.0)
+    settled = asyncio.Event()
+    counts = [0] * len(running)
+
+    async def runner(index: int) -> None:
+        last = time.perf_counter()
+        async for item in stub.GenerateStream(_request(running[index], max_new_tokens), timeout=600):
+            now = time.perf_counter()
+            count = len(item.token_ids)
+            if not count:
+                continue
+            streams.tokens += count
+            if counts[index]:  # inter-token gaps of running streams only (not the first token)
+                streams.itl += [(now - last) / count] * count
+            counts[index] += count
+            last = now
+            if min(counts) >= settle_tokens:
+                settled.set()
+
+    async def newcomers() -> None:
+        await settled.wait()
+        await asyncio.gather(*(stream_one(stub, prompt, max_new_tokens, joined) for prompt in new))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(runner(i) for i in range(len(running))), newcomers())
+    streams.seconds = joined.seconds = time.perf_counter() - started
+    return streams, joined
+
+
+def long_prefix(tokenizer: Any, tokens: int, seed: int) -> str:
+    """Text of about `tokens` tokens, different for every seed."""
+    rng = random.Random(seed)
+    words = _VOCABULARY.split()
+    text = f"{seed}:"
+    while len(tokenizer(text)["input_ids"]) < tokens:
+        text += " " + rng.choice(words)
+    return text
+
+
+_RATIO_NOTE = (
+    "ratio (median of the same-round ratios): service rows, tokens/s over generate()'s; prefix hit, "
+    "its TTFT over the cold one's; burst running streams, their inter-token p99 over p50"
+)
+
+
+@dataclass
+class Rounds:
+    """Every round's points by setup, and the same-round ratios."""
+
+    points: dict[str, list[Point]] = field(default_factory=dict)
+    ratios: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, point: Point) -> None:
+        self.points.setdefault(key, []).append(point)
+
+    def ratio(self, key: str, value: float) -> None:
+        self.ratios.setdefault(key, []).append(value)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def render(rounds: Rounds) -> list[dict[str, Any]]:
+    """One row per setup: medians over the rounds."""
+    rows = []
+    for key, points in rounds.points.items():
+        first = points[0]
+        rows.append(
+            {
+                "setup": first.setup,
+                "streams": first.streams,
+                "requests": first.requests,
+                "tokens_per_s": median([p.tokens_per_s for p in points]),
+                "ratio": median(rounds.ratios.get(key, [])),
+                "ttft_p50_ms": median([percentile(p.ttft, 50) * 1000 for p in points]),
+                "ttft_p99_ms": median([percentile(p.ttft, 99) * 1000 for p in points]),
+                "itl_p50_ms": median([percentile(p.itl, 50) * 1000 for p in points]),
+                "itl_p99_ms": median([percentile(p.itl, 99) * 1000 for p in points]),
+            }
         )
-    return "\n".join(lines)
+    return rows
 
 
 async def run(args: argparse.Namespace) -> BenchResult:
+    from textserve.v1 import generation_pb2_grpc
+    from tqdm import tqdm
+
     levels = [int(x) for x in args.concurrency.split(",")]
     prompts = make_prompts(max(max(levels) * args.requests_per_stream, args.baseline_requests) + 1)
+    burst_prompts = make_prompts(args.burst_running + args.burst_new, seed=11)
+    rounds = Rounds()
+    same_output = True
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as folder:
         model_dir = build_model(Path(folder), args.layers, args.hidden, args.heads)
         print(
             f"model: GPT-2 shaped, {args.layers} layers x {args.hidden} wide (random weights); "
-            f"{args.max_new_tokens} new tokens per request",
+            f"{args.max_new_tokens} new tokens per request; {args.rounds} interleaved rounds",
             flush=True,
         )
-        if args.threads:
-            import torch
+        from transformers import AutoTokenizer
 
-            torch.set_num_threads(args.threads)
-        before = measure_baseline(model_dir, prompts[: args.baseline_requests], args.max_new_tokens, "before")
-        print(f"baseline: {before.tokens_per_s:.1f} tokens/s", flush=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         kind = InProcessServer if args.in_process else start_server
-        points = [before]
-        async with kind(model_dir, max(levels), args.max_new_tokens, args.threads) as server:
-            for streams in levels:
-                point = await drive(
-                    server.address(), prompts, streams, args.requests_per_stream, args.max_new_tokens
-                )
-                print(f"{streams} streams: {point.tokens_per_s:.1f} tokens/s", flush=True)
-                points.append(point)
-        # Measured again after the service, so load that changed during the run shows up.
-        after = measure_baseline(model_dir, prompts[: args.baseline_requests], args.max_new_tokens, "after")
-        print(f"baseline again: {after.tokens_per_s:.1f} tokens/s", flush=True)
-        points.insert(1, after)
-    reference = (before.tokens_per_s + after.tokens_per_s) / 2
+        most = max(*levels, args.burst_running + args.burst_new)
+        longest = max(args.max_new_tokens, args.burst_max_new_tokens)
+        with baseline_process(model_dir, args.threads) as baseline:
+            async with (
+                kind(model_dir, most, longest, args.threads, args.max_batched_tokens) as server,
+                grpc.aio.insecure_channel(server.address()) as channel,
+            ):
+                stub = generation_pb2_grpc.GenerationServiceStub(channel)
+                await stream_one(stub, prompts[-1], 4, Point("warm-up", 1, 1, 0, 0.0))
+                for index in tqdm(range(args.rounds), desc="rounds", unit="round"):
+                    base = baseline.submit(
+                        _measure_baseline, prompts[: args.baseline_requests], args.max_new_tokens
+                    ).result()
+                    rounds.add("base", base)
+                    for streams in levels:
+                        point = await drive(
+                            stub, prompts, streams, args.requests_per_stream, args.max_new_tokens
+                        )
+                        rounds.add(f"service {streams}", point)
+                        rounds.ratio(f"service {streams}", point.tokens_per_s / base.tokens_per_s)
+                    prefix = long_prefix(tokenizer, args.prefix_tokens, seed=1000 + index)
+                    cold, hit, same = await prefix_pair(stub, prefix, args.max_new_tokens)
+                    same_output = same_output and same
+                    rounds.add("prefix cold", cold)
+                    rounds.add("prefix hit", hit)
+                    rounds.ratio("prefix hit", hit.ttft[0] / cold.ttft[0])
+                    running, joined = await burst(
+                        stub,
+                        burst_prompts[: args.burst_running],
+                        burst_prompts[args.burst_running :],
+                        args.burst_max_new_tokens,
+                    )
+                    rounds.add("burst running", running)
+                    rounds.add("burst new", joined)
+                    rounds.ratio("burst running", percentile(running.itl, 99) / percentile(running.itl, 50))
+    rows = render(rounds)
     print()
-    print(render(points, reference))
-    print(f"x base: aggregate tokens/s over the mean of the two baseline runs ({reference:.1f} tokens/s)")
-    return result_of(points, reference, args)
-
-
-def result_of(points: list[Point], reference: float, args: argparse.Namespace) -> BenchResult:
-    """The table as a BenchResult (loadtests/common.py format), TTFT against tokens/s as a curve."""
+    print(format_table(rows))
+    print(_RATIO_NOTE)
+    checks = [
+        ("1 stream / generate() tokens/s", "service 1", 0.9, ">="),
+        ("32 streams / generate() tokens/s", "service 32", 6.0, ">="),
+        ("prefix hit TTFT / cold TTFT", "prefix hit", 0.5, "<="),
+        ("burst: running streams' ITL p99 / p50", "burst running", 2.0, "<="),
+    ]
     result = BenchResult(bench="generation", title="Generation: continuous batching vs sequential generate()")
-    curve = result.curve("generation: GenerateStream (TTFT)", "tokens/s")
-    for point in points:
-        ttft_p50, ttft_p99 = (percentile(point.ttft, q) * 1000 for q in (50, 99))
-        result.add_row(
-            setup=point.setup,
-            streams=point.streams,
-            requests=point.requests,
-            tokens=point.tokens,
-            seconds=point.seconds,
-            tokens_per_s=point.tokens_per_s,
-            x_base=point.tokens_per_s / reference,
-            ttft_p50_ms=ttft_p50,
-            ttft_p99_ms=ttft_p99,
-            itl_p50_ms=percentile(point.itl, 50) * 1000,
-            itl_p99_ms=percentile(point.itl, 99) * 1000,
+    for row in rows:
+        result.add_row(**row)
+    print(f"\nsame-round ratios (median of {args.rounds} rounds):")
+    for label, key, target, sense in checks:
+        values = rounds.ratios.get(key)
+        if not values:
+            continue
+        value = median(values)
+        ok = value >= target if sense == ">=" else value <= target
+        line = (
+            f"{label}: {value:.2f} (target {sense} {target}; rounds: {', '.join(f'{v:.2f}' for v in values)})"
         )
-        if point.setup.startswith("service"):
-            curve.add(point.streams, point.tokens_per_s, ttft_p50, ttft_p99)
+        print(f"  {'PASS' if ok else 'MISS'} {line}")
+        result.notes.append(line)
+    print(f"  prefix hit output identical to the cold one: {same_output}")
+    result.notes.append(f"prefix hit output identical to the cold one: {same_output}")
+    curve = result.curve("generation: GenerateStream (TTFT)", "tokens/s")
+    for row in rows:
+        if row["setup"].startswith("service"):
+            curve.add(row["streams"], row["tokens_per_s"], row["ttft_p50_ms"], row["ttft_p99_ms"])
+    result.notes.append(_RATIO_NOTE)
     result.notes.append(
-        f"GPT-2 shaped random model, {args.layers} layers x {args.hidden} wide; {args.max_new_tokens} "
-        f"new tokens per request; x_base against the mean of the two baseline runs ({reference:.1f} tokens/s)"
+        f"GPT-2 shaped random model, {args.layers} layers x {args.hidden} wide; {args.max_new_tokens} new "
+        f"tokens per request; max_batched_tokens={args.max_batched_tokens}; medians of {args.rounds} rounds"
     )
     return result
 
 
 def main() -> None:
+    from textserve.generation.config import GenerationServiceConfig
+
     parser = bench_parser(__doc__)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated stream counts")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument(
         "--requests-per-stream", type=int, default=3, help="requests each stream sends in turn"
     )
     parser.add_argument("--baseline-requests", type=int, default=8, help="prompts run through generate()")
+    parser.add_argument("--prefix-tokens", type=int, default=256, help="shared prefix of the prefix-hit pair")
+    parser.add_argument("--burst-running", type=int, default=16, help="streams decoding when the burst comes")
+    parser.add_argument("--burst-new", type=int, default=16, help="new prompts arriving at once")
+    parser.add_argument("--burst-max-new-tokens", type=int, default=128, help="tokens per burst-run request")
+    parser.add_argument(
+        "--max-batched-tokens",
+        type=int,
+        default=GenerationServiceConfig.model_fields["max_batched_tokens"].default,
+        help="the service's per-step token budget (chunked prefill)",
+    )
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)

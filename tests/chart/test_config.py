@@ -209,6 +209,9 @@ def test_every_model_and_batcher_key_renders_to_a_valid_setting(tmp_path: Path) 
         "maxWaitingSequences": 999_999,
         "kvBudgetTokens": 100_000_000,
         "maxPrefillTokens": 10_000_000,
+        "maxBatchedTokens": 300,
+        "prefixCacheTokens": 0,
+        "prefixBlockTokens": 32,
     }
     values = {
         "services": {
@@ -246,7 +249,10 @@ def test_every_model_and_batcher_key_renders_to_a_valid_setting(tmp_path: Path) 
         settings.generation.max_waiting_sequences,
         settings.generation.kv_budget_tokens,
         settings.generation.max_prefill_tokens,
-    ) == (9, 999_999, 100_000_000, 10_000_000)
+        settings.generation.max_batched_tokens,
+        settings.generation.prefix_cache_tokens,
+        settings.generation.prefix_block_tokens,
+    ) == (9, 999_999, 100_000_000, 10_000_000, 300, 0, 32)
 
 
 def test_a_bad_free_form_config_is_caught_by_textserve(tmp_path: Path) -> None:

@@ -118,6 +118,8 @@ async def _serve(path: Path) -> Served:
         max_new_tokens_default=16,
         max_new_tokens_limit=MAX_NEW_LIMIT,
         max_running_sequences=32,
+        max_batched_tokens=32,  # longer prompts, or many at once, are prefilled in chunks
+        prefix_block_tokens=8,
     )
     cache_config = CacheConfig(backend="memory")
     cache = ResponseCache(MemoryCacheBackend(1000), cache_config, "generation")
@@ -214,6 +216,42 @@ async def test_concurrent_greedy_equals_generate_alone(served: Served) -> None:
     rows = (REGISTRY.get_sample_value("textserve_batch_size_sum", labels) or 0.0) - rows_before
     steps = (REGISTRY.get_sample_value("textserve_batch_size_count", labels) or 0.0) - steps_before
     assert steps > 0 and rows > steps  # this test's rows shared its steps (deltas: other tests ran too)
+
+
+async def test_shared_prefixes_and_chunked_prompts_equal_generate_alone(served: Served) -> None:
+    """Prompts that share a long prefix reuse its keys and values, long prompts are prefilled in
+    chunks while others decode: greedy outputs stay those of generate() on each prompt alone."""
+    max_new = 10
+    system = "System: you are a careful assistant that answers in one short sentence. " * 2
+    first = system + "User: hello?"
+    shared = [system + f"User: question number {i}?" for i in range(6)]
+    long = [f"{i} " + "a long prompt that takes several chunks to prefill, " * 3 for i in range(3)]
+    labels = {"service": "generation", "model": served.name}
+    hits_before = REGISTRY.get_sample_value("textserve_generation_prefix_cache_hits_total", labels) or 0.0
+    saved_before = (
+        REGISTRY.get_sample_value("textserve_generation_prefix_cache_tokens_saved_total", labels) or 0.0
+    )
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        warm = await collect(stub, request(first, max_new_tokens=max_new))  # its blocks get cached
+        results = [
+            warm,
+            *await asyncio.gather(
+                *(collect(stub, request(p, max_new_tokens=max_new)) for p in [*shared, *long])
+            ),
+        ]
+    for prompt, (_, ids, _) in zip([first, *shared, *long], results, strict=True):
+        prompt_ids = served.tokenizer(prompt)["input_ids"]
+        assert ids == reference(served, prompt_ids, max_new), prompt
+    assert min(len(served.tokenizer(p)["input_ids"]) for p in long) > 32  # chunked (max_batched_tokens)
+    hits = (
+        REGISTRY.get_sample_value("textserve_generation_prefix_cache_hits_total", labels) or 0.0
+    ) - hits_before
+    saved = (
+        REGISTRY.get_sample_value("textserve_generation_prefix_cache_tokens_saved_total", labels) or 0.0
+    ) - saved_before
+    assert hits >= len(shared)
+    assert saved >= len(shared) * 8 * (len(served.tokenizer(system)["input_ids"]) // 8 - 1)
 
 
 async def test_stream_deltas_rebuild_the_text(served: Served) -> None:

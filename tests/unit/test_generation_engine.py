@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
+from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.sampling import SamplingConfig, SequenceSampler, sample_next
 from textserve.generation.scheduler import FinishStatus, Scheduler, SchedulerLimits
 
@@ -26,7 +27,14 @@ def tiny() -> tuple[Any, Any]:
 class Harness:
     """An engine driven by hand, collecting its events."""
 
-    def __init__(self, tiny: tuple[Any, Any], max_running: int = 8, kv_budget_tokens: int = 4096) -> None:
+    def __init__(
+        self,
+        tiny: tuple[Any, Any],
+        max_running: int = 8,
+        kv_budget_tokens: int = 4096,
+        max_batched_tokens: int = 512,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         model, tokenizer = tiny
         self.tokenizer = tokenizer
         self.events: list[SequenceEvent] = []
@@ -41,6 +49,8 @@ class Harness:
             service="generation-test",
             model_name="tiny-engine",
             eos_token_ids=frozenset({int(tokenizer.eos_token_id)}),
+            max_batched_tokens=max_batched_tokens,
+            prefix_cache=prefix_cache,
         )
 
     def submit(self, seq_id: int, prompt: str, max_new: int = 8, **kwargs: Any) -> None:
@@ -227,3 +237,91 @@ def test_padded_batch_joins_and_drops_match_generate_alone(tiny: tuple[Any, Any]
             batch.keep({i for i in batch.rows if len(produced[i]) < lengths[i]})
     assert [produced[i] for i in range(12)] == expected
     assert batch.rows == [] and batch.width == 0
+
+
+def _alone(model: Any, prompt: list[int], new: int) -> list[int]:
+    with torch.inference_mode():
+        output = model.generate(
+            torch.tensor([prompt]), max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+    return [int(i) for i in output[0, len(prompt) :]]
+
+
+def test_prefix_reuse_and_chunked_prefill_match_generate_alone(tiny: tuple[Any, Any]) -> None:
+    """Prompts sharing a prefix (reused from the prefix cache) and long prompts prefilled in
+    chunks over several steps, joining a running batch in waves: every sequence's greedy tokens
+    equal generate() on its prompt alone, and running sequences get a token every step."""
+    model, tokenizer = tiny
+    h = Harness(tiny, max_batched_tokens=24, prefix_cache=PrefixCache(1024, block_tokens=8))
+    system = "You are a helpful assistant. Answer briefly: "  # shared by prompts 0-5
+    prompts = [f"{system}question {i}?" for i in range(6)]
+    prompts += [f"long {i}: " + "the quick brown fox jumps over " * 4 for i in range(3)]
+    prompts += [prompts[6] + " and again"]  # shares the long prompt 6 (cached once 6 is prefilled)
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    assert min(len(ids[i]) for i in (0, 6, 7, 8, 9)) > 24  # over the budget: chunked when others run
+    new = [6 + (i % 4) * 2 for i in range(len(prompts))]
+    expected = [_alone(model, p, n) for p, n in zip(ids, new, strict=True)]
+    waves = {0: [0, 6], 1: [1, 2], 3: [7, 3], 5: [8, 4, 5], 12: [9]}
+    tokens_before: dict[int, int] = {}
+    chunked_while_decoding = False
+    for step in range(60):
+        for i in waves.get(step, []):
+            h.submit(i, prompts[i], max_new=new[i])
+        produced = {i: sum(len(e.token_ids) for e in h.of(i)) for i in range(len(prompts))}
+        # Every sequence that had a token and is not done got one more in the last step.
+        for i, count in tokens_before.items():
+            if 0 < count < new[i]:
+                assert produced[i] == count + 1, f"sequence {i} stalled at step {step}"
+        tokens_before = produced
+        h.step()
+        chunked_while_decoding = chunked_while_decoding or bool(h.engine.batch.staged and h.engine.batch.rows)
+    got = [[t for e in h.of(i) for t in e.token_ids] for i in range(len(prompts))]
+    assert got == expected
+    assert chunked_while_decoding
+    cached = {i: max((e.cached_prompt_tokens for e in h.of(i)), default=0) for i in range(len(prompts))}
+    # 1 and 2 arrive while 0 is still being prefilled (in chunks); 3-5 come later.
+    assert all(cached[i] >= 32 for i in (3, 4, 5)), cached  # the system prompt was reused
+    assert cached[9] >= 32 and cached[6] == 0  # the long prompt was reused by its extension
+    assert h.scheduler.stats().running == 0 and h.engine.batch.staged == set()
+
+
+def test_prefix_cache_is_counted_in_the_kv_budget_and_evicted_for_sequences(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    cache = PrefixCache(4096, block_tokens=8)
+    h = Harness(tiny, kv_budget_tokens=120, prefix_cache=cache)
+    prompt = "the quick brown fox jumps over the lazy dog " * 2  # about 20 tokens
+    h.submit(1, prompt, max_new=20)
+    for _ in range(25):
+        h.step()
+    held = cache.tokens
+    assert held > 0 and h.scheduler.stats().prefix_cached_tokens == held
+    assert h.scheduler.kv_room() == 120 - held
+    # A sequence that needs nearly the whole budget evicts the cached blocks to fit.
+    h.submit(2, "Hello", max_new=110)
+    h.step()
+    assert list(h.scheduler.running) == [2] and cache.tokens + h.scheduler.reserved_tokens() <= 120
+    for _ in range(115):
+        h.step()
+    assert [t for e in h.of(2) for t in e.token_ids] == _alone(model, tokenizer("Hello")["input_ids"], 110)
+
+
+def test_a_row_joining_is_written_into_spare_rows_without_copying_the_cache(tiny: tuple[Any, Any]) -> None:
+    from textserve.generation.kv_batch import PaddedKVBatch
+
+    model, tokenizer = tiny
+    long_prompt, short_prompt = tokenizer("a longer first prompt")["input_ids"], tokenizer("hi")["input_ids"]
+    with torch.inference_mode():
+        batch = PaddedKVBatch(model, "cpu")
+        first = [int(batch.prefill([1], [long_prompt])[0].argmax())]
+        first.append(int(batch.decode([first[-1]])[0].argmax()))  # the layers now own grown buffers
+        layer = batch._cache.layers[0]  # type: ignore[union-attr]
+        buffer = layer._key_buffer.data_ptr()  # type: ignore[attr-defined]
+        batch.stage(2)
+        second = [int(batch.extend(2, short_prompt).argmax())]
+        batch.commit(2)
+        assert layer._key_buffer.data_ptr() == buffer  # type: ignore[attr-defined]
+        for _ in range(3):
+            logits = batch.decode([first[-1], second[-1]])
+            first.append(int(logits[0].argmax()))
+            second.append(int(logits[1].argmax()))
+    assert first == _alone(model, long_prompt, 5) and second == _alone(model, short_prompt, 4)

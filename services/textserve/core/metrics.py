@@ -290,6 +290,24 @@ GEN_KV_CAPACITY = Gauge(
     ["service", "model"],
     registry=REGISTRY,
 )
+GEN_PREFIX_HITS = Counter(
+    "textserve_generation_prefix_cache_hits_total",
+    "Sequences whose prompt started with cached blocks (their keys and values were reused).",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+GEN_PREFIX_SAVED = Counter(
+    "textserve_generation_prefix_cache_tokens_saved_total",
+    "Prompt tokens whose keys and values came from the prefix cache instead of a forward pass.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+GEN_PREFIX_TOKENS = Gauge(
+    "textserve_generation_prefix_cache_tokens",
+    "KV-cache tokens held by the prefix cache (counted in the KV budget, evicted on demand).",
+    ["service", "model"],
+    registry=REGISTRY,
+)
 GEN_FINISHED = Counter(
     "textserve_generation_finished_total",
     "Sequences finished, by reason (length, stop, eos, cancelled).",

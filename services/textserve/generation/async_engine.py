@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import threading
 from collections.abc import AsyncGenerator, Sequence
 
 from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
+from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.scheduler import Scheduler, SchedulerLimits
 from textserve.runtime.causal_lm import CausalLM
 
@@ -25,7 +27,15 @@ from textserve.runtime.causal_lm import CausalLM
 class AsyncEngine:
     """One GenerationEngine run in its worker thread, driven from the event loop."""
 
-    def __init__(self, model: CausalLM, limits: SchedulerLimits, *, service: str) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        limits: SchedulerLimits,
+        *,
+        service: str,
+        max_batched_tokens: int = 128,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         info = model.info
         pad = model.tokenizer.pad_token_id
         self.engine = GenerationEngine(
@@ -39,11 +49,16 @@ class AsyncEngine:
             model_name=info.name,
             eos_token_ids=info.eos_token_ids,
             pad_token_id=int(pad) if pad is not None else 0,
+            max_batched_tokens=max_batched_tokens,
+            prefix_cache=prefix_cache,
         )
         self._model_name = info.name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
         self._streams: dict[int, asyncio.Queue[list[SequenceEvent]]] = {}
+        self._pending: list[SequenceEvent] = []  # from the engine thread, not dispatched yet
+        self._pending_lock = threading.Lock()
+        self._wake_pending = False
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -117,15 +132,25 @@ class AsyncEngine:
 
     # --- engine thread -> event loop -----------------------------------------------------
     def _on_events(self, events: list[SequenceEvent]) -> None:
-        """Engine thread -> event loop, once per step."""
+        """Engine thread -> event loop, once per step; the loop is woken only when it has
+        not yet been asked to dispatch (steps that come while it is busy are dispatched together)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        with self._pending_lock:
+            self._pending += events
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # loop closing during shutdown
-            loop.call_soon_threadsafe(self._dispatch, events)
+            loop.call_soon_threadsafe(self._dispatch)
 
-    def _dispatch(self, events: list[SequenceEvent]) -> None:
+    def _dispatch(self) -> None:
+        with self._pending_lock:
+            events, self._pending = self._pending, []
+            self._wake_pending = False
+        streams = self._streams
         for event in events:
-            queue = self._streams.get(event.seq_id)
+            queue = streams.get(event.seq_id)
             if queue is not None:
                 queue.put_nowait([event])

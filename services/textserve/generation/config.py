@@ -27,6 +27,16 @@ class GenerationServiceConfig(ServiceConfigBase):
     """KV cache budget in padded tokens: running sequences x the longest (prompt + max_new_tokens)."""
     max_prefill_tokens: int = Field(default=4096, ge=16, le=10_000_000)
     """Most padded prompt tokens (new sequences x longest prompt) prefilled in one step."""
+    max_batched_tokens: int = Field(default=128, ge=16, le=10_000_000)
+    """Most tokens one engine step computes: one per running sequence plus prompt tokens of
+    new ones; longer or more prompts are prefilled in chunks over several steps (chunked prefill).
+    Small on CPU, where a prefill step of 128 tokens already costs a few decode steps; raise it
+    on a GPU (vLLM uses 2048 and more)."""
+    prefix_cache_tokens: int = Field(default=16384, ge=0, le=100_000_000)
+    """Most KV tokens kept for reuse by prompts that share a prefix (0: off); counted in
+    kv_budget_tokens and evicted (least recently used first) when sequences need the room."""
+    prefix_block_tokens: int = Field(default=16, ge=1, le=4096)
+    """Tokens per prefix-cache block: prefixes are reused in whole blocks."""
     stream_interval_tokens: int = Field(default=1, ge=1, le=1024)
     """Tokens per streamed message."""
     max_stop_sequences: int = Field(default=16, ge=0, le=1024)

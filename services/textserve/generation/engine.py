@@ -2,9 +2,17 @@
 
 Each step:
 1. `Scheduler.schedule` drops expired sequences and admits waiting ones under the KV budget;
+   an admitted sequence looks its prompt up in the prefix cache (generation/prefix_cache.py)
+   and joins the prefill queue with the cached part of its prompt already done;
 2. rows of sequences that left (finished, cancelled, expired) are dropped from the batch cache;
-3. running rows get one decode forward, newly admitted ones one batched prefill forward
-   (then join the batch);
+3. running rows get one decode forward (one token each); what is left of the step's token
+   budget (`max_batched_tokens`, like vLLM's max_num_batched_tokens) goes to the prefill
+   queue in arrival order: prompts that fit whole are prefilled together (one left-padded
+   forward), the others get a chunk (chunked prefill: a long prompt or a burst of new ones
+   is spread over several steps, so running streams keep getting a token every step; with
+   no running stream there is nothing to protect and up to `max_prefill_tokens` go at once);
+   a sequence whose prompt is complete joins the batch and gets its first token, and its
+   full prompt blocks go into the prefix cache;
 4. one token is chosen per row (`sampling`: under the row's grammar when the request is
    constrained, with its logprobs when asked), turned into a text delta (`detokenize`), and
    checked against the request's stop sequences (a completed grammar also stops it);
@@ -33,11 +41,15 @@ from textserve.core import metrics
 from textserve.core.errors import NotReady, Overloaded
 from textserve.generation.detokenize import IncrementalDetokenizer, StopMatcher
 from textserve.generation.kv_batch import PaddedKVBatch
+from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.sampling import SamplingConfig, SequenceSampler, TokenLogprobs, sample_step
 from textserve.generation.scheduler import Finished, FinishStatus, Scheduler, SequenceSlot
 from textserve.generation.structured import Grammar
 
 log = logging.getLogger(__name__)
+
+# Prompt tokens prefilled in a step even when the running rows use up the step's budget.
+_MIN_PREFILL_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,8 @@ class SequenceEvent:
     """Time from arrival to the first token; set once it is known."""
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     """Logprobs of `token_ids`, one each, when the request asked for them."""
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose keys and values came from the prefix cache (set with the first token)."""
 
 
 EventSink = Callable[[list[SequenceEvent]], None]
@@ -97,6 +111,10 @@ class _Sequence:
         self.next_token = 0
         self.first_token_seconds: float | None = None
         self.last_token_time = 0.0
+        self.prefilled = 0
+        """Prompt tokens whose keys and values are held (cached or computed)."""
+        self.cached_tokens = 0
+        """Prompt tokens reused from the prefix cache."""
 
     def add_token(self, token: int, now: float, event: SequenceEvent) -> bool:
         """Records a token into `event`; returns True when a stop sequence was produced."""
@@ -111,6 +129,7 @@ class _Sequence:
         if self.first_token_seconds is None:
             self.first_token_seconds = now - self.request.arrival
             event.first_token_seconds = self.first_token_seconds
+            event.cached_prompt_tokens = self.cached_tokens
         self.last_token_time = now
         return stopped
 
@@ -138,6 +157,8 @@ class GenerationEngine:
         model_name: str,
         eos_token_ids: frozenset[int] = frozenset(),
         pad_token_id: int = 0,
+        max_batched_tokens: int = 128,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         self.model = model
         self.eos_token_ids = eos_token_ids
@@ -154,6 +175,11 @@ class GenerationEngine:
         self._failed: str | None = None
         self._requests: dict[int, EngineRequest] = {}  # submitted, not admitted yet (under the lock)
         self._seqs: dict[int, _Sequence] = {}  # admitted (engine thread only)
+        self._prefilling: dict[int, _Sequence] = {}  # admitted, prompt not complete (arrival order)
+        self.max_batched_tokens = max_batched_tokens
+        self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cache.enabled else None
+        if self.prefix_cache is not None:
+            scheduler.prefix_pool = self.prefix_cache
         self._thread: threading.Thread | None = None
         self._metrics = _EngineMetrics(self.labels)
         self._metrics.capacity(scheduler.limits.kv_budget_tokens)
@@ -178,6 +204,13 @@ class GenerationEngine:
             batch.decode([token, token])
             batch.prefill([-3], [[token] * 2])
             batch.keep({-2, -3})
+            batch.decode([token, token])
+            batch.stage(-4)
+            batch.extend(-4, [token] * 3)
+            batch.stage(-5, batch.row_kv(-4, 0, 2))
+            batch.extend(-5, [token] * 2)
+            batch.commit(-5)
+            batch.keep({-2, -5})
             batch.decode([token, token])
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -263,7 +296,10 @@ class GenerationEngine:
             SequenceEvent(item.seq_id, [], "", FinishStatus.ABORTED, error=self._failed) for item in leftover
         ]
         self._seqs.clear()
+        self._prefilling.clear()
         self.batch.reset()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
         if events:
             self.on_events(events)
 
@@ -280,18 +316,20 @@ class GenerationEngine:
                 for item in plan.finished
                 if self._requests.pop(item.seq_id, None) is not None or item.seq_id in self._seqs
             ]
-            self._metrics.queue(self.scheduler)
         for item in left:
             self._finish(item, events)
         self.batch.keep({seq_id for seq_id in plan.decode if seq_id in self._seqs})
         running = list(self.batch.rows)  # decode order is the batch's row order
+        for request in admitted:
+            self._admit(request)
         try:
-            sampled = self._forward(running, admitted, events)
+            sampled = self._forward(running, events)
         except Exception as error:
             log.exception(
-                "generation step failed", extra={**self.labels, "rows": len(running) + len(admitted)}
+                "generation step failed",
+                extra={**self.labels, "rows": len(running) + len(self._prefilling)},
             )
-            self._fail_step([*running, *(r.seq_id for r in admitted)], error, events)
+            self._fail_step([*running, *self._prefilling], error, events)
             self.on_events(list(events.values()))
             return
         stopped = [seq_id for seq_id, (_, stop) in sampled.items() if stop]
@@ -306,25 +344,77 @@ class GenerationEngine:
         if events:
             self.on_events(list(events.values()))
 
-    def _forward(
-        self, running: list[int], admitted: list[EngineRequest], events: dict[int, SequenceEvent]
-    ) -> dict[int, tuple[int, bool]]:
-        """Decode for running rows, prefill for admitted ones; returns {seq_id: (token, stopped)}."""
+    def _admit(self, request: EngineRequest) -> None:
+        """Makes an admitted request a sequence in the prefill queue, its cached prefix done."""
+        seq = _Sequence(request, self.tokenizer, self.vocab_size, self.device)
+        seq_id = request.seq_id
+        self._seqs[seq_id] = seq
+        self._prefilling[seq_id] = seq
+        self._metrics.admitted(len(request.prompt_ids))
+        if self.prefix_cache is None:
+            return
+        hit = self.prefix_cache.lookup(request.prompt_ids)
+        if hit.kv is not None:
+            self.batch.stage(seq_id, hit.kv)
+            seq.prefilled = seq.cached_tokens = hit.tokens
+            self._metrics.prefix_hit(hit.tokens)
+
+    def _plan_prefill(self, running: int) -> tuple[list[_Sequence], list[tuple[_Sequence, int]]]:
+        """This step's prefill work under the token budget, in arrival order: sequences whose
+        whole prompt is computed now (together), and (sequence, tokens) chunks of the others."""
+        # The budget protects running streams; with none, up to max_prefill_tokens go at once.
+        if running:
+            budget = max(self.max_batched_tokens - running, _MIN_PREFILL_TOKENS)
+        else:
+            budget = max(self.max_batched_tokens, self.scheduler.limits.max_prefill_tokens)
+        whole: list[_Sequence] = []
+        chunks: list[tuple[_Sequence, int]] = []
+        for seq in self._prefilling.values():
+            if budget <= 0:
+                break
+            remaining = len(seq.request.prompt_ids) - seq.prefilled
+            take = min(remaining, budget)
+            if seq.prefilled == 0 and take == remaining:
+                whole.append(seq)
+            else:
+                chunks.append((seq, take))
+            budget -= take
+        return whole, chunks
+
+    def _forward(self, running: list[int], events: dict[int, SequenceEvent]) -> dict[int, tuple[int, bool]]:
+        """Decode for running rows, prefill work for new ones; returns {seq_id: (token, stopped)}
+        for every row that got a token (running ones, and new ones whose prompt is complete)."""
         logits_parts: list[torch.Tensor] = []
         rows: list[_Sequence] = []
         started = time.perf_counter()
         if running:
             logits_parts.append(self.batch.decode([self._seqs[seq_id].next_token for seq_id in running]))
             rows += [self._seqs[seq_id] for seq_id in running]
-        if admitted:
-            new = [_Sequence(request, self.tokenizer, self.vocab_size, self.device) for request in admitted]
-            for seq in new:
-                self._seqs[seq.request.seq_id] = seq
+        whole, chunks = self._plan_prefill(len(running))
+        if whole:
             logits_parts.append(
-                self.batch.prefill([r.seq_id for r in admitted], [r.prompt_ids for r in admitted])
+                self.batch.prefill(
+                    [seq.request.seq_id for seq in whole], [seq.request.prompt_ids for seq in whole]
+                )
             )
-            rows += new
-            self._metrics.admitted(sum(len(r.prompt_ids) for r in admitted))
+            for seq in whole:
+                seq.prefilled = len(seq.request.prompt_ids)
+            rows += whole
+        for seq, take in chunks:
+            seq_id, prompt = seq.request.seq_id, seq.request.prompt_ids
+            if seq_id not in self.batch.staged:
+                self.batch.stage(seq_id)
+            logits = self.batch.extend(seq_id, prompt[seq.prefilled : seq.prefilled + take])
+            seq.prefilled += take
+            if seq.prefilled == len(prompt):
+                self._remember_prefix(seq)
+                self.batch.commit(seq_id)
+                logits_parts.append(logits.unsqueeze(0))
+                rows.append(seq)
+        for seq in whole:
+            self._remember_prefix(seq)
+        for seq in rows[len(running) :]:
+            del self._prefilling[seq.request.seq_id]
         if not rows:
             return {}
         logits = logits_parts[0] if len(logits_parts) == 1 else torch.cat(logits_parts, dim=0)
@@ -352,9 +442,29 @@ class GenerationEngine:
         self._metrics.step(len(rows), len(tokens), seconds)
         return result
 
+    def _remember_prefix(self, seq: _Sequence) -> None:
+        """Copies the full prompt blocks not cached yet into the prefix cache (within the KV
+        budget's room)."""
+        cache = self.prefix_cache
+        if cache is None:
+            return
+        missing = cache.missing(seq.request.prompt_ids)
+        if not missing:
+            return
+        size = cache.block_tokens
+        with self._lock:
+            room = self.scheduler.kv_room() + cache.tokens
+        for index, key, parent, tokens in missing:
+            kv = self.batch.row_kv(seq.request.seq_id, index * size, (index + 1) * size)
+            if not cache.insert(key, parent, tokens, kv, room):
+                break
+        cache.touch(seq.request.prompt_ids)
+        self._metrics.prefix_tokens(cache.tokens)
+
     def _finish(self, item: Finished, events: dict[int, SequenceEvent]) -> None:
         """Adds the last event of a sequence and forgets it (at most once per sequence)."""
         seq = self._seqs.pop(item.seq_id, None)
+        self._prefilling.pop(item.seq_id, None)
         event = events.get(item.seq_id)
         if event is None:
             event = SequenceEvent(item.seq_id, [], "")
@@ -377,6 +487,7 @@ class GenerationEngine:
             self._metrics.queue(self.scheduler)
         self.batch.reset()
         self._seqs.clear()
+        self._prefilling.clear()
         message = f"model forward failed: {type(error).__name__}: {error}"
         for seq_id in failed:
             events[seq_id] = SequenceEvent(seq_id, [], "", FinishStatus.ABORTED, error=message)
@@ -397,6 +508,12 @@ class _EngineMetrics:
         self.input_tokens = metrics.INPUT_TOKENS.labels(**labels)
         self.batch_size = metrics.BATCH_SIZE.labels(**labels)
         self.inference = metrics.INFERENCE_DURATION.labels(**labels)
+        self.prefix_hits = metrics.GEN_PREFIX_HITS.labels(**labels)
+        self.prefix_saved = metrics.GEN_PREFIX_SAVED.labels(**labels)
+        self.prefix_held = metrics.GEN_PREFIX_TOKENS.labels(**labels)
+        self.finished_by = {
+            status: metrics.GEN_FINISHED.labels(**labels, reason=_reason(status)) for status in FinishStatus
+        }
         self.labels = labels
 
     def capacity(self, tokens: int) -> None:
@@ -407,6 +524,7 @@ class _EngineMetrics:
         self.running.set(stats.running)
         self.waiting.set(stats.waiting)
         self.kv_used.set(stats.kv_tokens_used)
+        self.prefix_held.set(stats.prefix_cached_tokens)
 
     def admitted(self, prompt_tokens: int) -> None:
         self.input_tokens.inc(prompt_tokens)
@@ -422,6 +540,17 @@ class _EngineMetrics:
         self.inference.observe(seconds)
         self.tokens.inc(tokens)
 
+    def prefix_hit(self, tokens: int) -> None:
+        self.prefix_hits.inc()
+        self.prefix_saved.inc(tokens)
+
+    def prefix_tokens(self, tokens: int) -> None:
+        self.prefix_held.set(tokens)
+
     def finished(self, status: FinishStatus) -> None:
-        reason = "cancelled" if status in (FinishStatus.ABORTED, FinishStatus.EXPIRED) else status.value
-        metrics.GEN_FINISHED.labels(**self.labels, reason=reason).inc()
+        self.finished_by[status].inc()
+
+
+def _reason(status: FinishStatus) -> str:
+    """The `reason` label of a finish status (an expired sequence counts as cancelled)."""
+    return "cancelled" if status in (FinishStatus.ABORTED, FinishStatus.EXPIRED) else status.value

@@ -9,6 +9,12 @@ batch by padding the shorter cache on the left. Rows of finished sequences are d
 before the next forward, and padding columns that no row needs any more are cut, so the
 cache stays `rows x longest sequence`.
 
+A sequence may also be prefilled in pieces (chunked prefill, and prefix reuse where its
+first part's keys and values come from generation/prefix_cache.py): it is *staged* in a
+cache of its own (`stage`), extended chunk by chunk (`extend`, each chunk attending to the
+staged past), and joined to the batch when its prompt is complete (`commit`). `row_kv`
+reads the keys and values of a sequence's positions, staged or joined, for the prefix cache.
+
 The cache is transformers' `DynamicCache` with one change: its layers append a step's
 keys and values into spare capacity instead of `torch.cat`-ing the whole cache every
 step (`_AppendLayer`). Only the tensors inside the cache layers are touched; the
@@ -18,6 +24,7 @@ model's attention, masks (`create_causal_mask`) and position handling are its ow
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,6 +33,8 @@ from transformers.cache_utils import DynamicLayer
 
 # A prefill group may hold this much padding, relative to its real prompt tokens.
 _PREFILL_PADDING_RATIO = 1.25
+# Rows a cache buffer keeps free when it grows, for sequences that join later.
+_SPARE_ROWS = 8
 
 
 class PaddedKVBatch:
@@ -39,6 +48,8 @@ class PaddedKVBatch:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, width], 1 where a token is held
         self._lengths: torch.Tensor | None = None  # [rows], tokens held per row
+        self._unpadded = False  # every row holds `width` tokens: decode needs no attention mask
+        self._staged: dict[int, _Staged] = {}  # sequences prefilled in pieces, not joined yet
 
     # --- shape ---------------------------------------------------------------------------
     @property
@@ -50,9 +61,18 @@ class PaddedKVBatch:
         """Drops every row (after a failed forward)."""
         self.rows = []
         self._cache = self._mask = self._lengths = None
+        self._staged.clear()
+
+    @property
+    def staged(self) -> Collection[int]:
+        """Sequences staged (partly prefilled), not joined yet."""
+        return self._staged.keys()
 
     def keep(self, seq_ids: Collection[int]) -> None:
-        """Drops the rows of sequences not in `seq_ids`, then the padding no row needs."""
+        """Drops the rows (and staged sequences) of sequences not in `seq_ids`, then the padding
+        no row needs."""
+        for seq_id in [s for s in self._staged if s not in seq_ids]:
+            del self._staged[seq_id]
         if not self.rows:
             return
         keep_rows = [row for row, seq_id in enumerate(self.rows) if seq_id in seq_ids]
@@ -62,17 +82,28 @@ class PaddedKVBatch:
             self.reset()
             return
         assert self._cache is not None and self._mask is not None and self._lengths is not None
-        index = torch.tensor(keep_rows, device=self.device)
-        self._cache.batch_select_indices(index)
+        order = _fill_holes(len(self.rows), keep_rows)
+        layers = _layers(self._cache)
+        if all(isinstance(layer, _AppendLayer) for layer, _, _ in layers):
+            for layer, _, _ in layers:
+                assert isinstance(layer, _AppendLayer)
+                layer.move_rows(order)
+        else:
+            self._cache.batch_select_indices(torch.tensor(order, device=self.device))
+        index = torch.tensor(order, device=self.device)
         self._mask = self._mask.index_select(0, index)
         self._lengths = self._lengths.index_select(0, index)
-        self.rows = [self.rows[row] for row in keep_rows]
+        self.rows = [self.rows[row] for row in order]
         unused = self.width - int(self._lengths.max().item())
         if unused > 0:
             for layer, keys, values in _layers(self._cache):
-                layer.keys = keys[..., unused:, :]
-                layer.values = values[..., unused:, :]
+                if isinstance(layer, _AppendLayer):
+                    layer.cut_left(unused)
+                else:
+                    layer.keys = keys[..., unused:, :]
+                    layer.values = values[..., unused:, :]
             self._mask = self._mask[:, unused:]
+        self._unpadded = bool(self._mask.all())
 
     # --- forward passes ------------------------------------------------------------------
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
@@ -83,7 +114,7 @@ class PaddedKVBatch:
         self._mask = torch.cat([self._mask, ones], dim=1)
         output = self.model(
             input_ids=input_ids,
-            attention_mask=self._mask,
+            attention_mask=None if self._unpadded else self._mask,
             position_ids=self._lengths.unsqueeze(1),
             cache=self._cache,
             use_cache=True,
@@ -126,21 +157,99 @@ class PaddedKVBatch:
         logits: torch.Tensor = output.logits[:, -1, :]
         return logits
 
+    # --- prefill in pieces -----------------------------------------------------------------
+    def stage(self, seq_id: int, past: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """Starts a sequence prefilled in pieces, its first positions' keys and values given
+        (per layer [1, heads, positions, head_dim]) or none."""
+        cache = _BatchCache()
+        length = 0
+        for layer, (keys, values) in enumerate(past or ()):
+            cache.update(keys, values, layer)
+            length = int(keys.shape[-2])
+        self._staged[seq_id] = _Staged(cache, length)
+
+    def staged_tokens(self, seq_id: int) -> int:
+        """Positions a staged sequence holds."""
+        return self._staged[seq_id].length
+
+    def extend(self, seq_id: int, tokens: Sequence[int]) -> torch.Tensor:
+        """Feeds the next prompt tokens of a staged sequence; returns the logits after its last
+        token [vocab]."""
+        staged = self._staged[seq_id]
+        count = len(tokens)
+        input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        positions = torch.arange(staged.length, staged.length + count, device=self.device).unsqueeze(0)
+        mask = torch.ones((1, staged.length + count), dtype=torch.long, device=self.device)
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=staged.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        staged.cache = output.cache
+        staged.length += count
+        logits: torch.Tensor = output.logits[0, -1, :]
+        return logits
+
+    def commit(self, seq_id: int) -> None:
+        """Joins a staged sequence to the batch (as its last row)."""
+        staged = self._staged.pop(seq_id)
+        mask = torch.ones((1, staged.length), dtype=torch.long, device=self.device)
+        lengths = torch.tensor([staged.length], dtype=torch.long, device=self.device)
+        self._join([seq_id], staged.cache, mask, lengths)
+
+    def row_kv(self, seq_id: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values (per layer, views) of positions [start, end) of a staged or joined
+        sequence (positions count from its first token; a joined row is right-aligned)."""
+        staged = self._staged.get(seq_id)
+        if staged is not None:
+            return [(k[..., start:end, :], v[..., start:end, :]) for _, k, v in _layers(staged.cache)]
+        assert self._cache is not None and self._lengths is not None
+        row = self.rows.index(seq_id)
+        first = self.width - int(self._lengths[row].item())
+        span = slice(first + start, first + end)
+        rows = slice(row, row + 1)
+        return [(k[rows, :, span, :], v[rows, :, span, :]) for _, k, v in _layers(self._cache)]
+
     def _join(
         self, seq_ids: list[int], cache: DynamicCache, mask: torch.Tensor, lengths: torch.Tensor
     ) -> None:
         if self._cache is None or self._mask is None or self._lengths is None:
             self.rows, self._cache, self._mask, self._lengths = seq_ids, cache, mask, lengths
+            self._unpadded = bool(mask.all())
             return
         width = max(self.width, int(mask.shape[1]))
         for (layer, keys, values), (_, new_keys, new_values) in zip(
             _layers(self._cache), _layers(cache), strict=True
         ):
-            layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)], dim=0)
-            layer.values = torch.cat([_pad_left(values, width), _pad_left(new_values, width)], dim=0)
+            if isinstance(layer, _AppendLayer):
+                layer.join_rows(new_keys, new_values)
+            else:
+                layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)], dim=0)
+                layer.values = torch.cat([_pad_left(values, width), _pad_left(new_values, width)], dim=0)
         self._mask = torch.cat([_pad_left_2d(self._mask, width), _pad_left_2d(mask, width)], dim=0)
         self._lengths = torch.cat([self._lengths, lengths])
         self.rows = self.rows + seq_ids
+        self._unpadded = bool(self._mask.all())
+
+
+@dataclass
+class _Staged:
+    """A sequence being prefilled in pieces: its own unpadded cache and the positions it holds."""
+
+    cache: DynamicCache
+    length: int
+
+
+def _fill_holes(rows: int, keep: Sequence[int]) -> list[int]:
+    """The new row order after dropping rows: kept rows stay where they are, except the last
+    ones, which move into the gaps (old row indices, in new row order)."""
+    count = len(keep)
+    stay = {row for row in keep if row < count}
+    movers = iter(row for row in keep if row >= count)
+    return [row if row in stay else next(movers) for row in range(count)]
 
 
 def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
@@ -161,11 +270,13 @@ def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
 
 
 class _AppendLayer(DynamicLayer):
-    """A DynamicLayer that appends into spare capacity (amortised O(1) per token).
+    """A DynamicLayer that appends into spare capacity (amortised O(1) per token and per row).
 
-    `keys` / `values` are views of the first `length` positions of larger buffers. When
-    they are replaced from outside (rows selected, padding cut, batches joined), the next
-    update copies them into fresh buffers with room to grow.
+    `keys` / `values` are views of the first rows and first `length` positions of larger
+    buffers: a step's keys and values are written into spare positions, and rows that join
+    (`join_rows`) into spare rows, so neither copies the cache. When the views are replaced
+    from outside (rows selected, padding cut), the next update copies them into fresh buffers
+    with room to grow.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -182,33 +293,115 @@ class _AppendLayer(DynamicLayer):
             self.keys, self.values = key_states, value_states
             self._key_buffer = self._value_buffer = None
             return self.keys, self.values
-        keys, values = self.keys, self.values
-        length, new = keys.shape[-2], key_states.shape[-2]
-        if not self._owns(keys, self._key_buffer) or not self._owns(values, self._value_buffer):
+        keys = self.keys
+        rows, length, new = keys.shape[0], keys.shape[-2], key_states.shape[-2]
+        if not self._owned():
             self._key_buffer = self._value_buffer = None
+        if self._key_buffer is None or length + new > self._key_buffer.shape[-2]:
+            self._grow(_with_spare(rows), max(2 * (length + new), 64), 0)
         key_buffer, value_buffer = self._key_buffer, self._value_buffer
-        if key_buffer is None or value_buffer is None or length + new > key_buffer.shape[-2]:
-            capacity = max(2 * (length + new), 64)
-            key_buffer = keys.new_empty((*keys.shape[:-2], capacity, keys.shape[-1]))
-            value_buffer = values.new_empty((*values.shape[:-2], capacity, values.shape[-1]))
-            key_buffer[..., :length, :] = keys
-            value_buffer[..., :length, :] = values
-            self._key_buffer, self._value_buffer = key_buffer, value_buffer
-        key_buffer[..., length : length + new, :] = key_states
-        value_buffer[..., length : length + new, :] = value_states
-        self.keys = key_buffer[..., : length + new, :]
-        self.values = value_buffer[..., : length + new, :]
+        assert key_buffer is not None and value_buffer is not None
+        key_buffer[:rows, :, length : length + new, :] = key_states
+        value_buffer[:rows, :, length : length + new, :] = value_states
+        self.keys = key_buffer[:rows, :, : length + new, :]
+        self.values = value_buffer[:rows, :, : length + new, :]
         return self.keys, self.values
 
-    @staticmethod
-    def _owns(view: torch.Tensor, buffer: torch.Tensor | None) -> bool:
-        """True when `view` is still the leading part of `buffer` (nothing replaced it)."""
-        return (
-            buffer is not None
-            and view.data_ptr() == buffer.data_ptr()
-            and view.shape[:-2] == buffer.shape[:-2]
-            and view.stride() == buffer.stride()
-        )
+    def join_rows(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> None:
+        """Appends rows (right-aligned, left-padded with zeros to the common width)."""
+        assert self.keys is not None and self.values is not None
+        rows, width = self.keys.shape[0], self.keys.shape[-2]
+        count, new_width = new_keys.shape[0], new_keys.shape[-2]
+        target = max(width, new_width)
+        buffer = self._key_buffer
+        if (
+            not self._owned()
+            or buffer is None
+            or target > buffer.shape[-2]
+            or rows + count > buffer.shape[0]
+            or target != width
+        ):
+            self._grow(_with_spare(rows + count), max(2 * target, 64), target - width)
+        key_buffer, value_buffer = self._key_buffer, self._value_buffer
+        assert key_buffer is not None and value_buffer is not None
+        pad = target - new_width
+        for buf, states in ((key_buffer, new_keys), (value_buffer, new_values)):
+            buf[rows : rows + count, :, :pad, :] = 0
+            buf[rows : rows + count, :, pad:target, :] = states
+        self.keys = key_buffer[: rows + count, :, :target, :]
+        self.values = value_buffer[: rows + count, :, :target, :]
+
+    def move_rows(self, order: Sequence[int]) -> None:
+        """Keeps the rows `order` (old indices, new order) in place: only rows whose index
+        changes are copied (`_fill_holes` moves the last rows into the gaps)."""
+        assert self.keys is not None and self.values is not None
+        if not self._owned():
+            index = torch.tensor(list(order), device=self.keys.device)
+            self.keys = self.keys.index_select(0, index)
+            self.values = self.values.index_select(0, index)
+            return
+        key_buffer, value_buffer = self._key_buffer, self._value_buffer
+        assert key_buffer is not None and value_buffer is not None
+        length = self.keys.shape[-2]
+        for new, old in enumerate(order):
+            if new != old:
+                key_buffer[new, :, :length, :] = key_buffer[old, :, :length, :]
+                value_buffer[new, :, :length, :] = value_buffer[old, :, :length, :]
+        self.keys = key_buffer[: len(order), :, :length, :]
+        self.values = value_buffer[: len(order), :, :length, :]
+
+    def cut_left(self, columns: int) -> None:
+        """Drops the first `columns` positions (padding no row needs), keeping the buffers."""
+        assert self.keys is not None and self.values is not None
+        if not self._owned():
+            self.keys = self.keys[..., columns:, :]
+            self.values = self.values[..., columns:, :]
+            return
+        key_buffer, value_buffer = self._key_buffer, self._value_buffer
+        assert key_buffer is not None and value_buffer is not None
+        rows, length = self.keys.shape[0], self.keys.shape[-2]
+        kept = length - columns
+        for buf in (key_buffer, value_buffer):
+            buf[:rows, :, :kept, :] = buf[:rows, :, columns:length, :].clone()
+        self.keys = key_buffer[:rows, :, :kept, :]
+        self.values = value_buffer[:rows, :, :kept, :]
+
+    def _grow(self, row_capacity: int, capacity: int, shift: int) -> None:
+        """Copies the cache into new buffers of `row_capacity` rows and `capacity` positions,
+        `shift` zero positions added on the left."""
+        assert self.keys is not None and self.values is not None
+        keys, values = self.keys, self.values
+        rows, length = keys.shape[0], keys.shape[-2]
+        buffers = []
+        for states in (keys, values):
+            buf = states.new_empty((max(row_capacity, rows), *states.shape[1:-2], capacity, states.shape[-1]))
+            if shift:
+                buf[:rows, :, :shift, :] = 0
+            buf[:rows, :, shift : shift + length, :] = states
+            buffers.append(buf)
+        self._key_buffer, self._value_buffer = buffers
+        self.keys = self._key_buffer[:rows, :, : shift + length, :]
+        self.values = self._value_buffer[:rows, :, : shift + length, :]
+
+    def _owned(self) -> bool:
+        """True when `keys` / `values` are still the leading part of the buffers (nothing replaced them)."""
+        return _leads(self.keys, self._key_buffer) and _leads(self.values, self._value_buffer)
+
+
+def _with_spare(rows: int) -> int:
+    """Rows a buffer holding `rows` rows is given: room for as many again, at most _SPARE_ROWS more."""
+    return rows + min(rows, _SPARE_ROWS)
+
+
+def _leads(view: torch.Tensor | None, buffer: torch.Tensor | None) -> bool:
+    return (
+        view is not None
+        and buffer is not None
+        and view.data_ptr() == buffer.data_ptr()
+        and view.shape[1:-2] == buffer.shape[1:-2]
+        and view.shape[0] <= buffer.shape[0]
+        and view.stride() == buffer.stride()
+    )
 
 
 class _BatchCache(DynamicCache):

@@ -17,6 +17,11 @@ prompt) stays within `max_prefill_tokens`; otherwise it waits (the head of the q
 never overtaken, so long requests do not starve). A sequence leaves the running batch
 and gives its reservation back in the same call that finishes it: `update` (EOS or
 length), `finish` (a stop string, or a client that went away) or `schedule` (deadline).
+
+Reused prompt prefixes (generation/prefix_cache.py) live in the same budget: the tokens the
+prefix cache holds are counted on top of the running reservations, and when a waiting
+sequence would fit without them, least recently used prefix blocks are evicted to make
+room (`PrefixPool`). Running sequences never wait for the prefix cache.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import enum
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from textserve.core.errors import Overloaded
 
@@ -42,6 +48,17 @@ class FinishStatus(enum.Enum):
     """The client cancelled, or the server is shutting down."""
     EXPIRED = "expired"
     """The request's deadline passed."""
+
+
+class PrefixPool(Protocol):
+    """KV tokens held outside the running sequences that can be given back on demand."""
+
+    @property
+    def tokens(self) -> int:
+        """Tokens held now."""
+
+    def evict(self, tokens: int) -> int:
+        """Frees at least `tokens` tokens if it holds that many; returns the tokens freed."""
 
 
 @dataclass(frozen=True)
@@ -118,13 +135,16 @@ class SchedulerStats:
     waiting: int
     kv_tokens_used: int
     kv_tokens_capacity: int
+    prefix_cached_tokens: int = 0
+    """KV tokens held by the prefix cache (counted in the budget, evicted on demand)."""
 
 
 class Scheduler:
     """FIFO continuous-batching scheduler under a padded KV-token budget."""
 
-    def __init__(self, limits: SchedulerLimits) -> None:
+    def __init__(self, limits: SchedulerLimits, prefix_pool: PrefixPool | None = None) -> None:
         self.limits = limits
+        self.prefix_pool = prefix_pool
         self._waiting: deque[SequenceSlot] = deque()
         self._running: dict[int, SequenceSlot] = {}
         self._left: list[Finished] = []
@@ -166,7 +186,7 @@ class Scheduler:
         while self._waiting and len(self._running) < self.limits.max_running:
             head = self._waiting[0]
             new_longest = max(longest, head.reserved_tokens)
-            if (len(self._running) + 1) * new_longest > self.limits.kv_budget_tokens:
+            if not self._make_room((len(self._running) + 1) * new_longest):
                 break
             new_prompt = max(longest_prompt, head.prompt_tokens)
             if output.prefill and (len(output.prefill) + 1) * new_prompt > self.limits.max_prefill_tokens:
@@ -232,17 +252,41 @@ class Scheduler:
         """True while anything waits or runs, or a finished sequence is still to be reported."""
         return bool(self._waiting or self._running or self._left)
 
+    def reserved_tokens(self) -> int:
+        """Padded KV tokens the running sequences reserve (rows x the longest reservation)."""
+        longest = max((slot.reserved_tokens for slot in self._running.values()), default=0)
+        return len(self._running) * longest
+
+    def kv_room(self) -> int:
+        """KV tokens neither reserved by running sequences nor held by the prefix cache."""
+        held = self.prefix_pool.tokens if self.prefix_pool is not None else 0
+        return self.limits.kv_budget_tokens - self.reserved_tokens() - held
+
     def stats(self) -> SchedulerStats:
         """Running and waiting counts and the padded KV tokens reserved."""
-        longest = max((slot.reserved_tokens for slot in self._running.values()), default=0)
         return SchedulerStats(
             running=len(self._running),
             waiting=len(self._waiting),
-            kv_tokens_used=len(self._running) * longest,
+            kv_tokens_used=self.reserved_tokens(),
             kv_tokens_capacity=self.limits.kv_budget_tokens,
+            prefix_cached_tokens=self.prefix_pool.tokens if self.prefix_pool is not None else 0,
         )
 
     # --- internals -----------------------------------------------------------------------
+    def _make_room(self, reserved: int) -> bool:
+        """True when `reserved` padded tokens fit in the budget beside the prefix cache,
+        evicting prefix blocks when that is what it takes."""
+        budget = self.limits.kv_budget_tokens
+        if reserved > budget:
+            return False
+        pool = self.prefix_pool
+        if pool is None:
+            return True
+        over = reserved + pool.tokens - budget
+        if over > 0:
+            pool.evict(over)
+        return reserved + pool.tokens <= budget
+
     def _expire(self, now: float, into: list[Finished]) -> None:
         expired = [
             slot

@@ -43,6 +43,7 @@ from textserve.generation.params import (
     logprobs_count,
     sampling_config,
 )
+from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.scheduler import FinishStatus, SchedulerLimits
 from textserve.generation.structured import Grammar, GrammarCompiler
 from textserve.runtime.causal_lm import CausalLM, CausalLMInfo
@@ -139,7 +140,16 @@ class GenerationService:
             kv_budget_tokens=self.config.kv_budget_tokens,
             max_prefill_tokens=self.config.max_prefill_tokens,
         )
-        self.engine = AsyncEngine(model, limits, service=self.name)
+        self.engine = AsyncEngine(
+            model,
+            limits,
+            service=self.name,
+            max_batched_tokens=self.config.max_batched_tokens,
+            prefix_cache=PrefixCache(
+                min(self.config.prefix_cache_tokens, self.config.kv_budget_tokens),
+                self.config.prefix_block_tokens,
+            ),
+        )
         await self.engine.start()
         self._token_texts = TokenTexts(model.tokenizer)
         self.grammars = await asyncio.to_thread(self._grammar_compiler, model)
