@@ -26,7 +26,9 @@ _KINDS: dict[Kind, classifier_pb2.ClassifierInfoResponse.Kind] = {
 
 def model_info(model: EncoderDescription) -> common_pb2.ModelInfo:
     """ModelInfo of the model behind the classifier."""
-    return common.model_info(model.name, model.revision, model.backend, model.device, model.max_length)
+    return common.model_info(
+        model.name, model.revision, model.backend, model.device, model.max_length, model.precision
+    )
 
 
 _RESULTS: dict[FeedbackResult, classifier_pb2.FeedbackResponse.Result] = {
