@@ -120,6 +120,10 @@ class ClassifierServiceConfig(ServiceConfigBase):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     """Model-quality monitoring: prediction statistics (always), drift detection, feedback, payload log."""
 
+    def queue_bound(self) -> int:
+        """The batch queue's bound (the admission bound's default derives from it)."""
+        return self.batcher.max_queue_size
+
     @model_validator(mode="after")
     def _check_label_sets(self) -> ClassifierServiceConfig:
         for set_name, labels in self.label_sets.items():

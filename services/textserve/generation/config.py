@@ -34,6 +34,10 @@ class GenerationServiceConfig(ServiceConfigBase):
     max_stop_chars: int = Field(default=256, ge=1, le=100_000)
     """Most characters in one stop sequence."""
 
+    def queue_bound(self) -> int:
+        """Sequences waiting or running (the admission bound's default derives from it)."""
+        return self.max_waiting_sequences + self.max_running_sequences
+
     @model_validator(mode="after")
     def _check_limits(self) -> GenerationServiceConfig:
         if self.max_new_tokens_default > self.max_new_tokens_limit:

@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 
 from textserve.core import metrics
-from textserve.core.config import ServerConfig
+from textserve.core.config import ServerConfig, default_in_flight
 from textserve.core.errors import Overloaded, PermissionDenied, TextserveError, Unauthenticated
 from textserve.transport.deadlines import set_current_deadline
 from textserve.transport.status import abort, set_retry_pushback_ms, status_of
@@ -298,7 +298,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     @classmethod
     def from_config(cls, service: str, config: ServerConfig) -> AdmissionInterceptor:
         """The interceptor of one server from its config."""
-        return cls(service, config.max_in_flight_requests, config.retry_pushback_ms)
+        bound = config.max_in_flight_requests or default_in_flight(None)  # set by the service's config
+        return cls(service, bound, config.retry_pushback_ms)
 
     def _overloaded(self) -> Overloaded:
         return Overloaded(
