@@ -65,6 +65,7 @@ async def test_classify_results_match_the_raw_stub_and_single_calls_merge(classi
             assert list(item.scores) == [s.label for s in expected.scores]  # ranked as the server did
             assert np.allclose(list(item.scores.values()), [s.score for s in expected.scores], atol=1e-6)
         assert batch.model.name == raw.model.name == "all-MiniLM-L6-v2"
+        assert batch.model.precision == raw.model.precision == "fp32"
         assert batch.usage.input_tokens == raw.usage.input_tokens
 
         many = [TEXTS[i % len(TEXTS)] + f" ({i})" for i in range(64)]
