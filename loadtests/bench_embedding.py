@@ -1,7 +1,8 @@
 """Embedding benchmark: the raw model against the service reached three ways, one run, one table.
 
 For short (~12 tokens) and medium (~50 tokens) texts, no response cache, on the same texts:
-  * the raw model (no server): texts/s at each batch size, its best, and batch 1;
+  * the raw model (no server, in this process): texts/s at each batch size (a sweep), then its
+    best batch again in every round below (the ratios' baseline), and batch 1;
   * one `textserve serve embedding` subprocess (batching on), reached by
       - raw stubs, one text per Embed call, at 1, 32 and 64 concurrent callers;
       - the client package (`textserve.client.AsyncTextserveClient.embed`, one long-lived
@@ -22,6 +23,8 @@ For short (~12 tokens) and medium (~50 tokens) texts, no response cache, on the 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import os
 import statistics
 import sys
@@ -61,29 +64,39 @@ RAW_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 LENGTHS = {"short": 10, "medium": 40}  # words -> ~12 and ~50 tokens
 
 
-def measure_raw(
-    texts: list[str], seconds: float, cpu_ms_per_text: dict[int, float] | None = None
-) -> tuple[dict[int, float], float, float]:
-    """Raw model texts/s per batch size, and single-text forward p50 (ms), tokenization excluded;
-    `cpu_ms_per_text` (when given) receives this process's CPU time per text at each batch size."""
+def load_raw(texts: list[str]) -> tuple[Any, list[list[int]]]:
+    """The embedding model as the service loads it (no server), and the texts' token ids."""
     from textserve.core.config import ModelConfig
     from textserve.runtime.encoder import EncoderModel
 
     model = EncoderModel(ModelConfig())
-    ids = [e.ids for e in model.tokenizer.encode_many(texts)]
+    return model, [e.ids for e in model.tokenizer.encode_many(texts)]
+
+
+def raw_throughput(model: Any, ids: list[list[int]], size: int, seconds: float) -> tuple[float, float]:
+    """Texts/s of the raw model at batch `size` for `seconds`, and this process's CPU-ms per text."""
+    model.run_batch(ids[:size])  # warm-up
+    done, started, cursor, cpu = 0, time.perf_counter(), 0, time.process_time()
+    while time.perf_counter() - started < seconds:
+        batch = [ids[(cursor + j) % len(ids)] for j in range(size)]
+        cursor += size
+        model.run_batch(batch)
+        done += size
+    return done / (time.perf_counter() - started), (time.process_time() - cpu) * 1000 / done
+
+
+def measure_raw(  # the other benchmarks' sweep
+    texts: list[str], seconds: float, cpu_ms_per_text: dict[int, float] | None = None
+) -> tuple[dict[int, float], float, float]:
+    """Raw model texts/s per batch size, and single-text forward p50 (ms), tokenization excluded;
+    `cpu_ms_per_text` (when given) receives this process's CPU time per text at each batch size."""
+    model, ids = load_raw(texts)
     mean_tokens = statistics.mean(len(i) for i in ids)
     per_batch: dict[int, float] = {}
     for size in RAW_BATCHES:
-        model.run_batch(ids[:size])  # warm-up
-        done, started, cursor, cpu = 0, time.perf_counter(), 0, time.process_time()
-        while time.perf_counter() - started < seconds / len(RAW_BATCHES) * 2:
-            batch = [ids[(cursor + j) % len(ids)] for j in range(size)]
-            cursor += size
-            model.run_batch(batch)
-            done += size
-        per_batch[size] = done / (time.perf_counter() - started)
+        per_batch[size], cpu = raw_throughput(model, ids, size, seconds / len(RAW_BATCHES) * 2)
         if cpu_ms_per_text is not None:
-            cpu_ms_per_text[size] = (time.process_time() - cpu) * 1000 / done
+            cpu_ms_per_text[size] = cpu
     singles = []
     for i in range(200):
         t0 = time.perf_counter()
@@ -183,14 +196,17 @@ def bulk_call(texts: list[str], per_call: int, timeout: float = 60) -> Bind:
 
 
 async def _service_rows(
-    name: str, texts: list[str], seconds: float, rounds: int, best: float
-) -> list[dict[str, Any]]:
-    """Every service setup on one server, interleaved rounds; one row per setup (medians)."""
+    name: str, texts: list[str], seconds: float, rounds: int, raw_best: Callable[[], tuple[float, float]]
+) -> tuple[list[dict[str, Any]], float, float]:
+    """Every service setup on one server, interleaved rounds with the raw model at its best batch
+    (`raw_best`, run in a thread while the server idles); one row per setup (medians), and the
+    raw best's median texts/s and CPU-ms per text over the same rounds."""
     from textserve.client import AsyncTextserveClient
 
     warmup = min(1.0, seconds / 3)
     settings = {"TEXTSERVE_EMBEDDING__BATCHER__MAX_BATCH_SIZE": "32", "TEXTSERVE_CACHE__BACKEND": "none"}
     samples: dict[tuple[str, int, int], list[Sample]] = {}
+    raw_rounds: list[tuple[float, float]] = []
     async with ServerProcess(["embedding"], settings, ready_limit_s=120) as server:
         address = server.address()
         client = AsyncTextserveClient(embedding=address)
@@ -229,6 +245,7 @@ async def _service_rows(
         ]
         try:
             for round_index in tqdm(range(rounds), desc=f"{name}: rounds", leave=False):
+                raw_rounds.append(await asyncio.to_thread(raw_best))
                 for label, concurrency, per_call, load in setups:
                     sample = await _measured(server, per_call, load)
                     samples.setdefault((label, concurrency, per_call), []).append(sample)
@@ -240,6 +257,7 @@ async def _service_rows(
                         )
         finally:
             await client.close()
+    best = statistics.median(t for t, _ in raw_rounds)
     rows = []
     for (label, concurrency, per_call), measured in samples.items():
         per_call_cpu = statistics.median(m.server_cpu_ms_per_call for m in measured)
@@ -258,7 +276,7 @@ async def _service_rows(
                 "rounds": len(measured),
             }
         )
-    return rows
+    return rows, best, statistics.median(c for _, c in raw_rounds)
 
 
 async def _batching_off_rows(
@@ -305,27 +323,41 @@ async def run(args: argparse.Namespace) -> BenchResult:
     result = BenchResult("embedding", "Embedding: raw model vs raw stubs, the client package and bulk calls")
     for name in args.lengths:
         texts = make_texts(512, LENGTHS[name])
-        raw_cpu: dict[int, float] = {}
-        per_batch, single_p50, mean_tokens = measure_raw(texts, args.seconds, raw_cpu)
-        best_size = max(per_batch, key=lambda size: per_batch[size])
-        best = per_batch[best_size]
+        model, ids = load_raw(texts)
+        mean_tokens = statistics.mean(len(i) for i in ids)
+        sweep = {size: raw_throughput(model, ids, size, args.seconds / 2) for size in RAW_BATCHES}
+        best_size = max(sweep, key=lambda size: sweep[size][0])
+        singles = []
+        for i in range(200):
+            t0 = time.perf_counter()
+            model.run_batch([ids[i % len(ids)]])
+            singles.append((time.perf_counter() - t0) * 1000)
+        single_p50 = percentile(singles, 50)
+        # The raw best batch runs once in every round, interleaved with the service's setups.
+        service, best, best_cpu = await _service_rows(
+            name,
+            texts,
+            args.seconds,
+            args.rounds,
+            functools.partial(raw_throughput, model, ids, best_size, args.seconds),
+        )
         result.add_row(
             texts=name,
             setup=f"raw model, batch {best_size} (best)",
             concurrency=None,
             texts_per_s=best,
             x_raw_best=1.0,
-            server_cpu_ms_per_text=raw_cpu[best_size],  # the model alone, in this process
+            server_cpu_ms_per_text=best_cpu,  # the model alone, in this process
+            rounds=args.rounds,
         )
         result.add_row(
             texts=name,
             setup="raw model, batch 1",
             concurrency=None,
-            texts_per_s=per_batch[1],
-            x_raw_best=per_batch[1] / best,
+            texts_per_s=sweep[1][0],
+            x_raw_best=sweep[1][0] / sweep[best_size][0],  # within the sweep, before the rounds
             p50_ms=single_p50,
         )
-        service = await _service_rows(name, texts, args.seconds, args.rounds, best)
         if not args.skip_batching_off:
             service += await _batching_off_rows(name, texts, args.seconds, best)
         at32 = {r["setup"]: r for r in service if r["concurrency"] == 32}
@@ -347,11 +379,12 @@ async def run(args: argparse.Namespace) -> BenchResult:
             f"{stubs_cpu:.2f} ms, client {client_cpu:.2f} ms, "
             f"of which beyond the bulk per-text cost {stubs32['cpu_ms_per_call_over_bulk']:.2f} / "
             f"{client32['cpu_ms_per_call_over_bulk']:.2f} ms (target <= 0.5 ms); the model alone "
-            f"{raw_cpu[best_size]:.2f} CPU-ms per text at batch {best_size}; raw batch-1 forward p50 "
+            f"{best_cpu:.2f} CPU-ms per text at batch {best_size}; raw batch-1 forward p50 "
             f"{single_p50:.2f} ms"
         )
     result.notes.append(
-        f"medians over {args.rounds} interleaved rounds of {args.seconds:g} s per setup; host load "
+        f"medians over {args.rounds} interleaved rounds of {args.seconds:g} s per setup (the raw best "
+        "batch included); host load "
         f"{result.host.get('load1', '?')} on {result.host.get('cpus', '?')} CPUs"
     )
     print_table(result.rows, result.columns, title=result.title)
