@@ -56,6 +56,24 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuMeter:
+    """CPU seconds some server processes used between `start()` and `stop()` (closed_loop's
+    before_measure / after_measure hooks)."""
+
+    def __init__(self, servers: Sequence[ServerProcess]) -> None:
+        self.servers = list(servers)
+        self.seconds = 0.0
+
+    def _now(self) -> float:
+        return sum(server.cpu_seconds() for server in self.servers)
+
+    async def start(self) -> None:
+        self.seconds = -self._now()
+
+    async def stop(self) -> None:
+        self.seconds += self._now()
+
+
 def metric_total(text: str, name: str, label: str = "") -> float:
     """Sum of the samples of metric `name` in a /metrics page (only lines containing `label`)."""
     total = 0.0
