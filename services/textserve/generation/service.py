@@ -74,6 +74,8 @@ class _Prepared:
     max_new_tokens: int
     request: EngineRequest | None = None
     first_token_seconds: float = 0.0
+    expired: bool = False
+    """The deadline passed after tokens were produced (a stream ends "cancelled")."""
 
 
 class GenerationService:
@@ -179,6 +181,11 @@ class GenerationService:
             ids.extend(chunk.token_ids)
             last = chunk
         assert last is not None and last.finish is not None
+        if prepared.expired:  # a whole completion past its deadline is an error, not a short answer
+            raise DeadlineExceeded(
+                f"deadline passed after {last.output_tokens} of {prepared.max_new_tokens} tokens; "
+                "use GenerateStream to keep partial output"
+            )
         return GenerateResult(
             text="".join(texts),
             token_ids=ids,
@@ -269,6 +276,7 @@ class GenerationService:
                             raise DeadlineExceeded("deadline passed before the first token; not computed")
                         if not produced and event.finish is FinishStatus.ABORTED:
                             raise NotReady("server is shutting down")
+                        prepared.expired = event.finish is FinishStatus.EXPIRED
                         pending.finish = _client_status(event.finish)
                         pending.prompt_tokens = len(prepared.prompt_ids)
                         pending.output_tokens = produced
