@@ -143,6 +143,8 @@ async def test_generate_and_stream_match_the_raw_stub(generation_host: ServiceHo
         assert whole.usage.output_tokens == 12 and whole.model.name == raw.model.name
         chat = await client.generate([("user", "hello there")], **params)
         assert chat.token_ids == list(raw_chat.token_ids)
+        with pytest.raises(DeadlineExceeded):  # before, during or after the server's first token
+            await client.generate("no time for this", timeout=0.0001, **params)
 
         chunks = [chunk async for chunk in client.stream("Once upon a time", **params)]
         assert "".join(c.text for c in chunks) == whole.text
