@@ -12,7 +12,9 @@ after another so they never compete for the CPU:
   * the same without merging concurrent calls (embedding_calls_in_flight=0: one Embed call
     per Classify request), to show what merging buys.
 Each is driven at concurrency 1 and 32 with one text per request and the cache skipped.
-Throughput and latency ratios are against the in-process baseline at the same concurrency.
+Throughput and latency ratios are against the in-process baseline at the same concurrency;
+server CPU per call is the CPU time of the setup's server processes (both, when two) over the
+measured seconds divided by the calls served.
 
     python -m loadtests.bench_classifier [--seconds 5] [--concurrency 1 32] [--json out.json]
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 import grpc
 
 from loadtests.common import Bind, Sender, bench_parser, closed_loop
-from loadtests.serve import ServerProcess, free_port
+from loadtests.serve import CpuMeter, ServerProcess, free_port
 from loadtests.texts import make_texts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,6 +56,9 @@ class Point:
     errors: int
     throughput_ratio: float = 0.0
     p50_ratio: float = 0.0
+    server_cpu_ms_per_call: float = 0.0
+    """CPU time (user + system, /proc/<pid>/stat) of every server process of the setup over the
+    measured seconds, per Classify call."""
 
 
 SETTINGS = {"TEXTSERVE_CACHE__BACKEND": "none"}
@@ -108,15 +113,22 @@ async def run(seconds: float, concurrencies: list[int], setups: list[str], words
         servers, address = await start_setup(setup)
         try:
             for concurrency in concurrencies:
+                meter = CpuMeter(servers)
                 # the warm-up loads the prototypes and opens the connections
-                stats = (
-                    await closed_loop(
-                        address, call, concurrency, seconds, warmup_s=min(1.0, seconds / 3), channels=4
-                    )
-                ).stats()
-                points.append(
-                    Point(setup, concurrency, stats.throughput, stats.p50_ms, stats.p99_ms, stats.errors)
+                load = await closed_loop(
+                    address,
+                    call,
+                    concurrency,
+                    seconds,
+                    warmup_s=min(1.0, seconds / 3),
+                    channels=4,
+                    before_measure=meter.start,
+                    after_measure=meter.stop,
                 )
+                stats = load.stats()
+                point = Point(setup, concurrency, stats.throughput, stats.p50_ms, stats.p99_ms, stats.errors)
+                point.server_cpu_ms_per_call = meter.seconds * 1000 / max(1, load.count)
+                points.append(point)
         finally:
             for server in reversed(servers):
                 server.stop()
@@ -133,15 +145,16 @@ def render(points: list[Point], words: int) -> str:
     lines = [
         f"zero-shot sentiment classifier, one text (~{words} words) per request, cache skipped",
         "",
-        "| setup | concurrency | texts/s | x in-process | p50 ms | x in-process | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| setup | concurrency | texts/s | x in-process | p50 ms | x in-process | p99 ms "
+        "| server CPU ms/call | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         ratio = f"{p.throughput_ratio:.2f}" if p.throughput_ratio else "-"
         p50_ratio = f"{p.p50_ratio:.2f}" if p.p50_ratio else "-"
         lines.append(
             f"| {p.setup} | {p.concurrency} | {p.texts_per_s:.0f} | {ratio} | {p.p50_ms:.2f} | {p50_ratio} "
-            f"| {p.p99_ms:.2f} | {p.errors} |"
+            f"| {p.p99_ms:.2f} | {p.server_cpu_ms_per_call:.2f} | {p.errors} |"
         )
     return "\n".join(lines)
 

@@ -192,6 +192,50 @@ async def closed_loop(
     return LoadRun(latencies, elapsed, errors=errors[1], warmup_errors=errors[0])
 
 
+async def closed_loop_calls(
+    send: Callable[[int], Awaitable[Any]],
+    concurrency: int,
+    seconds: float,
+    *,
+    warmup_s: float = 0.0,
+    before_measure: Callable[[], Awaitable[None]] | None = None,
+    after_measure: Callable[[], Awaitable[None]] | None = None,
+) -> LoadRun:
+    """`closed_loop` over any awaitable call (a `textserve.client` method, say), not a channel.
+
+    Caller k awaits send(k), send(k + concurrency), ... back to back; any exception counts as
+    an error and is not timed.
+    """
+    latencies: list[float] = []
+    errors = [0, 0]  # warm-up, measured
+
+    async def caller(index: int, stop_at: float, measured: bool) -> None:
+        cursor = index
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            try:
+                await send(cursor)
+            except Exception:
+                errors[measured] += 1
+                continue
+            finally:
+                cursor += concurrency
+            if measured:
+                latencies.append(time.perf_counter() - started)
+
+    if warmup_s > 0:
+        warm_until = time.perf_counter() + warmup_s
+        await asyncio.gather(*(caller(i, warm_until, False) for i in range(concurrency)))
+    if before_measure is not None:
+        await before_measure()
+    began = time.perf_counter()
+    await asyncio.gather(*(caller(i, began + seconds, True) for i in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    if after_measure is not None:
+        await after_measure()
+    return LoadRun(latencies, elapsed, errors=errors[1], warmup_errors=errors[0])
+
+
 @dataclass
 class Series:
     """One latency-vs-throughput curve (points in increasing load)."""

@@ -49,6 +49,31 @@ def servable(wanted: tuple[str, ...] = SERVICES) -> list[str]:
     return [name for name in wanted if name in GRPC_SERVICES]
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (all its threads) from /proc/<pid>/stat, in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds some server processes used between `start()` and `stop()` (closed_loop's
+    before_measure / after_measure hooks)."""
+
+    def __init__(self, servers: Sequence[ServerProcess]) -> None:
+        self.servers = list(servers)
+        self.seconds = 0.0
+
+    def _now(self) -> float:
+        return sum(server.cpu_seconds() for server in self.servers)
+
+    async def start(self) -> None:
+        self.seconds = -self._now()
+
+    async def stop(self) -> None:
+        self.seconds += self._now()
+
+
 def metric_total(text: str, name: str, label: str = "") -> float:
     """Sum of the samples of metric `name` in a /metrics page (only lines containing `label`)."""
     total = 0.0
@@ -187,6 +212,10 @@ class ServerProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         return 0
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) the server process has used so far."""
+        return process_cpu_seconds(self.pid)
 
     def metrics(self) -> str:
         """The server's /metrics page."""

@@ -149,6 +149,8 @@ async def test_remote_and_in_process_agree(zero_shot_hosts: dict[str, ServiceHos
     for a, b in zip(remote.classifications, local.classifications, strict=True):
         assert a.top_label == b.top_label
         np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
+    # The precision in force: the in-process encoder's, or the one the embedding service reports.
+    assert remote.model.precision == local.model.precision == "fp32"
 
 
 async def test_request_brings_its_own_labels(zero_shot: str) -> None:
@@ -380,6 +382,7 @@ async def test_trained_head_scores_held_out_texts_well_above_chance(
     accuracy = np.mean([p == label for p, (_, label) in zip(predicted, HELD_OUT, strict=True)])
     assert accuracy >= 0.75, predicted  # chance is 1/3
     assert all({s.label for s in c.scores} == set(TOPIC_TRAINING) for c in response.classifications)
+    assert response.model.precision == "fp32"
     for request_, field in [
         (classifier_pb2.ClassifyRequest(texts=["a"], label_set="sentiment"), "label_set"),
         (classifier_pb2.ClassifyRequest(texts=["a"], labels=TOPIC_LABELS), "labels"),
@@ -478,6 +481,7 @@ async def test_sequence_classification_matches_transformers(
     assert info.kind == classifier_pb2.ClassifierInfoResponse.KIND_SEQUENCE_CLASSIFICATION
     assert list(info.labels) == ["alpha", "beta", "gamma"]
     assert info.model.backend == "onnxruntime" and info.model.name == "tiny-bert-cls"
+    assert info.model.precision == response.model.precision == "fp32"
     assert errors[0].code() == grpc.StatusCode.INVALID_ARGUMENT and errors[0].details().startswith(
         "label_set:"
     )

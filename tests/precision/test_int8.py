@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import yaml
 from prometheus_client import generate_latest
 from textserve.commands.quantize import build_artifact
 from textserve.core import metrics
@@ -26,11 +28,21 @@ from textserve.core.config import ConfigError
 from textserve.runtime import precision as prec
 from textserve.runtime.encoder import EncoderModel, onnx_cache_path
 from textserve.transport.server import ServiceHost
-from textserve.v1 import embedding_pb2, embedding_pb2_grpc
+from textserve.tuning.config import TuningConfig
+from textserve.tuning.result import TuningResult
+from textserve.tuning.startup import startup_budget
+from textserve.v1 import classifier_pb2, classifier_pb2_grpc, embedding_pb2, embedding_pb2_grpc
 
 from tests.procs import ServeProcess
 from tests.shared_data import conll_sentences, sst2
-from tests.support import ONNX_CACHE, embedding_config, free_port, model_config, start_host
+from tests.support import (
+    ONNX_CACHE,
+    embedding_config,
+    free_port,
+    loopback_server,
+    model_config,
+    start_host,
+)
 
 TRAIN_SUBSET = 1500
 
@@ -233,3 +245,61 @@ async def test_an_int8_embedding_service_serves_vectors_close_to_fp32(
         'textserve_model_precision_info{model="all-MiniLM-L6-v2",precision="int8",service="embedding"} 1.0'
         in exposition
     )
+
+
+def test_tune_measures_int8_and_an_fp32_budget_is_not_applied_to_it(
+    artifact: tuple[Path, prec.Manifest],
+    int8_model: EncoderModel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from textserve.cli import main
+
+    config = tmp_path / "config.yaml"
+    output = tmp_path / "tuned.json"
+    config.write_text(
+        yaml.safe_dump({"embedding": {"model": {"onnx_cache_dir": str(ONNX_CACHE), "precision": "int8"}}})
+    )
+    flags = ["--seconds", "0.5", "--text-tokens", "8", "--batch-sizes", "1", "2", "--json"]
+    assert main(["tune", "embedding", "--config", str(config), "--output", str(output), *flags]) == 0
+    tuned = TuningResult.load(output)
+    # `textserve tune` measures the model as the service would load it: INT8 here.
+    assert tuned.provenance.precision == "int8" and tuned.provenance.backend == "onnxruntime"
+    assert json.loads(output.read_text())["precision"] == "int8"
+    tiny = TuningConfig(text_tokens=[8], batch_sizes=[1, 2], seconds=0.5, min_repeats=2)
+    assert startup_budget(int8_model, output, autotune=False, tuning=tiny) == tuned
+    # Measured in fp32 (a newer file saying so, or one from before the key): not applied, and
+    # the warning names both precisions; the configured batcher sizes stay.
+    replace(tuned, provenance=replace(tuned.provenance, precision="fp32")).save(output)
+    older = {k: v for k, v in json.loads(output.read_text()).items() if k != "precision"}
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    for path in (output, tmp_path / "older.json"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="textserve.tuning.startup"):
+            assert startup_budget(int8_model, path, autotune=False, tuning=tiny) is None
+        assert "precision 'fp32' != 'int8'" in caplog.text, caplog.text
+
+
+async def test_an_int8_classifier_reports_its_precision(int8_host: ServiceHost) -> None:
+    from textserve.classifier.app import ClassifierApp
+    from textserve.classifier.config import ClassifierServiceConfig
+    from textserve.core.cache import build_cache
+    from textserve.core.config import CacheConfig
+
+    in_process = ClassifierServiceConfig(server=loopback_server(), model=model_config(precision="int8"))
+    remote = ClassifierServiceConfig(  # vectors from the INT8 embedding service
+        server=loopback_server(), embedding_address=f"127.0.0.1:{int8_host.port_of('embedding')}"
+    )
+    for config in (in_process, remote):
+        host = await start_host([ClassifierApp(config, build_cache(CacheConfig(), "classifier"))])
+        try:
+            address = f"127.0.0.1:{host.port_of('classifier')}"
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+                response = await stub.Classify(
+                    classifier_pb2.ClassifyRequest(texts=["a fine film"]), timeout=60
+                )
+                info = await stub.ClassifierInfo(classifier_pb2.ClassifierInfoRequest(), timeout=10)
+        finally:
+            await host.stop(grace=1.0)
+        assert response.model.precision == info.model.precision == "int8", config.embedding_address

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from textserve.core.config import ConfigError
-from textserve.settings import load_settings
+from textserve.settings import dump_settings, load_settings
 
 
 def test_defaults_are_valid_and_offline() -> None:
@@ -67,3 +67,21 @@ def test_missing_or_bad_file(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(bad, environ={})
+
+
+def test_the_admission_bound_defaults_to_twice_each_services_queue() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "TEXTSERVE_EMBEDDING__BATCHER__MAX_QUEUE_SIZE": "100",
+            "TEXTSERVE_GENERATION__MAX_WAITING_SEQUENCES": "50",
+            "TEXTSERVE_CLASSIFIER__SERVER__MAX_IN_FLIGHT_REQUESTS": "7",  # set: kept as given
+        },
+    )
+    assert settings.embedding.server.max_in_flight_requests == 200
+    assert settings.generation.server.max_in_flight_requests == 2 * (50 + 32)
+    assert settings.classifier.server.max_in_flight_requests == 7
+    assert settings.tokenizer.server.max_in_flight_requests == 4096  # no queue: the fixed default
+    defaults = load_settings(None, environ={})
+    assert defaults.embedding.server.max_in_flight_requests == 2 * 2048  # as before the derivation
+    assert dump_settings(defaults)["embedding"]["server"]["max_in_flight_requests"] == 4096

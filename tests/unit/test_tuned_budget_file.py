@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,20 @@ def test_tuning_is_configured_from_yaml_and_environment(tmp_path: Path) -> None:
     assert settings.embedding.tuning.text_tokens == [16, 128]
     with pytest.raises(ConfigError, match=r"embedding\.tuning\.seconds"):
         load_settings(environ={"TEXTSERVE_EMBEDDING__TUNING__SECONDS": "0"})
+
+
+def test_precision_is_recorded_and_a_file_without_it_reads_as_fp32(tmp_path: Path) -> None:
+    int8 = replace(sample(), provenance=replace(sample().provenance, precision="int8"))
+    path = tmp_path / "tuned.json"
+    int8.save(path)
+    assert json.loads(path.read_text())["precision"] == "int8"
+    assert TuningResult.load(path) == int8.with_source(f"tuned:{path}")
+    measured = TuningResult.load(path).provenance
+    assert measured.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cpu", "int8") is None
+    assert measured.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cpu") == "precision 'int8' != 'fp32'"
+    # V1_FILE has no precision key: measured before precision was a choice, so fp32.
+    older = sample().provenance
+    assert older.precision is None
+    assert older.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cpu", "fp32") is None
+    reason = older.mismatch("all-MiniLM-L6-v2", "abc", "onnxruntime", "cpu", "int8")
+    assert reason == "precision 'fp32' != 'int8'"

@@ -134,6 +134,10 @@ class ClassifierServiceConfig(ServiceConfigBase):
     entities: EntitiesConfig = Field(default_factory=EntitiesConfig)
     """token_classification: aggregation strategy, window stride and window limit of ExtractEntities."""
 
+    def queue_bound(self) -> int:
+        """The batch queue's bound (the admission bound's default derives from it)."""
+        return self.batcher.max_queue_size
+
     @model_validator(mode="after")
     def _check_label_sets(self) -> ClassifierServiceConfig:
         for set_name, labels in self.label_sets.items():

@@ -38,7 +38,9 @@ STRATEGY_NAMES: dict[int, str] = {
 
 def model_info(model: EncoderDescription) -> common_pb2.ModelInfo:
     """ModelInfo of the model behind the classifier."""
-    return common.model_info(model.name, model.revision, model.backend, model.device, model.max_length)
+    return common.model_info(
+        model.name, model.revision, model.backend, model.device, model.max_length, model.precision
+    )
 
 
 _RESULTS: dict[FeedbackResult, classifier_pb2.FeedbackResponse.Result] = {

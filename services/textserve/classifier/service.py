@@ -7,9 +7,9 @@ prototypes) and linear_head (a head trained by `textserve train-classifier`).
 
 Each text's logits (before the softmax) go through the response cache
 (core/cache_through.py: identical texts in flight are scored once) under a key made of
-the model name and revision, the kind, the label set's content, the truncation choice and
-the text. Temperature is applied after the cache, so requests at different temperatures
-share entries. Knows nothing of protobuf (convert.py).
+the model name and revision (and a precision other than fp32), the kind, the label set's
+content, the truncation choice and the text. Temperature is applied after the cache, so
+requests at different temperatures share entries. Knows nothing of protobuf (convert.py).
 
 Model quality (quality/recorder.py): after each Classify over a configured label set, the
 top label and score of each text go to the prediction statistics, the drift windows (the
@@ -295,8 +295,10 @@ class ClassifierService:
                 for row in range(len(indices))
             ]
 
+        # A reduced precision scores differently: its entries never meet fp32 ones (fp32 keys unchanged).
+        version = model.revision if model.precision in ("", "fp32") else f"{model.revision}|{model.precision}"
         keys = [
-            self.results.key(model.name, model.revision, self.kind, choice.fingerprint, truncate, text)
+            self.results.key(model.name, version, self.kind, choice.fingerprint, truncate, text)
             for text in params.texts
         ]
         items = await self.results.run(

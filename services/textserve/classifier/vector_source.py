@@ -45,6 +45,8 @@ class EncoderDescription:
     dimensions: int
     labels: tuple[str, ...] = ()
     """Output labels of a sequence-classification model (empty for embeddings)."""
+    precision: str = ""
+    """Numeric precision in force (fp32, fp16, bf16, int8); empty when the source does not say."""
 
 
 @dataclass(kw_only=True)
@@ -199,7 +201,14 @@ def describe_encoder(encoder: Encoder) -> EncoderDescription:
     """The model of an in-process Encoder; NotReady while it loads."""
     info = encoder.info
     return EncoderDescription(
-        info.name, info.revision, info.backend, info.device, info.max_length, info.dimensions, info.labels
+        info.name,
+        info.revision,
+        info.backend,
+        info.device,
+        info.max_length,
+        info.dimensions,
+        info.labels,
+        precision=info.precision,
     )
 
 
@@ -261,7 +270,13 @@ class RemoteVectorSource:
         info = await self._call("Info", embedding_pb2.InfoRequest(), deadline)
         model = info.model
         self._description = EncoderDescription(
-            model.name, model.revision, model.backend, model.device, model.max_input_tokens, info.dimensions
+            model.name,
+            model.revision,
+            model.backend,
+            model.device,
+            model.max_input_tokens,
+            info.dimensions,
+            precision=model.precision,
         )
         return self._description
 
@@ -292,10 +307,11 @@ class RemoteVectorSource:
     def _note_model(self, model: common_pb2.ModelInfo, dimensions: int) -> None:
         """Keeps the description current when the embedding service was replaced by another model."""
         known = self._description
-        if known is None or (known.name, known.revision, known.dimensions) != (
+        if known is None or (known.name, known.revision, known.dimensions, known.precision) != (
             model.name,
             model.revision,
             dimensions,
+            model.precision,
         ):
             self._description = dataclasses.replace(
                 known or EncoderDescription("", "", "", "", 0, 0),
@@ -305,4 +321,5 @@ class RemoteVectorSource:
                 device=model.device,
                 max_length=model.max_input_tokens,
                 dimensions=dimensions,
+                precision=model.precision,
             )

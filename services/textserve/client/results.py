@@ -28,6 +28,8 @@ class ModelInfo:
     backend: str
     device: str
     max_input_tokens: int
+    precision: str = ""
+    """Numeric precision in force (fp32, fp16, bf16, int8); empty when the server does not say."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,9 @@ class GenerationChunk:
 
 
 def model_of(model: common_pb2.ModelInfo) -> ModelInfo:
-    return ModelInfo(model.name, model.revision, model.backend, model.device, model.max_input_tokens)
+    return ModelInfo(
+        model.name, model.revision, model.backend, model.device, model.max_input_tokens, model.precision
+    )
 
 
 def usage_of(usage: common_pb2.Usage) -> Usage:

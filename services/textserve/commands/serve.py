@@ -39,7 +39,7 @@ def _show_config(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from textserve.apps import build_apps
-    from textserve.transport.server import ServiceHost
+    from textserve.transport.server import ServiceHost, StartFailed
 
     settings = settings_or_report(args.config)
     if settings is None:
@@ -57,10 +57,15 @@ async def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     host = ServiceHost(apps)
-    if with_gateway:
-        from textserve.gateway.server import GatewayServer, serve_with_grpc
+    try:
+        if with_gateway:
+            from textserve.gateway.server import GatewayServer, serve_with_grpc
 
-        await serve_with_grpc(host, GatewayServer(settings.gateway))
-        return 0
-    await host.serve_forever()
+            await serve_with_grpc(host, GatewayServer(settings.gateway))
+        else:
+            await host.serve_forever()
+    except StartFailed as exc:
+        # Logged with its traceback where it happened; everything is stopped by now.
+        print(f"textserve serve: {exc}", file=sys.stderr)
+        return 1
     return 0

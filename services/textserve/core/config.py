@@ -98,12 +98,15 @@ class ServerConfig(ConfigSection):
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     """grpc's own cap on RPCs handled at once per server, health checks included (RESOURCE_EXHAUSTED
     without retry guidance); prefer max_in_flight_requests."""
-    max_in_flight_requests: int = Field(default=4096, ge=1, le=1_000_000)
+    max_in_flight_requests: int | None = Field(default=None, ge=1, le=1_000_000)
     """Admission bound: calls to this service's methods (health and reflection excluded) handled at
     once, streams counted while open. A call over it is refused at once, before its request is
     decoded, with RESOURCE_EXHAUSTED, a message and a `grpc-retry-pushback-ms` trailer (like TEI's
-    max concurrent requests). The default is twice the default batcher.max_queue_size: keep it
-    above the queue bound so that, in steady state, the queue decides."""
+    max concurrent requests). Unset, each service derives it from its own queue bound
+    (`ServiceConfigBase.queue_bound`): IN_FLIGHT_PER_QUEUED x that bound (embedding and
+    classifier: batcher.max_queue_size, default 2048 -> 4096; generation: max_waiting_sequences +
+    max_running_sequences, default 1056 -> 2112), else DEFAULT_MAX_IN_FLIGHT (tokenizer: 4096),
+    so that in steady state the queue, which knows the work, decides. Set it to bound it yourself."""
     retry_pushback_ms: int = Field(default=250, ge=0, le=600_000)
     """Retry guidance sent with every refusal (RESOURCE_EXHAUSTED): the `grpc-retry-pushback-ms`
     trailer, which gRPC retry policies honour, is this value with +-50% jitter so that refused
@@ -299,6 +302,30 @@ class ServiceConfigBase(ConfigSection):
     """Calls to other services."""
     cache_enabled: bool = True
     """Use the response cache (the global `cache` section) for this service."""
+
+    def queue_bound(self) -> int | None:
+        """Most requests this service holds waiting for its model (None: it has no queue)."""
+        return None
+
+    @model_validator(mode="after")
+    def _derive_in_flight_bound(self) -> ServiceConfigBase:
+        """server.max_in_flight_requests, when unset, from this service's queue bound."""
+        if self.server.max_in_flight_requests is None:
+            self.server.max_in_flight_requests = default_in_flight(self.queue_bound())
+        return self
+
+
+DEFAULT_MAX_IN_FLIGHT = 4096
+"""Admission bound of a service without a queue (and of a bare ServerConfig)."""
+IN_FLIGHT_PER_QUEUED = 2
+"""Admission bound per queue slot: above the queue, so a full queue refuses first."""
+
+
+def default_in_flight(queue_bound: int | None) -> int:
+    """The admission bound a service gets when server.max_in_flight_requests is unset."""
+    if queue_bound is None:
+        return DEFAULT_MAX_IN_FLIGHT
+    return min(1_000_000, IN_FLIGHT_PER_QUEUED * queue_bound)
 
 
 class RootConfig(BaseSettings):

@@ -31,3 +31,7 @@ class EmbeddingServiceConfig(ServiceConfigBase):
     """How `textserve tune` and autotune measure and choose the batch budget."""
     quality: QualityConfig = Field(default_factory=QualityConfig)
     """Model-quality monitoring: prediction statistics (always), drift detection, feedback, payload log."""
+
+    def queue_bound(self) -> int:
+        """The batch queue's bound (the admission bound's default derives from it)."""
+        return self.batcher.max_queue_size

@@ -6,6 +6,14 @@ textserve/client/ (time left of the request's deadline, metadata, error kinds, c
 textserve_upstream_requests_total with its status); its errors become GatewayErrors here.
 A service whose address is empty is not configured: its endpoints answer 404. Served model
 names come from the services' Info RPCs and are cached.
+
+Why `client.upstream` and not the public `AsyncTextserveClient`: each HTTP request is its own
+call with its own identity (the caller's `x-request-id`, which feedback and the payload log
+join on, and with `forward_authorization` the caller's own token), which the public client's
+merging of concurrent single-text calls would mix into one RPC; overload is the HTTP caller's
+to retry (429/503 with Retry-After), not retried inside the gateway, which would multiply load
+in a burst; and every call is counted in the upstream metrics with field names renamed to
+the OpenAI `param`. Channels, TLS, tokens and error kinds are the client package's.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 runs uvicorn's `serve()` as a task without uvicorn's own signal handlers, and on `stop()`
 lets in-flight requests and streams finish within `grace_period_s` before the lifespan
 closes the channels. `serve_with_grpc` is `textserve serve gateway|all`: start the gRPC
-apps and the gateway, wait for SIGTERM/SIGINT, drain the gateway first (it calls the
-services), then the gRPC servers.
+apps and the gateway, wait for SIGTERM/SIGINT (or a gRPC app's failed start), drain the
+gateway first (it calls the services), then the gRPC servers; a failed start raises
+`StartFailed` once everything is stopped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 from collections.abc import Iterator
 
@@ -22,7 +22,7 @@ from fastapi import FastAPI
 
 from textserve.gateway.app import create_app
 from textserve.gateway.config import GatewayConfig
-from textserve.transport.server import ServiceHost
+from textserve.transport.server import ServiceHost, StartFailed, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,19 @@ class GatewayServer:
 
 
 async def serve_with_grpc(host: ServiceHost, gateway: GatewayServer) -> None:
-    """Starts the gRPC apps and the gateway, waits for SIGTERM/SIGINT, then drains both."""
-    loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_requested.set)
+    """Starts the gRPC apps and the gateway, waits for SIGTERM/SIGINT, then drains both.
+
+    Raises `StartFailed` (after stopping the rest) when a gRPC app or the gateway fails to start.
+    """
+    stop_requested = stop_signals()
     await host.start(wait_ready=False)
-    await gateway.start()
-    await stop_requested.wait()
-    log.info("signal received; draining")
+    try:
+        await gateway.start()
+    except Exception as exc:
+        log.error("start failed: %s", exc, exc_info=exc, extra={"service": "gateway"})
+        await host.stop()
+        raise StartFailed("gateway", exc) from exc
+    await host.wait_stop(stop_requested)
     await gateway.stop()
     await host.stop()
+    host.raise_failure()

@@ -52,6 +52,10 @@ class GenerationServiceConfig(ServiceConfigBase):
     grammar_cache_size: int = Field(default=64, ge=1, le=100_000)
     """Compiled structured-output grammars kept (LRU); a format sent again is not recompiled."""
 
+    def queue_bound(self) -> int:
+        """Sequences waiting or running (the admission bound's default derives from it)."""
+        return self.max_waiting_sequences + self.max_running_sequences
+
     @model_validator(mode="after")
     def _check_limits(self) -> GenerationServiceConfig:
         if self.max_new_tokens_default > self.max_new_tokens_limit:

@@ -107,6 +107,8 @@ class _Prepared:
     """The n sequences, in index order."""
     first_token_seconds: float = 0.0
     logprobs: bool = False
+    expired: bool = False
+    """The deadline passed after tokens were produced (a stream ends "cancelled")."""
 
 
 class GenerationService:
@@ -246,6 +248,11 @@ class GenerationService:
                 choice.finish = chunk.finish
             last = chunk
         assert last is not None and last.last
+        if prepared.expired:  # a whole completion past its deadline is an error, not a short answer
+            raise DeadlineExceeded(
+                f"deadline passed after {last.output_tokens} of {prepared.max_new_tokens} tokens; "
+                "use GenerateStream to keep partial output"
+            )
         for choice, parts in zip(choices, texts, strict=True):
             choice.text = "".join(parts)
         first = choices[0]
@@ -393,6 +400,8 @@ class GenerationService:
                 raise DeadlineExceeded("deadline passed before the first token; not computed")
             if not produced and event.finish is FinishStatus.ABORTED:
                 raise NotReady("server is shutting down")
+            if event.finish is FinishStatus.EXPIRED:
+                prepared.expired = True
             pending.finish = _client_status(event.finish)
         return produced
 

@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 
 from textserve.core import metrics
-from textserve.core.config import ServerConfig
+from textserve.core.config import ServerConfig, default_in_flight
 from textserve.core.errors import Overloaded, PermissionDenied, TextserveError, Unauthenticated
 from textserve.transport.deadlines import set_current_deadline
 from textserve.transport.status import abort, set_retry_pushback_ms, status_of
@@ -105,15 +105,48 @@ def deny_handler(handler: grpc.RpcMethodHandler, error: TextserveError) -> grpc.
     return rebuild_handler(handler, reject, decode=False)
 
 
+class WrappedHandlers:
+    """Wrapped handlers kept per (method, inner handler): a method's handler is wrapped once,
+    not on every call (the per-call cost of an interceptor is then one dict lookup). Bounded:
+    past `limit` entries (handlers that are not stable objects) wrapping is done per call."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._wrapped: dict[tuple[str, int], tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._limit = limit
+
+    def get(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+        found = self._wrapped.get((method, id(handler)))
+        # The inner handler is kept with its wrapper, so its id is not reused while cached.
+        return found[1] if found is not None and found[0] is handler else None
+
+    def put(
+        self, method: str, handler: grpc.RpcMethodHandler, wrapped: grpc.RpcMethodHandler
+    ) -> grpc.RpcMethodHandler:
+        if len(self._wrapped) < self._limit:
+            self._wrapped[(method, id(handler))] = (handler, wrapped)
+        return wrapped
+
+
 class DeadlineInterceptor(grpc.aio.ServerInterceptor):
     """Records each RPC's absolute deadline for the calls it makes (transport/deadlines.py)."""
+
+    def __init__(self) -> None:
+        self._handlers = WrappedHandlers()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or is_open_method(handler_call_details.method or ""):
+        full_method = handler_call_details.method or ""
+        if handler is None or is_open_method(full_method):
             return handler
+        cached = self._handlers.get(full_method, handler)
+        if cached is not None:
+            return cached
+        return self._handlers.put(full_method, handler, self._wrap(handler))
+
+    @staticmethod
+    def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behaviour = behaviour_of(handler)
         if behaviour is None:
             return handler
@@ -260,11 +293,13 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.retry_pushback_ms = retry_pushback_ms
         self.in_flight = 0
         self._refusals: dict[str, tuple[Any, Any]] = {}
+        self._handlers = WrappedHandlers()
 
     @classmethod
     def from_config(cls, service: str, config: ServerConfig) -> AdmissionInterceptor:
         """The interceptor of one server from its config."""
-        return cls(service, config.max_in_flight_requests, config.retry_pushback_ms)
+        bound = config.max_in_flight_requests or default_in_flight(None)  # set by the service's config
+        return cls(service, bound, config.retry_pushback_ms)
 
     def _overloaded(self) -> Overloaded:
         return Overloaded(
@@ -300,11 +335,16 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             set_retry_pushback_ms(self.retry_pushback_ms)
             self._count_refusal(method)
             return deny_handler(handler, self._overloaded())
+        cached = self._handlers.get(full_method, handler)
+        if cached is not None:
+            return cached
         if inspect.isasyncgenfunction(behaviour):
-            return rebuild_handler(handler, self._streaming(behaviour, method))
-        if inspect.iscoroutinefunction(behaviour):
-            return rebuild_handler(handler, self._single(behaviour, method))
-        return handler
+            wrapped = rebuild_handler(handler, self._streaming(behaviour, method))
+        elif inspect.iscoroutinefunction(behaviour):
+            wrapped = rebuild_handler(handler, self._single(behaviour, method))
+        else:
+            return handler
+        return self._handlers.put(full_method, handler, wrapped)
 
     async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> None:
         """Takes an in-flight slot, or aborts with RESOURCE_EXHAUSTED. Checked again here (not

@@ -4,7 +4,8 @@ A `ServiceApp` is one service's servicers plus its start/stop (model load, batch
 `ServiceHost` runs one or more apps, each on its own gRPC server: it binds the port,
 reports NOT_SERVING until `app.start()` returns, then SERVING; on SIGTERM it reports
 NOT_SERVING, stops accepting, lets in-flight RPCs finish within the grace period, then
-stops the apps.
+stops the apps. When an app's `start()` raises, the host logs it, stops every server and
+app, and `serve_forever` raises `StartFailed` (the `serve` command exits 1).
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ from textserve.transport.interceptors import build_interceptors
 from textserve.transport.tls import reloading_server_credentials
 
 log = logging.getLogger(__name__)
+
+
+class StartFailed(RuntimeError):
+    """An app's `start()` raised; the host has stopped every server and app."""
+
+    def __init__(self, service: str, cause: BaseException) -> None:
+        super().__init__(f"{service} failed to start: {type(cause).__name__}: {cause}")
+        self.service = service
 
 
 class ServiceApp(Protocol):
@@ -115,6 +124,10 @@ class ServiceHost:
         self.apps = list(apps)
         self.interceptors = list(interceptors)
         self.running: list[RunningServer] = []
+        self.failure: StartFailed | None = None
+        """The first app start that raised, if any."""
+        self._starts: list[asyncio.Task[None]] = []
+        self._failed = asyncio.Event()
         self._stopping = asyncio.Event()
 
     def port_of(self, name: str) -> int:
@@ -158,12 +171,32 @@ class ServiceHost:
             if config.health_port is not None:
                 running.probe_server, running.probe_port = await _start_probe_server(config, health)
             self.running.append(running)
-        starts = [asyncio.create_task(self._start_app(item)) for item in self.running]
+        self._starts = [
+            asyncio.create_task(self._start_app(item), name=f"start-{item.app.name}") for item in self.running
+        ]
         if wait_ready:
-            await asyncio.gather(*starts)
+            await asyncio.gather(*self._starts)
+            if self.failure is not None:
+                raise self.failure.__cause__ or self.failure
 
     async def _start_app(self, item: RunningServer) -> None:
-        await item.app.start()
+        try:
+            await item.app.start()
+        except Exception as exc:
+            # Kept, not raised: a task nobody awaits would only print "Task exception was
+            # never retrieved" while the process stays up NOT_SERVING.
+            log.error(
+                "start failed: %s: %s",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+                extra={"service": item.app.name},
+            )
+            if self.failure is None:
+                self.failure = StartFailed(item.app.name, exc)
+                self.failure.__cause__ = exc
+            self._failed.set()
+            return
         await item.health.set_serving(True)
         item.ready.set()
         log.info("serving", extra={"service": item.app.name, "port": item.port})
@@ -173,6 +206,9 @@ class ServiceHost:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        for task in self._starts:
+            task.cancel()  # apps still loading when another failed or a signal came
+        await asyncio.gather(*self._starts, return_exceptions=True)
         for item in self.running:
             await item.health.shutdown()
         await asyncio.gather(
@@ -191,13 +227,40 @@ class ServiceHost:
                 log.exception("error while stopping", extra={"service": item.app.name})
         log.info("stopped", extra={"services": [item.app.name for item in self.running]})
 
+    async def wait_stop(self, stop_requested: asyncio.Event) -> None:
+        """Returns when `stop_requested` is set or an app's start has failed (see `failure`)."""
+        waits = [asyncio.ensure_future(stop_requested.wait()), asyncio.ensure_future(self._failed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if self.failure is not None:
+            log.error("an app failed to start; stopping", extra={"service": self.failure.service})
+        else:
+            log.info("signal received; draining")
+
+    def raise_failure(self) -> None:
+        """Raises `StartFailed` when an app's start failed."""
+        if self.failure is not None:
+            raise self.failure
+
     async def serve_forever(self) -> None:
-        """Starts, then waits for SIGTERM/SIGINT and drains."""
-        loop = asyncio.get_running_loop()
-        stop_requested = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop_requested.set)
+        """Starts, then waits for SIGTERM/SIGINT (or a failed start) and drains.
+
+        Raises `StartFailed` after stopping everything when an app's start raised.
+        """
+        stop_requested = stop_signals()
         await self.start(wait_ready=False)
-        await stop_requested.wait()
-        log.info("signal received; draining")
+        await self.wait_stop(stop_requested)
         await self.stop()
+        self.raise_failure()
+
+
+def stop_signals() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT in the running loop."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    return stop_requested

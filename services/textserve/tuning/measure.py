@@ -62,6 +62,8 @@ class ModelDescription(Protocol):
     def device(self) -> str: ...
     @property
     def max_length(self) -> int: ...
+    @property
+    def precision(self) -> str: ...
 
 
 class TunableModel(Protocol):
@@ -259,6 +261,7 @@ def tune(
             revision=info.revision,
             backend=info.backend,
             device=info.device,
+            precision=info.precision,
             hardware=hardware_description(info.device),
             created=now_iso(),
             measure_seconds=time.perf_counter() - started,

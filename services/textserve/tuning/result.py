@@ -2,9 +2,11 @@
 
 A `TuningResult` holds the chosen `BatchBudget` (the batcher's own budget type), how the
 budget scored, the measured curve, and its `Provenance` (model, revision, backend,
-device, hardware), so a service can tell a budget measured for another model or device
-from its own. The file is JSON (format `textserve.tuned-budget/v1`), flat: the budget's
-sizes, its scores, the provenance fields, the curve and the fixed-size comparison.
+device, precision, hardware), so a service can tell a budget measured for another model,
+device or precision from its own. The file is JSON (format `textserve.tuned-budget/v1`),
+flat: the budget's sizes, its scores, the provenance fields, the curve and the fixed-size
+comparison. `precision` is an optional key (added after v1; files without it were measured
+before precision was a choice, in fp32, and are read and rewritten unchanged).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ _SCORE_KEYS = (
 )
 _PROVENANCE_KEYS = ("model", "revision", "backend", "device", "hardware", "created", "measure_seconds")
 _REQUIRED_KEYS = ("max_batch_size", "max_batch_tokens", *_SCORE_KEYS, *_PROVENANCE_KEYS)
-_FILE_KEYS = frozenset({"format", *_REQUIRED_KEYS, "curve", "fixed_sizes"})
+_FILE_KEYS = frozenset({"format", *_REQUIRED_KEYS, "precision", "curve", "fixed_sizes"})
+_BEFORE_PRECISION = "fp32"
+"""The precision of a file without the key: every model ran in fp32 before `model.precision`."""
 
 
 class TunedBudgetError(ValueError):
@@ -69,16 +73,28 @@ class Provenance:
     """When it was measured (ISO 8601, UTC)."""
     measure_seconds: float
     """How long measuring and choosing took."""
+    precision: str | None = None
+    """Numeric precision measured (fp32, fp16, bf16, int8); None: a file from before the key (fp32)."""
 
-    def mismatch(self, name: str, revision: str, backend: str, device: str) -> str | None:
-        """Why this was measured for another model or device than the given one (None when not)."""
+    def mismatch(
+        self, name: str, revision: str, backend: str, device: str, precision: str = "fp32"
+    ) -> str | None:
+        """Why this was measured for another model, device or precision than the given one
+        (None when not)."""
         mine = {
             "model": self.model,
             "revision": self.revision,
             "backend": self.backend,
             "device": self.device,
+            "precision": self.precision or _BEFORE_PRECISION,
         }
-        theirs = {"model": name, "revision": revision, "backend": backend, "device": device}
+        theirs = {
+            "model": name,
+            "revision": revision,
+            "backend": backend,
+            "device": device,
+            "precision": precision,
+        }
         differ = [f"{key} {mine[key]!r} != {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
         return "; ".join(differ) or None
 
@@ -115,6 +131,7 @@ class TuningResult:
             **{key: getattr(self, key) for key in _SCORE_KEYS},
             "mix_text_tokens": list(self.mix_text_tokens),
             **{key: getattr(provenance, key) for key in _PROVENANCE_KEYS},
+            **({} if provenance.precision is None else {"precision": provenance.precision}),
             "curve": [asdict(point) for point in self.curve],
             "fixed_sizes": [{"max_batch_size": s, "texts_per_second": t} for s, t in self.fixed_sizes],
         }
@@ -139,7 +156,9 @@ class TuningResult:
         return cls(
             budget=budget,
             **{key: data[key] for key in _SCORE_KEYS},
-            provenance=Provenance(**{key: data[key] for key in _PROVENANCE_KEYS}),
+            provenance=Provenance(
+                **{key: data[key] for key in _PROVENANCE_KEYS}, precision=data.get("precision")
+            ),
             curve=[TuningPoint(**point) for point in data.get("curve", [])],
             fixed_sizes=[
                 (int(item["max_batch_size"]), float(item["texts_per_second"]))

@@ -2,8 +2,10 @@
 
 `startup_budget` decides (run it off the event loop; measuring takes seconds) and returns
 the `TuningResult` to apply, its budget's source saying where it came from, or None:
-- `tuned_budget_file` exists and was measured for this model, revision, backend and
-  device: it is used (hardware that differs is only logged, unless autotune is on).
+- `tuned_budget_file` exists and was measured for this model, revision, backend, device
+  and precision: it is used (hardware that differs is only logged, unless autotune is on).
+  A file measured for another precision (an fp32 curve under int8, say) is not applied:
+  a warning names both precisions, and the service starts as when there is no file.
 - Otherwise, with `autotune: true`, the budget is measured now and written to the file
   when one is configured.
 - Otherwise the configured batcher sizes stay. A file that exists but is not a tuned
@@ -39,7 +41,7 @@ def startup_budget(
     if tuned_budget_file is not None and tuned_budget_file.is_file():
         tuned = TuningResult.load(tuned_budget_file)
         measured = tuned.provenance
-        wrong = measured.mismatch(info.name, info.revision, info.backend, info.device)
+        wrong = measured.mismatch(info.name, info.revision, info.backend, info.device, info.precision)
         here = hardware_description(info.device)
         if wrong is None and (measured.hardware == here or not autotune):
             if measured.hardware != here:
@@ -48,12 +50,12 @@ def startup_budget(
                     extra={"file": str(tuned_budget_file), "measured_on": measured.hardware, "here": here},
                 )
             return tuned
+        mismatch = wrong or f"hardware {measured.hardware!r} != {here!r}"
         log.warning(
-            "tuned budget file is for another model or device; not used",
-            extra={
-                "file": str(tuned_budget_file),
-                "mismatch": wrong or f"hardware {measured.hardware!r} != {here!r}",
-            },
+            "tuned budget file %s is for another model, device or precision (%s); not used",
+            tuned_budget_file,
+            mismatch,
+            extra={"file": str(tuned_budget_file), "mismatch": mismatch},
         )
     elif tuned_budget_file is not None and not autotune:
         log.warning(
