@@ -9,6 +9,7 @@ model was trained on. The random model (`builtin:random`) stays selectable for t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from textserve.runtime.demo_lm import (
     demo_lm_available,
     read_demo_metadata,
 )
+from textserve.training.demo_lm import DemoLMRecipe
 from textserve.transport.server import ServiceHost
 from textserve.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
@@ -96,6 +98,7 @@ def test_packaged_files_are_small_and_described() -> None:
     metadata = read_demo_metadata(DEMO_LM_DIR)
     assert metadata is not None and metadata["heldout_perplexity"] > 1.0
     assert sorted(metadata["corpus"]["files"]) == ["crime_and_punishment_pg2554.txt", "tinyshakespeare.txt"]
+    assert metadata["recipe"] == dataclasses.asdict(DemoLMRecipe())  # the shipped model is the default recipe
 
 
 async def test_info_says_what_the_model_is(served: Served) -> None:

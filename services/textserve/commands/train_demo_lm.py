@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     defaults = DemoLMRecipe()
     parser = subparsers.add_parser(
         "train-demo-lm",
-        help="train the small demo causal LM and its tokenizer on public-domain books (CPU, ~15 min)",
+        help="train the small demo causal LM and its tokenizer on public-domain books (CPU, minutes)",
     )
     parser.add_argument(
         "--corpus", type=Path, default=Path("../shared/data/corpus"), help="a .txt file or a folder of them"

@@ -35,15 +35,15 @@ class DemoLMRecipe:
     context: int = 256
     """Tokens per training window, and the model's position limit (prompt plus completion)."""
     layers: int = 4
-    hidden: int = 256
-    heads: int = 4
-    batch_size: int = 16
+    hidden: int = 192
+    heads: int = 3
+    batch_size: int = 8
     """Windows per optimizer step."""
-    steps: int = 650
+    steps: int = 1200
     """Optimizer steps."""
     learning_rate: float = 2e-3
     """Peak AdamW rate (linear warm-up, cosine decay to a tenth)."""
-    warmup_steps: int = 50
+    warmup_steps: int = 60
     weight_decay: float = 0.1
     dropout: float = 0.0
     holdout_fraction: float = 0.05
