@@ -81,6 +81,10 @@ bench-precision: install ## fp32 vs INT8 embedding: raw best batch, service at c
 bench-cache: install ## response-cache benchmark: hit vs miss latency, 90% hits vs no cache (own redis-server)
 	$(PY) -m loadtests.bench_cache
 
+.PHONY: demo-lm
+demo-lm: install ## retrain the packaged demo LM from ../shared/data/corpus (textserve train-demo-lm; CPU, minutes)
+	$(VENV)/bin/textserve train-demo-lm --overwrite
+
 .PHONY: bench-generation
 bench-generation: install ## 1/8/32 streams vs generate(), prefix-hit TTFT, burst ITL p99/p50; interleaved rounds (~5 min)
 	$(PY) -m loadtests.bench_generation

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from textserve.runtime.demo_lm import RANDOM_MODEL_PATH
 
 from loadtests.common import BenchResult, Bind, Sender, bench_parser, closed_loop, print_table, run_bench
 from loadtests.serve import Served, servable
@@ -84,7 +85,11 @@ async def run(args: argparse.Namespace) -> BenchResult:
             "max_new_tokens_limit": args.new_tokens,
             "max_new_tokens_default": args.new_tokens,
             "max_running_sequences": 64,
-            "model": {"path": "", "backend": "torch", "intra_op_threads": args.generation_threads},
+            "model": {
+                "path": RANDOM_MODEL_PATH,
+                "backend": "torch",
+                "intra_op_threads": args.generation_threads,
+            },
         }
     server = Served(services, settings)
     print(f"starting textserve serve {' '.join(services)} ...", flush=True)

@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textserve.commands.tune",
     "textserve.commands.quantize",
     "textserve.commands.fine_tune",
+    "textserve.commands.train_demo_lm",
     "textserve.commands.embed",
     "textserve.commands.tokenize",
     "textserve.commands.classify",

@@ -35,9 +35,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from textserve.classifier.config import ClassifierServiceConfig
-from textserve.core.config import LimitsConfig
+from textserve.core.config import LimitsConfig, ModelConfig
 from textserve.generation.config import GenerationServiceConfig
 from textserve.oip import grpc_predict_v2_pb2 as oip
+from textserve.runtime.demo_lm import RANDOM_MODEL_PATH
 from textserve.tokenizer.config import TokenizerServiceConfig
 from textserve.transport.server import ServiceHost
 from textserve.v1 import (
@@ -133,6 +134,7 @@ def _app(name: str) -> Any:
     return GenerationApp(
         GenerationServiceConfig(
             server=loopback_server(),
+            model=ModelConfig(path=RANDOM_MODEL_PATH, backend="torch"),
             limits=LimitsConfig(max_text_chars=4000),
             max_new_tokens_default=4,
             max_new_tokens_limit=12,

@@ -18,6 +18,7 @@ from textserve.core.config import ModelConfig
 from textserve.core.metrics import REGISTRY
 from textserve.gateway.server import GatewayServer
 from textserve.generation.config import GenerationServiceConfig
+from textserve.runtime.demo_lm import RANDOM_MODEL_PATH
 from textserve.v1 import generation_pb2, generation_pb2_grpc, tokenizer_pb2
 
 from tests.gateway_support import base_url, openai_client, running_gateway
@@ -36,7 +37,7 @@ async def generation_address() -> AsyncIterator[str]:
 
     config = GenerationServiceConfig(
         server=loopback_server(),
-        model=ModelConfig(path="", backend="torch", device="cpu"),
+        model=ModelConfig(path=RANDOM_MODEL_PATH, backend="torch", device="cpu"),
         cache_enabled=False,
     )
     host = await start_host([GenerationApp(config)])

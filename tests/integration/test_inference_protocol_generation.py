@@ -1,6 +1,6 @@
 """Open Inference Protocol on the generation service, called by an existing v2 client unchanged.
 
-A tiny randomly initialised causal LM (the service's offline demo model) serves real
+A tiny randomly initialised causal LM (`builtin:random`, chosen explicitly) serves real
 gRPC on loopback; requests come from tritonclient and its generated stubs of the official
 proto. Correctness is agreement with the native Generate API, not prose quality.
 """
@@ -16,9 +16,10 @@ import grpc
 import numpy as np
 import pytest
 from textserve.core.cache import build_cache
-from textserve.core.config import CacheConfig
+from textserve.core.config import CacheConfig, ModelConfig
 from textserve.core.metrics import REGISTRY
 from textserve.generation.config import GenerationServiceConfig
+from textserve.runtime.demo_lm import RANDOM_MODEL_PATH
 from textserve.transport.server import ServiceHost
 from textserve.v1 import generation_pb2, generation_pb2_grpc
 
@@ -38,7 +39,11 @@ def v2() -> SimpleNamespace:
 async def address() -> AsyncIterator[str]:
     from textserve.generation.app import GenerationApp
 
-    config = GenerationServiceConfig(server=loopback_server(), max_new_tokens_default=8)
+    config = GenerationServiceConfig(
+        server=loopback_server(),
+        model=ModelConfig(path=RANDOM_MODEL_PATH, backend="torch"),
+        max_new_tokens_default=8,
+    )
     host: ServiceHost = await start_host([GenerationApp(config, build_cache(CacheConfig(), "generation"))])
     yield f"127.0.0.1:{host.port_of('generation')}"
     await host.stop(grace=1.0)

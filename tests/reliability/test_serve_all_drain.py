@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from textserve.runtime.demo_lm import RANDOM_MODEL_PATH
 from textserve.runtime.random_lm import DEMO_NAME
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -49,7 +50,11 @@ def serve_all(tmp_path: Path) -> Iterator[tuple[ServeProcess, dict[str, int]]]:
         "tokenizer": {"server": server("tokenizer")},
         "embedding": {"server": server("embedding"), "model": {"onnx_cache_dir": str(ONNX_CACHE)}},
         "classifier": {"server": server("classifier")},
-        "generation": {"server": server("generation"), "cache_enabled": False},
+        "generation": {
+            "server": server("generation"),
+            "model": {"path": RANDOM_MODEL_PATH, "backend": "torch"},
+            "cache_enabled": False,
+        },
         "gateway": {
             "host": "127.0.0.1",
             "port": ports["gateway"],

@@ -12,7 +12,9 @@ class GenerationServiceConfig(ServiceConfigBase):
 
     server: ServerConfig = Field(default_factory=lambda: ServerConfig(port=50054))
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(path="", backend="torch"))
-    """Causal LM directory; empty path serves a tiny random model (demo and tests only)."""
+    """Causal LM directory; an empty path (or `builtin:demo-lm`) serves the packaged demo LM (a
+    small GPT-2-shaped model trained on public-domain books, for demos only), and
+    `builtin:random` a tiny random model (tests and benchmarks; gibberish)."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     """Request limits."""
     max_new_tokens_default: int = Field(default=64, ge=1, le=1_000_000)

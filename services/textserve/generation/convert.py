@@ -144,9 +144,12 @@ def stream_response(chunk: GenerationChunk, info: CausalLMInfo) -> generation_pb
 def info_response(
     info: CausalLMInfo, config: GenerationServiceConfig
 ) -> generation_pb2.GenerationInfoResponse:
-    """GenerationInfoResponse for the served model and the configured limits."""
+    """GenerationInfoResponse for the served model (with its description) and the configured
+    limits."""
+    model = model_info(info)
+    model.description = info.description
     return generation_pb2.GenerationInfoResponse(
-        model=model_info(info),
+        model=model,
         max_context_tokens=info.max_context_tokens,
         max_new_tokens_limit=config.max_new_tokens_limit,
         max_running_sequences=config.max_running_sequences,

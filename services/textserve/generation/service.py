@@ -160,8 +160,16 @@ class GenerationService:
         metrics.MODEL_LOADED.labels(**labels).set(1)
         if info.random_demo:
             log.warning(
-                "serving the built-in RANDOM demo model (weights drawn from a fixed seed; its output is "
-                "gibberish); set generation.model.path to a Hugging Face causal LM directory for real text",
+                "serving the built-in RANDOM model (weights drawn from a fixed seed, for tests; its output "
+                "is gibberish); leave generation.model.path empty for the demo LM, or set it to a Hugging "
+                "Face causal LM directory",
+                extra={"service": self.name, "model": info.name, "revision": info.revision},
+            )
+        elif info.demo_lm:
+            log.warning(
+                "serving the packaged DEMO model (%s); set generation.model.path to a Hugging Face causal "
+                "LM directory for a real model",
+                info.description,
                 extra={"service": self.name, "model": info.name, "revision": info.revision},
             )
         log.info(

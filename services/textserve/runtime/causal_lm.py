@@ -1,9 +1,12 @@
 """Causal language models for generation: load, describe, tokenize, render chat.
 
 `CausalLM` holds a transformers causal LM (torch; CUDA when present) and its tokenizer,
-loaded from any Hugging Face model directory (or a hub id where the hub is reachable),
-or, for an empty `model.path`, the tiny random demo model of `runtime.random_lm`.
-It knows nothing about batching; the generation engine runs its forward passes.
+loaded from any Hugging Face model directory (or a hub id where the hub is reachable).
+Two built-in models need no files of the user's: an empty `model.path` (or
+`builtin:demo-lm`) is the packaged demo LM trained on public-domain books
+(`runtime.demo_lm`), and `builtin:random` the tiny random model of `runtime.random_lm`
+that tests and benchmarks use. It knows nothing about batching; the generation engine runs
+its forward passes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from textserve.core.config import ModelConfig
+from textserve.runtime.demo_lm import (
+    DEMO_LM_DIR,
+    DEMO_LM_NAME,
+    DEMO_LM_PATH,
+    RANDOM_MODEL_PATH,
+    demo_lm_available,
+    describe,
+    read_demo_metadata,
+)
 from textserve.runtime.device import intra_op_threads, resolve_torch_device, torch_dtype
 from textserve.runtime.model_files import resolve_model
 from textserve.runtime.random_lm import DEMO_NAME, demo_model
@@ -39,7 +51,37 @@ class CausalLMInfo:
     eos_token_ids: frozenset[int]
     has_chat_template: bool
     random_demo: bool
-    """True for the built-in random demo model (its output is gibberish)."""
+    """True for the built-in random model (its output is gibberish)."""
+    description: str = ""
+    """What the model is, in a sentence (the built-in models say so; empty otherwise)."""
+    demo_lm: bool = False
+    """True for the packaged demo LM (trained on public-domain books; for demos only)."""
+
+
+RANDOM_DESCRIPTION = (
+    "textserve random model: GPT-2-shaped with weights drawn from a fixed seed, for tests only; "
+    "its output is gibberish"
+)
+"""Description of the built-in random model."""
+
+
+def demo_lm_files() -> Any:
+    """The packaged demo LM's files; FileNotFoundError (saying how to make them) when absent."""
+    if not demo_lm_available(DEMO_LM_DIR):
+        raise FileNotFoundError(
+            f"the packaged demo LM is missing from {DEMO_LM_DIR}; run `textserve train-demo-lm` "
+            "or set generation.model.path to a Hugging Face causal LM directory"
+        )
+    return resolve_model(str(DEMO_LM_DIR), DEMO_LM_NAME)
+
+
+def demo_description(hf_config: Any, metadata: dict[str, Any] | None, parameters: int) -> str:
+    """The demo LM's description from its config, with the held-out perplexity its metadata
+    records."""
+    text = describe(int(hf_config.n_layer), int(hf_config.n_embd), parameters)
+    if metadata and "heldout_perplexity" in metadata:
+        text += f"; held-out perplexity {metadata['heldout_perplexity']}"
+    return text
 
 
 def _context_length(hf_config: Any, configured: int) -> int:
@@ -80,17 +122,24 @@ class CausalLM:
         self.device = resolve_torch_device(config.device)
         torch.set_num_threads(intra_op_threads(config.intra_op_threads))
         dtype = torch_dtype(config.dtype, self.device)
-        random_demo = not config.path
+        random_demo = config.path == RANDOM_MODEL_PATH
+        demo_lm = config.path in ("", DEMO_LM_PATH)
+        description = ""
         if random_demo:
             model, tokenizer, revision = demo_model()
             name = config.name or DEMO_NAME
             revision = config.revision or revision
             model = model.to(dtype)
+            description = RANDOM_DESCRIPTION
         else:
-            files = resolve_model(config.path, config.name, config.revision)
+            files = demo_lm_files() if demo_lm else resolve_model(config.path, config.name, config.revision)
             tokenizer = AutoTokenizer.from_pretrained(str(files.path))
             model = AutoModelForCausalLM.from_pretrained(str(files.path), dtype=dtype)
-            name, revision = files.name, files.revision
+            name = config.name or files.name
+            revision = config.revision or files.revision
+            if demo_lm:
+                parameters = sum(p.numel() for p in model.parameters())
+                description = demo_description(model.config, read_demo_metadata(files.path), parameters)
         self.model: Any = model.to(self.device).eval()
         self.tokenizer: Any = tokenizer
         self.torch = torch
@@ -104,6 +153,8 @@ class CausalLM:
             eos_token_ids=_eos_ids(self.model, tokenizer),
             has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
             random_demo=random_demo,
+            description=description,
+            demo_lm=demo_lm,
         )
         self.load_seconds = time.perf_counter() - started
 
