@@ -183,6 +183,54 @@ MODEL_LOAD_DURATION = Gauge(
     registry=REGISTRY,
 )
 
+# --- Model versions (lifecycle/) ---------------------------------------------------------
+MODEL_REQUESTS = Counter(
+    "textserve_model_requests_total",
+    "Requests a model version answered (or failed), by service, model, version and status code.",
+    ["service", "model", "version", "code"],
+    registry=REGISTRY,
+)
+MODEL_REQUEST_DURATION = Histogram(
+    "textserve_model_request_duration_seconds",
+    "Time a model version spent on one request (routing to result).",
+    ["service", "model", "version"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+MODEL_VERSION_STATE = Gauge(
+    "textserve_model_version_state",
+    "1 for the current state of a model version (READY, LOADING, UNLOADING, UNAVAILABLE, FAILED), else 0.",
+    ["service", "model", "version", "state"],
+    registry=REGISTRY,
+)
+ROUTING_WEIGHT = Gauge(
+    "textserve_routing_weight",
+    "Configured traffic weight of a model version (relative; READY versions share the traffic).",
+    ["service", "model", "version"],
+    registry=REGISTRY,
+)
+SHADOW_REQUESTS = Counter(
+    "textserve_shadow_requests_total",
+    "Primary requests mirrored to the shadow version, by outcome (compared, failed, skipped).",
+    ["service", "model", "version", "outcome"],
+    registry=REGISTRY,
+)
+SHADOW_AGREEMENT = Histogram(
+    "textserve_shadow_agreement",
+    "Per-request agreement of the shadow with the primary in [0, 1]: mean cosine (embeddings), "
+    "top-label agreement (classification), exact greedy-token match (generation).",
+    ["service", "model", "version"],
+    buckets=(0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0),
+    registry=REGISTRY,
+)
+SHADOW_LATENCY = Histogram(
+    "textserve_shadow_latency_seconds",
+    "Wall time of one shadow call.",
+    ["service", "model", "version"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
 # --- Calls to other textserve services ------------------------------------------------------
 UPSTREAM_REQUESTS = Counter(
     "textserve_upstream_requests_total",

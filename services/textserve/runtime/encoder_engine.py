@@ -99,13 +99,19 @@ class Encoder:
         *,
         service: str,
         task: Task = "embedding",
+        version: str = "1",
+        close_cache: bool = True,
     ) -> None:
+        """`version`: the model version this encoder serves (lifecycle/: part of its cache keys);
+        `close_cache`: stop() closes the response cache (False when versions share it)."""
         if options.model.precision != "fp32":
             preflight(options.model, task)  # a gated precision fails the build, not a later load
         self.options = options
         self.service = service
         """The metrics' `service` label (the app that owns this encoder)."""
         self.task: Task = task
+        self.version = version
+        self._close_cache = close_cache
         self._token_source = token_source
         self.model: EncoderModel | None = None
         self.batcher: Batcher[list[int], np.ndarray] | None = None
@@ -168,7 +174,22 @@ class Encoder:
             ).set(0)
         if self._token_source is not None:
             await self._token_source.close()
-        await self.outputs.close()
+        if self._close_cache:
+            await self.outputs.close()
+        self.model = None
+        self.batcher = None
+
+    async def warm(self) -> None:
+        """One forward per batch shape before traffic (a new model version): the tuner's curve
+        points when it measured one, else 1 and max_batch_size texts of 16 tokens. Off the loop."""
+        model, batcher, _ = self._loaded()
+        shapes = {(p.batch_size, p.text_tokens) for p in self.tuning_curve}
+        if not shapes:
+            shapes = {(1, 16), (batcher.budget.max_batch_size, 16)}
+        for size, tokens in sorted(shapes):
+            length = max(2, min(tokens, model.tokenizer.max_length))
+            fits = max(1, min(size, batcher.budget.max_batch_tokens // length))
+            await asyncio.to_thread(model.run_batch, [[1] * length] * fits)
 
     @property
     def ready(self) -> bool:
@@ -266,9 +287,9 @@ class Encoder:
         return output
 
     def _key(self, info: EncoderInfo, ids: Sequence[int]) -> str:
-        """Identity of one input's output: model, revision, task, pooling, precision (when not
-        fp32: fp32 keys stay as they were) and the exact token ids."""
-        parts = [info.name, info.revision, self.task, info.pooling]
+        """Identity of one input's output: model, revision, version, task, pooling, precision
+        (when not fp32: fp32 keys stay as they were) and the exact token ids."""
+        parts = [info.name, info.revision, self.version, self.task, info.pooling]
         if info.precision != "fp32":
             parts.append(info.precision)
         return self.outputs.key(*parts, np.asarray(ids, np.int32).tobytes())

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from textserve.v1 import common_pb2 as textserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtextserve/v1/classifier.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\"@\n\tLabelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x03(\t\"\xc8\x01\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\'\n\x06labels\x18\x02 \x03(\x0b\x32\x17.textserve.v1.LabelSpec\x12\x11\n\tlabel_set\x18\x03 \x01(\t\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\x32\n\ntruncation\x18\x06 \x01(\x0e\x32\x1e.textserve.v1.TruncationPolicy\x12\x12\n\nskip_cache\x18\x07 \x01(\x08\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"a\n\x0e\x43lassification\x12(\n\x06scores\x18\x01 \x03(\x0b\x32\x18.textserve.v1.LabelScore\x12\x11\n\ttop_label\x18\x02 \x01(\t\x12\x12\n\x06logits\x18\x03 \x03(\x02\x42\x02\x10\x01\"\xbb\x01\n\x10\x43lassifyResponse\x12\x35\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32\x1c.textserve.v1.Classification\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.textserve.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.textserve.v1.Timing\"\x17\n\x15\x43lassifierInfoRequest\"\xea\x02\n\x16\x43lassifierInfoResponse\x12\x37\n\x04kind\x18\x01 \x01(\x0e\x32).textserve.v1.ClassifierInfoResponse.Kind\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x12\n\nlabel_sets\x18\x04 \x03(\t\x12$\n\x06limits\x18\x05 \x01(\x0b\x32\x14.textserve.v1.Limits\x12\x1e\n\x16max_labels_per_request\x18\x06 \x01(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_temperature\x18\x07 \x01(\x02\"h\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12 \n\x1cKIND_SEQUENCE_CLASSIFICATION\x10\x01\x12\x12\n\x0eKIND_ZERO_SHOT\x10\x02\x12\x14\n\x10KIND_LINEAR_HEAD\x10\x03\"H\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ntext_index\x18\x02 \x01(\r\x12\r\n\x05label\x18\x03 \x01(\t\"\x94\x01\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x35\n\x06result\x18\x01 \x01(\x0e\x32%.textserve.v1.FeedbackResponse.Result\"I\n\x06Result\x12\x16\n\x12RESULT_UNSPECIFIED\x10\x00\x12\x11\n\rRESULT_JOINED\x10\x01\x12\x14\n\x10RESULT_DUPLICATE\x10\x02\x32\x86\x02\n\x11\x43lassifierService\x12I\n\x08\x43lassify\x12\x1d.textserve.v1.ClassifyRequest\x1a\x1e.textserve.v1.ClassifyResponse\x12[\n\x0e\x43lassifierInfo\x12#.textserve.v1.ClassifierInfoRequest\x1a$.textserve.v1.ClassifierInfoResponse\x12I\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1d.textserve.v1.FeedbackRequest\x1a\x1e.textserve.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtextserve/v1/classifier.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\"@\n\tLabelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x03(\t\"\xf4\x01\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\'\n\x06labels\x18\x02 \x03(\x0b\x32\x17.textserve.v1.LabelSpec\x12\x11\n\tlabel_set\x18\x03 \x01(\t\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\x32\n\ntruncation\x18\x06 \x01(\x0e\x32\x1e.textserve.v1.TruncationPolicy\x12\x12\n\nskip_cache\x18\x07 \x01(\x08\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x13\n\x0brouting_key\x18\t \x01(\t\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"a\n\x0e\x43lassification\x12(\n\x06scores\x18\x01 \x03(\x0b\x32\x18.textserve.v1.LabelScore\x12\x11\n\ttop_label\x18\x02 \x01(\t\x12\x12\n\x06logits\x18\x03 \x03(\x02\x42\x02\x10\x01\"\xbb\x01\n\x10\x43lassifyResponse\x12\x35\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32\x1c.textserve.v1.Classification\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.textserve.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.textserve.v1.Timing\"\x17\n\x15\x43lassifierInfoRequest\"\xea\x02\n\x16\x43lassifierInfoResponse\x12\x37\n\x04kind\x18\x01 \x01(\x0e\x32).textserve.v1.ClassifierInfoResponse.Kind\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x12\n\nlabel_sets\x18\x04 \x03(\t\x12$\n\x06limits\x18\x05 \x01(\x0b\x32\x14.textserve.v1.Limits\x12\x1e\n\x16max_labels_per_request\x18\x06 \x01(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_temperature\x18\x07 \x01(\x02\"h\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12 \n\x1cKIND_SEQUENCE_CLASSIFICATION\x10\x01\x12\x12\n\x0eKIND_ZERO_SHOT\x10\x02\x12\x14\n\x10KIND_LINEAR_HEAD\x10\x03\"H\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ntext_index\x18\x02 \x01(\r\x12\r\n\x05label\x18\x03 \x01(\t\"\x94\x01\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x35\n\x06result\x18\x01 \x01(\x0e\x32%.textserve.v1.FeedbackResponse.Result\"I\n\x06Result\x12\x16\n\x12RESULT_UNSPECIFIED\x10\x00\x12\x11\n\rRESULT_JOINED\x10\x01\x12\x14\n\x10RESULT_DUPLICATE\x10\x02\x32\x86\x02\n\x11\x43lassifierService\x12I\n\x08\x43lassify\x12\x1d.textserve.v1.ClassifyRequest\x1a\x1e.textserve.v1.ClassifyResponse\x12[\n\x0e\x43lassifierInfo\x12#.textserve.v1.ClassifierInfoRequest\x1a$.textserve.v1.ClassifierInfoResponse\x12I\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1d.textserve.v1.FeedbackRequest\x1a\x1e.textserve.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,25 +37,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LABELSPEC']._serialized_start=74
   _globals['_LABELSPEC']._serialized_end=138
   _globals['_CLASSIFYREQUEST']._serialized_start=141
-  _globals['_CLASSIFYREQUEST']._serialized_end=341
-  _globals['_LABELSCORE']._serialized_start=343
-  _globals['_LABELSCORE']._serialized_end=385
-  _globals['_CLASSIFICATION']._serialized_start=387
-  _globals['_CLASSIFICATION']._serialized_end=484
-  _globals['_CLASSIFYRESPONSE']._serialized_start=487
-  _globals['_CLASSIFYRESPONSE']._serialized_end=674
-  _globals['_CLASSIFIERINFOREQUEST']._serialized_start=676
-  _globals['_CLASSIFIERINFOREQUEST']._serialized_end=699
-  _globals['_CLASSIFIERINFORESPONSE']._serialized_start=702
-  _globals['_CLASSIFIERINFORESPONSE']._serialized_end=1064
-  _globals['_CLASSIFIERINFORESPONSE_KIND']._serialized_start=960
-  _globals['_CLASSIFIERINFORESPONSE_KIND']._serialized_end=1064
-  _globals['_FEEDBACKREQUEST']._serialized_start=1066
-  _globals['_FEEDBACKREQUEST']._serialized_end=1138
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1141
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1289
-  _globals['_FEEDBACKRESPONSE_RESULT']._serialized_start=1216
-  _globals['_FEEDBACKRESPONSE_RESULT']._serialized_end=1289
-  _globals['_CLASSIFIERSERVICE']._serialized_start=1292
-  _globals['_CLASSIFIERSERVICE']._serialized_end=1554
+  _globals['_CLASSIFYREQUEST']._serialized_end=385
+  _globals['_LABELSCORE']._serialized_start=387
+  _globals['_LABELSCORE']._serialized_end=429
+  _globals['_CLASSIFICATION']._serialized_start=431
+  _globals['_CLASSIFICATION']._serialized_end=528
+  _globals['_CLASSIFYRESPONSE']._serialized_start=531
+  _globals['_CLASSIFYRESPONSE']._serialized_end=718
+  _globals['_CLASSIFIERINFOREQUEST']._serialized_start=720
+  _globals['_CLASSIFIERINFOREQUEST']._serialized_end=743
+  _globals['_CLASSIFIERINFORESPONSE']._serialized_start=746
+  _globals['_CLASSIFIERINFORESPONSE']._serialized_end=1108
+  _globals['_CLASSIFIERINFORESPONSE_KIND']._serialized_start=1004
+  _globals['_CLASSIFIERINFORESPONSE_KIND']._serialized_end=1108
+  _globals['_FEEDBACKREQUEST']._serialized_start=1110
+  _globals['_FEEDBACKREQUEST']._serialized_end=1182
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1185
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1333
+  _globals['_FEEDBACKRESPONSE_RESULT']._serialized_start=1260
+  _globals['_FEEDBACKRESPONSE_RESULT']._serialized_end=1333
+  _globals['_CLASSIFIERSERVICE']._serialized_start=1336
+  _globals['_CLASSIFIERSERVICE']._serialized_end=1598
 # @@protoc_insertion_point(module_scope)
