@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from textserve.api.model_control import MODEL_CONTROL_NAME, add_model_control, grpc_code_name
 from textserve.classifier.config import ClassifierServiceConfig
 from textserve.classifier.oip import ClassifierAdapter
 from textserve.classifier.service import SERVICE, ClassifierService
@@ -23,7 +24,7 @@ class ClassifierApp:
     """Classifier service as run by ServiceHost."""
 
     name = SERVICE
-    service_names: tuple[str, ...] = (_DESCRIPTOR.full_name, INFERENCE_SERVICE_NAME)
+    service_names: tuple[str, ...] = (_DESCRIPTOR.full_name, INFERENCE_SERVICE_NAME, MODEL_CONTROL_NAME)
 
     def __init__(
         self,
@@ -42,11 +43,16 @@ class ClassifierApp:
         self.service = ClassifierService(
             config, cache, source, token, encoder=encoder, cache_config=cache_config
         )
+        self.service.set_code_names(grpc_code_name)
         self.servicer = ClassifierServicer(self.service)
 
     def register(self, server: grpc.aio.Server) -> None:
         add_servicer(server, self.servicer, _DESCRIPTOR)
-        add_inference_servicer(server, self.name, [ClassifierAdapter(self.service)])
+        versions = self.service.versions
+        add_inference_servicer(
+            server, self.name, [ClassifierAdapter(self.service)], {versions.model: versions}
+        )
+        add_model_control(server, self.name, versions)
 
     async def start(self) -> None:
         await self.service.start()

@@ -144,6 +144,7 @@ class EmbeddingService:
                 return default
             return version_encoder(config, cache, version, folder)
 
+        self._default = default
         self.versions: VersionManager[Encoder] = VersionManager(
             SERVICE, configured_model_name(config), repository, build, code_of=error_code_name
         )
@@ -155,7 +156,10 @@ class EmbeddingService:
 
     @property
     def encoder(self) -> Encoder:
-        """The Encoder of the primary version (the one Info describes); NotReady when none is ready."""
+        """The Encoder of the primary version (the one Info describes); NotReady when none is ready.
+        Without a repository, the one Encoder (loaded or not)."""
+        if self._default is not None:
+            return self._default
         runtime = self.versions.primary().runtime
         if runtime is None:
             raise NotReady("model is still loading")

@@ -161,10 +161,7 @@ class VersionManager(Generic[R]):
         if self.config.routing_file is not None:
             self._check_routing_file()
         if not self.has_repository:
-            slot = self._slot(DEFAULT_VERSION, None)
-            await self._load(slot, warm=False)
-            if slot.state == "FAILED":
-                raise RuntimeError(f"model {self.model!r} failed to load: {slot.reason}")
+            await self._load(self._slot(DEFAULT_VERSION, None), warm=False, reraise=True)
         else:
             await self.reconcile()
         self._publish_routing()
@@ -209,7 +206,9 @@ class VersionManager(Generic[R]):
         self._serving = sorted((v for v, s in self.slots.items() if s.state == "READY"), key=version_key)
         self._publish_routing()
 
-    async def _load(self, slot: VersionSlot[R], *, warm: bool = True) -> None:
+    async def _load(self, slot: VersionSlot[R], *, warm: bool = True, reraise: bool = False) -> None:
+        """Loads (and warms) a slot's version; a failure marks it FAILED (re-raised with `reraise`:
+        the one version of a service without a repository fails the start as before)."""
         async with slot.lock:
             if slot.state in ("READY", "LOADING"):
                 return
@@ -240,6 +239,8 @@ class VersionManager(Generic[R]):
                 del runtime
                 release_memory()
                 self._set_state(slot, "FAILED", reason)
+                if reraise:
+                    raise
                 return
             slot.runtime = runtime
             self._set_state(slot, "READY")
