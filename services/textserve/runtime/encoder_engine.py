@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,15 @@ from textserve.tuning.result import TuningPoint
 from textserve.tuning.startup import publish_tuning, startup_budget
 
 log = logging.getLogger(__name__)
+
+_LOADING = threading.Lock()
+"""One model load at a time per process: model versions and services loading at once would
+race in transformers' lazy imports (and only share the same cores)."""
+
+
+def _load_model(config: ModelConfig, task: Task) -> EncoderModel:
+    with _LOADING:
+        return EncoderModel(config, task)
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ class Encoder:
     async def start(self) -> None:
         """Loads the model off the event loop, applies the start-up budget, starts the batcher."""
         options = self.options
-        model = await asyncio.to_thread(EncoderModel, options.model, self.task)
+        model = await asyncio.to_thread(_load_model, options.model, self.task)
         self.model = model
         if self._token_source is None:
             self._token_source = LocalTokenSource(model.tokenizer)
