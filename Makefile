@@ -101,6 +101,10 @@ bench-quality: install ## classifier and embedding p50 latency / throughput with
 bench-tasks: install ## fine-tune on SST-2, SST-3 and CoNLL-2003 (../shared/data): dev accuracy / macro-recall / entity F1, training time (~1 h on 2 cores)
 	$(PY) -m loadtests.bench_tasks
 
+.PHONY: bench-lifecycle
+bench-lifecycle: install ## primary Embed p50 with a shadow version at 100% vs none (4 interleaved rounds, concurrency 1 and 8; ~2 min)
+	$(PY) -m loadtests.bench_lifecycle
+
 .PHONY: bench-tuning
 bench-tuning: install ## tuned batch budget vs fixed max_batch_size on a mixed-length workload (~5 min)
 	$(PY) -m loadtests.bench_tuning

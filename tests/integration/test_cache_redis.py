@@ -160,7 +160,7 @@ async def test_skip_cache_neither_reads_nor_writes(cached: Cached, client: redis
 
 async def test_identical_inputs_in_flight_are_computed_once(cached: Cached) -> None:
     service = cached.app.service
-    labels = {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+    labels = {"service": "embedding", "model": "all-MiniLM-L6-v2", "version": "1"}
     computed = REGISTRY.get_sample_value("textserve_batch_size_sum", labels) or 0.0
     coalesced = metric("textserve_cache_coalesced_total")
     same, other = unique_texts(2)

@@ -204,9 +204,8 @@ class ClassifierService:
             if folder is None:
                 assert self._default is not None
                 return self._default
-            return ScorerVersion(
-                build_scorer(version_config(config, folder), None, token), self._start_scorer
-            )
+            scorer = build_scorer(version_config(config, folder), None, token, version=version)
+            return ScorerVersion(scorer, self._start_scorer)
 
         self.versions: VersionManager[ScorerVersion] = VersionManager(
             SERVICE, configured_model_name(config), config.repository, build, code_of=error_code_name

@@ -366,9 +366,10 @@ class _EngineMetrics:
         self.ttft = metrics.GEN_TTFT.labels(**labels)
         self.itl = metrics.GEN_INTER_TOKEN.labels(**labels)
         self.tokens = metrics.GEN_TOKENS.labels(**labels)
-        self.input_tokens = metrics.INPUT_TOKENS.labels(**labels)
-        self.batch_size = metrics.BATCH_SIZE.labels(**labels)
-        self.inference = metrics.INFERENCE_DURATION.labels(**labels)
+        versioned = {**labels, "version": "1"}  # generation serves one model version
+        self.input_tokens = metrics.INPUT_TOKENS.labels(**versioned)
+        self.batch_size = metrics.BATCH_SIZE.labels(**versioned)
+        self.inference = metrics.INFERENCE_DURATION.labels(**versioned)
         self.labels = labels
 
     def capacity(self, tokens: int) -> None:

@@ -140,7 +140,7 @@ class Encoder:
         else:
             # A remote token source (runtime/remote_tokens.py) learns the model and its length cut.
             self._token_source.bind(model.info.name, model.tokenizer.max_length)
-        labels = {"service": self.service, "model": model.info.name}
+        labels = {"service": self.service, "model": model.info.name, "version": self.version}
         metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
         tuned = await asyncio.to_thread(
             startup_budget,
@@ -150,12 +150,18 @@ class Encoder:
             options.tuning,
             batcher=options.batcher,
         )
-        batcher = Batcher(model.run_batch, options.batcher, service=self.service, model=model.info.name)
+        batcher = Batcher(
+            model.run_batch,
+            options.batcher,
+            service=self.service,
+            model=model.info.name,
+            version=self.version,
+        )
         if tuned is not None:
             budget = tuned.budget
             batcher.set_budget(budget.max_batch_size, budget.max_batch_tokens, budget.source)
             self.tuning_curve = list(tuned.curve)
-            publish_tuning(tuned, self.service, model.info.name)
+            publish_tuning(tuned, self.service, model.info.name, self.version)
         self.batcher = batcher
         await batcher.start()
         metrics.MODEL_LOADED.labels(**labels).set(1)
@@ -178,10 +184,9 @@ class Encoder:
         if self.batcher is not None:
             await self.batcher.stop()
         if self.model is not None:
-            metrics.MODEL_LOADED.labels(service=self.service, model=self.model.info.name).set(0)
-            metrics.MODEL_PRECISION.labels(
-                service=self.service, model=self.model.info.name, precision=self.model.info.precision
-            ).set(0)
+            labels = {"service": self.service, "model": self.model.info.name, "version": self.version}
+            metrics.MODEL_LOADED.labels(**labels).set(0)
+            metrics.MODEL_PRECISION.labels(**labels, precision=self.model.info.precision).set(0)
         if self._token_source is not None:
             await self._token_source.close()
         if self._close_cache:
@@ -291,7 +296,7 @@ class Encoder:
         )
         output.rows = [item.value for item in items]
         output.cached = [item.cached for item in items]
-        metrics.child(metrics.INPUT_TOKENS, self.service, info.name).inc(
+        metrics.child(metrics.INPUT_TOKENS, self.service, info.name, self.version).inc(
             sum(len(item.ids) for item in inputs)
         )
         return output
