@@ -97,7 +97,7 @@ def info_response(
     """ClassifierDescription -> ClassifierInfoResponse."""
     return classifier_pb2.ClassifierInfoResponse(
         kind=_KINDS[description.kind],
-        model=model_info(description.model),
+        model=model_info(description.model, description.version),
         labels=list(description.labels),
         label_sets=list(description.label_sets),
         limits=common.limits(config.limits, config.server, description.model.max_length),

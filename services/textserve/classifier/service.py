@@ -117,6 +117,8 @@ class ClassifierDescription:
     label_sets: tuple[str, ...]
     max_labels_per_request: int
     default_temperature: float
+    version: str = ""
+    """The model version described (the primary one)."""
 
 
 def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -306,6 +308,7 @@ class ClassifierService:
             label_sets=labels.label_sets,
             max_labels_per_request=labels.max_labels_per_request,
             default_temperature=labels.default_temperature,
+            version=self.versions.primary().version,
         )
 
     # --- the request path ----------------------------------------------------------------
