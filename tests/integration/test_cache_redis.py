@@ -30,13 +30,13 @@ from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.pki import make_pki
 from tests.redis_server import RedisServer
-from tests.support import embedding_config, model_config, start_host
+from tests.support import embedding_config, model_config, service_total, start_host
 
 DIMENSIONS = 384
 
 
 def metric(name: str, service: str = "embedding") -> float:
-    return REGISTRY.get_sample_value(name, {"service": service}) or 0.0
+    return service_total(name, service)
 
 
 def calls(client: redis.Redis, command: str) -> int:

@@ -369,7 +369,13 @@ class ClassifierService:
             for text in params.texts
         ]
         items = await self.results.run(
-            keys, compute, _ScoredCodec(len(choice.names)), deadline, skip_cache=params.skip_cache
+            keys,
+            compute,
+            _ScoredCodec(len(choice.names)),
+            deadline,
+            skip_cache=params.skip_cache,
+            model=model.name,
+            version=version,
         )
         result.cached += sum(item.cached for item in items)
         result.tokens = [item.value.tokens for item in items]

@@ -251,39 +251,39 @@ UPSTREAM_DURATION = Histogram(
 CACHE_HITS = Counter(
     "textserve_cache_hits_total",
     "Response-cache lookups answered from the cache.",
-    ["service"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 CACHE_MISSES = Counter(
     "textserve_cache_misses_total",
     "Response-cache lookups not found.",
-    ["service"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 CACHE_ERRORS = Counter(
     "textserve_cache_errors_total",
     "Cache operations that failed or timed out (served from the model instead).",
-    ["service"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 CACHE_READ_DURATION = Histogram(
     "textserve_cache_read_duration_seconds",
     "Time of one batched cache read.",
-    ["service"],
+    ["service", "model", "version"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 CACHE_WRITE_DURATION = Histogram(
     "textserve_cache_write_duration_seconds",
     "Time of one batched cache write.",
-    ["service"],
+    ["service", "model", "version"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 CACHE_COALESCED = Counter(
     "textserve_cache_coalesced_total",
     "Inputs not computed because an identical input in flight (same or other request) was shared.",
-    ["service"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 

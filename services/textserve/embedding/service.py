@@ -32,6 +32,7 @@ from textserve.core.errors import InvalidInput, NotReady
 from textserve.core.validation import check_texts, check_token_ids
 from textserve.core.vectors import unit_rows
 from textserve.embedding.config import EmbeddingServiceConfig
+from textserve.lifecycle.gate import ForwardGate
 from textserve.lifecycle.manager import VersionManager, error_code_name
 from textserve.quality.recorder import QualityRecorder
 from textserve.runtime.encoder import EncoderInfo
@@ -100,10 +101,16 @@ def configured_model_name(config: EmbeddingServiceConfig) -> str:
 
 
 def version_encoder(
-    config: EmbeddingServiceConfig, cache: ResponseCache | None, version: str, folder: Path
+    config: EmbeddingServiceConfig,
+    cache: ResponseCache | None,
+    version: str,
+    folder: Path,
+    gate: ForwardGate | None = None,
+    background: Callable[[], bool] = lambda: False,
 ) -> Encoder:
     """The Encoder of one repository version: the folder's model under the service's model name,
-    the service's batcher, the shared response cache (keys carry the version; not closed by it)."""
+    the service's batcher, the shared response cache (keys carry the version; not closed by it),
+    the forward gate of the versions (shadow batches after the primary's)."""
     model = config.model.model_copy(update={"path": str(folder), "name": configured_model_name(config)})
     options = EncoderOptions(model=model, batcher=config.batcher, tuning=config.tuning)
     return Encoder(
@@ -113,6 +120,8 @@ def version_encoder(
         service=SERVICE,
         version=version,
         close_cache=False,
+        gate=gate,
+        background=background,
     )
 
 
@@ -138,11 +147,15 @@ class EmbeddingService:
         if repository.path is None:
             default = encoder if encoder is not None else build_encoder(config, cache, token_source)
 
+        gate = ForwardGate(config.batcher.workers)
+
         def build(version: str, folder: Path | None) -> Encoder:
             if folder is None:
                 assert default is not None
                 return default
-            return version_encoder(config, cache, version, folder)
+            return version_encoder(
+                config, cache, version, folder, gate, lambda: self.versions.routing.shadow_version == version
+            )
 
         self._default = default
         self.versions: VersionManager[Encoder] = VersionManager(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
 from textserve.core.config import BatcherConfig, ModelConfig
 from textserve.core.errors import BackendFailure, InvalidInput, NotReady
+from textserve.lifecycle.gate import ForwardGate
 from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task, preflight
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
 from textserve.runtime.tokenization import Encoded
@@ -111,9 +112,13 @@ class Encoder:
         task: Task = "embedding",
         version: str = "1",
         close_cache: bool = True,
+        gate: ForwardGate | None = None,
+        background: Callable[[], bool] = lambda: False,
     ) -> None:
         """`version`: the model version this encoder serves (lifecycle/: part of its cache keys);
-        `close_cache`: stop() closes the response cache (False when versions share it)."""
+        `close_cache`: stop() closes the response cache (False when versions share it); `gate`:
+        the forward gate the versions of its model share, `background()` true while this
+        version's batches are shadow work (they wait for the primary's)."""
         if options.model.precision != "fp32":
             preflight(options.model, task)  # a gated precision fails the build, not a later load
         self.options = options
@@ -122,6 +127,8 @@ class Encoder:
         self.task: Task = task
         self.version = version
         self._close_cache = close_cache
+        self._gate = gate
+        self._background = background
         self._token_source = token_source
         self.model: EncoderModel | None = None
         self.batcher: Batcher[list[int], np.ndarray] | None = None
@@ -150,8 +157,11 @@ class Encoder:
             options.tuning,
             batcher=options.batcher,
         )
+        run_batch = (
+            model.run_batch if self._gate is None else self._gate.wrap(model.run_batch, self._background)
+        )
         batcher = Batcher(
-            model.run_batch,
+            run_batch,
             options.batcher,
             service=self.service,
             model=model.info.name,
@@ -292,7 +302,13 @@ class Encoder:
 
         keys = [self._key(info, item.ids) for item in inputs]
         items = await self.outputs.run(
-            keys, compute, _RowCodec(info.dimensions), deadline, skip_cache=skip_cache
+            keys,
+            compute,
+            _RowCodec(info.dimensions),
+            deadline,
+            skip_cache=skip_cache,
+            model=info.name,
+            version=self.version,
         )
         output.rows = [item.value for item in items]
         output.cached = [item.cached for item in items]
