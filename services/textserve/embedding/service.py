@@ -165,7 +165,7 @@ class EmbeddingService:
 
     def set_code_names(self, code_of: Callable[[BaseException | None], str]) -> None:
         """How the per-version request counter names an outcome (the app passes gRPC status names)."""
-        self.versions._code_of = code_of
+        self.versions.code_of = code_of
 
     @property
     def encoder(self) -> Encoder:

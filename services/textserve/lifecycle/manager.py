@@ -129,7 +129,8 @@ class VersionManager(Generic[R]):
         self.model = model
         self.config = config
         self._build = build
-        self._code_of = code_of
+        self.code_of = code_of
+        """Names the `code` label of an outcome (None: OK) in textserve_model_requests_total."""
         self.slots: dict[str, VersionSlot[R]] = {}
         self.routing = RoutingTable.of(config)
         self._routing_stamp: float | None = None
@@ -454,7 +455,7 @@ class VersionManager(Generic[R]):
                 slot.idle.set()
             version = slot.version
             metrics.child(
-                metrics.MODEL_REQUESTS, self.service, self.model, version, self._code_of(error)
+                metrics.MODEL_REQUESTS, self.service, self.model, version, self.code_of(error)
             ).inc()
             metrics.child(metrics.MODEL_REQUEST_DURATION, self.service, self.model, version).observe(
                 time.perf_counter() - started
