@@ -130,6 +130,8 @@ class Encoder:
         self._gate = gate
         self._background = background
         self._token_source = token_source
+        self._local_tokens = token_source is None
+        """The token source is made from the loaded model's tokenizer (again at each start)."""
         self.model: EncoderModel | None = None
         self.batcher: Batcher[list[int], np.ndarray] | None = None
         self.outputs: CacheThrough[np.ndarray] = CacheThrough(cache, service)
@@ -199,6 +201,8 @@ class Encoder:
             metrics.MODEL_PRECISION.labels(**labels, precision=self.model.info.precision).set(0)
         if self._token_source is not None:
             await self._token_source.close()
+            if self._local_tokens:  # a later start (a version loaded again) uses its new tokenizer
+                self._token_source = None
         if self._close_cache:
             await self.outputs.close()
         self.model = None
