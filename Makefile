@@ -112,6 +112,9 @@ bench-tasks: install ## fine-tune on SST-2, SST-3 and CoNLL-2003 (../shared/data
 .PHONY: bench-task-serving
 bench-task-serving: install ## served sequence classifier and NER model vs raw forward, one short text per call (~3 min; MiniLM stand-ins unless given)
 	$(PY) -m loadtests.bench_task_serving
+.PHONY: bench-lifecycle
+bench-lifecycle: install ## primary Embed p50 with a shadow version at 100% vs none (4 interleaved rounds, concurrency 1 and 8; ~2 min)
+	$(PY) -m loadtests.bench_lifecycle
 
 .PHONY: bench-tuning
 bench-tuning: install ## tuned batch budget vs fixed max_batch_size on a mixed-length workload (~5 min)

@@ -89,3 +89,16 @@ async def settle(rounds: int = 100) -> None:
     not a length of time, so the result does not depend on the machine's speed."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+def service_total(name: str, service: str) -> float:
+    """The sum of a metric sample `name` over every label set of `service` (its model and
+    version labels whatever they are)."""
+    from textserve.core.metrics import REGISTRY
+
+    total = 0.0
+    for family in REGISTRY.collect():
+        for item in family.samples:
+            if item.name == name and item.labels.get("service") == service:
+                total += item.value
+    return total

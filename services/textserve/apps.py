@@ -21,6 +21,12 @@ GRPC_SERVICES: tuple[str, ...] = ("tokenizer", "embedding", "classifier", "gener
 def build_app(name: str, settings: Settings) -> ServiceApp:
     """One service's app."""
     if name == "embedding":
+        if settings.embedding.repository.path is not None:
+            from textserve.embedding.app import EmbeddingApp
+
+            config = settings.embedding
+            cache = build_cache(settings.cache, "embedding") if config.cache_enabled else None
+            return EmbeddingApp(config, cache, cache_config=settings.cache)
         return _embedding_app(settings, _embedding_encoder(settings))
     if name == "tokenizer":
         from textserve.tokenizer.app import TokenizerApp
@@ -80,6 +86,7 @@ def _classifier_app(settings: Settings, embedding: Encoder | None) -> ServiceApp
         embedding
         if not classifier.embedding_address
         and classifier.kind not in ("sequence_classification", "token_classification")
+        and classifier.repository.path is None
         else None
     )
     # One copy of the model in memory, one batcher for both services' texts, no gRPC hop
@@ -100,11 +107,15 @@ def build_apps(names: Sequence[str], settings: Settings) -> list[ServiceApp]:
     expanded: list[str] = []
     for name in names:
         expanded.extend(GRPC_SERVICES if name == "all" else [name])
-    encoder = _embedding_encoder(settings) if "embedding" in expanded else None
+    # With a model repository the embedding versions come and go: nothing is shared then.
+    shares = settings.embedding.repository.path is None
+    encoder = _embedding_encoder(settings) if "embedding" in expanded and shares else None
     built: list[ServiceApp] = []
     for name in expanded:
         if name == "embedding" and encoder is not None:
             built.append(_embedding_app(settings, encoder))
+        elif name == "embedding":
+            built.append(build_app(name, settings))
         elif name == "classifier":
             built.append(_classifier_app(settings, encoder))
         else:

@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textserve.commands.generate",
     "textserve.commands.drift_reference",
     "textserve.commands.ab_report",
+    "textserve.commands.models",
 )
 
 

@@ -30,13 +30,13 @@ from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.pki import make_pki
 from tests.redis_server import RedisServer
-from tests.support import embedding_config, model_config, start_host
+from tests.support import embedding_config, model_config, service_total, start_host
 
 DIMENSIONS = 384
 
 
 def metric(name: str, service: str = "embedding") -> float:
-    return REGISTRY.get_sample_value(name, {"service": service}) or 0.0
+    return service_total(name, service)
 
 
 def calls(client: redis.Redis, command: str) -> int:
@@ -160,7 +160,7 @@ async def test_skip_cache_neither_reads_nor_writes(cached: Cached, client: redis
 
 async def test_identical_inputs_in_flight_are_computed_once(cached: Cached) -> None:
     service = cached.app.service
-    labels = {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+    labels = {"service": "embedding", "model": "all-MiniLM-L6-v2", "version": "1"}
     computed = REGISTRY.get_sample_value("textserve_batch_size_sum", labels) or 0.0
     coalesced = metric("textserve_cache_coalesced_total")
     same, other = unique_texts(2)

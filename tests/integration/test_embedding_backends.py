@@ -101,7 +101,7 @@ async def test_deadline_exceeded_work_is_not_computed(embedding_address: str) ->
             for reason in ("expired", "cancelled")
         )
 
-    labels = {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+    labels = {"service": "embedding", "model": "all-MiniLM-L6-v2", "version": "1"}
 
     def queue_depth() -> float:
         return REGISTRY.get_sample_value("textserve_queue_depth", labels) or 0.0

@@ -31,7 +31,7 @@ from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 from tests.support import embedding_config, model_config, start_host
 
 MODEL = "queue-test-minilm"
-LABELS = {"service": "embedding", "model": MODEL}
+LABELS = {"service": "embedding", "model": MODEL, "version": "1"}
 QUEUE_SIZE = 8
 
 

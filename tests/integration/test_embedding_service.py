@@ -145,10 +145,10 @@ async def test_concurrent_requests_are_batched(embedding_address: str) -> None:
     from textserve.core.metrics import REGISTRY
 
     count = REGISTRY.get_sample_value(
-        "textserve_batch_size_count", {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+        "textserve_batch_size_count", {"service": "embedding", "model": "all-MiniLM-L6-v2", "version": "1"}
     )
     total = REGISTRY.get_sample_value(
-        "textserve_batch_size_sum", {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+        "textserve_batch_size_sum", {"service": "embedding", "model": "all-MiniLM-L6-v2", "version": "1"}
     )
     assert count is not None and total is not None and total / count > 1.0
 

@@ -196,7 +196,7 @@ def gauge(name: str, model: str) -> float:
 async def test_concurrent_greedy_equals_generate_alone(served: Served) -> None:
     """16 prompts at once (half streamed, half unary) == generate() on each prompt alone."""
     max_new = 12
-    labels = {"service": "generation", "model": served.name}
+    labels = {"service": "generation", "model": served.name, "version": "1"}
     rows_before = REGISTRY.get_sample_value("textserve_batch_size_sum", labels) or 0.0
     steps_before = REGISTRY.get_sample_value("textserve_batch_size_count", labels) or 0.0
     async with grpc.aio.insecure_channel(served.address) as channel:

@@ -197,7 +197,7 @@ async def test_cache_is_shared_with_native_api(client: Any, v2: SimpleNamespace,
 async def test_requests_are_counted_and_batched(client: Any, v2: SimpleNamespace) -> None:
     ok = {"service": "embedding", "method": "ModelInfer", "code": "OK"}
     bad = {**ok, "code": "INVALID_ARGUMENT"}
-    batches = {"service": "embedding", "model": MODEL}
+    batches = {"service": "embedding", "model": MODEL, "version": "1"}
     before = (
         sample("textserve_requests_total", ok),
         sample("textserve_requests_total", bad),

@@ -159,7 +159,7 @@ async def test_service_loads_the_tuned_file(tuned: TuningResult, tmp_path: Path)
             (p.text_tokens, p.batch_size) for p in tuned.curve
         ]
         assert reply.tuning_curve[0].texts_per_second == pytest.approx(tuned.curve[0].texts_per_second)
-        labels = {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+        labels = {"service": "embedding", "model": "all-MiniLM-L6-v2", "version": "1"}
         assert (
             REGISTRY.get_sample_value("textserve_batch_budget_tokens", labels)
             == tuned.budget.max_batch_tokens
@@ -244,7 +244,7 @@ async def test_classifier_in_process_model_loads_the_tuned_file(tuned: TuningRes
             tuned.budget.max_batch_size,
             tuned.budget.max_batch_tokens,
         )
-        labels = {"service": "classifier", "model": "all-MiniLM-L6-v2"}
+        labels = {"service": "classifier", "model": "all-MiniLM-L6-v2", "version": "1"}
         assert (
             REGISTRY.get_sample_value("textserve_batch_budget_tokens", labels)
             == tuned.budget.max_batch_tokens

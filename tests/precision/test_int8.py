@@ -242,8 +242,8 @@ async def test_an_int8_embedding_service_serves_vectors_close_to_fp32(
     assert info.model.precision == "int8"
     exposition = generate_latest(metrics.REGISTRY).decode()
     assert (
-        'textserve_model_precision_info{model="all-MiniLM-L6-v2",precision="int8",service="embedding"} 1.0'
-        in exposition
+        'textserve_model_precision_info{model="all-MiniLM-L6-v2",precision="int8",service="embedding",'
+        'version="1"} 1.0' in exposition
     )
 
 

@@ -18,7 +18,7 @@ from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.support import embedding_config, loopback_server, start_host
 
-LABELS = {"service": "embedding", "model": "all-MiniLM-L6-v2"}
+LABELS = {"service": "embedding", "model": "all-MiniLM-L6-v2", "version": "1"}
 LONG = "word " * 300  # cut to the model's 256 tokens: the slowest single text
 
 

@@ -68,7 +68,10 @@ class Recorder:
 
 def depth() -> float:
     """Texts waiting in the test batcher's queue (its metric)."""
-    return REGISTRY.get_sample_value("textserve_queue_depth", {"service": "test", "model": "m"}) or 0.0
+    return (
+        REGISTRY.get_sample_value("textserve_queue_depth", {"service": "test", "model": "m", "version": "1"})
+        or 0.0
+    )
 
 
 async def until(condition: Callable[[], object], limit_s: float = 30.0) -> None:
@@ -137,7 +140,8 @@ async def test_cancelled_requests_are_never_computed() -> None:
     doomed.cancel()
     before = (
         REGISTRY.get_sample_value(
-            "textserve_batcher_dropped_total", {"service": "test", "model": "m", "reason": "cancelled"}
+            "textserve_batcher_dropped_total",
+            {"service": "test", "model": "m", "version": "1", "reason": "cancelled"},
         )
         or 0.0
     )
@@ -146,7 +150,8 @@ async def test_cancelled_requests_are_never_computed() -> None:
     assert (await kept)[0].value == 16
     assert all(7 not in batch for batch in recorder.batches)
     after = REGISTRY.get_sample_value(
-        "textserve_batcher_dropped_total", {"service": "test", "model": "m", "reason": "cancelled"}
+        "textserve_batcher_dropped_total",
+        {"service": "test", "model": "m", "version": "1", "reason": "cancelled"},
     )
     assert after == before + 1
     await batcher.stop()

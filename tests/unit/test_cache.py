@@ -13,15 +13,14 @@ from textserve.core.cache import CacheUnavailable, MemoryCacheBackend, ResponseC
 from textserve.core.coalesce import Coalescer, Publish
 from textserve.core.config import CacheConfig, ConfigError
 from textserve.core.errors import DeadlineExceeded
-from textserve.core.metrics import REGISTRY
 from textserve.core.redis_cache import RedisCacheBackend, connection_pool, redacted_url
 from textserve.settings import load_settings
 
-from tests.support import free_port, settle
+from tests.support import free_port, service_total, settle
 
 
 def sample(name: str, service: str) -> float:
-    return REGISTRY.get_sample_value(name, {"service": service}) or 0.0
+    return service_total(name, service)
 
 
 # --- keys -------------------------------------------------------------------------------

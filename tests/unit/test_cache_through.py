@@ -12,13 +12,12 @@ import pytest
 from textserve.core.cache import MemoryCacheBackend, ResponseCache
 from textserve.core.cache_through import CacheThrough
 from textserve.core.config import CacheConfig
-from textserve.core.metrics import REGISTRY
 
-from tests.support import settle, wait_until
+from tests.support import service_total, settle, wait_until
 
 
 def sample(name: str, service: str) -> float:
-    return REGISTRY.get_sample_value(name, {"service": service}) or 0.0
+    return service_total(name, service)
 
 
 class IntCodec:

@@ -35,7 +35,8 @@ def test_package_and_service_names(theirs: Any) -> None:
     assert ours.DESCRIPTOR.package == theirs.DESCRIPTOR.package == "inference"
     service = ours.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"
-    assert {m.name for m in service.methods} == SPEC_RPCS | {"ModelStreamInfer"}
+    repository = {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"}
+    assert {m.name for m in service.methods} == SPEC_RPCS | {"ModelStreamInfer"} | repository
 
 
 def test_every_rpc_matches_the_official_one(theirs: Any) -> None:

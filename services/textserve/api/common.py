@@ -8,9 +8,15 @@ from textserve.v1 import common_pb2
 
 
 def model_info(
-    name: str, revision: str, backend: str, device: str, max_input_tokens: int, precision: str = ""
+    name: str,
+    revision: str,
+    backend: str,
+    device: str,
+    max_input_tokens: int,
+    precision: str = "",
+    version: str = "",
 ) -> common_pb2.ModelInfo:
-    """ModelInfo message (precision empty: not reported)."""
+    """ModelInfo message (precision, version empty: not reported)."""
     return common_pb2.ModelInfo(
         name=name,
         revision=revision,
@@ -18,6 +24,7 @@ def model_info(
         device=device,
         max_input_tokens=max_input_tokens,
         precision=precision,
+        version=version,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from textserve.api.model_control import MODEL_CONTROL_NAME, add_model_control, grpc_code_name
 from textserve.classifier.config import ClassifierServiceConfig
 from textserve.classifier.entities_oip import EntitiesAdapter
 from textserve.classifier.oip import ClassifierAdapter
@@ -24,7 +25,7 @@ class ClassifierApp:
     """Classifier service as run by ServiceHost."""
 
     name = SERVICE
-    service_names: tuple[str, ...] = (_DESCRIPTOR.full_name, INFERENCE_SERVICE_NAME)
+    service_names: tuple[str, ...] = (_DESCRIPTOR.full_name, INFERENCE_SERVICE_NAME, MODEL_CONTROL_NAME)
 
     def __init__(
         self,
@@ -43,16 +44,19 @@ class ClassifierApp:
         self.service = ClassifierService(
             config, cache, source, token, encoder=encoder, cache_config=cache_config
         )
+        self.service.set_code_names(grpc_code_name)
         self.servicer = ClassifierServicer(self.service)
 
     def register(self, server: grpc.aio.Server) -> None:
         add_servicer(server, self.servicer, _DESCRIPTOR)
+        versions = self.service.versions
         adapter = (
             EntitiesAdapter(self.service)
             if self.service.entities is not None
             else ClassifierAdapter(self.service)
         )
-        add_inference_servicer(server, self.name, [adapter])
+        add_inference_servicer(server, self.name, [adapter], {versions.model: versions})
+        add_model_control(server, self.name, versions)
 
     async def start(self) -> None:
         await self.service.start()

@@ -16,6 +16,7 @@ from textserve.core.config import (
     ConfigSection,
     LimitsConfig,
     ModelConfig,
+    ModelRepositoryConfig,
     ServerConfig,
     ServiceConfigBase,
 )
@@ -131,6 +132,8 @@ class ClassifierServiceConfig(ServiceConfigBase):
     """How `textserve tune classifier` and autotune measure and choose the batch budget."""
     quality: QualityConfig = Field(default_factory=QualityConfig)
     """Model-quality monitoring: prediction statistics (always), drift detection, feedback, payload log."""
+    repository: ModelRepositoryConfig = Field(default_factory=ModelRepositoryConfig)
+    """Model versions side by side (lifecycle/): repository layout, version policy, traffic split, shadow."""
     entities: EntitiesConfig = Field(default_factory=EntitiesConfig)
     """token_classification: aggregation strategy, window stride and window limit of ExtractEntities."""
 

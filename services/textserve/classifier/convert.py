@@ -15,6 +15,7 @@ from textserve.classifier.service import (
 from textserve.classifier.vector_source import EncoderDescription
 from textserve.classifier.zero_shot import Label
 from textserve.core.errors import InvalidInput
+from textserve.core.validation import check_routing
 from textserve.quality.feedback import FeedbackResult
 from textserve.v1 import classifier_pb2, common_pb2
 
@@ -36,10 +37,16 @@ STRATEGY_NAMES: dict[int, str] = {
 """AggregationStrategy values -> the logic's strategy names ("": the configured one)."""
 
 
-def model_info(model: EncoderDescription) -> common_pb2.ModelInfo:
-    """ModelInfo of the model behind the classifier."""
+def model_info(model: EncoderDescription, version: str = "") -> common_pb2.ModelInfo:
+    """ModelInfo of the model behind the classifier (and the model version that served)."""
     return common.model_info(
-        model.name, model.revision, model.backend, model.device, model.max_length, model.precision
+        model.name,
+        model.revision,
+        model.backend,
+        model.device,
+        model.max_length,
+        model.precision,
+        version=version,
     )
 
 
@@ -49,8 +56,12 @@ _RESULTS: dict[FeedbackResult, classifier_pb2.FeedbackResponse.Result] = {
 }
 
 
-def classify_params(request: classifier_pb2.ClassifyRequest, request_id: str = "") -> ClassifyParams:
-    """ClassifyRequest (and the call's x-request-id) -> ClassifyParams."""
+def classify_params(
+    request: classifier_pb2.ClassifyRequest, request_id: str = "", routing: tuple[str, str] = ("", "")
+) -> ClassifyParams:
+    """ClassifyRequest (and the call's x-request-id) -> ClassifyParams; `routing`: (version, key)
+    from the call's metadata, used where the request's own fields are empty."""
+    version, key = check_routing(request.model_version or routing[0], request.routing_key or routing[1])
     if request.truncation not in common_pb2.TruncationPolicy.values():
         raise InvalidInput("truncation", f"unknown TruncationPolicy value {request.truncation}")
     return ClassifyParams(
@@ -62,6 +73,8 @@ def classify_params(request: classifier_pb2.ClassifyRequest, request_id: str = "
         truncate=common.truncate_flag(request.truncation),
         skip_cache=request.skip_cache,
         request_id=request_id,
+        model_version=version,
+        routing_key=key,
     )
 
 
@@ -78,7 +91,7 @@ def feedback_response(result: FeedbackResult) -> classifier_pb2.FeedbackResponse
 def classify_response(result: ClassifyResult) -> classifier_pb2.ClassifyResponse:
     """ClassifyResult -> ClassifyResponse."""
     response = classifier_pb2.ClassifyResponse(
-        model=model_info(result.model),
+        model=model_info(result.model, result.version),
         usage=common_pb2.Usage(
             input_tokens=sum(result.tokens),
             truncated_texts=sum(result.truncated),
@@ -102,7 +115,7 @@ def info_response(
     """ClassifierDescription -> ClassifierInfoResponse."""
     return classifier_pb2.ClassifierInfoResponse(
         kind=_KINDS[description.kind],
-        model=model_info(description.model),
+        model=model_info(description.model, description.version),
         labels=list(description.labels),
         label_sets=list(description.label_sets),
         limits=common.limits(config.limits, config.server, description.model.max_length),

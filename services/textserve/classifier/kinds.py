@@ -16,10 +16,14 @@ from textserve.runtime.encoder_engine import Encoder, EncoderOptions
 
 
 def local_encoder(
-    config: ClassifierServiceConfig, task: Task = "embedding", *, autotune: bool | None = None
+    config: ClassifierServiceConfig,
+    task: Task = "embedding",
+    *,
+    autotune: bool | None = None,
+    version: str = "1",
 ) -> Encoder:
-    """An in-process Encoder of the classifier's model: its batcher and batch-budget tuning,
-    no response cache (the classifier caches its logits itself)."""
+    """An in-process Encoder of the classifier's model (of model `version`, lifecycle/): its
+    batcher and batch-budget tuning, no response cache (the classifier caches its logits itself)."""
     options = EncoderOptions(
         model=config.model,
         batcher=config.batcher,
@@ -27,17 +31,19 @@ def local_encoder(
         tuned_budget_file=config.tuned_budget_file,
         autotune=config.autotune if autotune is None else autotune,
     )
-    return Encoder(options, None, None, service=SERVICE, task=task)
+    return Encoder(options, None, None, service=SERVICE, task=task, version=version)
 
 
-def build_source(config: ClassifierServiceConfig, token: str | None = None) -> VectorSource:
+def build_source(
+    config: ClassifierServiceConfig, token: str | None = None, version: str = "1"
+) -> VectorSource:
     """The configured vector source: remote when embedding_address is set, else in-process."""
     if config.embedding_address:
         remote = RemoteVectorSource(config.embedding_address, config.client, token=token, service=SERVICE)
         if config.embedding_calls_in_flight == 0:
             return remote
         return MergingVectorSource(remote, config.embedding_calls_in_flight, config.embedding_call_max_texts)
-    return LocalVectorSource(local_encoder(config), config.limits)
+    return LocalVectorSource(local_encoder(config, version=version), config.limits)
 
 
 def build_scorer(
@@ -45,13 +51,17 @@ def build_scorer(
     source: VectorSource | None = None,
     token: str | None = None,
     encoder: Encoder | None = None,
+    version: str = "1",
 ) -> Scorer:
     """The scorer of `config.kind`. `source` replaces the configured vector source; `encoder`
-    is an Encoder another app of this process owns and shares (`serve all`)."""
+    is an Encoder another app of this process owns and shares (`serve all`); `version`: the
+    model version it serves (its in-process Encoder's metrics label)."""
     if config.kind == "token_classification":
         if source is not None or encoder is not None:
             raise ValueError("a token_classification classifier runs its own model; it shares none")
-        return TokenClassificationScorer(local_encoder(config, "token-classification"), config.limits)
+        return TokenClassificationScorer(
+            local_encoder(config, "token-classification", version=version), config.limits
+        )
     if config.kind == "sequence_classification":
         if source is not None:
             raise ValueError(
@@ -59,12 +69,14 @@ def build_scorer(
             )
         if encoder is not None:
             return SequenceClassificationScorer(encoder, config.limits, owned=False)
-        return SequenceClassificationScorer(local_encoder(config, "sequence-classification"), config.limits)
+        return SequenceClassificationScorer(
+            local_encoder(config, "sequence-classification", version=version), config.limits
+        )
     if source is None:
         source = (
             LocalVectorSource(encoder, config.limits, owned=False)
             if encoder is not None
-            else build_source(config, token)
+            else build_source(config, token, version)
         )
     if config.kind == "linear_head":
         assert config.head_path is not None  # enforced by the config

@@ -59,7 +59,9 @@ class ClassifierAdapter(ModelAdapter):
 
     async def card(self, deadline: float | None) -> ModelCard:
         model = (await self.logic.describe(deadline)).model  # NotReady while loading
-        return ModelCard(model.name, model.revision, model.backend, _INPUTS, _OUTPUTS)
+        versions = self.logic.versions
+        served = tuple(versions.serving()) if versions.has_repository else ()
+        return ModelCard(model.name, model.revision, model.backend, _INPUTS, _OUTPUTS, served)
 
     async def infer(self, inputs: InferInputs) -> InferOutcome:
         params = inputs.parameters
@@ -72,6 +74,8 @@ class ClassifierAdapter(ModelAdapter):
             top_k=params.get_int("top_k", 0),
             truncate=params.get_bool("truncate", None),
             skip_cache=params.get_bool("skip_cache", False),
+            model_version=inputs.version,
+            routing_key=params.get_str("routing_key", ""),
         )
         with fields_renamed(_RENAMES):
             result = await self.logic.classify(request, inputs.deadline)
@@ -85,5 +89,5 @@ class ClassifierAdapter(ModelAdapter):
                 OutputTensor(LABELS, BYTES, (len(rows), width), labels),
                 OutputTensor(TOP_LABEL, BYTES, (len(rows),), [row.top_label for row in rows]),
             ],
-            text_counts(result.tokens, result.truncated, result.cached),
+            {**text_counts(result.tokens, result.truncated, result.cached), "model_version": result.version},
         )

@@ -17,6 +17,11 @@ default label set only) and, with feedback on, the prediction store under the re
 x-request-id and the text's index; `feedback` joins ground truth with them. Predictions
 over labels a request brings are not recorded (their names are request data, not the
 model's). Model = the model name, version = its revision.
+
+Model versions (lifecycle/, classifier/versions.py): one scorer per version in a
+VersionManager (one, "1", without a model repository); each Classify is routed to a version,
+the version is part of the cache key and of the result; a shadow version re-classifies a share
+of requests after the primary answered and records top-label agreement.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -38,12 +44,14 @@ from textserve.classifier.linear_head import HeadMismatch, LinearHeadScorer
 from textserve.classifier.scoring import SERVICE, Kind, ScoreCall, Scorer
 from textserve.classifier.token_classification import TokenClassificationScorer
 from textserve.classifier.vector_source import Accounting, EncoderDescription, VectorSource
+from textserve.classifier.versions import ScorerVersion, configured_model_name, version_config
 from textserve.classifier.zero_shot import Label, ZeroShotScorer
 from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
-from textserve.core.config import CacheConfig
+from textserve.core.config import CacheConfig, ConfigError
 from textserve.core.errors import InvalidInput, NotReady, TextserveError
 from textserve.core.validation import MAX_REQUEST_ID_CHARS, check_texts
+from textserve.lifecycle.manager import VersionManager, error_code_name
 from textserve.quality.feedback import FeedbackResult
 from textserve.quality.recorder import QualityRecorder
 from textserve.runtime.encoder_engine import Encoder
@@ -64,6 +72,10 @@ class ClassifyParams:
     skip_cache: bool = False
     request_id: str = ""
     """The call's x-request-id: its predictions are kept for feedback under it (when on)."""
+    model_version: str = ""
+    """Version to serve this request; empty: the traffic split decides."""
+    routing_key: str = ""
+    """Requests with the same key reach the same version while the weights stand."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,8 @@ class ClassifyResult(Accounting):
     tokens: list[int]
     truncated: list[bool]
     total_seconds: float = 0.0
+    version: str = ""
+    """The model version that served the request."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,8 @@ class ClassifierDescription:
     label_sets: tuple[str, ...]
     max_labels_per_request: int
     default_temperature: float
+    version: str = ""
+    """The model version described (the primary one)."""
 
 
 def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -183,14 +199,49 @@ class ClassifierService:
         `cache_config` gives the Redis of the feedback store and payload log (quality)."""
         self.config = config
         self.kind: Kind = config.kind
-        self.scorer: Scorer = build_scorer(config, source, token, encoder)
+
+        self._default: ScorerVersion | None = None
+        if config.repository.path is None:  # built now: the one version's scorer exists before start
+            self._default = ScorerVersion(build_scorer(config, source, token, encoder), self._start_scorer)
+
+        def build(version: str, folder: Path | None) -> ScorerVersion:
+            if folder is None:
+                assert self._default is not None
+                return self._default
+            scorer = build_scorer(version_config(config, folder), None, token, version=version)
+            return ScorerVersion(scorer, self._start_scorer)
+
+        self.versions: VersionManager[ScorerVersion] = VersionManager(
+            SERVICE, configured_model_name(config), config.repository, build, code_of=error_code_name
+        )
         self.results: CacheThrough[_Scored] = CacheThrough(cache if config.cache_enabled else None, SERVICE)
         self.quality = QualityRecorder(config.quality, service=SERVICE, cache=cache_config)
         self.entities: EntityExtractor | None = None
         """Entity extraction (kind token_classification only; entities.py)."""
-        if isinstance(self.scorer, TokenClassificationScorer):
-            self.entities = EntityExtractor(self.scorer.encoder, config, self.results.cache)
+        if config.kind == "token_classification":
+            if self._default is None:
+                raise ConfigError(
+                    "classifier.repository.path: model versions are not supported for kind "
+                    "token_classification yet; serve one NER model per release"
+                )
+            scorer = self._default.scorer
+            assert isinstance(scorer, TokenClassificationScorer)
+            self.entities = EntityExtractor(scorer.encoder, config, self.results.cache)
         self._started = False
+
+    def set_code_names(self, code_of: Callable[[BaseException | None], str]) -> None:
+        """How the per-version request counter names an outcome (the app passes gRPC status names)."""
+        self.versions.code_of = code_of
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer of the primary version (the one ClassifierInfo describes); NotReady when none is."""
+        if self._default is not None:
+            return self._default.scorer
+        runtime = self.versions.primary().runtime
+        if runtime is None:
+            raise NotReady("classifier is still loading")
+        return runtime.scorer
 
     @property
     def cache(self) -> ResponseCache | None:
@@ -200,8 +251,9 @@ class ClassifierService:
     @property
     def source(self) -> VectorSource | None:
         """Where the scorer gets vectors (None for sequence_classification, which predicts)."""
-        if isinstance(self.scorer, ZeroShotScorer | LinearHeadScorer):
-            return self.scorer.source
+        scorer = self.scorer
+        if isinstance(scorer, ZeroShotScorer | LinearHeadScorer):
+            return scorer.source
         return None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -209,28 +261,33 @@ class ClassifierService:
         """Loads the head and the in-process model, or waits (bounded) for the embedding service;
         then checks the head against the model and embeds the default label set."""
         await self.quality.start()
-        await self.scorer.start()
-        if self.scorer.home == "owned":
-            await self.scorer.warm_up(None)
-        else:
-            await self._wait_for_embedding()
+        await self.versions.start()
         if self.entities is not None:
             self.entities.check()
         self._started = True
         log.info(
             "classifier ready",
-            extra={"service": SERVICE, "kind": self.kind, "vectors": self.scorer.location},
+            extra={"service": SERVICE, "kind": self.kind, "versions": self.versions.serving()},
         )
 
-    async def _wait_for_embedding(self) -> None:
+    async def _start_scorer(self, scorer: Scorer) -> None:
+        """Loads one version's scorer; checks it against its model, or waits for the embedding service."""
+        await scorer.start()
+        if scorer.home == "owned":
+            await scorer.warm_up(None)
+        else:
+            await self._wait_for_embedding(scorer)
+        log.info("classifier version loaded", extra={"service": SERVICE, "vectors": scorer.location})
+
+    async def _wait_for_embedding(self, scorer: Scorer) -> None:
         """Retries the warm-up while the embedding service is unreachable or loading, for at
         most embedding_wait_s; then serves anyway (requests get UNAVAILABLE until it is back).
         An embedding model shared in this process is waited for until it is loaded."""
-        shared = self.scorer.home == "shared"
+        shared = scorer.home == "shared"
         give_up = math.inf if shared else time.monotonic() + self.config.embedding_wait_s
         while True:
             try:
-                await self.scorer.warm_up(
+                await scorer.warm_up(
                     None if shared else min(give_up, time.monotonic() + self.config.client.timeout_s)
                 )
                 return
@@ -240,14 +297,14 @@ class ClassifierService:
                 if time.monotonic() >= give_up:
                     log.warning(
                         "embedding service not reachable at start; serving anyway",
-                        extra={"service": SERVICE, "address": self.scorer.location, "error": error.message},
+                        extra={"service": SERVICE, "address": scorer.location, "error": error.message},
                     )
                     return
             await asyncio.sleep(0.25)
 
     async def stop(self) -> None:
         """Stops the in-process model or closes the channel, then the cache and the quality parts."""
-        await self.scorer.stop()
+        await self.versions.stop()
         await self.results.close()  # the entities share this cache
         await self.quality.close()
 
@@ -256,8 +313,9 @@ class ClassifierService:
         """Kind, model, default labels and label sets."""
         if not self._started:
             raise NotReady("classifier is still loading")
-        model = await self.scorer.describe(deadline)
-        labels = self.scorer.label_info(model)
+        scorer = self.scorer
+        model = await scorer.describe(deadline)
+        labels = scorer.label_info(model)
         return ClassifierDescription(
             kind=self.kind,
             model=model,
@@ -265,27 +323,51 @@ class ClassifierService:
             label_sets=labels.label_sets,
             max_labels_per_request=labels.max_labels_per_request,
             default_temperature=labels.default_temperature,
+            version=self.versions.primary().version,
         )
 
     # --- the request path ----------------------------------------------------------------
     async def classify(self, params: ClassifyParams, deadline: float | None = None) -> ClassifyResult:
-        """Scores every text against every label; raises the error kinds of core/errors.py."""
+        """Scores every text against every label with the routed version; raises the error kinds
+        of core/errors.py."""
         started = time.perf_counter()
-        if not self._started:
+        if not self._started or not self.versions.ready:
             raise NotReady("classifier is still loading")
+        async with self.versions.route(params.model_version, params.routing_key) as slot:
+            assert slot.runtime is not None
+            result = await self._classify(slot.runtime.scorer, slot.version, params, deadline, started)
+        result.version = slot.version
+        if not params.labels:
+            self._record(params, result.model, result.classifications)
+        self.versions.mirror(slot.version, lambda shadow, until: self._shadow(shadow, params, result, until))
+        return result
+
+    async def _shadow(
+        self, shadow: ScorerVersion, params: ClassifyParams, primary: ClassifyResult, deadline: float
+    ) -> float:
+        """The same request on the shadow version (not recorded): the share of texts whose top
+        label agrees with the primary's."""
+        shadow_version = self.versions.routing.shadow_version
+        result = await self._classify(shadow.scorer, shadow_version, params, deadline, time.perf_counter())
+        pairs = zip(primary.classifications, result.classifications, strict=True)
+        return sum(a.top_label == b.top_label for a, b in pairs) / max(1, len(primary.classifications))
+
+    async def _classify(
+        self, scorer: Scorer, version: str, params: ClassifyParams, deadline: float | None, started: float
+    ) -> ClassifyResult:
         limits = self.config.limits
         check_texts(params.texts, limits)
         if params.top_k < 0:
             raise InvalidInput("top_k", f"must be 0 (all labels) or positive; got {params.top_k}")
-        temperature = self.scorer.temperature(params.temperature)
-        model = await self.scorer.describe(deadline)
-        choice = self.scorer.choose(params.labels, params.label_set, params.temperature, model)
+        temperature = scorer.temperature(params.temperature)
+        model = await scorer.describe(deadline)
+        choice = scorer.choose(params.labels, params.label_set, params.temperature, model)
         truncate = limits.truncate if params.truncate is None else params.truncate
         result = ClassifyResult([], model, [], [])
 
         async def compute(indices: list[int]) -> list[_Scored]:
             call = ScoreCall([params.texts[i] for i in indices], deadline, params.truncate, params.skip_cache)
-            scores = await self.scorer.score(call, choice, model)
+            scores = await scorer.score(call, choice, model)
             result.cached += scores.cached
             result.tokenize_seconds = scores.tokenize_seconds
             result.queue_seconds = scores.queue_seconds
@@ -296,13 +378,19 @@ class ClassifierService:
             ]
 
         # A reduced precision scores differently: its entries never meet fp32 ones (fp32 keys unchanged).
-        version = model.revision if model.precision in ("", "fp32") else f"{model.revision}|{model.precision}"
+        revision = model.revision if model.precision in ("", "fp32") else f"{model.revision}|{model.precision}"
         keys = [
-            self.results.key(model.name, version, self.kind, choice.fingerprint, truncate, text)
+            self.results.key(model.name, revision, version, self.kind, choice.fingerprint, truncate, text)
             for text in params.texts
         ]
         items = await self.results.run(
-            keys, compute, _ScoredCodec(len(choice.names)), deadline, skip_cache=params.skip_cache
+            keys,
+            compute,
+            _ScoredCodec(len(choice.names)),
+            deadline,
+            skip_cache=params.skip_cache,
+            model=model.name,
+            version=version,
         )
         result.cached += sum(item.cached for item in items)
         result.tokens = [item.value.tokens for item in items]
@@ -314,8 +402,6 @@ class ClassifierService:
             result.classifications.append(
                 TextClassification(ranked, ranked[0][0], [float(v) for v in stacked[row]])
             )
-        if not params.labels:
-            self._record(params, model, result.classifications)
         result.total_seconds = time.perf_counter() - started
         return result
 
@@ -376,5 +462,6 @@ class ClassifierService:
         """Every label a recorded prediction can have: the fixed labels, or those of every configured set."""
         if self.kind == "zero_shot":
             return frozenset(label.name for labels in self.config.label_sets.values() for label in labels)
-        model = await self.scorer.describe(deadline)
-        return frozenset(self.scorer.label_info(model).labels)
+        scorer = self.scorer
+        model = await scorer.describe(deadline)
+        return frozenset(scorer.label_info(model).labels)

@@ -14,7 +14,13 @@ import grpc
 from textserve.classifier import convert
 from textserve.classifier.service import SERVICE, ClassifierService
 from textserve.core.validation import MAX_REQUEST_ID_CHARS
-from textserve.transport.rpc import REQUEST_ID_KEY, request_deadline, request_id, unary_rpc
+from textserve.transport.rpc import (
+    REQUEST_ID_KEY,
+    request_deadline,
+    request_id,
+    routing_metadata,
+    unary_rpc,
+)
 from textserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 
@@ -33,7 +39,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
             call_id = (request_id(context) or uuid.uuid4().hex)[:MAX_REQUEST_ID_CHARS]
             await context.send_initial_metadata(((REQUEST_ID_KEY, call_id),))
         result = await self.service.classify(
-            convert.classify_params(request, call_id), request_deadline(context)
+            convert.classify_params(request, call_id, routing_metadata(context)), request_deadline(context)
         )
         return convert.classify_response(result)
 

@@ -121,11 +121,12 @@ class Batcher(Generic[In, Out]):
         *,
         service: str,
         model: str,
+        version: str = "1",
     ) -> None:
         self._run_batch = run_batch
         self._config = config
         self.budget = BatchBudget(config.max_batch_size, config.max_batch_tokens)
-        self._labels = {"service": service, "model": model}
+        self._labels = {"service": service, "model": model, "version": version}
         # Children resolved once: .labels() on the hot path costs a lock and a dict lookup.
         self._queue_depth = metrics.QUEUE_DEPTH.labels(**self._labels)
         self._queue_duration = metrics.QUEUE_DURATION.labels(**self._labels)

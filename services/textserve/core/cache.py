@@ -114,12 +114,20 @@ class ResponseCache:
         """Values for keys; on any backend error or timeout, all None (and counted)."""
         return await self.get_decoded(keys, _as_is)
 
-    async def get_decoded(self, keys: Sequence[str], decode: Callable[[bytes], T | None]) -> list[T | None]:
+    async def get_decoded(
+        self,
+        keys: Sequence[str],
+        decode: Callable[[bytes], T | None],
+        *,
+        model: str = "",
+        version: str = "",
+    ) -> list[T | None]:
         """Values for keys, each passed through `decode`, in one backend read.
 
         An entry `decode` rejects (returns None for: corrupt, wrong shape) counts as a miss;
         the caller recomputes it and its write overwrites the entry. On any backend error
-        or timeout, all None (and counted as an error).
+        or timeout, all None (and counted as an error). `model` and `version` label the
+        metrics ("" where the caller does not know them).
         """
         if not keys:
             return []
@@ -128,9 +136,10 @@ class ResponseCache:
             async with asyncio.timeout(self._guard_s):
                 raw = await self.backend.get_many(keys)
         except Exception as exc:
-            self._error("cache read failed; serving from the model", exc)
+            self._error("cache read failed; serving from the model", exc, model, version)
             return [None] * len(keys)
-        metrics.CACHE_READ_DURATION.labels(service=self.service).observe(time.perf_counter() - started)
+        labels = (self.service, model, version)
+        metrics.child(metrics.CACHE_READ_DURATION, *labels).observe(time.perf_counter() - started)
         values = [None if value is None else decode(value) for value in raw]
         rejected = sum(value is None for value in values) - sum(value is None for value in raw)
         if rejected:
@@ -139,36 +148,38 @@ class ResponseCache:
             )
         hits = sum(value is not None for value in values)
         if hits:
-            metrics.CACHE_HITS.labels(service=self.service).inc(hits)
+            metrics.child(metrics.CACHE_HITS, *labels).inc(hits)
         if len(values) - hits:
-            metrics.CACHE_MISSES.labels(service=self.service).inc(len(values) - hits)
+            metrics.child(metrics.CACHE_MISSES, *labels).inc(len(values) - hits)
         return values
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, bytes]], *, model: str = "", version: str = "") -> None:
         """Stores values in the background; too-large values and overflowing writes are skipped."""
         kept = [(key, value) for key, value in items if len(value) <= self.config.max_entry_bytes]
         if not kept:
             return
         if len(self._writes) >= self.config.max_pending_writes:
-            metrics.CACHE_ERRORS.labels(service=self.service).inc()
+            metrics.child(metrics.CACHE_ERRORS, self.service, model, version).inc()
             return
-        task = asyncio.create_task(self._write(kept))
+        task = asyncio.create_task(self._write(kept, model, version))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _write(self, items: Sequence[tuple[str, bytes]]) -> None:
+    async def _write(self, items: Sequence[tuple[str, bytes]], model: str = "", version: str = "") -> None:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._guard_s):
                 await self.backend.set_many(items, self.config.ttl_s)
         except Exception as exc:
-            self._error("cache write failed", exc)
+            self._error("cache write failed", exc, model, version)
             return
-        metrics.CACHE_WRITE_DURATION.labels(service=self.service).observe(time.perf_counter() - started)
+        metrics.child(metrics.CACHE_WRITE_DURATION, self.service, model, version).observe(
+            time.perf_counter() - started
+        )
 
-    def _error(self, message: str, exc: Exception) -> None:
+    def _error(self, message: str, exc: Exception, model: str = "", version: str = "") -> None:
         """Counts a failed operation; logs at most one warning per WARNING_INTERVAL_S."""
-        metrics.CACHE_ERRORS.labels(service=self.service).inc()
+        metrics.child(metrics.CACHE_ERRORS, self.service, model, version).inc()
         now = time.monotonic()
         recent = self._last_warning is not None and now - self._last_warning < WARNING_INTERVAL_S
         if isinstance(exc, CacheUnavailable) or recent:

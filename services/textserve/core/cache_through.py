@@ -79,15 +79,20 @@ class CacheThrough(Generic[V]):
         deadline: float | None = None,
         *,
         skip_cache: bool = False,
+        model: str = "",
+        version: str = "",
     ) -> list[Through[V]]:
         """One Through per key (aligned with `keys`); raises what `compute` raises, or
-        DeadlineExceeded while waiting past `deadline` for another call's value."""
+        DeadlineExceeded while waiting past `deadline` for another call's value. `model` and
+        `version` label the cache metrics."""
         cache = None if skip_cache else self.cache
 
         async def lead(indices: list[int], publish: Publish[Through[V]]) -> None:
             misses = indices
             if cache is not None:
-                found = await cache.get_decoded([keys[i] for i in indices], codec.decode)
+                found = await cache.get_decoded(
+                    [keys[i] for i in indices], codec.decode, model=model, version=version
+                )
                 misses = []
                 for index, value in zip(indices, found, strict=True):
                     if value is None:
@@ -104,10 +109,15 @@ class CacheThrough(Generic[V]):
                 if entry is not None:
                     writes.append((keys[index], entry))
             if cache is not None and writes:
-                cache.put_many(writes)
+                cache.put_many(writes, model=model, version=version)
 
         return await self.inflight.run(
-            keys, lead, deadline, share=not skip_cache, shared=lambda item: item.shared
+            keys,
+            lead,
+            deadline,
+            share=not skip_cache,
+            shared=lambda item: item.shared,
+            labels=(model, version),
         )
 
     async def close(self) -> None:

@@ -57,6 +57,7 @@ class Coalescer(Generic[V]):
         *,
         share: bool = True,
         shared: Callable[[V], bool] | None = None,
+        labels: tuple[str, str] = ("", ""),
     ) -> list[V]:
         """Values for `keys` (aligned with them), each computed once.
 
@@ -64,6 +65,7 @@ class Coalescer(Generic[V]):
         are still computed once). `shared(value)` false keeps a computed value to this call:
         its followers compute the key themselves. `deadline` is an absolute
         time.monotonic() value; waiting for another call past it raises DeadlineExceeded.
+        `labels`: (model, version) of the metrics ("" where unknown).
         """
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
@@ -88,7 +90,7 @@ class Coalescer(Generic[V]):
             if not pending:
                 break
         if coalesced:
-            metrics.CACHE_COALESCED.labels(service=self.service).inc(coalesced)
+            metrics.child(metrics.CACHE_COALESCED, self.service, *labels).inc(coalesced)
         return [results[key] for key in keys]
 
     async def _lead(

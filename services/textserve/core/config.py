@@ -2,7 +2,7 @@
 
 The only module that reads the environment. It owns the sub-configs every service
 composes (ServerConfig, ClientConfig, BatcherConfig, ModelConfig, LimitsConfig,
-CacheConfig, TlsConfig, AuthConfig, MetricsConfig, LogConfig), the base classes of a
+CacheConfig, TlsConfig, AuthConfig, MetricsConfig, LogConfig, ModelRepositoryConfig), the base classes of a
 service's config (`ConfigSection`, `ServiceConfigBase`) and of the composed root
 (`RootConfig`), and the loading: `load_config` merges, highest first, explicit
 overrides, the environment (`TEXTSERVE_EMBEDDING__BATCHER__MAX_BATCH_SIZE=16`), the
@@ -15,6 +15,7 @@ Cross-field rules fail at start-up with a message naming both fields and values.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -82,6 +83,12 @@ class AuthConfig(ConfigSection):
     """Token this service sends when it calls another textserve service."""
     client_token_file: Path | None = None
     """File holding client_token (mounted from a Secret); used when client_token is unset."""
+    admin_tokens: list[SecretStr] = Field(default_factory=list)
+    """Tokens with the admin role: the only ones that may call the model-control RPCs
+    (textserve.v1.ModelControl and the Open Inference Protocol repository extension); they are
+    accepted on every other RPC too. With auth on and none given, control RPCs are refused."""
+    admin_tokens_file: Path | None = None
+    """File with one admin token per line (mounted from a Secret); re-read when it changes."""
 
 
 class ServerConfig(ConfigSection):
@@ -212,6 +219,73 @@ class ModelConfig(ConfigSection):
     max_accuracy_drop: float = Field(default=0.01, ge=0.0, le=1.0)
     """Ceiling on the accuracy lost against fp32 on the labelled evaluation file (0.01 = one
     point); without labels, on the share of texts whose top label changes."""
+
+
+VERSION_PATTERN = r"^[1-9][0-9]{0,17}$"
+"""A model version: a positive integer, as a folder name of the repository (Triton's convention)."""
+
+
+class ModelRepositoryConfig(ConfigSection):
+    """Versions of a model served side by side (lifecycle/): Triton's `<path>/<model>/<version>/`
+    layout, the version policy, the traffic split between versions and a shadow version.
+
+    With `path` unset the service serves one version, "1", built from its `model` section."""
+
+    path: Path | None = None
+    """Repository directory laid out `<path>/<model_name>/<version>/`; None: no repository (one
+    model, one version "1" from the `model` section)."""
+    model_name: str = ""
+    """Folder of this service's model under `path`; empty: the service's model.name, else the
+    folder name of model.path."""
+    poll_interval_s: float = Field(default=0.0, ge=0.0, le=86_400.0)
+    """> 0: poll mode (Triton's --model-control-mode=poll): every this many seconds, new version
+    folders the policy wants are loaded and removed ones unloaded, and routing_file re-read."""
+    version_policy: Literal["latest", "all", "specific"] = "latest"
+    """Which version folders are served: the latest_n highest, all of them, or specific_versions."""
+    latest_n: int = Field(default=1, ge=1, le=1000)
+    """version_policy=latest: how many of the highest versions are served."""
+    specific_versions: list[str] = Field(default_factory=list)
+    """version_policy=specific: the versions served (folder names, e.g. ["1", "3"])."""
+    weights: dict[str, float] = Field(default_factory=dict)
+    """Traffic split: version -> weight (relative, >= 0), e.g. {"1": 90, "2": 10}; {}: all traffic
+    to the newest READY version. Versions not READY are left out of the split."""
+    shadow_version: str = ""
+    """A version that also gets a copy of `shadow_share` of the primary requests after the primary
+    answered; it never answers a client and takes no weighted traffic. Empty: no shadow."""
+    shadow_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share (0..1) of primary requests mirrored to shadow_version."""
+    routing_file: Path | None = None
+    """YAML/JSON file {weights: {...}, shadow_version: "", shadow_share: 0.0} that overrides the
+    three settings above; re-read when it changes (poll mode, or every
+    routing_file_check_s), so changing weights in a mounted ConfigMap needs no restart."""
+    routing_file_check_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    """How often routing_file's modification time is checked (without poll mode too)."""
+    shadow_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """Deadline of one shadow call (its own; never the client's)."""
+    max_shadow_in_flight: int = Field(default=64, ge=1, le=100_000)
+    """Shadow calls running at once; a request over it is not mirrored (counted as skipped)."""
+    drain_timeout_s: float = Field(default=60.0, ge=0.0, le=3600.0)
+    """Unloading: longest wait for the version's queued and in-flight calls before it is freed."""
+
+    @model_validator(mode="after")
+    def _check_versions(self) -> ModelRepositoryConfig:
+        named = {
+            "specific_versions": list(self.specific_versions),
+            "weights": list(self.weights),
+            "shadow_version": [self.shadow_version] if self.shadow_version else [],
+        }
+        for field, versions in named.items():
+            bad = [v for v in versions if not re.match(VERSION_PATTERN, v)]
+            if bad:
+                raise ValueError(f"repository.{field} has {bad}: versions are positive integers")
+        negative = {v: w for v, w in self.weights.items() if w < 0}
+        if negative:
+            raise ValueError(f"repository.weights has negative weights {negative}")
+        if self.version_policy == "specific" and not self.specific_versions:
+            raise ValueError("repository.version_policy='specific' needs repository.specific_versions")
+        if self.path is None and self.poll_interval_s > 0:
+            raise ValueError(f"repository.poll_interval_s={self.poll_interval_s} needs repository.path")
+        return self
 
 
 class LimitsConfig(ConfigSection):

@@ -1,8 +1,9 @@
 """Every Prometheus metric textserve exports, defined once on one registry.
 
 Names start with `textserve_` and use base units (`_seconds`, `_tokens`, `_total`).
-Labels are limited to service, model, method, code (plus `reason`/`result` on the few
-counters that need them); request data never goes into a label. Dashboards and alert
+Labels are limited to service, model, version (the model version, lifecycle/; "1" without a
+model repository), method, code (plus `reason`/`result` on the few counters that need
+them); request data never goes into a label. Dashboards and alert
 rules in deploy/ may only use names defined here (tests check this against a live scrape).
 """
 
@@ -62,7 +63,7 @@ REQUESTS_IN_FLIGHT = Gauge(
 INPUT_TOKENS = Counter(
     "textserve_input_tokens_total",
     "Input tokens processed (after truncation, special tokens included).",
-    ["service", "model"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 ENTITY_WINDOWS = Histogram(
@@ -90,65 +91,65 @@ REQUESTS_REFUSED = Counter(
 QUEUE_DURATION = Histogram(
     "textserve_queue_duration_seconds",
     "Time a text waited in the batch queue before its batch started.",
-    ["service", "model"],
+    ["service", "model", "version"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 BATCH_SIZE = Histogram(
     "textserve_batch_size",
     "Texts per batch run by the model.",
-    ["service", "model"],
+    ["service", "model", "version"],
     buckets=_SIZE_BUCKETS,
     registry=REGISTRY,
 )
 BATCH_TOKENS = Histogram(
     "textserve_batch_tokens",
     "Padded tokens per batch (batch size x longest text).",
-    ["service", "model"],
+    ["service", "model", "version"],
     buckets=_TOKEN_BUCKETS,
     registry=REGISTRY,
 )
 INFERENCE_DURATION = Histogram(
     "textserve_inference_duration_seconds",
     "Model forward time of one batch.",
-    ["service", "model"],
+    ["service", "model", "version"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge(
     "textserve_queue_depth",
     "Texts waiting in the batch queue.",
-    ["service", "model"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 QUEUE_CAPACITY = Gauge(
     "textserve_queue_capacity",
     "Most texts the batch queue holds (max_queue_size).",
-    ["service", "model"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 BATCHER_DROPPED = Counter(
     "textserve_batcher_dropped_total",
     "Texts taken out of the queue without being computed, by reason (cancelled, expired).",
-    ["service", "model", "reason"],
+    ["service", "model", "version", "reason"],
     registry=REGISTRY,
 )
 BATCHER_REJECTED = Counter(
     "textserve_batcher_rejected_total",
     "Texts rejected at admission because the queue was full.",
-    ["service", "model"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 BATCH_BUDGET_TOKENS = Gauge(
     "textserve_batch_budget_tokens",
     "max_batch_tokens in force (configured or tuned).",
-    ["service", "model"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 BATCH_BUDGET_SIZE = Gauge(
     "textserve_batch_budget_size",
     "max_batch_size in force (configured or tuned).",
-    ["service", "model"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 # The tuner's measured curve. text_tokens and batch_size are the tuner's grid values
@@ -156,37 +157,85 @@ BATCH_BUDGET_SIZE = Gauge(
 TUNING_TEXTS_PER_SECOND = Gauge(
     "textserve_tuning_texts_per_second",
     "Measured throughput of one batch size at one text length (the tuner's curve).",
-    ["service", "model", "text_tokens", "batch_size"],
+    ["service", "model", "version", "text_tokens", "batch_size"],
     registry=REGISTRY,
 )
 TUNING_BATCH_LATENCY = Gauge(
     "textserve_tuning_batch_latency_seconds",
     "Measured median forward time of one batch size at one text length (the tuner's curve).",
-    ["service", "model", "text_tokens", "batch_size"],
+    ["service", "model", "version", "text_tokens", "batch_size"],
     registry=REGISTRY,
 )
 TUNING_PREDICTED_THROUGHPUT = Gauge(
     "textserve_tuning_predicted_texts_per_second",
     "Throughput the tuner predicts for the budget in force on its mix of text lengths.",
-    ["service", "model"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 MODEL_LOADED = Gauge(
     "textserve_model_loaded",
     "1 once the model is loaded and serving, else 0.",
-    ["service", "model"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 MODEL_PRECISION = Gauge(
     "textserve_model_precision_info",
     "Numeric precision the loaded model runs in (fp32, fp16, bf16, int8): 1 while loaded.",
-    ["service", "model", "precision"],
+    ["service", "model", "version", "precision"],
     registry=REGISTRY,
 )
 MODEL_LOAD_DURATION = Gauge(
     "textserve_model_load_duration_seconds",
     "Time the last model load took (including any ONNX export).",
-    ["service", "model"],
+    ["service", "model", "version"],
+    registry=REGISTRY,
+)
+
+# --- Model versions (lifecycle/) ---------------------------------------------------------
+MODEL_REQUESTS = Counter(
+    "textserve_model_requests_total",
+    "Requests a model version answered (or failed), by service, model, version and status code.",
+    ["service", "model", "version", "code"],
+    registry=REGISTRY,
+)
+MODEL_REQUEST_DURATION = Histogram(
+    "textserve_model_request_duration_seconds",
+    "Time a model version spent on one request (routing to result).",
+    ["service", "model", "version"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+MODEL_VERSION_STATE = Gauge(
+    "textserve_model_version_state",
+    "1 for the current state of a model version (READY, LOADING, UNLOADING, UNAVAILABLE, FAILED), else 0.",
+    ["service", "model", "version", "state"],
+    registry=REGISTRY,
+)
+ROUTING_WEIGHT = Gauge(
+    "textserve_routing_weight",
+    "Configured traffic weight of a model version (relative; READY versions share the traffic).",
+    ["service", "model", "version"],
+    registry=REGISTRY,
+)
+SHADOW_REQUESTS = Counter(
+    "textserve_shadow_requests_total",
+    "Primary requests mirrored to the shadow version, by outcome (compared, failed, skipped).",
+    ["service", "model", "version", "outcome"],
+    registry=REGISTRY,
+)
+SHADOW_AGREEMENT = Histogram(
+    "textserve_shadow_agreement",
+    "Per-request agreement of the shadow with the primary in [0, 1]: mean cosine (embeddings), "
+    "top-label agreement (classification), exact greedy-token match (generation).",
+    ["service", "model", "version"],
+    buckets=(0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0),
+    registry=REGISTRY,
+)
+SHADOW_LATENCY = Histogram(
+    "textserve_shadow_latency_seconds",
+    "Wall time of one shadow call.",
+    ["service", "model", "version"],
+    buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 
@@ -209,39 +258,39 @@ UPSTREAM_DURATION = Histogram(
 CACHE_HITS = Counter(
     "textserve_cache_hits_total",
     "Response-cache lookups answered from the cache.",
-    ["service"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 CACHE_MISSES = Counter(
     "textserve_cache_misses_total",
     "Response-cache lookups not found.",
-    ["service"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 CACHE_ERRORS = Counter(
     "textserve_cache_errors_total",
     "Cache operations that failed or timed out (served from the model instead).",
-    ["service"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 CACHE_READ_DURATION = Histogram(
     "textserve_cache_read_duration_seconds",
     "Time of one batched cache read.",
-    ["service"],
+    ["service", "model", "version"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 CACHE_WRITE_DURATION = Histogram(
     "textserve_cache_write_duration_seconds",
     "Time of one batched cache write.",
-    ["service"],
+    ["service", "model", "version"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 CACHE_COALESCED = Counter(
     "textserve_cache_coalesced_total",
     "Inputs not computed because an identical input in flight (same or other request) was shared.",
-    ["service"],
+    ["service", "model", "version"],
     registry=REGISTRY,
 )
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from textserve.core.config import LimitsConfig
+from textserve.core.config import VERSION_PATTERN, LimitsConfig
 from textserve.core.errors import InvalidInput
 
 MAX_REQUEST_ID_CHARS = 128
@@ -45,3 +46,23 @@ def check_token_ids(
                     f"{field}[{index}].ids[{position}]",
                     f"token id {token} is outside the vocabulary [0, {vocab_size})",
                 )
+
+
+MAX_ROUTING_KEY_CHARS = 256
+"""Longest routing key (request field or x-textserve-routing-key metadata)."""
+
+
+def check_routing(model_version: str, routing_key: str, prefix: str = "") -> tuple[str, str]:
+    """A pinned version (empty, or a positive integer) and a routing key within
+    MAX_ROUTING_KEY_CHARS; returns them (the version stripped)."""
+    version = model_version.strip()
+    if version and not re.match(VERSION_PATTERN, version):
+        raise InvalidInput(
+            f"{prefix}model_version", f"must be a positive integer version such as '2'; got {version[:40]!r}"
+        )
+    if len(routing_key) > MAX_ROUTING_KEY_CHARS:
+        raise InvalidInput(
+            f"{prefix}routing_key",
+            f"has {len(routing_key)} characters; at most {MAX_ROUTING_KEY_CHARS}",
+        )
+    return version, routing_key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from textserve.api.model_control import MODEL_CONTROL_NAME, add_model_control, grpc_code_name
 from textserve.core.cache import ResponseCache
 from textserve.core.config import CacheConfig
 from textserve.embedding.config import EmbeddingServiceConfig
@@ -24,6 +25,7 @@ class EmbeddingApp:
     service_names: tuple[str, ...] = (
         embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
         INFERENCE_SERVICE_NAME,
+        MODEL_CONTROL_NAME,
     )
 
     def __init__(
@@ -42,11 +44,16 @@ class EmbeddingApp:
         self.service = EmbeddingService(
             config, cache, token_source, encoder=encoder, cache_config=cache_config
         )
+        self.service.set_code_names(grpc_code_name)
         self.servicer = EmbeddingServicer(self.service)
 
     def register(self, server: grpc.aio.Server) -> None:
         add_servicer(server, self.servicer, embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"])
-        add_inference_servicer(server, self.name, [EmbeddingAdapter(self.service)])
+        versions = self.service.versions
+        add_inference_servicer(
+            server, self.name, [EmbeddingAdapter(self.service)], {versions.model: versions}
+        )
+        add_model_control(server, self.name, versions)
 
     async def start(self) -> None:
         await self.service.start()

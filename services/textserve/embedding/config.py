@@ -6,7 +6,14 @@ from pathlib import Path
 
 from pydantic import Field
 
-from textserve.core.config import BatcherConfig, LimitsConfig, ModelConfig, ServerConfig, ServiceConfigBase
+from textserve.core.config import (
+    BatcherConfig,
+    LimitsConfig,
+    ModelConfig,
+    ModelRepositoryConfig,
+    ServerConfig,
+    ServiceConfigBase,
+)
 from textserve.quality.config import QualityConfig
 from textserve.tuning.config import TuningConfig
 
@@ -31,6 +38,8 @@ class EmbeddingServiceConfig(ServiceConfigBase):
     """How `textserve tune` and autotune measure and choose the batch budget."""
     quality: QualityConfig = Field(default_factory=QualityConfig)
     """Model-quality monitoring: prediction statistics (always), drift detection, feedback, payload log."""
+    repository: ModelRepositoryConfig = Field(default_factory=ModelRepositoryConfig)
+    """Model versions side by side (lifecycle/): repository layout, version policy, traffic split, shadow."""
 
     def queue_bound(self) -> int:
         """The batch queue's bound (the admission bound's default derives from it)."""

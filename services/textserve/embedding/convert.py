@@ -6,12 +6,19 @@ import numpy as np
 
 from textserve.api import common
 from textserve.core.errors import InvalidInput
+from textserve.core.validation import check_routing
 from textserve.embedding.service import EmbeddingService, EmbedParams, EmbedResult
 from textserve.v1 import common_pb2, embedding_pb2
 
 
-def embed_params(request: embedding_pb2.EmbedRequest, field_prefix: str = "") -> EmbedParams:
-    """EmbedRequest -> EmbedParams."""
+def embed_params(
+    request: embedding_pb2.EmbedRequest, field_prefix: str = "", routing: tuple[str, str] = ("", "")
+) -> EmbedParams:
+    """EmbedRequest -> EmbedParams; `routing`: (version, key) from the call's metadata, used
+    where the request's own fields are empty."""
+    version, key = check_routing(
+        request.model_version or routing[0], request.routing_key or routing[1], field_prefix
+    )
     if request.truncation not in common_pb2.TruncationPolicy.values():
         raise InvalidInput(
             f"{field_prefix}truncation", f"unknown TruncationPolicy value {request.truncation}"
@@ -22,15 +29,23 @@ def embed_params(request: embedding_pb2.EmbedRequest, field_prefix: str = "") ->
         normalize=request.normalize,
         truncate=common.truncate_flag(request.truncation),
         skip_cache=request.skip_cache,
+        model_version=version,
+        routing_key=key,
     )
 
 
 def embed_response(result: EmbedResult, service: EmbeddingService) -> embedding_pb2.EmbedResponse:
-    """EmbedResult -> EmbedResponse."""
-    info = service.info
+    """EmbedResult -> EmbedResponse (the model of the version that served it)."""
+    info = result.info or service.info
     response = embedding_pb2.EmbedResponse(
         model=common.model_info(
-            info.name, info.revision, info.backend, info.device, info.max_length, info.precision
+            info.name,
+            info.revision,
+            info.backend,
+            info.device,
+            info.max_length,
+            info.precision,
+            result.version,
         ),
         usage=common_pb2.Usage(
             input_tokens=sum(result.tokens),
@@ -53,7 +68,13 @@ def info_response(service: EmbeddingService) -> embedding_pb2.InfoResponse:
     config = service.config
     response = embedding_pb2.InfoResponse(
         model=common.model_info(
-            info.name, info.revision, info.backend, info.device, info.max_length, info.precision
+            info.name,
+            info.revision,
+            info.backend,
+            info.device,
+            info.max_length,
+            info.precision,
+            service.versions.primary().version,
         ),
         dimensions=info.dimensions,
         pooling=info.pooling,

@@ -11,7 +11,7 @@ from textserve.core.errors import InvalidInput, TextserveError
 from textserve.embedding import convert
 from textserve.embedding.service import SERVICE, EmbeddingService
 from textserve.transport.registration import check_request
-from textserve.transport.rpc import request_deadline, stream_rpc, unary_rpc
+from textserve.transport.rpc import request_deadline, routing_metadata, stream_rpc, unary_rpc
 from textserve.transport.streams import pump
 from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -29,7 +29,8 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def Embed(
         self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedResponse:
-        result = await self.service.embed(convert.embed_params(request), request_deadline(context))
+        params = convert.embed_params(request, routing=routing_metadata(context))
+        result = await self.service.embed(params, request_deadline(context))
         return convert.embed_response(result, self.service)
 
     @unary_rpc(SERVICE, "Info")
@@ -50,6 +51,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         request_id; answers to the messages before it have already been sent.
         """
         deadline = request_deadline(context)
+        routing = routing_metadata(context)
 
         def check(position: int, item: embedding_pb2.EmbedStreamRequest) -> None:
             if not isinstance(item, embedding_pb2.EmbedStreamRequest):
@@ -60,7 +62,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             position: int, item: embedding_pb2.EmbedStreamRequest
         ) -> AsyncIterator[embedding_pb2.EmbedStreamResponse]:
             try:
-                params = convert.embed_params(item.request, field_prefix=f"stream[{position}].request.")
+                params = convert.embed_params(
+                    item.request, field_prefix=f"stream[{position}].request.", routing=routing
+                )
                 result = await self.service.embed(params, deadline)
             except TextserveError as error:
                 error.message = f"stream[{position}] (request_id={item.request_id!r}): {error.message}"

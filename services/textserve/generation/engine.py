@@ -505,9 +505,10 @@ class _EngineMetrics:
         self.ttft = metrics.GEN_TTFT.labels(**labels)
         self.itl = metrics.GEN_INTER_TOKEN.labels(**labels)
         self.tokens = metrics.GEN_TOKENS.labels(**labels)
-        self.input_tokens = metrics.INPUT_TOKENS.labels(**labels)
-        self.batch_size = metrics.BATCH_SIZE.labels(**labels)
-        self.inference = metrics.INFERENCE_DURATION.labels(**labels)
+        versioned = {**labels, "version": "1"}  # generation serves one model version
+        self.input_tokens = metrics.INPUT_TOKENS.labels(**versioned)
+        self.batch_size = metrics.BATCH_SIZE.labels(**versioned)
+        self.inference = metrics.INFERENCE_DURATION.labels(**versioned)
         self.prefix_hits = metrics.GEN_PREFIX_HITS.labels(**labels)
         self.prefix_saved = metrics.GEN_PREFIX_SAVED.labels(**labels)
         self.prefix_held = metrics.GEN_PREFIX_TOKENS.labels(**labels)

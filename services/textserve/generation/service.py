@@ -155,7 +155,7 @@ class GenerationService:
         await self.engine.start()
         self._token_texts = TokenTexts(model.tokenizer)
         self.grammars = await asyncio.to_thread(self._grammar_compiler, model)
-        labels = {"service": self.name, "model": info.name}
+        labels = {"service": self.name, "model": info.name, "version": "1"}
         metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
         metrics.MODEL_LOADED.labels(**labels).set(1)
         if info.random_demo:
@@ -201,7 +201,7 @@ class GenerationService:
         if self.engine is not None:
             await self.engine.stop()
         if self.model is not None:
-            metrics.MODEL_LOADED.labels(service=self.name, model=self.model.info.name).set(0)
+            metrics.MODEL_LOADED.labels(service=self.name, model=self.model.info.name, version="1").set(0)
         if self.cache is not None:
             await self.cache.close()
 

@@ -57,6 +57,8 @@ class InferInputs:
     texts: dict[str, list[str]]
     parameters: Parameters
     deadline: float | None = None
+    version: str = ""
+    """The model version the request pinned (one of the card's `versions`), or "" (routing decides)."""
 
     def text(self, name: str) -> list[str]:
         """The texts of input `name` (empty when an optional input was left out)."""
@@ -87,6 +89,8 @@ class ModelCard:
     """The inputs it takes."""
     outputs: tuple[TensorSpec, ...]
     """The outputs it returns, in response order."""
+    versions: tuple[str, ...] = ()
+    """Model versions (lifecycle/) a request may pin with model_version, besides `version`."""
 
 
 class ModelAdapter(abc.ABC):

@@ -2,8 +2,9 @@
 
 A model answers to its own name ("all-MiniLM-L6-v2") and to its service's name
 ("embedding"), so clients can address a service without knowing which model it was
-configured with. Versions: "" (the server's choice) or the model's revision; any other
-version is NOT_FOUND. A model's own name is known only once it has loaded; until then an
+configured with. Versions: "" (the server's choice), the model's revision, or one of the
+model versions it serves (lifecycle/: the request is pinned to it); any other version is
+NOT_FOUND. A model's own name is known only once it has loaded; until then an
 unknown name is UNAVAILABLE (it may be the model still loading), not NOT_FOUND.
 """
 
@@ -53,8 +54,11 @@ class ModelRegistry:
         adapter, card = match
         if card is None:
             raise NotReady(f"model {name!r} is still loading")
-        if version and version != card.version:
-            raise NotFound(f"model {name!r} has no version {version!r}; it serves version {card.version!r}")
+        if version and version != card.version and version not in card.versions:
+            served = f"version {card.version!r}"
+            if card.versions:
+                served = f"versions {[card.version, *card.versions]}"
+            raise NotFound(f"model {name!r} has no version {version!r}; it serves {served}")
         return adapter, card
 
 

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MethodType
 from typing import Any
 
 import grpc
 
 import textserve
-from textserve.core.errors import NotReady, TextserveError
+from textserve.core.errors import BackendFailure, NotFound, NotReady, TextserveError
+from textserve.lifecycle.manager import VersionManager
 from textserve.oip import grpc_predict_v2_pb2 as pb
 from textserve.oip import parameters, tensors
 from textserve.oip.model import InferInputs, InferOutcome, ModelAdapter, ModelCard, TensorSpec
@@ -40,7 +41,7 @@ INFERENCE_SERVICE_NAME = SERVICE_DESCRIPTOR.full_name
 """"inference.GRPCInferenceService", for health and reflection."""
 
 SERVER_NAME = "textserve"
-EXTENSIONS = ("parameters",)
+EXTENSIONS = ("parameters", "model_repository")
 """Protocol extensions reported by ServerMetadata."""
 
 FINAL_RESPONSE = "triton_final_response"
@@ -58,6 +59,9 @@ _UNARY = {
     "ServerMetadata": "_server_metadata",
     "ModelMetadata": "_model_metadata",
     "ModelInfer": "_model_infer",
+    "RepositoryIndex": "_repository_index",
+    "RepositoryModelLoad": "_repository_model_load",
+    "RepositoryModelUnload": "_repository_model_unload",
 }
 
 
@@ -71,9 +75,16 @@ def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataRespon
 class InferenceServicer:
     """Transport only: decode tensors, call the model's adapter, encode tensors."""
 
-    def __init__(self, service: str, adapters: Sequence[ModelAdapter]) -> None:
+    def __init__(
+        self,
+        service: str,
+        adapters: Sequence[ModelAdapter],
+        managers: Mapping[str, VersionManager[Any]] | None = None,
+    ) -> None:
+        """`managers`: the version manager of each model by model name (repository extension)."""
         self.service = service
         self.registry = ModelRegistry(adapters)
+        self.managers = dict(managers or {})
         # The RPC decorators label metrics by service, which is known only here.
         for rpc, impl in _UNARY.items():
             setattr(self, rpc, MethodType(unary_rpc(service, rpc)(getattr(type(self), impl)), self))
@@ -106,8 +117,9 @@ class InferenceServicer:
     async def _server_metadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
+        extensions = EXTENSIONS if self.managers else EXTENSIONS[:1]
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=textserve.__version__, extensions=EXTENSIONS
+            name=SERVER_NAME, version=textserve.__version__, extensions=extensions
         )
 
     async def _model_metadata(
@@ -117,11 +129,50 @@ class InferenceServicer:
         _, card = await self.registry.find(request.name, request.version, deadline, field="name")
         return pb.ModelMetadataResponse(
             name=card.name,
-            versions=[card.version] if card.version else [],
+            versions=([card.version] if card.version else []) + list(card.versions),
             platform=card.platform,
             inputs=_tensor_metadata(card.inputs),
             outputs=_tensor_metadata(card.outputs),
         )
+
+    # --- model repository extension ------------------------------------------------------
+    def _manager(self, name: str) -> VersionManager[Any]:
+        for manager in self.managers.values():
+            if name in (manager.model, manager.service):
+                return manager
+        raise NotFound(f"model_name: no model {name!r} in the repository; models: {sorted(self.managers)}")
+
+    async def _repository_index(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for manager in self.managers.values():
+            for status in manager.statuses():
+                if request.ready and status.state != "READY":
+                    continue
+                # Triton's states: a failed load is UNAVAILABLE with its reason.
+                state = "UNAVAILABLE" if status.state == "FAILED" else status.state
+                response.models.add(
+                    name=manager.model, version=status.version, state=state, reason=status.reason
+                )
+        return response
+
+    async def _repository_model_load(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        manager = self._manager(request.model_name)
+        await manager.reconcile()
+        failures = manager.failures()
+        if failures:
+            detail = "; ".join(f"version {v}: {reason}" for v, reason in sorted(failures.items()))
+            raise BackendFailure(f"failed to load {request.model_name!r}: {detail}")
+        return pb.RepositoryModelLoadResponse()
+
+    async def _repository_model_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._manager(request.model_name).unload_all()
+        return pb.RepositoryModelUnloadResponse()
 
     # --- inference -----------------------------------------------------------------------
     async def _prepare(
@@ -130,7 +181,8 @@ class InferenceServicer:
         adapter, card = await self.registry.find(request.model_name, request.model_version, deadline)
         texts = tensors.decode_inputs(request, card.inputs)
         plan = tensors.plan_outputs(request, card.outputs)
-        inputs = InferInputs(texts, parameters.Parameters.of(request.parameters), deadline)
+        pinned = request.model_version if request.model_version in card.versions else ""
+        inputs = InferInputs(texts, parameters.Parameters.of(request.parameters), deadline, pinned)
         return adapter, card, inputs, plan
 
     @staticmethod
@@ -207,13 +259,16 @@ class InferenceServicer:
 
 
 def add_inference_servicer(
-    server: grpc.aio.Server, service: str, adapters: Sequence[ModelAdapter]
+    server: grpc.aio.Server,
+    service: str,
+    adapters: Sequence[ModelAdapter],
+    managers: Mapping[str, VersionManager[Any]] | None = None,
 ) -> InferenceServicer:
     """Serves inference.GRPCInferenceService for `adapters` on `server` (lenient decoding).
 
     Apps call this from `register` and add INFERENCE_SERVICE_NAME to their
     `service_names`, so health and reflection include the protocol.
     """
-    servicer = InferenceServicer(service, adapters)
+    servicer = InferenceServicer(service, adapters, managers)
     add_servicer(server, servicer, SERVICE_DESCRIPTOR)
     return servicer

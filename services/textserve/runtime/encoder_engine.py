@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
 from textserve.core.config import BatcherConfig, ModelConfig
 from textserve.core.errors import BackendFailure, InvalidInput, NotReady
+from textserve.lifecycle.gate import ForwardGate
 from textserve.runtime.encoder import EncoderInfo, EncoderModel, Task, preflight
 from textserve.runtime.token_classification import TokenWindower
 from textserve.runtime.token_source import LocalTokenSource, TokenSource
@@ -39,6 +41,15 @@ from textserve.tuning.result import TuningPoint
 from textserve.tuning.startup import publish_tuning, startup_budget
 
 log = logging.getLogger(__name__)
+
+_LOADING = threading.Lock()
+"""One model load at a time per process: model versions and services loading at once would
+race in transformers' lazy imports (and only share the same cores)."""
+
+
+def _load_model(config: ModelConfig, task: Task) -> EncoderModel:
+    with _LOADING:
+        return EncoderModel(config, task)
 
 
 @dataclass(frozen=True)
@@ -118,14 +129,28 @@ class Encoder:
         *,
         service: str,
         task: Task = "embedding",
+        version: str = "1",
+        close_cache: bool = True,
+        gate: ForwardGate | None = None,
+        background: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`version`: the model version this encoder serves (lifecycle/: part of its cache keys);
+        `close_cache`: stop() closes the response cache (False when versions share it); `gate`:
+        the forward gate the versions of its model share, `background()` true while this
+        version's batches are shadow work (they wait for the primary's)."""
         if options.model.precision != "fp32":
             preflight(options.model, task)  # a gated precision fails the build, not a later load
         self.options = options
         self.service = service
         """The metrics' `service` label (the app that owns this encoder)."""
         self.task: Task = task
+        self.version = version
+        self._close_cache = close_cache
+        self._gate = gate
+        self._background = background
         self._token_source = token_source
+        self._local_tokens = token_source is None
+        """The token source is made from the loaded model's tokenizer (again at each start)."""
         self.model: EncoderModel | None = None
         self.batcher: Batcher[list[int], np.ndarray] | None = None
         self.outputs: CacheThrough[np.ndarray] = CacheThrough(cache, service)
@@ -137,14 +162,14 @@ class Encoder:
     async def start(self) -> None:
         """Loads the model off the event loop, applies the start-up budget, starts the batcher."""
         options = self.options
-        model = await asyncio.to_thread(EncoderModel, options.model, self.task)
+        model = await asyncio.to_thread(_load_model, options.model, self.task)
         self.model = model
         if self._token_source is None:
             self._token_source = LocalTokenSource(model.tokenizer)
         else:
             # A remote token source (runtime/remote_tokens.py) learns the model and its length cut.
             self._token_source.bind(model.info.name, model.tokenizer.max_length)
-        labels = {"service": self.service, "model": model.info.name}
+        labels = {"service": self.service, "model": model.info.name, "version": self.version}
         metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
         tuned = await asyncio.to_thread(
             startup_budget,
@@ -154,12 +179,21 @@ class Encoder:
             options.tuning,
             batcher=options.batcher,
         )
-        batcher = Batcher(model.run_batch, options.batcher, service=self.service, model=model.info.name)
+        run_batch = (
+            model.run_batch if self._gate is None else self._gate.wrap(model.run_batch, self._background)
+        )
+        batcher = Batcher(
+            run_batch,
+            options.batcher,
+            service=self.service,
+            model=model.info.name,
+            version=self.version,
+        )
         if tuned is not None:
             budget = tuned.budget
             batcher.set_budget(budget.max_batch_size, budget.max_batch_tokens, budget.source)
             self.tuning_curve = list(tuned.curve)
-            publish_tuning(tuned, self.service, model.info.name)
+            publish_tuning(tuned, self.service, model.info.name, self.version)
         self.batcher = batcher
         await batcher.start()
         metrics.MODEL_LOADED.labels(**labels).set(1)
@@ -182,13 +216,29 @@ class Encoder:
         if self.batcher is not None:
             await self.batcher.stop()
         if self.model is not None:
-            metrics.MODEL_LOADED.labels(service=self.service, model=self.model.info.name).set(0)
-            metrics.MODEL_PRECISION.labels(
-                service=self.service, model=self.model.info.name, precision=self.model.info.precision
-            ).set(0)
+            labels = {"service": self.service, "model": self.model.info.name, "version": self.version}
+            metrics.MODEL_LOADED.labels(**labels).set(0)
+            metrics.MODEL_PRECISION.labels(**labels, precision=self.model.info.precision).set(0)
         if self._token_source is not None:
             await self._token_source.close()
-        await self.outputs.close()
+            if self._local_tokens:  # a later start (a version loaded again) uses its new tokenizer
+                self._token_source = None
+        if self._close_cache:
+            await self.outputs.close()
+        self.model = None
+        self.batcher = None
+
+    async def warm(self) -> None:
+        """One forward per batch shape before traffic (a new model version): the tuner's curve
+        points when it measured one, else 1 and max_batch_size texts of 16 tokens. Off the loop."""
+        model, batcher, _ = self._loaded()
+        shapes = {(p.batch_size, p.text_tokens) for p in self.tuning_curve}
+        if not shapes:
+            shapes = {(1, 16), (batcher.budget.max_batch_size, 16)}
+        for size, tokens in sorted(shapes):
+            length = max(2, min(tokens, model.tokenizer.max_length))
+            fits = max(1, min(size, batcher.budget.max_batch_tokens // length))
+            await asyncio.to_thread(model.run_batch, [[1] * length] * fits)
 
     @property
     def ready(self) -> bool:
@@ -294,18 +344,20 @@ class Encoder:
         codec = (
             _TokenRowsCodec(info.dimensions) if task == "token-classification" else _RowCodec(info.dimensions)
         )
-        items = await self.outputs.run(keys, compute, codec, deadline, skip_cache=skip_cache)
+        items = await self.outputs.run(
+            keys, compute, codec, deadline, skip_cache=skip_cache, model=info.name, version=self.version
+        )
         output.rows = [item.value for item in items]
         output.cached = [item.cached for item in items]
-        metrics.child(metrics.INPUT_TOKENS, self.service, info.name).inc(
+        metrics.child(metrics.INPUT_TOKENS, self.service, info.name, self.version).inc(
             sum(len(item.ids) for item in inputs)
         )
         return output
 
     def _key(self, info: EncoderInfo, ids: Sequence[int]) -> str:
-        """Identity of one input's output: model, revision, task, pooling, precision (when not
-        fp32: fp32 keys stay as they were) and the exact token ids."""
-        parts = [info.name, info.revision, self.task, info.pooling]
+        """Identity of one input's output: model, revision, version, task, pooling, precision
+        (when not fp32: fp32 keys stay as they were) and the exact token ids."""
+        parts = [info.name, info.revision, self.version, self.task, info.pooling]
         if info.precision != "fp32":
             parts.append(info.precision)
         return self.outputs.key(*parts, np.asarray(ids, np.int32).tobytes())

@@ -86,3 +86,11 @@ def _default_name(path: Path) -> str:
             if line.startswith("# "):
                 return line[2:].strip().split("/")[-1]
     return path.name
+
+
+def model_name(path_or_id: str) -> str:
+    """The name a model is reported under when model.name is empty (without loading it)."""
+    local = Path(path_or_id).expanduser()
+    if local.is_dir():
+        return _default_name(local.resolve())
+    return path_or_id.rstrip("/").split("/")[-1]

@@ -7,7 +7,10 @@ checks and reflection, which Kubernetes probes and tooling call without credenti
 token -> UNAUTHENTICATED, a token not accepted -> PERMISSION_DENIED. Accepted tokens come
 from the config and/or a file mounted from a Secret; the file is re-read when it changes,
 so a rotated Secret takes effect without a restart. Tokens are compared as SHA-256 digests
-in constant time and are never logged.
+in constant time and are never logged. The model-control RPCs (textserve.v1.ModelControl and the
+Open Inference Protocol repository extension) need a token with the admin role
+(`server.auth.admin_tokens` / `admin_tokens_file`): any other token gets PERMISSION_DENIED there;
+admin tokens are accepted on every other RPC too.
 
 `AdmissionInterceptor` bounds the calls one server handles at once: it counts the calls of
 the service's methods in flight (health checks and reflection are not counted) and refuses a
@@ -48,6 +51,12 @@ log = logging.getLogger(__name__)
 OPEN_METHOD_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 """Methods served without a token (Kubernetes gRPC probes, grpcurl/reflection)."""
 
+CONTROL_METHOD_PREFIXES: tuple[str, ...] = (
+    "/textserve.v1.ModelControl/",
+    "/inference.GRPCInferenceService/Repository",
+)
+"""Methods that load, unload or reroute models: admin tokens only when auth is on."""
+
 TOKENS_FILE_RECHECK_S = 2.0
 """How often (at most) the tokens file's modification time is checked."""
 
@@ -58,6 +67,11 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 def is_open_method(method: str) -> bool:
     """True for methods that never need a token."""
     return method.startswith(OPEN_METHOD_PREFIXES)
+
+
+def is_control_method(method: str) -> bool:
+    """True for the model-control methods (admin role)."""
+    return method.startswith(CONTROL_METHOD_PREFIXES)
 
 
 def _digest(token: str | bytes) -> bytes:
@@ -180,7 +194,13 @@ def _record_deadline(context: grpc.aio.ServicerContext) -> None:
 class TokenSet:
     """Accepted tokens (as digests): the configured ones plus a file re-read when it changes."""
 
-    def __init__(self, tokens: Sequence[str | bytes] = (), tokens_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        tokens: Sequence[str | bytes] = (),
+        tokens_file: Path | None = None,
+        *,
+        setting: str = "server.auth.tokens",
+    ) -> None:
         self._static = [_digest(token) for token in tokens if token]
         self._file = tokens_file
         self._file_digests: list[bytes] = []
@@ -188,12 +208,10 @@ class TokenSet:
         self._next_check = 0.0
         if tokens_file is not None:
             if not tokens_file.is_file():
-                raise ValueError(f"server.auth.tokens_file={tokens_file} does not exist")
+                raise ValueError(f"{setting}_file={tokens_file} does not exist")
             self._reload()
         if not self._static and not self._file_digests:
-            raise ValueError(
-                "server.auth.enabled=true needs server.auth.tokens or a non-empty server.auth.tokens_file"
-            )
+            raise ValueError(f"server.auth.enabled=true needs {setting} or a non-empty {setting}_file")
 
     def _reload(self) -> None:
         assert self._file is not None
@@ -240,9 +258,12 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Requires a bearer token on every RPC kind; health and reflection stay open for probes."""
 
-    def __init__(self, tokens: TokenSet, service: str = "") -> None:
+    def __init__(self, tokens: TokenSet | None, service: str = "", admin: TokenSet | None = None) -> None:
+        """`tokens`: accepted on every RPC but the control ones; `admin`: accepted everywhere
+        (None: nobody may call the control RPCs)."""
         self._tokens = tokens
         self._service = service
+        self._admin = admin
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -258,7 +279,16 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
                 method,
                 Unauthenticated("missing bearer token (metadata authorization: Bearer <token>)"),
             )
-        if not self._tokens.accepts(token):
+        admin = self._admin is not None and self._admin.accepts(token)
+        if is_control_method(method):
+            if not admin:
+                return self._deny(
+                    handler,
+                    method,
+                    PermissionDenied("model-control RPCs need a token with the admin role"),
+                )
+            return handler
+        if not admin and (self._tokens is None or not self._tokens.accepts(token)):
             return self._deny(handler, method, PermissionDenied("bearer token not accepted"))
         return handler
 
@@ -385,9 +415,19 @@ def build_interceptors(service: str, config: ServerConfig) -> list[grpc.aio.Serv
     """Interceptors for one server, from its config: auth first (a call without a valid token
     takes no admission slot), then admission, then the deadline context."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if config.auth.enabled:
-        tokens = TokenSet([t.get_secret_value() for t in config.auth.tokens], config.auth.tokens_file)
-        interceptors.append(BearerTokenInterceptor(tokens, service))
+    auth = config.auth
+    if auth.enabled:
+        admin = None
+        if auth.admin_tokens or auth.admin_tokens_file is not None:
+            admin = TokenSet(
+                [t.get_secret_value() for t in auth.admin_tokens],
+                auth.admin_tokens_file,
+                setting="server.auth.admin_tokens",
+            )
+        tokens = None
+        if admin is None or auth.tokens or auth.tokens_file is not None:
+            tokens = TokenSet([t.get_secret_value() for t in auth.tokens], auth.tokens_file)
+        interceptors.append(BearerTokenInterceptor(tokens, service, admin))
     interceptors.append(AdmissionInterceptor.from_config(service, config))
     interceptors.append(DeadlineInterceptor())
     return interceptors

@@ -52,6 +52,25 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+MODEL_VERSION_KEY = "x-textserve-model-version"
+"""Metadata key pinning a request to a model version (lifecycle/; the request field wins)."""
+ROUTING_KEY_KEY = "x-textserve-routing-key"
+"""Metadata key of a request's routing key: the same key reaches the same version (the field wins)."""
+
+
+def routing_metadata(context: grpc.aio.ServicerContext) -> tuple[str, str]:
+    """(pinned version, routing key) from the call's metadata; "" for each one absent."""
+    pin = key = ""
+    for name, value in context.invocation_metadata() or ():
+        if name in (MODEL_VERSION_KEY, ROUTING_KEY_KEY):
+            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            if name == MODEL_VERSION_KEY:
+                pin = text.strip()
+            else:
+                key = text
+    return pin, key
+
+
 _CHILDREN: dict[tuple[str, str, grpc.StatusCode], tuple[Any, Any]] = {}
 
 

@@ -80,17 +80,18 @@ def startup_budget(
     return tuned.with_source(f"tuned:{tuned_budget_file}")
 
 
-def publish_tuning(tuned: TuningResult, service: str, model: str) -> None:
+def publish_tuning(tuned: TuningResult, service: str, model: str, version: str = "1") -> None:
     """Exports the measured curve and the predicted throughput as gauges."""
     for point in tuned.curve:
         labels = {
             "service": service,
             "model": model,
+            "version": version,
             "text_tokens": str(point.text_tokens),
             "batch_size": str(point.batch_size),
         }
         metrics.TUNING_TEXTS_PER_SECOND.labels(**labels).set(point.texts_per_second)
         metrics.TUNING_BATCH_LATENCY.labels(**labels).set(point.batch_latency_ms / 1000.0)
-    metrics.TUNING_PREDICTED_THROUGHPUT.labels(service=service, model=model).set(
+    metrics.TUNING_PREDICTED_THROUGHPUT.labels(service=service, model=model, version=version).set(
         tuned.predicted_texts_per_second
     )

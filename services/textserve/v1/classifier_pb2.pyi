@@ -34,7 +34,7 @@ class LabelSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., examples: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("texts", "labels", "label_set", "temperature", "top_k", "truncation", "skip_cache")
+    __slots__ = ("texts", "labels", "label_set", "temperature", "top_k", "truncation", "skip_cache", "model_version", "routing_key")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SET_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,8 @@ class ClassifyRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.RepeatedCompositeFieldContainer[LabelSpec]
     label_set: str
@@ -49,7 +51,9 @@ class ClassifyRequest(_message.Message):
     top_k: int
     truncation: _common_pb2.TruncationPolicy
     skip_cache: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[_Union[LabelSpec, _Mapping]]] = ..., label_set: _Optional[str] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, str]] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    routing_key: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[_Union[LabelSpec, _Mapping]]] = ..., label_set: _Optional[str] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, str]] = ..., skip_cache: _Optional[bool] = ..., model_version: _Optional[str] = ..., routing_key: _Optional[str] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")

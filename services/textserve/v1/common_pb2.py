@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19textserve/v1/common.proto\x12\x0ctextserve.v1\"\x8e\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x11\n\tprecision\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"c\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x17\n\x0ftruncated_texts\x18\x03 \x01(\r\x12\x14\n\x0c\x63\x61\x63hed_texts\x18\x04 \x01(\r\"k\n\x06Timing\x12\x18\n\x10tokenize_time_ns\x18\x01 \x01(\x04\x12\x15\n\rqueue_time_ns\x18\x02 \x01(\x04\x12\x19\n\x11inference_time_ns\x18\x03 \x01(\x04\x12\x15\n\rtotal_time_ns\x18\x04 \x01(\x04\"w\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x02 \x01(\r\x12\x1b\n\x13max_tokens_per_text\x18\x03 \x01(\r\x12\x19\n\x11max_request_bytes\x18\x04 \x01(\r\"\x83\x01\n\x0b\x42\x61tchBudget\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x03 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\x12\x0e\n\x06source\x18\x05 \x01(\t\"\x1b\n\x08TokenIds\x12\x0f\n\x03ids\x18\x01 \x03(\rB\x02\x10\x01\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"@\n\x0b\x45rrorDetail\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*s\n\x10TruncationPolicy\x12!\n\x1dTRUNCATION_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTRUNCATION_POLICY_TRUNCATE\x10\x01\x12\x1c\n\x18TRUNCATION_POLICY_REJECT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19textserve/v1/common.proto\x12\x0ctextserve.v1\"\x9f\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x11\n\tprecision\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\"c\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x17\n\x0ftruncated_texts\x18\x03 \x01(\r\x12\x14\n\x0c\x63\x61\x63hed_texts\x18\x04 \x01(\r\"k\n\x06Timing\x12\x18\n\x10tokenize_time_ns\x18\x01 \x01(\x04\x12\x15\n\rqueue_time_ns\x18\x02 \x01(\x04\x12\x19\n\x11inference_time_ns\x18\x03 \x01(\x04\x12\x15\n\rtotal_time_ns\x18\x04 \x01(\x04\"w\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x02 \x01(\r\x12\x1b\n\x13max_tokens_per_text\x18\x03 \x01(\r\x12\x19\n\x11max_request_bytes\x18\x04 \x01(\r\"\x83\x01\n\x0b\x42\x61tchBudget\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x03 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\x12\x0e\n\x06source\x18\x05 \x01(\t\"\x1b\n\x08TokenIds\x12\x0f\n\x03ids\x18\x01 \x03(\rB\x02\x10\x01\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"@\n\x0b\x45rrorDetail\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*s\n\x10TruncationPolicy\x12!\n\x1dTRUNCATION_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTRUNCATION_POLICY_TRUNCATE\x10\x01\x12\x1c\n\x18TRUNCATION_POLICY_REJECT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOKENIDS'].fields_by_name['ids']._loaded_options = None
   _globals['_TOKENIDS'].fields_by_name['ids']._serialized_options = b'\020\001'
-  _globals['_TRUNCATIONPOLICY']._serialized_start=794
-  _globals['_TRUNCATIONPOLICY']._serialized_end=909
+  _globals['_TRUNCATIONPOLICY']._serialized_start=811
+  _globals['_TRUNCATIONPOLICY']._serialized_end=926
   _globals['_MODELINFO']._serialized_start=44
-  _globals['_MODELINFO']._serialized_end=186
-  _globals['_USAGE']._serialized_start=188
-  _globals['_USAGE']._serialized_end=287
-  _globals['_TIMING']._serialized_start=289
-  _globals['_TIMING']._serialized_end=396
-  _globals['_LIMITS']._serialized_start=398
-  _globals['_LIMITS']._serialized_end=517
-  _globals['_BATCHBUDGET']._serialized_start=520
-  _globals['_BATCHBUDGET']._serialized_end=651
-  _globals['_TOKENIDS']._serialized_start=653
-  _globals['_TOKENIDS']._serialized_end=680
-  _globals['_CHATMESSAGE']._serialized_start=682
-  _globals['_CHATMESSAGE']._serialized_end=726
-  _globals['_ERRORDETAIL']._serialized_start=728
-  _globals['_ERRORDETAIL']._serialized_end=792
+  _globals['_MODELINFO']._serialized_end=203
+  _globals['_USAGE']._serialized_start=205
+  _globals['_USAGE']._serialized_end=304
+  _globals['_TIMING']._serialized_start=306
+  _globals['_TIMING']._serialized_end=413
+  _globals['_LIMITS']._serialized_start=415
+  _globals['_LIMITS']._serialized_end=534
+  _globals['_BATCHBUDGET']._serialized_start=537
+  _globals['_BATCHBUDGET']._serialized_end=668
+  _globals['_TOKENIDS']._serialized_start=670
+  _globals['_TOKENIDS']._serialized_end=697
+  _globals['_CHATMESSAGE']._serialized_start=699
+  _globals['_CHATMESSAGE']._serialized_end=743
+  _globals['_ERRORDETAIL']._serialized_start=745
+  _globals['_ERRORDETAIL']._serialized_end=809
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ TRUNCATION_POLICY_TRUNCATE: TruncationPolicy
 TRUNCATION_POLICY_REJECT: TruncationPolicy
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "revision", "backend", "device", "max_input_tokens", "precision", "description")
+    __slots__ = ("name", "revision", "backend", "device", "max_input_tokens", "precision", "description", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class ModelInfo(_message.Message):
     MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     revision: str
     backend: str
@@ -32,7 +33,8 @@ class ModelInfo(_message.Message):
     max_input_tokens: int
     precision: str
     description: str
-    def __init__(self, name: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., precision: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, name: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., precision: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("input_tokens", "output_tokens", "truncated_texts", "cached_texts")

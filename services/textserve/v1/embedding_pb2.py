@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from textserve.v1 import common_pb2 as textserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctextserve/v1/embedding.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\"\xa6\x01\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\x12\x32\n\ntruncation\x18\x03 \x01(\x0e\x32\x1e.textserve.v1.TruncationPolicy\x12\x12\n\nskip_cache\x18\x04 \x01(\x08\x12,\n\x0ctoken_inputs\x18\x05 \x03(\x0b\x32\x16.textserve.v1.TokenIds\"H\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\xae\x01\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.textserve.v1.Embedding\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.textserve.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.textserve.v1.Timing\"U\n\x12\x45mbedStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x1a.textserve.v1.EmbedRequest\"X\n\x13\x45mbedStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x08response\x18\x02 \x01(\x0b\x32\x1b.textserve.v1.EmbedResponse\"\r\n\x0bInfoRequest\"\x9f\x02\n\x0cInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x0f\n\x07pooling\x18\x03 \x01(\t\x12$\n\x06limits\x18\x04 \x01(\x0b\x32\x14.textserve.v1.Limits\x12/\n\x0c\x62\x61tch_budget\x18\x05 \x01(\x0b\x32\x19.textserve.v1.BatchBudget\x12:\n\x12\x64\x65\x66\x61ult_truncation\x18\x06 \x01(\x0e\x32\x1e.textserve.v1.TruncationPolicy\x12/\n\x0ctuning_curve\x18\x07 \x03(\x0b\x32\x19.textserve.v1.TuningPoint\"\x80\x01\n\x0bTuningPoint\x12\x13\n\x0btext_tokens\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61tch_tokens\x18\x03 \x01(\r\x12\x18\n\x10\x62\x61tch_latency_ms\x18\x04 \x01(\x01\x12\x18\n\x10texts_per_second\x18\x05 \x01(\x01\x32\xeb\x01\n\x10\x45mbeddingService\x12@\n\x05\x45mbed\x12\x1a.textserve.v1.EmbedRequest\x1a\x1b.textserve.v1.EmbedResponse\x12V\n\x0b\x45mbedStream\x12 .textserve.v1.EmbedStreamRequest\x1a!.textserve.v1.EmbedStreamResponse(\x01\x30\x01\x12=\n\x04Info\x12\x19.textserve.v1.InfoRequest\x1a\x1a.textserve.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctextserve/v1/embedding.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\"\xd2\x01\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\x12\x32\n\ntruncation\x18\x03 \x01(\x0e\x32\x1e.textserve.v1.TruncationPolicy\x12\x12\n\nskip_cache\x18\x04 \x01(\x08\x12,\n\x0ctoken_inputs\x18\x05 \x03(\x0b\x32\x16.textserve.v1.TokenIds\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\"H\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\xae\x01\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.textserve.v1.Embedding\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.textserve.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.textserve.v1.Timing\"U\n\x12\x45mbedStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x1a.textserve.v1.EmbedRequest\"X\n\x13\x45mbedStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x08response\x18\x02 \x01(\x0b\x32\x1b.textserve.v1.EmbedResponse\"\r\n\x0bInfoRequest\"\x9f\x02\n\x0cInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x0f\n\x07pooling\x18\x03 \x01(\t\x12$\n\x06limits\x18\x04 \x01(\x0b\x32\x14.textserve.v1.Limits\x12/\n\x0c\x62\x61tch_budget\x18\x05 \x01(\x0b\x32\x19.textserve.v1.BatchBudget\x12:\n\x12\x64\x65\x66\x61ult_truncation\x18\x06 \x01(\x0e\x32\x1e.textserve.v1.TruncationPolicy\x12/\n\x0ctuning_curve\x18\x07 \x03(\x0b\x32\x19.textserve.v1.TuningPoint\"\x80\x01\n\x0bTuningPoint\x12\x13\n\x0btext_tokens\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61tch_tokens\x18\x03 \x01(\r\x12\x18\n\x10\x62\x61tch_latency_ms\x18\x04 \x01(\x01\x12\x18\n\x10texts_per_second\x18\x05 \x01(\x01\x32\xeb\x01\n\x10\x45mbeddingService\x12@\n\x05\x45mbed\x12\x1a.textserve.v1.EmbedRequest\x1a\x1b.textserve.v1.EmbedResponse\x12V\n\x0b\x45mbedStream\x12 .textserve.v1.EmbedStreamRequest\x1a!.textserve.v1.EmbedStreamResponse(\x01\x30\x01\x12=\n\x04Info\x12\x19.textserve.v1.InfoRequest\x1a\x1a.textserve.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDING'].fields_by_name['values']._loaded_options = None
   _globals['_EMBEDDING'].fields_by_name['values']._serialized_options = b'\020\001'
   _globals['_EMBEDREQUEST']._serialized_start=74
-  _globals['_EMBEDREQUEST']._serialized_end=240
-  _globals['_EMBEDDING']._serialized_start=242
-  _globals['_EMBEDDING']._serialized_end=314
-  _globals['_EMBEDRESPONSE']._serialized_start=317
-  _globals['_EMBEDRESPONSE']._serialized_end=491
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=493
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=578
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=580
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=668
-  _globals['_INFOREQUEST']._serialized_start=670
-  _globals['_INFOREQUEST']._serialized_end=683
-  _globals['_INFORESPONSE']._serialized_start=686
-  _globals['_INFORESPONSE']._serialized_end=973
-  _globals['_TUNINGPOINT']._serialized_start=976
-  _globals['_TUNINGPOINT']._serialized_end=1104
-  _globals['_EMBEDDINGSERVICE']._serialized_start=1107
-  _globals['_EMBEDDINGSERVICE']._serialized_end=1342
+  _globals['_EMBEDREQUEST']._serialized_end=284
+  _globals['_EMBEDDING']._serialized_start=286
+  _globals['_EMBEDDING']._serialized_end=358
+  _globals['_EMBEDRESPONSE']._serialized_start=361
+  _globals['_EMBEDRESPONSE']._serialized_end=535
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=537
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=622
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=624
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=712
+  _globals['_INFOREQUEST']._serialized_start=714
+  _globals['_INFOREQUEST']._serialized_end=727
+  _globals['_INFORESPONSE']._serialized_start=730
+  _globals['_INFORESPONSE']._serialized_end=1017
+  _globals['_TUNINGPOINT']._serialized_start=1020
+  _globals['_TUNINGPOINT']._serialized_end=1148
+  _globals['_EMBEDDINGSERVICE']._serialized_start=1151
+  _globals['_EMBEDDINGSERVICE']._serialized_end=1386
 # @@protoc_insertion_point(module_scope)

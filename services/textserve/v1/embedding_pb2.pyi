@@ -8,18 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("texts", "normalize", "truncation", "skip_cache", "token_inputs")
+    __slots__ = ("texts", "normalize", "truncation", "skip_cache", "token_inputs", "model_version", "routing_key")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     normalize: bool
     truncation: _common_pb2.TruncationPolicy
     skip_cache: bool
     token_inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenIds]
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, str]] = ..., skip_cache: _Optional[bool] = ..., token_inputs: _Optional[_Iterable[_Union[_common_pb2.TokenIds, _Mapping]]] = ...) -> None: ...
+    model_version: str
+    routing_key: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, str]] = ..., skip_cache: _Optional[bool] = ..., token_inputs: _Optional[_Iterable[_Union[_common_pb2.TokenIds, _Mapping]]] = ..., model_version: _Optional[str] = ..., routing_key: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values", "input_tokens", "truncated")
