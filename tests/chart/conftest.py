@@ -63,6 +63,7 @@ SCENARIOS = (
     Scenario("ci-mig", ("ci/mig-values.yaml",)),
     Scenario("ci-dra-claims", ("ci/dra-claims-values.yaml",)),
     Scenario("ci-two-releases", ("ci/two-releases-values.yaml",)),
+    Scenario("ci-model-repository", ("ci/model-repository-values.yaml",)),
 )
 SCENARIO_IDS = [scenario.name for scenario in SCENARIOS]
 
