@@ -284,3 +284,34 @@ def test_the_pods_settings_point_at_the_mounts(tmp_path: Path) -> None:
     classifier, _ = _pod_settings(docs, "classifier", tmp_path)
     assert classifier.classifier.repository.version_policy == "specific"
     assert list(classifier.classifier.repository.specific_versions) == ["1", "2"]
+
+
+AUTH = {"global": {"auth": {"enabled": True, "existingSecret": "textserve-auth", "adminTokensKey": "admin"}}}
+
+
+def test_admin_tokens_reach_the_grpc_services_only() -> None:
+    """The control RPCs need an admin token: the key is mounted beside the tokens, not in the gateway."""
+    docs = documents(render(AUTH))
+    for svc in ("tokenizer", *VERSIONED):
+        deployment = workload(docs, svc)
+        env = env_of(container(deployment))
+        prefix = f"TEXTSERVE_{svc.upper()}__SERVER__AUTH__"
+        assert env[prefix + "ADMIN_TOKENS_FILE"] == "/etc/textserve/auth/admin"
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert {"key": "admin", "path": "admin"} in volumes["auth"]["secret"]["items"]
+    gateway = workload(docs, "gateway")
+    assert not [name for name in env_of(container(gateway)) if "ADMIN" in name]
+    volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    assert "admin" not in {item["key"] for item in volumes["auth"]["secret"]["items"]}
+    without = documents(render({"global": {"auth": {"enabled": True, "existingSecret": "textserve-auth"}}}))
+    assert "TEXTSERVE_EMBEDDING__SERVER__AUTH__ADMIN_TOKENS_FILE" not in env_of(
+        container(workload(without, "embedding"))
+    )
+
+
+def test_admin_tokens_file_loads_as_the_setting(tmp_path: Path) -> None:
+    """Depends on the server side of issue 14 (server.auth.admin_tokens_file)."""
+    from tests.chart.test_config import _pod_settings
+
+    settings, _ = _pod_settings(documents(render(AUTH)), "classifier", tmp_path)
+    assert str(settings.classifier.server.auth.admin_tokens_file) == "/etc/textserve/auth/admin"

@@ -460,6 +460,10 @@ are set through the environment (textserve.env).
   value: {{ printf "%s/%s" $auth $g.auth.tokensKey | quote }}
 - name: {{ $p }}__SERVER__AUTH__CLIENT_TOKEN_FILE
   value: {{ printf "%s/%s" $auth $g.auth.clientTokenKey | quote }}
+{{- with $g.auth.adminTokensKey }}
+- name: {{ $p }}__SERVER__AUTH__ADMIN_TOKENS_FILE
+  value: {{ printf "%s/%s" $auth . | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- with $g.extraEnv }}
@@ -626,6 +630,10 @@ are set through the environment (textserve.env).
       {{- if ne .svc "gateway" }}
       - key: {{ $g.auth.tokensKey }}
         path: {{ $g.auth.tokensKey }}
+      {{- with $g.auth.adminTokensKey }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
       {{- end }}
       - key: {{ $g.auth.clientTokenKey }}
         path: {{ $g.auth.clientTokenKey }}
