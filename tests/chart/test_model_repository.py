@@ -22,6 +22,7 @@ from tests.chart.conftest import (
     of_kind,
     render,
     scenario_docs,
+    scenario_notes,
     workload,
 )
 
@@ -315,3 +316,11 @@ def test_admin_tokens_file_loads_as_the_setting(tmp_path: Path) -> None:
 
     settings, _ = _pod_settings(documents(render(AUTH)), "classifier", tmp_path)
     assert str(settings.classifier.server.auth.admin_tokens_file) == "/etc/textserve/auth/admin"
+
+
+def test_notes_tell_where_the_weights_live() -> None:
+    notes = scenario_notes(REPOSITORY)
+    for svc in VERSIONED:
+        assert f"ConfigMap {RELEASE}-textserve-{svc}-routing" in notes
+    assert "textserve models list --address localhost:50052" in notes
+    assert "Model versions" not in scenario_notes(Scenario("default"))
