@@ -240,6 +240,21 @@ def _repository(**fields: Any) -> dict[str, Any]:
             _repository(enabled=True, versionPolicy="all", routing={"shadowShare": 0.5}),
             "services.embedding.repository.routing: shadowShare=0.5 needs shadowVersion",
         ),
+        (
+            {
+                "services": {
+                    "embedding": {
+                        "repository": {"enabled": True, "mountPath": "/models/own"},
+                        "modelStorage": {"volume": {"persistentVolumeClaim": {"claimName": "m"}}},
+                    }
+                }
+            },
+            "services.embedding.repository: mountPath=/models/own is already a mount of the embedding",
+        ),
+        (
+            _repository(enabled=True, mountPath="/etc/textserve/routing/"),
+            "services.embedding.repository: mountPath=/etc/textserve/routing/ is already a mount",
+        ),
     ],
     ids=[
         "routing-without-repository",
@@ -248,6 +263,8 @@ def _repository(**fields: Any) -> dict[str, Any]:
         "specific-empty",
         "all-zero",
         "share-without-shadow",
+        "mount-path-of-the-model-storage",
+        "mount-path-of-the-routing-file",
     ],
 )
 def test_routing_the_policy_does_not_load_is_refused(values: dict[str, Any], message: str) -> None:

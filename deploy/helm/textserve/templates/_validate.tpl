@@ -265,6 +265,18 @@ A model repository's version policy must keep every version the routing sends tr
 {{- $out = append $out (printf "%s: routing (weights, shadowVersion) is set but enabled=false; set repository.enabled=true with a volume, or remove the routing." $at) -}}
 {{- end -}}
 {{- else -}}
+{{- /* Kubernetes refuses two mounts at one path; nothing else may sit where the repository goes. */ -}}
+{{- $taken := list "/tmp" "/dev/shm" (include "textserve.cacheDir" $) (include "textserve.onnxCacheDir" $) (include "textserve.configDir" $) (include "textserve.routingDir" $) (include "textserve.tlsDir" $) (include "textserve.authDir" $) (include "textserve.redisSecretDir" $) (include "textserve.redisTlsDir" $) -}}
+{{- if $.Values.global.models.volume -}}
+{{- $taken = append $taken $.Values.global.models.mountPath -}}
+{{- end -}}
+{{- $ms := include "textserve.modelStorage" (dict "ctx" $ "svc" $svc) | fromYaml -}}
+{{- if $ms.volume -}}
+{{- $taken = append $taken $ms.mountPath -}}
+{{- end -}}
+{{- if has (trimSuffix "/" $repo.mountPath) $taken -}}
+{{- $out = append $out (printf "%s: mountPath=%s is already a mount of the %s container; choose another path (default /var/lib/textserve/repository)." $at $repo.mountPath $svc) -}}
+{{- end -}}
 {{- $routed := list -}}
 {{- range $version := keys $weights | sortAlpha -}}
 {{- if gt (float64 (index $weights $version)) 0.0 -}}
