@@ -262,7 +262,6 @@ def overview() -> Dashboard:
 def service() -> Dashboard:
     svc = _sel('service="$service"')
     svc_model = _sel('service="$service"', 'model=~"$model"')
-    svc_version = _sel('service="$service"', 'model=~"$model"', 'version=~"$version"')
     requests = f"rate(textserve_requests_total{{{svc}}}[{RATE}])"
     served_sel = _sel('service="$service"', NOT_PROBES)
     served = f"rate(textserve_requests_total{{{served_sel}}}[{RATE}])"
@@ -478,14 +477,14 @@ def service() -> Dashboard:
                 ),
                 Panel(
                     "Precision in force",
-                    "Pods running each model version in each numeric precision (fp32, fp16, bf16, "
-                    "int8; textserve_model_precision_info): what the service really runs after "
-                    "device and backend fallbacks.",
+                    "Loaded models per numeric precision (fp32, fp16, bf16, int8), counted over "
+                    "pods (and versions, where a model serves several): what the service really "
+                    "runs after device and backend fallbacks (textserve_model_precision_info).",
                     [
                         Target(
-                            "count by (model, version, precision) "
-                            f"(textserve_model_precision_info{{{svc_version}}} > 0)",
-                            "{{model}} {{version}} {{precision}}",
+                            "count by (model, precision) "
+                            f"(textserve_model_precision_info{{{svc_model}}} > 0)",
+                            "{{model}} {{precision}}",
                         )
                     ],
                     kind="stat",

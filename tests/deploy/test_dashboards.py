@@ -244,7 +244,6 @@ def test_service_dashboard_compares_model_versions() -> None:
         "Shadow agreement": ["textserve_shadow_agreement_sum", "textserve_shadow_agreement_bucket"],
         "Shadow latency (p50, p99)": ["textserve_shadow_latency_seconds_bucket"],
         "Shadow requests by outcome": ["textserve_shadow_requests_total", "outcome"],
-        "Precision in force": ["textserve_model_precision_info", "precision"],
     }
     for title, needles in want.items():
         exprs = _exprs(panels[title])
@@ -253,6 +252,8 @@ def test_service_dashboard_compares_model_versions() -> None:
         assert 'version=~"$version"' in exprs and 'model=~"$model"' in exprs, title
         assert "by (model, version" in exprs, f"{title}: one series per version"
         assert 'service="$service"' in exprs and "$release" in exprs, title
+    precision = _exprs(panels["Precision in force"])
+    assert "count by (model, precision) (textserve_model_precision_info{" in precision
     # A share is of the model's whole traffic (every version), not of the selected versions.
     share = _exprs(panels["Traffic share by version"])
     numerator, denominator = share.split(" / on (model) group_left ")
