@@ -15,7 +15,7 @@ services/textserve/quality/metrics.py (tests check this, and a live Prometheus t
 every query). Variables: $datasource, $namespace (the Prometheus Operator's target label;
 "All" also matches series without it), $release (the chart's ServiceMonitors add it from
 app.kubernetes.io/instance; "All" matches series without it too), $service, $model and (the
-model-quality dashboard) $version.
+model-quality and service dashboards) $version.
 """
 
 from __future__ import annotations
@@ -187,6 +187,21 @@ def overview() -> Dashboard:
                     "RPCs being handled right now.",
                     [Target(f"sum by (service) (textserve_requests_in_flight{{{all_svc}}})", "{{service}}")],
                 ),
+                Panel(
+                    "Refused calls by service and reason",
+                    "RPCs refused with RESOURCE_EXHAUSTED per second, by reason: in_flight (the "
+                    "admission bound) or queue_full (the batch or generation queue).",
+                    [
+                        Target(
+                            "sum by (service, reason) "
+                            f"(rate(textserve_requests_refused_total{{{all_svc}}}[{RATE}]))",
+                            "{{service}} {{reason}}",
+                        )
+                    ],
+                    unit="reqps",
+                    stack=True,
+                    width=24,
+                ),
             ],
         ),
         Row(
@@ -303,6 +318,22 @@ def service() -> Dashboard:
                     "Requests in flight by method",
                     "RPCs being handled right now.",
                     [Target(f"sum by (method) (textserve_requests_in_flight{{{svc}}})", "{{method}}")],
+                ),
+                Panel(
+                    "Refused calls by reason",
+                    "RPCs refused with RESOURCE_EXHAUSTED and retry guidance, per second: in_flight "
+                    "(the admission bound server.max_in_flight_requests) or queue_full (the batch or "
+                    "generation queue). Clients retry them; a steady rate asks for more replicas.",
+                    [
+                        Target(
+                            "sum by (method, reason) "
+                            f"(rate(textserve_requests_refused_total{{{svc}}}[{RATE}]))",
+                            "{{method}} {{reason}}",
+                        )
+                    ],
+                    unit="reqps",
+                    stack=True,
+                    width=24,
                 ),
             ],
         ),
@@ -431,6 +462,7 @@ def service() -> Dashboard:
                     "1 once the model is loaded and serving, per pod.",
                     [Target(f"textserve_model_loaded{{{svc_model}}}", "{{model}} {{instance}}")],
                     max_one=True,
+                    width=8,
                 ),
                 Panel(
                     "Model load time",
@@ -441,17 +473,177 @@ def service() -> Dashboard:
                         )
                     ],
                     unit="s",
+                    width=8,
+                ),
+                Panel(
+                    "Precision in force",
+                    "Loaded models per numeric precision (fp32, fp16, bf16, int8), counted over "
+                    "pods (and versions, where a model serves several): what the service really "
+                    "runs after device and backend fallbacks (textserve_model_precision_info).",
+                    [
+                        Target(
+                            "count by (model, precision) "
+                            f"(textserve_model_precision_info{{{svc_model}}} > 0)",
+                            "{{model}} {{precision}}",
+                        )
+                    ],
+                    kind="stat",
+                    width=8,
                 ),
             ],
         ),
+        _versions_row(),
     ]
     rows.append(_pods_row(served))
     return Dashboard(
         "textserve-service",
         "textserve / service",
-        "One textserve service in depth: requests, latency, batching, queue, cache and model.",
+        "One textserve service in depth: requests, latency, batching, queue, cache, model, and "
+        "the versions of a model side by side (traffic split, latency, errors, shadow agreement).",
         rows,
-        ["datasource", "namespace", "release", "service", "model"],
+        ["datasource", "namespace", "release", "service", "model", "version"],
+        variable_queries={"version": MODEL_VERSIONS},
+    )
+
+
+# --- Versions of a model (repository, weighted split, shadow) --------------------------
+SHADOW_AGREEMENT_ALERT = 0.9
+"""The dashed line of the shadow-agreement panel: TextserveShadowAgreementLow's threshold (tests check)."""
+MODEL_VERSIONS = (
+    'textserve_model_requests_total{namespace=~"$namespace", service="$service", model=~"$model"}'
+)
+"""Where the service dashboard's $version comes from: versions that served requests."""
+_BY_VERSION = "model, version"
+_VERSION = "{{model}} {{version}}"
+
+
+def _versions_row() -> Row:
+    """Versions of $model side by side: traffic share against routing weight, state, latency
+    and errors per version, and the shadow's agreement, latency and outcomes."""
+    ver = _sel('service="$service"', 'model=~"$model"', 'version=~"$version"')
+    every_version = _sel('service="$service"', 'model=~"$model"')
+    served = f"rate(textserve_model_requests_total{{{ver}}}[{RATE}])"
+    served_all = f"rate(textserve_model_requests_total{{{every_version}}}[{RATE}])"
+    errors_sel = _sel(
+        'service="$service"', 'model=~"$model"', 'version=~"$version"', f'code=~"{SERVER_ERROR_CODES}"'
+    )
+    errors = f"rate(textserve_model_requests_total{{{errors_sel}}}[{RATE}])"
+    weights = f"max by ({_BY_VERSION}) (textserve_routing_weight{{{ver}}})"
+    weights_all = f"max by ({_BY_VERSION}) (textserve_routing_weight{{{every_version}}})"
+
+    def by_version(metric: str, qs: tuple[float, ...]) -> list[Target]:
+        return [
+            Target(
+                f"histogram_quantile({q}, sum by ({_BY_VERSION}, le) "
+                f"(rate({metric}_bucket{{{ver}}}[{RATE}])))",
+                f"{_VERSION} p{round(q * 100)}",
+            )
+            for q in qs
+        ]
+
+    return Row(
+        "Versions (A/B)",
+        [
+            Panel(
+                "Traffic share by version",
+                "Share of the model's requests each version served (textserve_model_requests_total; "
+                "pinned requests included). With a weighted split it follows the routing weights; "
+                "a version that takes no share is not READY or has weight 0.",
+                [
+                    Target(
+                        f"sum by ({_BY_VERSION}) ({served}) / on (model) group_left "
+                        f"sum by (model) ({served_all})",
+                        _VERSION,
+                    )
+                ],
+                unit="percentunit",
+                max_one=True,
+                stack=True,
+                width=8,
+            ),
+            Panel(
+                "Routing weight by version",
+                "Each version's weight as a share of the model's weights (textserve_routing_weight, "
+                "highest over pods): what `textserve models weights` or the chart's routing "
+                "ConfigMap set. Pods that disagree (a ConfigMap update still on its way) show as "
+                "a step.",
+                [Target(f"{weights} / on (model) group_left sum by (model) ({weights_all})", _VERSION)],
+                unit="percentunit",
+                max_one=True,
+                width=8,
+            ),
+            Panel(
+                "Version state",
+                "Pods per version and state (READY, LOADING, UNLOADING, UNAVAILABLE, FAILED; "
+                "textserve_model_version_state). `textserve models list` gives a FAILED version's "
+                "reason.",
+                [
+                    Target(
+                        f"sum by ({_BY_VERSION}, state) (textserve_model_version_state{{{ver}}})",
+                        f"{_VERSION} {{{{state}}}}",
+                    )
+                ],
+                stack=True,
+                width=8,
+            ),
+            Panel(
+                "Latency by version (p50, p99)",
+                "Request wall time per version (textserve_model_request_duration_seconds): the "
+                "candidate against the version in production, same traffic mix.",
+                by_version("textserve_model_request_duration_seconds", (0.5, 0.99)),
+                unit="s",
+            ),
+            Panel(
+                "Server error ratio by version",
+                f"Share of each version's requests failing on the server side ({SERVER_ERROR_CODES}).",
+                [Target(_ratio_or_zero(errors, served, _BY_VERSION), _VERSION)],
+                unit="percentunit",
+            ),
+            Panel(
+                "Shadow agreement",
+                "How often a shadow version agrees with the primary on the same request "
+                "(textserve_shadow_agreement): cosine of the embeddings, top-label agreement of "
+                "the classifier, exact match of greedy tokens for generation. Mean and 10th "
+                "percentile; dashed line: the TextserveShadowAgreementLow threshold "
+                f"({SHADOW_AGREEMENT_ALERT}).",
+                [
+                    Target(
+                        f"sum by ({_BY_VERSION}) (rate(textserve_shadow_agreement_sum{{{ver}}}[{RATE}])) / "
+                        f"sum by ({_BY_VERSION}) (rate(textserve_shadow_agreement_count{{{ver}}}[{RATE}]))",
+                        f"{_VERSION} mean",
+                    ),
+                    *by_version("textserve_shadow_agreement", (0.1,)),
+                ],
+                unit="percentunit",
+                max_one=True,
+                threshold=SHADOW_AGREEMENT_ALERT,
+                width=8,
+            ),
+            Panel(
+                "Shadow latency (p50, p99)",
+                "Time the shadow version took per mirrored request (textserve_shadow_latency_seconds). "
+                "It runs after the primary answered, off the client's deadline: compare it with "
+                "the latency by version above to judge the candidate's speed.",
+                by_version("textserve_shadow_latency_seconds", (0.5, 0.99)),
+                unit="s",
+                width=8,
+            ),
+            Panel(
+                "Shadow requests by outcome",
+                "Mirrored requests per second: compared with the primary, failed on the shadow "
+                "(never seen by the client), or skipped (shadow busy or not READY).",
+                [
+                    Target(
+                        f"sum by ({_BY_VERSION}, outcome) "
+                        f"(rate(textserve_shadow_requests_total{{{ver}}}[{RATE}]))",
+                        f"{_VERSION} {{{{outcome}}}}",
+                    )
+                ],
+                unit="reqps",
+                stack=True,
+                width=8,
+            ),
+        ],
     )
 
 

@@ -64,6 +64,7 @@ SCENARIOS = (
     Scenario("ci-dra-claims", ("ci/dra-claims-values.yaml",)),
     Scenario("ci-two-releases", ("ci/two-releases-values.yaml",)),
     Scenario("ci-ner", ("ci/ner-values.yaml",)),
+    Scenario("ci-model-repository", ("ci/model-repository-values.yaml",)),
 )
 SCENARIO_IDS = [scenario.name for scenario in SCENARIOS]
 

@@ -110,8 +110,14 @@ def test_required_panels_exist() -> None:
     assert {"Time to first token", "Inter-token latency", "Generated tokens per second"} <= titles[
         "textserve-generation"
     ]
-    assert {"Request rate by service", "Cache hit ratio by service", "p99 latency by service"} <= titles[
-        "textserve-overview"
+    assert {
+        "Request rate by service",
+        "Cache hit ratio by service",
+        "p99 latency by service",
+        "Refused calls by service and reason",
+    } <= titles["textserve-overview"]
+    assert {"Refused calls by reason", "Precision in force", "Traffic share by version"} <= titles[
+        "textserve-service"
     ]
 
 
@@ -208,3 +214,65 @@ def test_quality_dashboard() -> None:
     assert below and at_least, accuracy
     assert _threshold(panels["Live accuracy by version"]) == float(below.group(1))
     assert _threshold(panels["Joined pairs in the window"]) == float(at_least.group(1))
+
+
+def _exprs(panel: dict[str, Any]) -> str:
+    return " ".join(t["expr"] for t in panel["targets"])
+
+
+def test_service_dashboard_compares_model_versions() -> None:
+    """$version from the per-version request counter; one row comparing the versions of $model:
+    traffic share against routing weight, state, latency, errors, and the shadow's agreement,
+    latency and outcomes."""
+    dashboard = _load(DASHBOARD_DIR / "textserve-service.json")
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    version = variables["version"]
+    assert version["definition"] == (
+        'label_values(textserve_model_requests_total{namespace=~"$namespace", service="$service", '
+        'model=~"$model"}, version)'
+    )
+    assert version["includeAll"] and version["multi"] and version["allValue"] == ".*"
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert "Versions (A/B)" in [r["title"] for r in rows]
+    panels = {p["title"]: p for p in dashboard["panels"] if p["type"] != "row"}
+    want = {
+        "Traffic share by version": ["textserve_model_requests_total"],
+        "Routing weight by version": ["textserve_routing_weight"],
+        "Version state": ["textserve_model_version_state"],
+        "Latency by version (p50, p99)": ["textserve_model_request_duration_seconds_bucket"],
+        "Server error ratio by version": ["textserve_model_requests_total", 'code=~"INTERNAL'],
+        "Shadow agreement": ["textserve_shadow_agreement_sum", "textserve_shadow_agreement_bucket"],
+        "Shadow latency (p50, p99)": ["textserve_shadow_latency_seconds_bucket"],
+        "Shadow requests by outcome": ["textserve_shadow_requests_total", "outcome"],
+    }
+    for title, needles in want.items():
+        exprs = _exprs(panels[title])
+        for needle in needles:
+            assert needle in exprs, (title, needle)
+        assert 'version=~"$version"' in exprs and 'model=~"$model"' in exprs, title
+        assert "by (model, version" in exprs, f"{title}: one series per version"
+        assert 'service="$service"' in exprs and "$release" in exprs, title
+    precision = _exprs(panels["Precision in force"])
+    assert "count by (model, precision) (textserve_model_precision_info{" in precision
+    # A share is of the model's whole traffic (every version), not of the selected versions.
+    share = _exprs(panels["Traffic share by version"])
+    numerator, denominator = share.split(" / on (model) group_left ")
+    assert 'version=~"$version"' in numerator and "version" not in denominator.replace("by (model)", "")
+    # The dashed line is the alert's threshold.
+    rules = [r for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"]]
+    agreement = next(r["expr"] for r in rules if r.get("alert") == "TextserveShadowAgreementLow")
+    below = re.search(r"\)\s*<\s*([0-9.]+)", agreement)
+    assert below, agreement
+    assert _threshold(panels["Shadow agreement"]) == float(below.group(1))
+
+
+def test_refused_calls_are_shown_by_reason() -> None:
+    """textserve_requests_refused_total (in_flight, queue_full) on the overview and service dashboards."""
+    service = {p["title"]: p for p in _load(DASHBOARD_DIR / "textserve-service.json")["panels"]}
+    overview = {p["title"]: p for p in _load(DASHBOARD_DIR / "textserve-overview.json")["panels"]}
+    for panel, by in (
+        (service["Refused calls by reason"], "method, reason"),
+        (overview["Refused calls by service and reason"], "service, reason"),
+    ):
+        assert f"sum by ({by}) (rate(textserve_requests_refused_total{{" in _exprs(panel)
+        assert panel["fieldConfig"]["defaults"]["unit"] == "reqps"

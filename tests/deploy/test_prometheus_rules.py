@@ -20,6 +20,8 @@ REQUIRED_ALERTS = {
     "TextservePodRestarting",
     "TextserveDriftDetected",
     "TextserveLiveAccuracyLow",
+    "TextserveModelVersionFailed",
+    "TextserveShadowAgreementLow",
 }
 
 
@@ -57,6 +59,18 @@ def test_quality_alerts_are_per_model_version() -> None:
     accuracy = " ".join(alerts["TextserveLiveAccuracyLow"]["expr"].split())
     assert f"{per_version}) (textserve_live_accuracy * textserve_live_window_pairs)" in accuracy
     assert f"{per_version}) (textserve_live_window_pairs) >= 50" in accuracy
+
+
+def test_model_lifecycle_alerts_are_per_model_version() -> None:
+    """A FAILED version on any pod; shadow agreement over every mirrored request, with a minimum."""
+    rules = [r for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"]]
+    alerts = {r.get("alert"): r for r in rules}
+    per_version = "by (namespace, release, service, model, version)"
+    failed = alerts["TextserveModelVersionFailed"]["expr"]
+    assert f'max {per_version} (textserve_model_version_state{{state="FAILED"}}) == 1' in failed
+    shadow = " ".join(alerts["TextserveShadowAgreementLow"]["expr"].split())
+    assert f"sum {per_version} (rate(textserve_shadow_agreement_sum[15m]))" in shadow
+    assert f"sum {per_version} (increase(textserve_shadow_agreement_count[15m])) >= 100" in shadow
 
 
 def test_every_alert_is_unit_tested() -> None:

@@ -503,6 +503,12 @@ def test_live_services(
         "Inference time per batch",
         "Queue depth and capacity",
         "Cache hit ratio",
+        # ... its Versions row: the default single version "1" (model lifecycle, issue 14)
+        "Traffic share by version",
+        "Routing weight by version",
+        "Version state",
+        "Latency by version (p50, p99)",
+        "Server error ratio by version",
         # overview
         "Request rate by service",
         "Cache hit ratio by service",

@@ -260,6 +260,39 @@ switches it off), else 70 on CPU services and none on GPU services (GPU pods are
 {{- define "textserve.cacheDir" -}}/var/cache/textserve{{- end -}}
 {{- define "textserve.onnxCacheDir" -}}/var/cache/textserve/onnx{{- end -}}
 {{- define "textserve.hfCacheDir" -}}/var/cache/textserve/huggingface{{- end -}}
+{{- define "textserve.routingDir" -}}/etc/textserve/routing{{- end -}}
+{{- define "textserve.routingFile" -}}/etc/textserve/routing/routing.yaml{{- end -}}
+
+{{/*
+The model repository values of one service (YAML; use fromYaml): services.<svc>.repository
+when the service has one and it is enabled, else {} (tokenizer, gateway, switched off).
+*/}}
+{{- define "textserve.repository" -}}
+{{- $out := dict -}}
+{{- if has .svc (list "embedding" "classifier" "generation") -}}
+{{- $repo := (index .ctx.Values.services .svc).repository | default dict -}}
+{{- if $repo.enabled -}}
+{{- $out = $repo -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+The routing file of one service (YAML, repository.routing_file): the weighted split and the
+shadow. It lives in a ConfigMap of its own that is left out of the pods' checksum/config, so
+a `helm upgrade` changing only these restarts no pod; the kubelet updates the mounted file
+and the service re-reads it.
+*/}}
+{{- define "textserve.routing" -}}
+{{- $repo := include "textserve.repository" . | fromYaml -}}
+{{- $routing := $repo.routing | default dict -}}
+{{- $weights := dict -}}
+{{- range $version, $weight := ($routing.weights | default dict) -}}
+{{- $_ := set $weights (toString $version) $weight -}}
+{{- end -}}
+{{- toYaml (dict "weights" $weights "shadow_version" (toString ($routing.shadowVersion | default "")) "shadow_share" ($routing.shadowShare | default 0)) -}}
+{{- end -}}
 
 {{/*
 The textserve config file (YAML, the structure of textserve.core.config.Settings) of one
@@ -304,6 +337,22 @@ are set through the environment (textserve.env).
 {{- /* Connection age: clients balancing over headless DNS re-resolve and reach new pods. */ -}}
 {{- $age := merge (dict) ($v.connectionAge | default dict) ($g.connectionAge | default dict) -}}
 {{- $_ := set $section "server" (dict "max_connection_age_ms" (mul (int $age.maxAgeSeconds) 1000) "max_connection_age_grace_ms" (mul (int $age.graceSeconds) 1000)) -}}
+{{- $repo := include "textserve.repository" . | fromYaml -}}
+{{- if $repo -}}
+{{- /* path and routing_file are mount paths: set through the environment (textserve.env). */ -}}
+{{- $r := dict "poll_interval_s" $repo.pollIntervalSeconds "version_policy" $repo.versionPolicy "latest_n" (int $repo.latestN) -}}
+{{- with $repo.modelName -}}
+{{- $_ := set $r "model_name" . -}}
+{{- end -}}
+{{- if eq $repo.versionPolicy "specific" -}}
+{{- $versions := list -}}
+{{- range $repo.specificVersions -}}
+{{- $versions = append $versions (toString .) -}}
+{{- end -}}
+{{- $_ := set $r "specific_versions" $versions -}}
+{{- end -}}
+{{- $_ := set $section "repository" $r -}}
+{{- end -}}
 {{- if and (eq $svc "embedding") $v.useTokenizerService -}}
 {{- $_ := set $section "tokenizer_address" (include "textserve.address" (dict "ctx" $ctx "svc" "tokenizer")) -}}
 {{- end -}}
@@ -348,6 +397,13 @@ are set through the environment (textserve.env).
 {{- if and (ne $svc "gateway") (ne $svc "tokenizer") }}
 - name: {{ $p }}__MODEL__ONNX_CACHE_DIR
   value: {{ include "textserve.onnxCacheDir" $ctx | quote }}
+{{- end }}
+{{- $repo := include "textserve.repository" . | fromYaml }}
+{{- if $repo }}
+- name: {{ $p }}__REPOSITORY__PATH
+  value: {{ $repo.mountPath | quote }}
+- name: {{ $p }}__REPOSITORY__ROUTING_FILE
+  value: {{ include "textserve.routingFile" $ctx | quote }}
 {{- end }}
 {{- if and (eq $g.cache.backend "redis") (ne $svc "gateway") }}
 {{- if $g.redis.auth.existingSecret }}
@@ -404,6 +460,10 @@ are set through the environment (textserve.env).
   value: {{ printf "%s/%s" $auth $g.auth.tokensKey | quote }}
 - name: {{ $p }}__SERVER__AUTH__CLIENT_TOKEN_FILE
   value: {{ printf "%s/%s" $auth $g.auth.clientTokenKey | quote }}
+{{- with $g.auth.adminTokensKey }}
+- name: {{ $p }}__SERVER__AUTH__ADMIN_TOKENS_FILE
+  value: {{ printf "%s/%s" $auth . | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- with $g.extraEnv }}
@@ -446,6 +506,16 @@ are set through the environment (textserve.env).
 {{- if $ms.shm }}
 - name: shm
   mountPath: /dev/shm
+{{- end }}
+{{- $repo := include "textserve.repository" . | fromYaml }}
+{{- if $repo }}
+- name: model-repository
+  mountPath: {{ $repo.mountPath }}
+  readOnly: true
+# A directory mount (no subPath), so the kubelet's ConfigMap updates reach the file.
+- name: routing
+  mountPath: {{ include "textserve.routingDir" $ctx }}
+  readOnly: true
 {{- end }}
 {{- if and $redis $g.redis.auth.existingSecret }}
 - name: redis-password
@@ -517,6 +587,19 @@ are set through the environment (textserve.env).
     medium: Memory
     sizeLimit: {{ $ms.shm }}
 {{- end }}
+{{- $repo := include "textserve.repository" . | fromYaml }}
+{{- if $repo }}
+- name: model-repository
+{{- if $repo.volume }}
+  {{- toYaml $repo.volume | nindent 2 }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ $repo.sizeLimit }}
+{{- end }}
+- name: routing
+  configMap:
+    name: {{ include "textserve.componentName" (dict "ctx" $ctx "svc" .svc "suffix" "routing") }}
+{{- end }}
 {{- if and $redis $g.redis.auth.existingSecret }}
 - name: redis-password
   secret:
@@ -547,6 +630,10 @@ are set through the environment (textserve.env).
       {{- if ne .svc "gateway" }}
       - key: {{ $g.auth.tokensKey }}
         path: {{ $g.auth.tokensKey }}
+      {{- with $g.auth.adminTokensKey }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
       {{- end }}
       - key: {{ $g.auth.clientTokenKey }}
         path: {{ $g.auth.clientTokenKey }}

@@ -13,6 +13,7 @@ fails once, listing them all (as bitnami charts do).
 {{- $messages = append $messages (include "textserve.validateValues.images" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.claims" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.modelStorage" .) -}}
+{{- $messages = append $messages (include "textserve.validateValues.repository" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.scaling" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.shutdown" .) -}}
 {{- $messages = append $messages (include "textserve.validateValues.ingress" .) -}}
@@ -240,6 +241,81 @@ gateway.ingress: enabled=true needs at least one entry in hosts.
 {{- $f := (($v.modelStorage | default dict).fetch | default dict) -}}
 {{- if and $v.enabled $f.enabled (not $f.uri) (not $f.command) -}}
 {{- $out = append $out (printf "services.%s.modelStorage.fetch: enabled=true needs uri (hf://, https://) or command." $svc) -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/*
+A model repository's version policy must keep every version the routing sends traffic to
+(or mirrors to), and routing needs a repository.
+*/}}
+{{- define "textserve.validateValues.repository" -}}
+{{- $out := list -}}
+{{- range $svc := list "embedding" "classifier" "generation" -}}
+{{- $v := index $.Values.services $svc -}}
+{{- $repo := $v.repository | default dict -}}
+{{- $routing := $repo.routing | default dict -}}
+{{- $weights := $routing.weights | default dict -}}
+{{- $shadow := toString ($routing.shadowVersion | default "") -}}
+{{- $at := printf "services.%s.repository" $svc -}}
+{{- if $v.enabled -}}
+{{- if not $repo.enabled -}}
+{{- if or $weights $shadow -}}
+{{- $out = append $out (printf "%s: routing (weights, shadowVersion) is set but enabled=false; set repository.enabled=true with a volume, or remove the routing." $at) -}}
+{{- end -}}
+{{- else -}}
+{{- /* Kubernetes refuses two mounts at one path; nothing else may sit where the repository goes. */ -}}
+{{- $taken := list "/tmp" "/dev/shm" (include "textserve.cacheDir" $) (include "textserve.onnxCacheDir" $) (include "textserve.configDir" $) (include "textserve.routingDir" $) (include "textserve.tlsDir" $) (include "textserve.authDir" $) (include "textserve.redisSecretDir" $) (include "textserve.redisTlsDir" $) -}}
+{{- if $.Values.global.models.volume -}}
+{{- $taken = append $taken $.Values.global.models.mountPath -}}
+{{- end -}}
+{{- $ms := include "textserve.modelStorage" (dict "ctx" $ "svc" $svc) | fromYaml -}}
+{{- if $ms.volume -}}
+{{- $taken = append $taken $ms.mountPath -}}
+{{- end -}}
+{{- if has (trimSuffix "/" $repo.mountPath) $taken -}}
+{{- $out = append $out (printf "%s: mountPath=%s is already a mount of the %s container; choose another path (default /var/lib/textserve/repository)." $at $repo.mountPath $svc) -}}
+{{- end -}}
+{{- $routed := list -}}
+{{- range $version := keys $weights | sortAlpha -}}
+{{- if gt (float64 (index $weights $version)) 0.0 -}}
+{{- $routed = append $routed $version -}}
+{{- end -}}
+{{- end -}}
+{{- if and $weights (not $routed) -}}
+{{- $out = append $out (printf "%s.routing: every weight is 0; give at least one version a weight above 0, or leave weights empty (all traffic to the newest READY version)." $at) -}}
+{{- end -}}
+{{- if and (gt (float64 ($routing.shadowShare | default 0)) 0.0) (not $shadow) -}}
+{{- $out = append $out (printf "%s.routing: shadowShare=%v needs shadowVersion (the version that gets the copies)." $at $routing.shadowShare) -}}
+{{- end -}}
+{{- if and $shadow (not (has $shadow $routed)) -}}
+{{- $routed = append $routed $shadow -}}
+{{- end -}}
+{{- if eq $repo.versionPolicy "specific" -}}
+{{- $specific := list -}}
+{{- range $repo.specificVersions -}}
+{{- $specific = append $specific (toString .) -}}
+{{- end -}}
+{{- if not $specific -}}
+{{- $out = append $out (printf "%s: versionPolicy=specific needs specificVersions (e.g. [\"1\", \"2\"])." $at) -}}
+{{- else -}}
+{{- $missing := list -}}
+{{- range $routed -}}
+{{- if not (has . $specific) -}}
+{{- $missing = append $missing . -}}
+{{- end -}}
+{{- end -}}
+{{- if $missing -}}
+{{- $out = append $out (printf "%s: routing sends traffic to version(s) %s, which versionPolicy=specific does not load (specificVersions: %s); add them to specificVersions." $at (join ", " $missing) (join ", " $specific)) -}}
+{{- end -}}
+{{- end -}}
+{{- else if eq $repo.versionPolicy "latest" -}}
+{{- if gt (len $routed) (int $repo.latestN) -}}
+{{- $out = append $out (printf "%s: routing sends traffic to %d versions (%s) but versionPolicy=latest keeps latestN=%d loaded; set latestN to at least %d, or versionPolicy all or specific." $at (len $routed) (join ", " $routed) (int $repo.latestN) (len $routed)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- join "\n" $out -}}
