@@ -378,7 +378,8 @@ class ClassifierService:
             ]
 
         # A reduced precision scores differently: its entries never meet fp32 ones (fp32 keys unchanged).
-        revision = model.revision if model.precision in ("", "fp32") else f"{model.revision}|{model.precision}"
+        precise = model.precision in ("", "fp32")
+        revision = model.revision if precise else f"{model.revision}|{model.precision}"
         keys = [
             self.results.key(model.name, revision, version, self.kind, choice.fingerprint, truncate, text)
             for text in params.texts
