@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -231,3 +232,116 @@ async def test_a_backend_crash_names_its_type_and_message() -> None:
     with pytest.raises(BackendFailure, match="model forward failed: ValueError: bad shape"):
         await probe.batcher.run([1], [1])
     await probe.batcher.stop()
+
+
+async def test_errors_say_exactly_what_happened() -> None:
+    forward = Forward()
+    forward.gate.clear()
+    probe = await started(forward, max_batch_size=1, max_queue_delay_ms=0)
+    running = asyncio.create_task(probe.batcher.run([1], [1]))
+    await until(forward.entered.is_set)
+    queued = asyncio.create_task(probe.batcher.run([3], [1]))
+    await until(lambda: probe.batcher.depth == 1)
+    stopping = asyncio.create_task(probe.batcher.stop())
+    await until(lambda: probe.batcher._closed)
+    forward.gate.set()
+    await stopping
+    await running
+    with pytest.raises(NotReady) as shut:
+        await queued
+    assert str(shut.value) == "server is shutting down"
+    with pytest.raises(NotReady) as stopped:
+        probe.batcher.submit_many([4], [1], None)
+    assert str(stopped.value) == "batcher is not running"
+
+
+async def test_expired_entries_are_dropped_with_the_exact_reason() -> None:
+    forward = Forward()
+    probe = await started(forward)
+    with pytest.raises(DeadlineExceeded) as caught:
+        await probe.batcher.run([1], [1], deadline=time.monotonic() - 1)
+    assert str(caught.value) == "deadline passed while queued; not computed"
+    assert forward.batches == []
+    await probe.batcher.stop()
+
+
+async def test_items_and_token_counts_must_pair_up() -> None:
+    probe = await started(Forward())
+    with pytest.raises(ValueError):
+        probe.batcher.submit_many([1, 2], [1], None)
+    await probe.batcher.stop()
+
+
+async def test_batches_run_on_the_batchers_own_named_threads_which_stop_with_it() -> None:
+    names: list[str] = []
+
+    def record(items: list[int]) -> Sequence[int]:
+        names.append(threading.current_thread().name)
+        return items
+
+    probe = await started(Forward(answer=record), workers=2)
+    await asyncio.gather(*(probe.batcher.run([i], [1]) for i in range(4)))
+    assert names and all(name.startswith(f"batch-{probe.model}") for name in names)
+    assert not probe.batcher._running  # finished batches are not kept
+    await probe.batcher.stop()
+    assert not [t for t in threading.enumerate() if t.name.startswith(f"batch-{probe.model}")]
+
+
+async def test_the_batcher_groups_by_length_with_the_configured_ratio() -> None:
+    lengths = [10, 200, 12, 190]
+
+    async def batches(**config: object) -> list[list[int]]:
+        forward = Forward()
+        forward.gate.clear()
+        probe = await started(forward, max_batch_size=8, max_batch_tokens=10_000, workers=1, **config)
+        blocker = asyncio.create_task(probe.batcher.run([-1], [1]))
+        await until(forward.entered.is_set)
+        queued = asyncio.create_task(probe.batcher.run(list(range(4)), lengths))
+        await until(lambda: probe.batcher.depth == 4)
+        forward.gate.set()
+        await asyncio.gather(blocker, queued)
+        await probe.batcher.stop()
+        return forward.batches[1:]
+
+    # Similar lengths only (within 2x + 8 tokens of the oldest): the short ones, then the long ones.
+    assert await batches(group_by_length=True, group_length_ratio=2.0) == [[0, 2], [1, 3]]
+    # No ratio: all fit the token budget, so one batch.
+    assert await batches(group_by_length=True, group_length_ratio=0) == [[0, 1, 2, 3]]
+    # FIFO: the ratio is not used at all.
+    assert await batches(group_by_length=False, group_length_ratio=2.0) == [[0, 1, 2, 3]]
+
+
+async def test_failures_are_logged_with_the_model(caplog: pytest.LogCaptureFixture) -> None:
+    def crash(items: list[int]) -> Sequence[int]:
+        raise ValueError("bad shape")
+
+    caplog.set_level(logging.DEBUG, logger="textserve.core.batcher")
+    probe = await started(Forward(answer=crash))
+    with pytest.raises(BackendFailure):
+        await probe.batcher.run([1, 2], [1, 1])
+    (record,) = [r for r in caplog.records if r.getMessage() == "batch forward failed"]
+    assert (record.levelno, record.model, record.batch) == (logging.ERROR, probe.model, 2)  # type: ignore[attr-defined]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
+    await probe.batcher.stop()
+
+    caplog.clear()
+    forward = Forward()
+    forward.gate.clear()
+    broken = await started(forward, max_batch_size=1)
+    running = asyncio.create_task(broken.batcher.run([1], [1]))
+    await until(forward.entered.is_set)
+
+    def take_batch() -> list[object]:
+        raise RuntimeError("loop crashed")
+
+    broken.batcher._take_batch = take_batch  # type: ignore[method-assign,assignment]
+    queued = asyncio.create_task(broken.batcher.run([2], [1]))
+    await until(lambda: broken.batcher.depth == 1)
+    forward.gate.set()
+    await running
+    with pytest.raises(BackendFailure):
+        await asyncio.wait_for(queued, 30)
+    (died,) = [r for r in caplog.records if r.getMessage() == "batcher loop died"]
+    assert (died.levelno, died.model) == (logging.ERROR, broken.model)  # type: ignore[attr-defined]
+    assert died.exc_info is not None and isinstance(died.exc_info[1], RuntimeError)
+    await broken.batcher.stop()
