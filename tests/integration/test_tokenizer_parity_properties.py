@@ -16,8 +16,9 @@ use (runtime/tokenization.TextTokenizer, which calls the Rust tokenizer directly
 Hugging Face's exactly, with and without special tokens and with a cut (`max_tokens`,
 compared with HF's own `truncation=True, max_length=`).
 
-The examples are derandomised (fixed) and few (`EXAMPLES` per family), so the test is
-deterministic and takes seconds.
+The examples are derandomised (fixed: the suite's hypothesis profile in tests/conftest.py) and
+few (`EXAMPLES` per family), so the test is deterministic and takes seconds;
+HYPOTHESIS_PROFILE=explore draws 500 fresh random examples per family instead.
 """
 
 from __future__ import annotations
@@ -229,11 +230,9 @@ def _run_properties(channel: grpc.Channel, folder: Path, family: str) -> None:
     hf = AutoTokenizer.from_pretrained(str(folder))
     local = TextTokenizer(resolve_model(str(folder)), max_length=IN_PROCESS_CUT)
 
+    # Derandomized, no database, no deadline: the suite's profile (tests/conftest.py).
     @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        database=None,
-        deadline=None,
+        max_examples=EXAMPLES if settings.default.derandomize else settings.default.max_examples,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     @given(CASES)
