@@ -144,6 +144,7 @@ async def test_metrics_describe_the_queue_and_the_batches() -> None:
     running = asyncio.create_task(probe.batcher.run([1], [2]))
     await until(forward.entered.is_set)
     assert probe.sample("textserve_queue_depth") == 0  # taken into the running batch
+    started_at = time.perf_counter()
     queued = asyncio.create_task(probe.batcher.run([2, 3, 4], [5, 0, 9]))
     await until(lambda: probe.batcher.depth == 3)
     assert probe.sample("textserve_queue_depth") == 3
@@ -153,6 +154,7 @@ async def test_metrics_describe_the_queue_and_the_batches() -> None:
     forward.gate.set()
     results = await queued
     await running
+    elapsed = time.perf_counter() - started_at
     assert [r.value for r in results] == [4, 6, 8]
     assert [r.batch_size for r in results] == [3, 3, 3]
     assert probe.sample("textserve_queue_depth") == 0
@@ -164,6 +166,10 @@ async def test_metrics_describe_the_queue_and_the_batches() -> None:
     assert probe.sample("textserve_inference_duration_seconds_count") == 2
     queue_seconds = probe.sample("textserve_queue_duration_seconds_sum")
     assert queue_seconds >= sum(r.queue_seconds for r in results) > 0  # the three waited for the first
+    # Durations are durations: none is longer than the test itself took (and none negative).
+    assert all(0 <= r.queue_seconds <= elapsed and 0 <= r.inference_seconds <= elapsed for r in results)
+    assert queue_seconds <= 4 * elapsed + 1
+    assert 0 <= probe.sample("textserve_inference_duration_seconds_sum") <= 2 * elapsed + 1
     await probe.batcher.stop()
 
 

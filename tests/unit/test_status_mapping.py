@@ -217,3 +217,9 @@ def test_anything_that_is_not_a_call_is_read_as_a_dropped_connection() -> None:
     assert type(error_from_status(grpc.StatusCode.OK, "odd")) is BackendFailure  # not a failure code
     unnamed = error_from_status(grpc.StatusCode.INVALID_ARGUMENT, "")
     assert isinstance(unnamed, InvalidInput) and unnamed.message == "invalid argument"
+
+
+def test_a_failed_call_without_details_keeps_an_empty_message() -> None:
+    silent = grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), None)
+    assert type(from_rpc_error(silent)) is NotFound and from_rpc_error(silent).message == ""
+    assert from_rpc_error(silent, "classifier service at x:1").message == "classifier service at x:1: "
