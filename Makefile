@@ -34,7 +34,7 @@ test-fast: install ## unit tests only
 
 .PHONY: mutation
 MUTATION_DIR := build/mutation
-mutation: install ## mutmut over the contract's core modules ([tool.mutmut]; MUTANTS='textserve.core.vectors.*' narrows); slow (~25 min on 2 shared cores), not in CI
+mutation: install ## mutmut over the contract's core modules ([tool.mutmut]; MUTANTS='textserve.core.vectors.*' narrows); slow (~35 min on 2 shared cores), not in CI
 	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)/src
 	cp -r services/textserve $(MUTATION_DIR)/src/
 	cp -r tests docs protos deploy pyproject.toml $(MUTATION_DIR)/
