@@ -15,12 +15,20 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import re
 
+from hypothesis import settings
 from textserve.transport.server import ServiceHost
 
 from tests.support import ONNX_CACHE, embedding_config, start_host
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer
+
+# Property-based tests (hypothesis) are deterministic in the suite: the same examples every run
+# (derandomize, no example database), no per-example deadline on a shared 2-core machine.
+# HYPOTHESIS_PROFILE=explore draws new random examples (and more of them) for a local hunt.
+settings.register_profile("textserve", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, deadline=None, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "textserve"))
 
 
 # --- skips that do not hide ---------------------------------------------------------------

@@ -20,10 +20,11 @@ def export_code_hash() -> str:
     """A hash of the code that builds and exports the ONNX graph (pooling wrapper, export call,
     cache path, opset): part of the tests' cache directory, so a change to pooling or export
     never passes locally on a graph exported by the previous code."""
-    from textserve.runtime import encoder
+    from textserve.runtime import encoder, pooling
 
     parts = [
-        inspect.getsource(f) for f in (encoder._torch_module, encoder.export_onnx, encoder.onnx_cache_path)
+        inspect.getsource(f)
+        for f in (encoder._torch_module, pooling.pool_states, encoder.export_onnx, encoder.onnx_cache_path)
     ]
     parts.append(f"opset{encoder.ONNX_OPSET}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -166,7 +166,10 @@ def test_report_from_prometheus(tmp_path: Path, capsys: pytest.CaptureFixture[st
         release(process)
         joined = 'sum by (version) (textserve_feedback_total{model="sst2",result="joined"})'
         _wait(lambda: len([r for r in prometheus.query(joined) if float(r["value"][1]) > 0]) == 2)
-        time.sleep(2.5)  # a few scrapes after the step, so increase() has points on both sides
+        # Two more scrapes after the step (polled, not slept), so increase() has points on both sides.
+        scrapes = 'min(count_over_time(textserve_feedback_total{model="sst2",result="joined"}[5m]))'
+        seen = float(prometheus.query(scrapes)[0]["value"][1])
+        _wait(lambda: float(prometheus.query(scrapes)[0]["value"][1]) >= seen + 2)
         code, out, err = run(
             capsys, "--prometheus", prometheus.url, "--model", "sst2", "--window", "5m", "--json"
         )

@@ -41,3 +41,17 @@ def test_fifo_ignores_the_ratio() -> None:
 def test_the_batcher_uses_the_configured_ratio() -> None:
     assert BatcherConfig().group_length_ratio == 2.0
     assert BatcherConfig(group_length_ratio=0).group_length_ratio == 0  # 0: no limit
+
+
+def test_a_dissimilar_text_is_skipped_not_the_end_of_the_search() -> None:
+    # 45 is closer to 100 than 160 is, but not similar (100 > 2 x 45 + 8); 160 is (<= 2 x 100 + 8).
+    assert form_batch([100, 45, 160], 8, 10_000, True, 2.0) == [0, 2]
+
+
+def test_grouping_skips_a_text_over_the_token_budget_and_takes_a_later_one_that_fits() -> None:
+    # 35 is the closest to 20 but 2 x 35 = 70 > 60 padded tokens; 4 still fits (2 x 20 = 40).
+    assert form_batch([20, 35, 4], 8, 60, True) == [0, 2]
+
+
+def test_fifo_stops_at_the_first_text_over_the_token_budget() -> None:
+    assert form_batch([10, 10, 10, 1], 8, 20, False) == [0, 1]

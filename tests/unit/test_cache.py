@@ -4,7 +4,9 @@ the circuit breaker, and coalescing of identical inputs in flight."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -242,3 +244,242 @@ async def test_follower_waits_no_longer_than_its_deadline_and_share_false_never_
     assert independent.calls == [["5"]]
     gate.set()
     assert await leader == [10]
+
+
+async def test_a_follower_whose_deadline_has_passed_does_not_wait_at_all() -> None:
+    coalescer: Coalescer[int] = Coalescer("unit-coalesce-late")
+    gate = asyncio.Event()
+    keys = ["4"]
+    leader = asyncio.create_task(coalescer.run(keys, Doubler(gate).for_keys(keys)))
+    await settle()
+    late = asyncio.create_task(coalescer.run(keys, Doubler().for_keys(keys), deadline=time.monotonic() - 1))
+    await settle()
+    gate.set()  # the leader's value arrives, but the late follower had already given up
+    with pytest.raises(DeadlineExceeded) as caught:
+        await late
+    assert (
+        str(caught.value) == "deadline passed while waiting for an identical input another request computes"
+    )
+    assert await leader == [8]
+
+
+async def test_with_one_attempt_a_call_never_follows() -> None:
+    coalescer: Coalescer[int] = Coalescer("unit-coalesce-once", max_attempts=1)
+    gate = asyncio.Event()
+    keys = ["6"]
+    leader = asyncio.create_task(coalescer.run(keys, Doubler(gate).for_keys(keys)))
+    await settle()
+    alone = Doubler()
+    assert await asyncio.wait_for(coalescer.run(keys, alone.for_keys(keys)), 30) == [12]
+    assert alone.calls == [["6"]]
+    gate.set()
+    assert await leader == [12]
+
+
+async def test_only_a_value_actually_shared_counts_as_coalesced() -> None:
+    service = "unit-coalesce-count"
+    coalescer: Coalescer[int] = Coalescer(service)
+    gate = asyncio.Event()
+    keys = ["9"]
+    before = sample("textserve_cache_coalesced_total", service)
+    leader = asyncio.create_task(coalescer.run(keys, Doubler(gate, fail=True).for_keys(keys)))
+    await settle()
+    follower = asyncio.create_task(coalescer.run(keys, Doubler().for_keys(keys)))
+    await settle()
+    gate.set()
+    with pytest.raises(RuntimeError):
+        await leader
+    assert await follower == [18]  # computed by the follower itself: nothing was coalesced
+    assert sample("textserve_cache_coalesced_total", service) == before
+    assert coalescer.in_flight == 0  # a failed leader leaves nothing in flight
+
+
+async def test_a_published_key_leaves_the_in_flight_map_at_once_and_keeps_its_first_value() -> None:
+    coalescer: Coalescer[int] = Coalescer("unit-coalesce-publish")
+    gate = asyncio.Event()
+    keys = ["1", "2"]
+
+    async def compute(indices: list[int], publish: Publish[int]) -> None:
+        publish(0, 10)
+        publish(0, 99)  # a second value for the same key is ignored
+        await gate.wait()
+        publish(1, 20)
+
+    call = asyncio.create_task(coalescer.run(keys, compute))
+    await settle()
+    assert coalescer.in_flight == 1  # "1" is published; only "2" is still being computed
+    later = Doubler()
+    assert await coalescer.run(["1"], later.for_keys(["1"])) == [2]  # not in flight: computed anew
+    gate.set()
+    assert await call == [10, 20]
+    assert coalescer.in_flight == 0
+
+
+async def test_a_compute_that_publishes_nothing_for_a_key_fails_the_call() -> None:
+    coalescer: Coalescer[int] = Coalescer("unit-coalesce-missing")
+    keys = ["1", "2"]
+
+    async def compute(indices: list[int], publish: Publish[int]) -> None:
+        publish(indices[0], 1)
+
+    with pytest.raises(RuntimeError, match="compute published no value for 1 of 2 keys"):
+        await coalescer.run(keys, compute)
+    assert coalescer.in_flight == 0
+
+
+# --- the response cache's failure handling, guard, metrics and logs -----------------------
+class StuckBackend(MemoryCacheBackend):
+    """A backend that hangs (reads, writes or both) until released, or fails with `error`."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__(max_entries=100)
+        self.release = asyncio.Event()
+        self.error = error
+        self.stuck_reads = False
+        self.stuck_writes = False
+        self.written: list[str] = []
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if self.error is not None:
+            raise self.error
+        if self.stuck_reads:
+            await self.release.wait()
+        return await super().get_many(keys)
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.stuck_writes:
+            await self.release.wait()
+        self.written += [key for key, _ in items]
+        await super().set_many(items, ttl_s)
+
+
+def test_key_format_is_stable_across_versions() -> None:
+    """Replicas of two versions share one Redis during a rolling upgrade: same input, same key."""
+    assert make_key("p:", "a", b"b", 1, 2.5, True) == (
+        "p:e5787987a629316998dab824315eccaaeb876f1ecf173a6380604df8da79b45e"
+    )
+    cache = ResponseCache(MemoryCacheBackend(10), CacheConfig(key_prefix="ts:"), "unit-cache-key")
+    assert cache.key("a", 1) == make_key("ts:unit-cache-key:", "a", 1)
+    assert cache.key("a", 1) != cache.key("a", 2)
+
+
+async def test_a_hung_backend_is_cut_by_the_guard_and_fails_open() -> None:
+    service = "unit-cache-guard"
+    backend = StuckBackend()
+    backend.stuck_reads = backend.stuck_writes = True
+    cache = ResponseCache(backend, CacheConfig(timeout_ms=10), service)  # guard: 2 x 10 ms + 0.1 s
+    errors = sample("textserve_cache_errors_total", service)
+    assert await asyncio.wait_for(cache.get_many(["k"]), 30) == [None]
+    cache.put_many([("k", b"v")])
+    await asyncio.wait_for(cache.flush(), 30)
+    assert backend.written == []
+    assert sample("textserve_cache_errors_total", service) == errors + 2
+
+
+async def test_failures_warn_once_per_interval_naming_the_service_and_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from textserve.core.cache import WARNING_INTERVAL_S, CacheUnavailable
+
+    caplog.set_level(logging.DEBUG, logger="textserve.core.cache")
+    service = "unit-cache-warn"
+    error = ConnectionError("redis down")
+    cache = ResponseCache(StuckBackend(error), CacheConfig(), service)
+    errors = sample("textserve_cache_errors_total", service)
+
+    def records() -> list[tuple[int, str, str, str]]:
+        seen = [(r.levelno, r.getMessage(), r.service, r.error) for r in caplog.records]  # type: ignore[attr-defined]
+        caplog.clear()
+        return seen
+
+    assert await cache.get_many(["a", "b"]) == [None, None]
+    assert records() == [(logging.WARNING, "cache read failed; serving from the model", service, repr(error))]
+    await cache.get_many(["a"])
+    cache.put_many([("a", b"1")])
+    await cache.flush()
+    assert records() == [
+        (logging.DEBUG, "cache read failed; serving from the model", service, repr(error)),
+        (logging.DEBUG, "cache write failed", service, repr(error)),
+    ]
+    assert cache._last_warning is not None
+    cache._last_warning -= WARNING_INTERVAL_S + 1  # the interval has passed
+    cache.put_many([("a", b"1")])
+    await cache.flush()
+    assert records() == [(logging.WARNING, "cache write failed", service, repr(error))]
+    assert sample("textserve_cache_errors_total", service) == errors + 4
+    # A backend known to be down (its breaker open) is not worth a warning.
+    unavailable = CacheUnavailable("breaker open")
+    quiet = ResponseCache(StuckBackend(unavailable), CacheConfig(), "unit-cache-quiet")
+    await quiet.get_many(["a"])
+    assert records() == [
+        (logging.DEBUG, "cache read failed; serving from the model", "unit-cache-quiet", repr(unavailable))
+    ]
+
+
+async def test_unreadable_entries_are_misses_and_logged_with_their_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="textserve.core.cache")
+    service = "unit-cache-unreadable"
+    backend = MemoryCacheBackend(10)
+    await backend.set_many([("a", b"1"), ("b", b"x"), ("c", b"y")], ttl_s=60)
+    cache = ResponseCache(backend, CacheConfig(), service)
+    hits, misses = (
+        sample("textserve_cache_hits_total", service),
+        sample("textserve_cache_misses_total", service),
+    )
+    values = await cache.get_decoded(
+        ["a", "b", "c", "d"], lambda entry: int(entry) if entry.isdigit() else None
+    )
+    assert values == [1, None, None, None]
+    (record,) = [r for r in caplog.records if r.getMessage() == "ignored unreadable cache entries"]
+    assert (record.levelno, record.service, record.entries) == (logging.DEBUG, service, 2)  # type: ignore[attr-defined]
+    assert sample("textserve_cache_hits_total", service) == hits + 1
+    assert sample("textserve_cache_misses_total", service) == misses + 3
+
+
+async def test_read_and_write_durations_are_observed_under_the_service() -> None:
+    service = "unit-cache-durations"
+    cache = ResponseCache(MemoryCacheBackend(10), CacheConfig(), service)
+    reads = sample("textserve_cache_read_duration_seconds_count", service)
+    writes = sample("textserve_cache_write_duration_seconds_count", service)
+    read_sum = sample("textserve_cache_read_duration_seconds_sum", service)
+    write_sum = sample("textserve_cache_write_duration_seconds_sum", service)
+    started = time.perf_counter()
+    cache.put_many([("a", b"1")])
+    await cache.flush()
+    assert await cache.get_many(["a"]) == [b"1"]
+    elapsed = time.perf_counter() - started
+    assert sample("textserve_cache_read_duration_seconds_count", service) == reads + 1
+    assert sample("textserve_cache_write_duration_seconds_count", service) == writes + 1
+    assert 0 <= sample("textserve_cache_read_duration_seconds_sum", service) - read_sum <= elapsed
+    assert 0 <= sample("textserve_cache_write_duration_seconds_sum", service) - write_sum <= elapsed
+
+
+async def test_pending_writes_are_bounded_and_a_finished_write_frees_its_place() -> None:
+    service = "unit-cache-pending"
+    backend = StuckBackend()
+    backend.stuck_writes = True
+    cache = ResponseCache(backend, CacheConfig(max_pending_writes=1), service)
+    errors = sample("textserve_cache_errors_total", service)
+    cache.put_many([("a", b"1")])
+    cache.put_many([("b", b"2")])  # one write is pending already: skipped, counted
+    assert sample("textserve_cache_errors_total", service) == errors + 1
+    backend.release.set()
+    await cache.flush()
+    assert backend.written == ["a"]
+    cache.put_many([("c", b"3")])  # the finished write left room
+    await cache.flush()
+    assert backend.written == ["a", "c"]
+    await cache.close()
+
+
+async def test_the_memory_cache_is_built_for_its_service_with_its_size() -> None:
+    cache = build_cache(CacheConfig(backend="memory", max_entries=2), "unit-cache-built")
+    assert cache is not None and cache.service == "unit-cache-built"
+    assert cache.key("x").startswith("textserve:unit-cache-built:")
+    cache.put_many([("a", b"1"), ("b", b"2"), ("c", b"3")])
+    await cache.flush()
+    assert await cache.get_many(["a", "b", "c"]) == [None, b"2", b"3"]  # the LRU kept two

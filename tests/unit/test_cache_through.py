@@ -6,12 +6,15 @@ shared, and cache errors failing open."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import pytest
-from textserve.core.cache import MemoryCacheBackend, ResponseCache
+from textserve.core.cache import MemoryCacheBackend, ResponseCache, make_key
 from textserve.core.cache_through import CacheThrough
 from textserve.core.config import CacheConfig
+from textserve.core.errors import DeadlineExceeded
+from textserve.core.metrics import REGISTRY
 
 from tests.support import service_total, settle, wait_until
 
@@ -211,3 +214,52 @@ async def test_a_failing_compute_fails_only_its_own_caller() -> None:
         await first
     assert [item.value for item in await second] == [3]
     assert follower.calls == [["1"]]
+
+
+async def test_a_follower_waits_no_longer_than_its_deadline() -> None:
+    results, _ = through("unit-through-deadline")
+    gate = asyncio.Event()
+    leader = asyncio.create_task(results.run(["3"], Tripler(["3"], gate), IntCodec()))
+    await settle()
+    with pytest.raises(DeadlineExceeded, match="deadline passed while waiting"):
+        await asyncio.wait_for(
+            results.run(["3"], Tripler(["3"]), IntCodec(), deadline=time.monotonic() + 0.02), 30
+        )
+    gate.set()
+    assert [item.value for item in await leader] == [9]
+
+
+async def test_skip_cache_computes_even_while_the_same_key_is_in_flight() -> None:
+    results, _ = through("unit-through-skip-inflight")
+    gate = asyncio.Event()
+    leader = asyncio.create_task(results.run(["5"], Tripler(["5"], gate), IntCodec()))
+    await settle()
+    alone = Tripler(["5"], value=50)
+    items = await asyncio.wait_for(results.run(["5"], alone, IntCodec(), skip_cache=True), 30)
+    assert [item.value for item in items] == [50] and alone.calls == [["5"]]
+    gate.set()
+    assert [item.value for item in await leader] == [15]  # the leader's own value, not shared
+
+
+async def test_keys_without_a_cache_depend_on_every_part() -> None:
+    results: CacheThrough[int] = CacheThrough(None, "unit-through-keys")
+    assert results.key("a", 1) == make_key("unit-through-keys:", "a", 1)
+    assert results.key("a", 1) != results.key("a", 2) != results.key("b", 2)
+
+
+async def test_coalesced_values_are_counted_under_the_caches_service() -> None:
+    backend = CountingBackend()
+    cache = ResponseCache(backend, CacheConfig(), "unit-through-label")
+    results: CacheThrough[int] = CacheThrough(cache, "unit-through-other-name")
+    before = sample("textserve_cache_coalesced_total", "unit-through-label")
+    await results.run(["4", "4"], Tripler(["4", "4"]), IntCodec())
+    assert sample("textserve_cache_coalesced_total", "unit-through-label") == before + 1
+    assert sample("textserve_cache_coalesced_total", "unit-through-other-name") == 0
+
+
+async def test_close_finishes_the_writes() -> None:
+    results, backend = through("unit-through-close")
+    await results.run(["1", "2"], Tripler(["1", "2"]), IntCodec())
+    await results.close()
+    assert sorted(key for write in backend.writes for key in write) == ["1", "2"]
+    await CacheThrough(None, "unit-through-close-none").close()  # nothing to close

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import random
 import subprocess
 import sys
 
@@ -23,11 +25,16 @@ from textserve.core.errors import (
 )
 from textserve.transport.status import (
     KIND_OF,
+    RETRY_PUSHBACK_KEY,
     STATUS_OF,
+    abort,
     error_from_status,
     field_violation,
     from_rpc_error,
+    retry_pushback,
+    retry_pushback_ms,
     rich_status,
+    set_retry_pushback_ms,
     status_of,
 )
 
@@ -125,3 +132,94 @@ def test_a_peer_without_details_still_names_its_field() -> None:
     assert isinstance(plain, InvalidInput) and (plain.field, plain.message) == ("", "bad request")
     empty = error_from_status(grpc.StatusCode.INVALID_ARGUMENT, "", upstream="embedding service at x:1")
     assert empty.message == "embedding service at x:1: invalid argument"
+
+
+def test_invalid_input_message_names_its_field_only_when_there_is_one() -> None:
+    named = InvalidInput("texts[3]", "must not be empty")
+    assert (named.message, str(named), named.field, named.problem) == (
+        "texts[3]: must not be empty",
+        "texts[3]: must not be empty",
+        "texts[3]",
+        "must not be empty",
+    )
+    unnamed = InvalidInput("", "no field named")
+    assert (unnamed.message, str(unnamed), unnamed.field) == ("no field named", "no field named", "")
+
+
+def test_retry_pushback_jitters_around_the_given_or_the_calls_milliseconds() -> None:
+    rng = random.getstate()
+    random.seed(21)
+    try:
+        values = [int(retry_pushback(1000)[0][1]) for _ in range(300)]
+        assert all(500 <= value <= 1500 for value in values)  # +-50 %
+        assert min(values) < 600 and max(values) > 1400  # spread over the whole range
+        assert {value for ((_, value),) in (retry_pushback(1) for _ in range(50))} >= {"1"}
+        assert all(retry_pushback(1)[0][1] in ("1", "2") for _ in range(50))  # never below 1 ms
+        assert retry_pushback(0) == () and retry_pushback(-5) == ()
+
+        def in_a_call(milliseconds: int) -> tuple[tuple[str, str], ...]:
+            set_retry_pushback_ms(milliseconds)
+            return retry_pushback()
+
+        ((key, value),) = contextvars.copy_context().run(in_a_call, 4000)
+        assert key == RETRY_PUSHBACK_KEY == "grpc-retry-pushback-ms" and 2000 <= int(value) <= 6000
+        assert contextvars.copy_context().run(in_a_call, 0) == ()
+        ((_, default),) = retry_pushback()  # outside a call: the default
+        assert 125 <= int(default) <= 375
+    finally:
+        random.setstate(rng)
+
+
+class _Call:
+    """What a finished call offers: its trailing metadata (grpc gives str or bytes values)."""
+
+    def __init__(self, trailing: object) -> None:
+        self._trailing = trailing
+
+    def trailing_metadata(self) -> object:
+        return self._trailing
+
+
+def test_retry_pushback_ms_reads_the_trailer_of_a_failed_call() -> None:
+    refused = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("other", "1"), (RETRY_PUSHBACK_KEY, "120")),
+        "queue full",
+    )
+    assert retry_pushback_ms(refused) == 120
+    assert retry_pushback_ms(_Call([(RETRY_PUSHBACK_KEY, b"77")])) == 77
+    assert retry_pushback_ms(_Call([(RETRY_PUSHBACK_KEY, "soon")])) is None
+    assert retry_pushback_ms(_Call([("other", "5")])) is None
+    assert retry_pushback_ms(_Call(None)) is None
+    assert retry_pushback_ms(ValueError("not a call")) is None
+
+
+async def test_abort_ends_the_call_with_the_rich_status() -> None:
+    class Context:
+        async def abort(self, code: grpc.StatusCode, details: str, trailing: object) -> None:
+            self.ended = (code, details, trailing)
+            raise grpc.RpcError(details)
+
+    context = Context()
+    error = InvalidInput("texts[0]", "too long")
+    with pytest.raises(grpc.RpcError):
+        await abort(context, error)  # type: ignore[arg-type]
+    assert context.ended == tuple(rich_status(error))
+
+
+def test_anything_that_is_not_a_call_is_read_as_a_dropped_connection() -> None:
+    assert field_violation(ValueError("x")) is None
+    local = from_rpc_error(ConnectionResetError("connection reset"))
+    assert type(local) is NotReady and local.message == "connection reset"
+    named = from_rpc_error(ConnectionResetError("connection reset"), "tokenizer service at x:1")
+    assert named.message == "tokenizer service at x:1: connection reset"
+    assert type(error_from_status(grpc.StatusCode.OK, "odd")) is BackendFailure  # not a failure code
+    unnamed = error_from_status(grpc.StatusCode.INVALID_ARGUMENT, "")
+    assert isinstance(unnamed, InvalidInput) and unnamed.message == "invalid argument"
+
+
+def test_a_failed_call_without_details_keeps_an_empty_message() -> None:
+    silent = grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), None)
+    assert type(from_rpc_error(silent)) is NotFound and from_rpc_error(silent).message == ""
+    assert from_rpc_error(silent, "classifier service at x:1").message == "classifier service at x:1: "

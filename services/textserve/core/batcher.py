@@ -157,14 +157,18 @@ class Batcher(Generic[In, Out]):
         self._loop_task.add_done_callback(self._on_loop_done)
 
     async def stop(self) -> None:
-        """Stops taking work, lets running batches finish, fails whatever is still queued."""
+        """Stops taking work, lets running batches finish, fails whatever is still queued.
+
+        The loop stops first, so no batch starts while the running ones finish (a slot they
+        free would otherwise take queued work, or not, depending on which task ran first).
+        """
         self._closed = True
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loop_task  # a crash was already reported by _on_loop_done
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         self._fail_pending(NotReady("server is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=True)

@@ -34,12 +34,12 @@ from textserve.runtime.device import (
     torch_dtype,
 )
 from textserve.runtime.model_files import ModelFiles, resolve_model
+from textserve.runtime.pooling import Pooling, pool_states
 from textserve.runtime.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 Task = Literal["embedding", "sequence-classification", "token-classification"]
-Pooling = Literal["mean", "cls"]
 ONNX_OPSET = 17
 
 
@@ -90,12 +90,7 @@ def _torch_module(files: ModelFiles, task: Task, pooling: Pooling, dtype: Any = 
             output = self.model(input_ids=input_ids, attention_mask=attention_mask)
             if task != "embedding":
                 return output.logits
-            states = output.last_hidden_state
-            if pooling == "cls":
-                return states[:, 0]
-            mask = attention_mask.unsqueeze(-1).to(states.dtype)
-            summed = (states * mask).sum(dim=1)
-            return summed / mask.sum(dim=1).clamp(min=1e-9)
+            return pool_states(output.last_hidden_state, attention_mask, pooling)
 
     return PooledEncoder().eval()
 
@@ -136,7 +131,7 @@ class TorchEncoderBackend:
 def export_code_hash() -> str:
     """Hash of the code that exports the graph: part of every cache key, so a changed exporter
     never reuses a stale graph."""
-    return prec.source_hash(_torch_module, export_onnx)
+    return prec.source_hash(_torch_module, pool_states, export_onnx)
 
 
 def onnx_cache_path(

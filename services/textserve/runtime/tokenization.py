@@ -30,6 +30,9 @@ class TextTokenizer:
         self.pad_id = int(self.hf.pad_token_id if self.hf.pad_token_id is not None else 0)
         self.special_ids: set[int] = {int(i) for i in self.hf.all_special_ids}
         """Ids of the tokenizer's special tokens."""
+        self.end_special_id = appended_end_id(self.hf, self.special_ids)
+        """The special token the tokenizer appends to every text (e.g. [SEP], </s>); None when
+        it appends none (GPT-2, Llama): the one special token a cut keeps."""
         # The Rust tokenizer itself, without the tokenizer.json's own truncation/padding
         # (we cut at max_length ourselves): skips the Python wrapper on the request path.
         self._fast: Any = None
@@ -45,9 +48,9 @@ class TextTokenizer:
         """Token ids for each text; texts over max_length are cut (and flagged)."""
         if self._fast is not None:
             encodings = self._fast.encode_batch_fast(list(texts), add_special_tokens=add_special_tokens)
-            return [self.truncate(encoding.ids) for encoding in encodings]
+            return [self.truncate(encoding.ids, add_special_tokens) for encoding in encodings]
         batch = self.full_batch(texts, add_special_tokens)["input_ids"]
-        return [self.truncate(list(ids)) for ids in batch]
+        return [self.truncate(list(ids), add_special_tokens) for ids in batch]
 
     def full_batch(self, texts: Sequence[str], add_special_tokens: bool) -> Any:
         """The Hugging Face batch encoding of texts, uncut, without attention masks or token
@@ -60,19 +63,35 @@ class TextTokenizer:
             return_token_type_ids=False,
         )
 
-    def truncate(self, ids: list[int]) -> Encoded:
-        """Cuts ids to max_length, keeping the final special token (e.g. [SEP]) when there is one."""
+    def truncate(self, ids: list[int], with_special_tokens: bool = True) -> Encoded:
+        """Cuts ids to max_length, keeping the final special token the tokenizer appends
+        (e.g. [SEP]) when `ids` end in it and carry special tokens; an [UNK] or a special token
+        written in the text is cut like any other token (as Hugging Face truncation does)."""
         full = len(ids)
         if full <= self.max_length:
             return Encoded(ids, False, full)
-        kept = kept_positions(full, self.max_length, ids[-1] in self.special_ids)
+        kept = kept_positions(full, self.max_length, self.ends_with_special(ids, with_special_tokens))
         return Encoded([ids[i] for i in kept], True, full)
+
+    def ends_with_special(self, ids: Sequence[int], with_special_tokens: bool) -> bool:
+        """Whether the last of `ids` is the special token the tokenizer appended."""
+        return with_special_tokens and len(ids) > 0 and int(ids[-1]) == self.end_special_id
+
+
+def appended_end_id(hf: Any, special_ids: set[int]) -> int | None:
+    """The special token id `hf` appends after every text (e.g. [SEP], </s>), else None."""
+    with_special = list(hf("a", add_special_tokens=True)["input_ids"])
+    without = list(hf("a", add_special_tokens=False)["input_ids"])
+    if with_special and with_special[-1] in special_ids and with_special[-1:] != without[-1:]:
+        return int(with_special[-1])
+    return None
 
 
 def kept_positions(length: int, limit: int, last_is_special: bool) -> list[int]:
     """Positions kept when `length` tokens are cut to `limit` (0: no cut).
 
-    The first limit tokens stay; when the last token is special (e.g. [SEP]) it replaces
+    The first limit tokens stay; when the last token is the special token the tokenizer
+    appended (e.g. [SEP]; `TextTokenizer.ends_with_special`) it replaces
     the last kept one.
     The one truncation rule: the model services' truncate and the tokenizer service's
     max_tokens cut both use it.

@@ -160,7 +160,8 @@ class LoadedTokenizer:
         results: list[TokenizedText] = []
         for index, ids in enumerate(batch["input_ids"]):
             full = len(ids)
-            kept = kept_positions(full, params.max_tokens, full > 0 and int(ids[-1]) in self.special_ids)
+            ends_special = self.text_tokenizer.ends_with_special(ids, params.add_special_tokens)
+            kept = kept_positions(full, params.max_tokens, ends_special)
             encoding = batch.encodings[index] if (params.return_tokens or params.return_offsets) else None
             tokens: list[str] = []
             offsets: list[tuple[int, int]] = []
