@@ -14,7 +14,6 @@ from textserve.core.cache import MemoryCacheBackend, ResponseCache, make_key
 from textserve.core.cache_through import CacheThrough
 from textserve.core.config import CacheConfig
 from textserve.core.errors import DeadlineExceeded
-from textserve.core.metrics import REGISTRY
 
 from tests.support import service_total, settle, wait_until
 
