@@ -45,7 +45,7 @@ class Probe:
 
     def __init__(self, forward: Forward, **config: object) -> None:
         self.model = f"contract-{next(_names)}"
-        self.labels = {"service": "test", "model": self.model}
+        self.labels = {"service": "test", "model": self.model, "version": "1"}
         self.batcher: Batcher[int, int] = Batcher(
             forward,
             BatcherConfig(**config),  # type: ignore[arg-type]
