@@ -325,3 +325,72 @@ def test_a_row_joining_is_written_into_spare_rows_without_copying_the_cache(tiny
             first.append(int(logits[0].argmax()))
             second.append(int(logits[1].argmax()))
     assert first == _alone(model, long_prompt, 5) and second == _alone(model, short_prompt, 4)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked"])
+def test_n_sequences_of_one_prompt_share_one_prefill(tiny: tuple[Any, Any], chunked: bool) -> None:
+    """The n sequences of a request (submitted together, same prompt) compute the prompt once
+    and fork its keys and values; each still samples its first token with its own seed, so
+    sequence i equals the sequence a request seeded with 42 + i gives alone, and greedy ones
+    equal generate()."""
+    model, tokenizer = tiny
+    prompt = "Once upon a time, in a land far away, there lived " * (3 if chunked else 1)
+    ids = tokenizer(prompt)["input_ids"]
+    budget = 24 if chunked else 512
+
+    def run(requests: list[EngineRequest], together: bool) -> tuple[list[list[int]], int]:
+        h = Harness(tiny, max_batched_tokens=budget)
+        if chunked:  # a running stream makes the prompt go in chunks
+            h.submit(99, "Hi", max_new=40)
+            h.step()
+        computed = h.engine.prompt_tokens_computed
+        if together:
+            h.engine.submit_all(requests)
+        else:
+            for request in requests:
+                h.engine.submit(request)
+        for _ in range(40):
+            h.step()
+        outputs = [[t for e in h.of(r.seq_id) for t in e.token_ids] for r in requests]
+        assert all(e.error is None for e in h.events)
+        return outputs, h.engine.prompt_tokens_computed - computed
+
+    def requests(seeds: list[int | None]) -> list[EngineRequest]:
+        return [
+            EngineRequest(
+                i,
+                ids,
+                10,
+                SamplingConfig(temperature=0.0 if seed is None else 1.0, seed=seed),
+                ignore_eos=True,
+            )
+            for i, seed in enumerate(seeds)
+        ]
+
+    if chunked:
+        assert len(ids) > budget
+    shared, computed = run(requests([42, 43, 44, 45]), together=True)
+    assert computed == len(ids)  # once, not 4 times
+    alone = [run(requests([42 + i]), together=False)[0][0] for i in range(4)]
+    assert shared == alone and len({tuple(o) for o in shared}) > 1
+    greedy, computed = run(requests([None, None, None]), together=True)
+    assert computed == len(ids)
+    assert greedy == [_alone(model, ids, 10)] * 3
+
+
+def test_followers_of_an_aborted_leader_prefill_the_prompt_themselves(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    ids = tokenizer("the quick brown fox jumps over the lazy dog " * 3)["input_ids"]
+    h = Harness(tiny, max_batched_tokens=24)
+    h.submit(99, "Hi", max_new=40)
+    h.step()
+    h.engine.submit_all([EngineRequest(i, ids, 6, SamplingConfig(), ignore_eos=True) for i in range(3)])
+    h.step()  # the leader (0) got a first chunk; 1 and 2 wait on it
+    assert 0 in h.engine.batch.staged and not {1, 2} & set(h.engine.batch.staged)
+    h.engine.abort(0)
+    for _ in range(45):
+        h.step()
+    expected = _alone(model, ids, 6)
+    assert [[t for e in h.of(i) for t in e.token_ids] for i in (1, 2)] == [expected, expected]
+    assert h.of(0)[-1].finish == FinishStatus.ABORTED
+    assert h.scheduler.stats().running == 0 and h.engine.batch.staged == set()

@@ -115,6 +115,8 @@ class _Sequence:
         """Prompt tokens whose keys and values are held (cached or computed)."""
         self.cached_tokens = 0
         """Prompt tokens reused from the prefix cache."""
+        self.leader: int | None = None
+        """The sequence prefilling the same prompt, whose keys and values this one forks."""
 
     def add_token(self, token: int, now: float, event: SequenceEvent) -> bool:
         """Records a token into `event`; returns True when a stop sequence was produced."""
@@ -176,6 +178,9 @@ class GenerationEngine:
         self._requests: dict[int, EngineRequest] = {}  # submitted, not admitted yet (under the lock)
         self._seqs: dict[int, _Sequence] = {}  # admitted (engine thread only)
         self._prefilling: dict[int, _Sequence] = {}  # admitted, prompt not complete (arrival order)
+        self._leaders: dict[tuple[int, ...], int] = {}  # prompt -> the sequence computing it
+        self.prompt_tokens_computed = 0
+        """Prompt tokens run through the model (not reused from the prefix cache or forked)."""
         self.max_batched_tokens = max_batched_tokens
         self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cache.enabled else None
         if self.prefix_cache is not None:
@@ -297,6 +302,7 @@ class GenerationEngine:
         ]
         self._seqs.clear()
         self._prefilling.clear()
+        self._leaders.clear()
         self.batch.reset()
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
@@ -351,6 +357,14 @@ class GenerationEngine:
         self._seqs[seq_id] = seq
         self._prefilling[seq_id] = seq
         self._metrics.admitted(len(request.prompt_ids))
+        # The same prompt being prefilled already (the n sequences of one request): this one
+        # waits, then forks its keys and values and its last logits (`_fork_followers`).
+        key = tuple(request.prompt_ids)
+        leader = self._leaders.get(key)
+        if leader is not None and leader in self._prefilling:
+            seq.leader = leader
+            return
+        self._leaders[key] = seq_id
         if self.prefix_cache is None:
             return
         hit = self.prefix_cache.lookup(request.prompt_ids)
@@ -372,6 +386,8 @@ class GenerationEngine:
         for seq in self._prefilling.values():
             if budget <= 0:
                 break
+            if seq.leader is not None:
+                continue
             remaining = len(seq.request.prompt_ids) - seq.prefilled
             take = min(remaining, budget)
             if seq.prefilled == 0 and take == remaining:
@@ -399,6 +415,7 @@ class GenerationEngine:
             )
             for seq in whole:
                 seq.prefilled = len(seq.request.prompt_ids)
+                self.prompt_tokens_computed += seq.prefilled
             rows += whole
         for seq, take in chunks:
             seq_id, prompt = seq.request.seq_id, seq.request.prompt_ids
@@ -406,6 +423,7 @@ class GenerationEngine:
                 self.batch.stage(seq_id)
             logits = self.batch.extend(seq_id, prompt[seq.prefilled : seq.prefilled + take])
             seq.prefilled += take
+            self.prompt_tokens_computed += take
             if seq.prefilled == len(prompt):
                 self._remember_prefix(seq)
                 self.batch.commit(seq_id)
@@ -413,11 +431,18 @@ class GenerationEngine:
                 rows.append(seq)
         for seq in whole:
             self._remember_prefix(seq)
-        for seq in rows[len(running) :]:
+        completed = rows[len(running) :]
+        for seq in completed:
             del self._prefilling[seq.request.seq_id]
+            self._forget_leader(seq)
         if not rows:
             return {}
         logits = logits_parts[0] if len(logits_parts) == 1 else torch.cat(logits_parts, dim=0)
+        positions = {seq.request.seq_id: len(running) + i for i, seq in enumerate(completed)}
+        forks = self._fork_followers(positions)
+        if forks:
+            logits = torch.cat([logits, logits[[index for _, index in forks]]], dim=0)
+            rows += [seq for seq, _ in forks]
         sample = sample_step(
             logits,
             [seq.sampler for seq in rows],
@@ -442,6 +467,37 @@ class GenerationEngine:
         self._metrics.step(len(rows), len(tokens), seconds)
         return result
 
+    def _fork_followers(self, completed: dict[int, int]) -> list[tuple[_Sequence, int]]:
+        """Joins the sequences waiting on a prompt completed this step, each with a copy of its
+        keys and values; returns (follower, logits row of its leader) for each."""
+        forks: list[tuple[_Sequence, int]] = []
+        for seq in list(self._prefilling.values()):
+            if seq.leader not in completed:
+                continue
+            seq_id, length = seq.request.seq_id, len(seq.request.prompt_ids)
+            self.batch.stage(seq_id, self.batch.row_kv(seq.leader, 0, length))
+            self.batch.commit(seq_id)
+            forks.append((seq, completed[seq.leader]))
+            seq.prefilled, seq.leader = length, None
+            del self._prefilling[seq_id]
+        return forks
+
+    def _forget_leader(self, seq: _Sequence) -> None:
+        """Forgets a sequence as the one computing its prompt (complete, or gone); when it left
+        before completing, its followers prefill the prompt themselves, the first one leading."""
+        key = tuple(seq.request.prompt_ids)
+        if self._leaders.get(key) == seq.request.seq_id:
+            del self._leaders[key]
+        if seq.prefilled == len(seq.request.prompt_ids):
+            return
+        successor: int | None = None
+        for other in self._prefilling.values():
+            if other.leader == seq.request.seq_id:
+                other.leader = successor
+                if successor is None:
+                    successor = other.request.seq_id
+                    self._leaders[key] = successor
+
     def _remember_prefix(self, seq: _Sequence) -> None:
         """Copies the full prompt blocks not cached yet into the prefix cache (within the KV
         budget's room)."""
@@ -464,7 +520,8 @@ class GenerationEngine:
     def _finish(self, item: Finished, events: dict[int, SequenceEvent]) -> None:
         """Adds the last event of a sequence and forgets it (at most once per sequence)."""
         seq = self._seqs.pop(item.seq_id, None)
-        self._prefilling.pop(item.seq_id, None)
+        if self._prefilling.pop(item.seq_id, None) is not None and seq is not None:
+            self._forget_leader(seq)
         event = events.get(item.seq_id)
         if event is None:
             event = SequenceEvent(item.seq_id, [], "")
@@ -488,6 +545,7 @@ class GenerationEngine:
         self.batch.reset()
         self._seqs.clear()
         self._prefilling.clear()
+        self._leaders.clear()
         message = f"model forward failed: {type(error).__name__}: {error}"
         for seq_id in failed:
             events[seq_id] = SequenceEvent(seq_id, [], "", FinishStatus.ABORTED, error=message)
