@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
+from textserve.generation.engine import EngineRequest, GenerationEngine, PrefillPacer, SequenceEvent
 from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.sampling import SamplingConfig, SequenceSampler, sample_next
 from textserve.generation.scheduler import FinishStatus, Scheduler, SchedulerLimits
@@ -394,3 +394,28 @@ def test_followers_of_an_aborted_leader_prefill_the_prompt_themselves(tiny: tupl
     assert [[t for e in h.of(i) for t in e.token_ids] for i in (1, 2)] == [expected, expected]
     assert h.of(0)[-1].finish == FinishStatus.ABORTED
     assert h.scheduler.stats().running == 0 and h.engine.batch.staged == set()
+
+
+def test_prefill_pacer_sizes_prompt_work_to_a_share_of_a_decode_step() -> None:
+    """While streams run, a step computes the prompt tokens that take `share` of a decode-only
+    step, both measured from whole steps; unbounded until both are known, or with no share."""
+    pacer = PrefillPacer(1.0)
+    assert pacer.budget() is None
+    pacer.observe(running=16, prompt_tokens=40, seconds=0.050)  # no decode time yet: not used
+    assert pacer.prompt_token_seconds is None
+    pacer.observe(running=16, prompt_tokens=0, seconds=0.010)
+    assert pacer.budget() is None  # no prompt time yet
+    pacer.observe(running=16, prompt_tokens=20, seconds=0.030)  # 20 ms beyond decode: 1 ms a token
+    assert pacer.budget() == 10
+    half = PrefillPacer(0.5)
+    half.observe(running=0, prompt_tokens=50, seconds=0.050)  # no stream: the whole step is prompt work
+    half.observe(running=8, prompt_tokens=0, seconds=0.008)
+    assert half.budget() == 4
+    # Moving averages: a slower decode step raises the budget, a dearer prompt token lowers it.
+    pacer.observe(running=16, prompt_tokens=0, seconds=0.030)
+    assert pacer.decode_seconds is not None and 0.010 < pacer.decode_seconds < 0.030
+    assert pacer.budget() is not None and pacer.budget() > 10
+    unbounded = PrefillPacer(None)
+    unbounded.observe(running=16, prompt_tokens=0, seconds=0.010)
+    unbounded.observe(running=16, prompt_tokens=20, seconds=0.030)
+    assert unbounded.budget() is None

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # Prompt tokens prefilled in a step even when the running rows use up the step's budget.
 _MIN_PREFILL_TOKENS = 16
+# Weight of the newest step in the step-time estimates (exponential moving averages).
+_STEP_TIME_WEIGHT = 0.25
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class GenerationEngine:
         pad_token_id: int = 0,
         max_batched_tokens: int = 128,
         prefix_cache: PrefixCache | None = None,
+        prefill_time_share: float | None = None,
     ) -> None:
         self.model = model
         self.eos_token_ids = eos_token_ids
@@ -182,6 +185,7 @@ class GenerationEngine:
         self.prompt_tokens_computed = 0
         """Prompt tokens run through the model (not reused from the prefix cache or forked)."""
         self.max_batched_tokens = max_batched_tokens
+        self.pacer = PrefillPacer(prefill_time_share)
         self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cache.enabled else None
         if self.prefix_cache is not None:
             scheduler.prefix_pool = self.prefix_cache
@@ -378,7 +382,11 @@ class GenerationEngine:
         whole prompt is computed now (together), and (sequence, tokens) chunks of the others."""
         # The budget protects running streams; with none, up to max_prefill_tokens go at once.
         if running:
-            budget = max(self.max_batched_tokens - running, _MIN_PREFILL_TOKENS)
+            budget = self.max_batched_tokens - running
+            paced = self.pacer.budget()
+            if paced is not None:
+                budget = min(budget, paced)
+            budget = max(budget, _MIN_PREFILL_TOKENS)
         else:
             budget = max(self.max_batched_tokens, self.scheduler.limits.max_prefill_tokens)
         whole: list[_Sequence] = []
@@ -403,6 +411,7 @@ class GenerationEngine:
         logits_parts: list[torch.Tensor] = []
         rows: list[_Sequence] = []
         started = time.perf_counter()
+        computed = self.prompt_tokens_computed
         if running:
             logits_parts.append(self.batch.decode([self._seqs[seq_id].next_token for seq_id in running]))
             rows += [self._seqs[seq_id] for seq_id in running]
@@ -450,6 +459,7 @@ class GenerationEngine:
         )
         tokens = sample.tokens
         seconds = time.perf_counter() - started
+        self.pacer.observe(len(running), self.prompt_tokens_computed - computed, seconds)
         now = time.monotonic()
         result: dict[int, tuple[int, bool]] = {}
         for seq, token, logprobs in zip(rows, tokens, sample.logprobs, strict=True):
@@ -552,6 +562,43 @@ class GenerationEngine:
             self._metrics.finished(FinishStatus.ABORTED)
 
 
+class PrefillPacer:
+    """Sizes the prompt work of a step that also decodes running streams from measured step
+    times: at most what takes `share` of a decode-only step, so such a step takes at most
+    (1 + share) x a decode step and running streams' inter-token gaps at most grow by that.
+
+    Both times are moving averages of whole steps (forward and sampling, so they hold on any
+    device): decode-only steps, and steps with prompt work (their time beyond a decode step's,
+    per prompt token; all of it for steps that run no stream).
+    """
+
+    def __init__(self, share: float | None) -> None:
+        self.share = share
+        """None: no bound (only the engine's `max_batched_tokens`)."""
+        self.decode_seconds: float | None = None
+        self.prompt_token_seconds: float | None = None
+
+    def observe(self, running: int, prompt_tokens: int, seconds: float) -> None:
+        """Adds a step's time: `running` rows decoded, `prompt_tokens` prompt tokens computed."""
+        if not prompt_tokens:
+            if running:
+                self.decode_seconds = _average(self.decode_seconds, seconds)
+            return
+        decode = self.decode_seconds if running else 0.0
+        if decode is None:
+            return
+        per_token = max(seconds - decode, 0.0) / prompt_tokens
+        self.prompt_token_seconds = _average(self.prompt_token_seconds, per_token)
+
+    def budget(self) -> int | None:
+        """Prompt tokens a step with running streams may compute (None: no bound, until both
+        times are measured)."""
+        share, decode, per_token = self.share, self.decode_seconds, self.prompt_token_seconds
+        if share is None or decode is None or per_token is None or per_token <= 0:
+            return None
+        return int(share * decode / per_token)
+
+
 class _EngineMetrics:
     """The generation metrics, recorded in one place."""
 
@@ -608,6 +655,11 @@ class _EngineMetrics:
 
     def finished(self, status: FinishStatus) -> None:
         self.finished_by[status].inc()
+
+
+def _average(average: float | None, value: float) -> float:
+    """The moving average `average` (None: no value yet) updated with `value`."""
+    return value if average is None else average + _STEP_TIME_WEIGHT * (value - average)
 
 
 def _reason(status: FinishStatus) -> str:
