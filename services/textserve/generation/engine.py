@@ -12,7 +12,12 @@ Each step:
    is spread over several steps, so running streams keep getting a token every step; with
    no running stream there is nothing to protect and up to `max_prefill_tokens` go at once);
    a sequence whose prompt is complete joins the batch and gets its first token, and its
-   full prompt blocks go into the prefix cache;
+   full prompt blocks go into the prefix cache. While streams run, the prompt work is also
+   paced (`PrefillPacer`): at most what takes about a decode step's time, measured, so a
+   step that prefills takes at most about twice a decode-only step. A sequence admitted
+   while the same prompt is being prefilled (the n sequences of one request) waits for it
+   and then forks its keys and values and its last logits: the prompt is computed once, and
+   each sequence samples its first token with its own sampler;
 4. one token is chosen per row (`sampling`: under the row's grammar when the request is
    constrained, with its logprobs when asked), turned into a text delta (`detokenize`), and
    checked against the request's stop sequences (a completed grammar also stops it);
