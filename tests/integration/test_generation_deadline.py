@@ -9,18 +9,21 @@ import pytest
 from textserve.core.errors import DeadlineExceeded
 from textserve.generation.params import GenerateParams
 from textserve.generation.scheduler import FinishStatus
+from textserve.runtime.demo_lm import RANDOM_MODEL_PATH
 
 from tests.support import loopback_server, start_host
 
 
 async def test_a_deadline_passing_mid_generation() -> None:
     from textserve.core.cache import build_cache
-    from textserve.core.config import CacheConfig
+    from textserve.core.config import CacheConfig, ModelConfig
     from textserve.generation.app import GenerationApp
     from textserve.generation.config import GenerationServiceConfig
 
     app = GenerationApp(
-        GenerationServiceConfig(server=loopback_server()),
+        GenerationServiceConfig(
+            server=loopback_server(), model=ModelConfig(path=RANDOM_MODEL_PATH, backend="torch")
+        ),
         build_cache(CacheConfig(backend="none"), "generation"),
     )
     host = await start_host([app])
