@@ -419,3 +419,23 @@ def test_prefill_pacer_sizes_prompt_work_to_a_share_of_a_decode_step() -> None:
     unbounded.observe(running=16, prompt_tokens=0, seconds=0.010)
     unbounded.observe(running=16, prompt_tokens=20, seconds=0.030)
     assert unbounded.budget() is None
+
+
+def test_the_pacer_bounds_prompt_work_while_streams_run(tiny: tuple[Any, Any]) -> None:
+    """With step times measured (set here), a step that decodes a running stream prefills only
+    the paced share of a new prompt (chunked), not the whole token budget; outputs unchanged."""
+    model, tokenizer = tiny
+    h = Harness(tiny, max_batched_tokens=512)
+    h.submit(99, "Hi", max_new=30)
+    h.step()
+    pacer = h.engine.pacer = PrefillPacer(1.0)
+    pacer.decode_seconds, pacer.prompt_token_seconds = 0.010, 0.010 / 20.5  # 20 tokens a step
+    prompt = "the quick brown fox jumps over the lazy dog " * 3
+    ids = tokenizer(prompt)["input_ids"]
+    assert len(ids) > 40
+    h.submit(1, prompt, max_new=6)
+    h.step()
+    assert h.engine.batch.staged_tokens(1) == 20 and h.of(99)  # one chunk; the stream got its token
+    for _ in range(35):
+        h.step()
+    assert [t for e in h.of(1) for t in e.token_ids] == _alone(model, ids, 6)
