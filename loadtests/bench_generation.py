@@ -15,7 +15,9 @@ same-round ratios (their median):
   * prefix hit: one prompt of a --prefix-tokens long prefix (new each round) sent twice;
     the second's time to first token over the first's (prefix reuse), outputs compared;
   * burst: --burst-running streams decoding, then --burst-new new prompts arriving at
-    once; the running streams' inter-token p99 over their p50 (chunked prefill).
+    once; the running streams' inter-token p99 over their p50 (chunked prefill), as the
+    clients see it and, with --in-process, as the engine produces it (the time of each
+    step's events, so gRPC and event-loop delays are left out).
 Every request generates exactly --max-new-tokens tokens (EOS ignored), from prompts of
 16-64 tokens. Client and server share the machine's cores; the ratios are what to compare.
 
@@ -23,6 +25,7 @@ Every request generates exactly --max-new-tokens tokens (EOS ignored), from prom
     python -m loadtests.bench_generation --rounds 1 --max-new-tokens 16 --requests-per-stream 1 \\
         --baseline-requests 2 --concurrency 1,8                # quick check
     python -m loadtests.bench_generation --json out.json       # also write the table as JSON
+    python -m loadtests.bench_generation --in-process --only burst --rounds 5   # burst ITL only
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -37,6 +41,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,17 +175,50 @@ class InProcessServer:
             max_batched_tokens=batched,
             cache_enabled=False,
         )
-        self.host = ServiceHost([GenerationApp(config)])
+        self.app = GenerationApp(config)
+        self.host = ServiceHost([self.app])
+        self.probe = EngineProbe()
 
     def address(self) -> str:
         return f"127.0.0.1:{self.host.port_of('generation')}"
 
     async def __aenter__(self) -> InProcessServer:
         await self.host.start()
+        engine = self.app.service.engine
+        assert engine is not None
+        self.probe.attach(engine.engine)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.host.stop(grace=1.0)
+
+
+class EngineProbe:
+    """Server-side token times: when the engine hands each step's events over (in-process only)."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, list[float]] = {}
+        self.engine: Any = None
+
+    def attach(self, engine: Any) -> None:
+        self.engine = engine
+        sink = engine.on_events
+
+        def record(events: list[Any]) -> None:
+            now = time.perf_counter()
+            for event in events:
+                if event.token_ids:
+                    self.times.setdefault(event.seq_id, []).append(now)
+            sink(events)
+
+        engine.on_events = record
+
+    def itl_of_running(self, before: float) -> list[float]:
+        """Inter-token gaps of the sequences that had a token before `before`; forgets all."""
+        times, self.times = self.times, {}
+        return [
+            b - a for stamps in times.values() if stamps[0] < before for a, b in itertools.pairwise(stamps)
+        ]
 
 
 _BASELINE: Baseline | None = None
@@ -272,9 +310,9 @@ async def prefix_pair(stub: Any, prefix: str, max_new_tokens: int) -> tuple[Poin
 
 async def burst(
     stub: Any, running: list[str], new: list[str], max_new_tokens: int, settle_tokens: int = 4
-) -> tuple[Point, Point]:
+) -> tuple[Point, Point, float]:
     """`running` streams decoding; once each has `settle_tokens` tokens, the `new` prompts
-    arrive at once. Returns (the running streams, the new ones)."""
+    arrive at once. Returns (the running streams, the new ones, when the new ones were sent)."""
     streams = Point("burst: running streams", len(running), len(running), 0, 0.0)
     joined = Point("burst: new prompts", len(new), len(new), 0, 0.0)
     settled = asyncio.Event()
@@ -295,14 +333,18 @@ async def burst(
             if min(counts) >= settle_tokens:
                 settled.set()
 
+    sent = 0.0
+
     async def newcomers() -> None:
+        nonlocal sent
         await settled.wait()
+        sent = time.perf_counter()
         await asyncio.gather(*(stream_one(stub, prompt, max_new_tokens, joined) for prompt in new))
 
     started = time.perf_counter()
     await asyncio.gather(*(runner(i) for i in range(len(running))), newcomers())
     streams.seconds = joined.seconds = time.perf_counter() - started
-    return streams, joined
+    return streams, joined, sent
 
 
 def long_prefix(tokenizer: Any, tokens: int, seed: int) -> str:
@@ -317,7 +359,8 @@ def long_prefix(tokenizer: Any, tokens: int, seed: int) -> str:
 
 _RATIO_NOTE = (
     "ratio (median of the same-round ratios): service rows, tokens/s over generate()'s; prefix hit, "
-    "its TTFT over the cold one's; burst running streams, their inter-token p99 over p50"
+    "its TTFT over the cold one's; burst running streams, their inter-token p99 over p50 (client side; "
+    "'engine' rows: at the engine, --in-process only)"
 )
 
 
@@ -388,33 +431,44 @@ async def run(args: argparse.Namespace) -> BenchResult:
                 grpc.aio.insecure_channel(server.address()) as channel,
             ):
                 stub = generation_pb2_grpc.GenerationServiceStub(channel)
+                probe: EngineProbe | None = getattr(server, "probe", None)
                 await stream_one(stub, prompts[-1], 4, Point("warm-up", 1, 1, 0, 0.0))
                 for index in tqdm(range(args.rounds), desc="rounds", unit="round"):
+                    if args.only == "burst":
+                        await burst_round(stub, burst_prompts, args, rounds, probe)
+                        continue
+                    if args.only == "burst-ab":
+                        await burst_ab_round(stub, burst_prompts, args, rounds, probe)
+                        continue
                     base = baseline.submit(
                         _measure_baseline, prompts[: args.baseline_requests], args.max_new_tokens
                     ).result()
                     rounds.add("base", base)
                     for streams in levels:
+                        if args.only == "streams-ab":  # token budget only, then with the time share
+                            with _time_share_off(probe):
+                                point = await drive(
+                                    stub, prompts, streams, args.requests_per_stream, args.max_new_tokens
+                                )
+                            point.setup += _NO_TIME_SHARE
+                            rounds.add(f"service {streams}{_NO_TIME_SHARE}", point)
+                            rounds.ratio(
+                                f"service {streams}{_NO_TIME_SHARE}", point.tokens_per_s / base.tokens_per_s
+                            )
                         point = await drive(
                             stub, prompts, streams, args.requests_per_stream, args.max_new_tokens
                         )
                         rounds.add(f"service {streams}", point)
                         rounds.ratio(f"service {streams}", point.tokens_per_s / base.tokens_per_s)
+                    if args.only == "streams-ab":
+                        continue
                     prefix = long_prefix(tokenizer, args.prefix_tokens, seed=1000 + index)
                     cold, hit, same = await prefix_pair(stub, prefix, args.max_new_tokens)
                     same_output = same_output and same
                     rounds.add("prefix cold", cold)
                     rounds.add("prefix hit", hit)
                     rounds.ratio("prefix hit", hit.ttft[0] / cold.ttft[0])
-                    running, joined = await burst(
-                        stub,
-                        burst_prompts[: args.burst_running],
-                        burst_prompts[args.burst_running :],
-                        args.burst_max_new_tokens,
-                    )
-                    rounds.add("burst running", running)
-                    rounds.add("burst new", joined)
-                    rounds.ratio("burst running", percentile(running.itl, 99) / percentile(running.itl, 50))
+                    await burst_round(stub, burst_prompts, args, rounds, probe)
     rows = render(rounds)
     print()
     print(format_table(rows))
@@ -422,8 +476,13 @@ async def run(args: argparse.Namespace) -> BenchResult:
     checks = [
         ("1 stream / generate() tokens/s", "service 1", 0.9, ">="),
         ("32 streams / generate() tokens/s", "service 32", 6.0, ">="),
+        (f"32 streams / generate() tokens/s{_NO_TIME_SHARE}", f"service 32{_NO_TIME_SHARE}", 6.0, ">="),
+        (f"1 stream / generate() tokens/s{_NO_TIME_SHARE}", f"service 1{_NO_TIME_SHARE}", 0.9, ">="),
         ("prefix hit TTFT / cold TTFT", "prefix hit", 0.5, "<="),
         ("burst: running streams' ITL p99 / p50", "burst running", 2.0, "<="),
+        ("burst: running streams' ITL p99 / p50 at the engine", "burst engine", 2.0, "<="),
+        (f"burst: ITL p99 / p50{_NO_TIME_SHARE}", "burst running" + _NO_TIME_SHARE, 2.0, "<="),
+        (f"burst: ITL p99 / p50 at the engine{_NO_TIME_SHARE}", "burst engine" + _NO_TIME_SHARE, 2.0, "<="),
     ]
     result = BenchResult(bench="generation", title="Generation: continuous batching vs sequential generate()")
     for row in rows:
@@ -454,6 +513,60 @@ async def run(args: argparse.Namespace) -> BenchResult:
     return result
 
 
+async def burst_round(
+    stub: Any,
+    prompts: list[str],
+    args: argparse.Namespace,
+    rounds: Rounds,
+    probe: EngineProbe | None,
+    suffix: str = "",
+) -> None:
+    """One burst run, its points and ratios added to `rounds` (the engine's too with a probe)."""
+    if probe is not None:
+        probe.times.clear()
+    running, joined, sent = await burst(
+        stub, prompts[: args.burst_running], prompts[args.burst_running :], args.burst_max_new_tokens
+    )
+    for point in (running, joined):
+        point.setup += suffix
+    rounds.add("burst running" + suffix, running)
+    rounds.add("burst new" + suffix, joined)
+    rounds.ratio("burst running" + suffix, percentile(running.itl, 99) / percentile(running.itl, 50))
+    if probe is not None:
+        engine = Point(
+            "burst: running streams (engine)" + suffix, args.burst_running, args.burst_running, 0, 0.0
+        )
+        engine.itl = probe.itl_of_running(sent)
+        rounds.add("burst engine" + suffix, engine)
+        rounds.ratio("burst engine" + suffix, percentile(engine.itl, 99) / percentile(engine.itl, 50))
+
+
+_NO_TIME_SHARE = " [token budget only]"
+
+
+async def burst_ab_round(
+    stub: Any, prompts: list[str], args: argparse.Namespace, rounds: Rounds, probe: EngineProbe | None
+) -> None:
+    """A burst run with the engine's prefill sized by the token budget alone, then one with
+    its time share too (the default): A B in every round (--in-process only)."""
+    with _time_share_off(probe):
+        await burst_round(stub, prompts, args, rounds, probe, _NO_TIME_SHARE)
+    await burst_round(stub, prompts, args, rounds, probe)
+
+
+@contextlib.contextmanager
+def _time_share_off(probe: EngineProbe | None) -> Iterator[None]:
+    """The engine's prefill sized by max_batched_tokens alone while inside (--in-process only)."""
+    if probe is None or probe.engine is None:
+        raise SystemExit("the -ab runs need --in-process")
+    pacer = probe.engine.pacer
+    share, pacer.share = pacer.share, None
+    try:
+        yield
+    finally:
+        pacer.share = share
+
+
 def main() -> None:
     from textserve.generation.config import GenerationServiceConfig
 
@@ -479,6 +592,14 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--in-process", action="store_true", help="run the service in this process")
+    parser.add_argument(
+        "--only",
+        choices=["all", "burst", "burst-ab", "streams-ab"],
+        default="all",
+        help="burst: only the burst run; burst-ab: only the burst run, with the engine's prefill "
+        "sized by max_batched_tokens alone and with its time share too, in every round (--in-process); "
+        "streams-ab: the same A B for the stream-count rows",
+    )
     parser.add_argument("--json", type=Path, help="also write the result (loadtests/common.py format)")
     parser.add_argument(
         "--threads",

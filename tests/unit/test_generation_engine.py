@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from textserve.generation.engine import EngineRequest, GenerationEngine, SequenceEvent
+from textserve.generation.engine import EngineRequest, GenerationEngine, PrefillPacer, SequenceEvent
 from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.sampling import SamplingConfig, SequenceSampler, sample_next
 from textserve.generation.scheduler import FinishStatus, Scheduler, SchedulerLimits
@@ -325,3 +325,117 @@ def test_a_row_joining_is_written_into_spare_rows_without_copying_the_cache(tiny
             first.append(int(logits[0].argmax()))
             second.append(int(logits[1].argmax()))
     assert first == _alone(model, long_prompt, 5) and second == _alone(model, short_prompt, 4)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked"])
+def test_n_sequences_of_one_prompt_share_one_prefill(tiny: tuple[Any, Any], chunked: bool) -> None:
+    """The n sequences of a request (submitted together, same prompt) compute the prompt once
+    and fork its keys and values; each still samples its first token with its own seed, so
+    sequence i equals the sequence a request seeded with 42 + i gives alone, and greedy ones
+    equal generate()."""
+    model, tokenizer = tiny
+    prompt = "Once upon a time, in a land far away, there lived " * (3 if chunked else 1)
+    ids = tokenizer(prompt)["input_ids"]
+    budget = 24 if chunked else 512
+
+    def run(requests: list[EngineRequest], together: bool) -> tuple[list[list[int]], int]:
+        h = Harness(tiny, max_batched_tokens=budget)
+        if chunked:  # a running stream makes the prompt go in chunks
+            h.submit(99, "Hi", max_new=40)
+            h.step()
+        computed = h.engine.prompt_tokens_computed
+        if together:
+            h.engine.submit_all(requests)
+        else:
+            for request in requests:
+                h.engine.submit(request)
+        for _ in range(40):
+            h.step()
+        outputs = [[t for e in h.of(r.seq_id) for t in e.token_ids] for r in requests]
+        assert all(e.error is None for e in h.events)
+        return outputs, h.engine.prompt_tokens_computed - computed
+
+    def requests(seeds: list[int | None]) -> list[EngineRequest]:
+        return [
+            EngineRequest(
+                i,
+                ids,
+                10,
+                SamplingConfig(temperature=0.0 if seed is None else 1.0, seed=seed),
+                ignore_eos=True,
+            )
+            for i, seed in enumerate(seeds)
+        ]
+
+    if chunked:
+        assert len(ids) > budget
+    shared, computed = run(requests([42, 43, 44, 45]), together=True)
+    assert computed == len(ids)  # once, not 4 times
+    alone = [run(requests([42 + i]), together=False)[0][0] for i in range(4)]
+    assert shared == alone and len({tuple(o) for o in shared}) > 1
+    greedy, computed = run(requests([None, None, None]), together=True)
+    assert computed == len(ids)
+    assert greedy == [_alone(model, ids, 10)] * 3
+
+
+def test_followers_of_an_aborted_leader_prefill_the_prompt_themselves(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    ids = tokenizer("the quick brown fox jumps over the lazy dog " * 3)["input_ids"]
+    h = Harness(tiny, max_batched_tokens=24)
+    h.submit(99, "Hi", max_new=40)
+    h.step()
+    h.engine.submit_all([EngineRequest(i, ids, 6, SamplingConfig(), ignore_eos=True) for i in range(3)])
+    h.step()  # the leader (0) got a first chunk; 1 and 2 wait on it
+    assert 0 in h.engine.batch.staged and not {1, 2} & set(h.engine.batch.staged)
+    h.engine.abort(0)
+    for _ in range(45):
+        h.step()
+    expected = _alone(model, ids, 6)
+    assert [[t for e in h.of(i) for t in e.token_ids] for i in (1, 2)] == [expected, expected]
+    assert h.of(0)[-1].finish == FinishStatus.ABORTED
+    assert h.scheduler.stats().running == 0 and h.engine.batch.staged == set()
+
+
+def test_prefill_pacer_sizes_prompt_work_to_a_share_of_a_decode_step() -> None:
+    """While streams run, a step computes the prompt tokens that take `share` of a decode-only
+    step, both measured from whole steps; unbounded until both are known, or with no share."""
+    pacer = PrefillPacer(1.0)
+    assert pacer.budget() is None
+    pacer.observe(running=16, prompt_tokens=40, seconds=0.050)  # no decode time yet: not used
+    assert pacer.prompt_token_seconds is None
+    pacer.observe(running=16, prompt_tokens=0, seconds=0.010)
+    assert pacer.budget() is None  # no prompt time yet
+    pacer.observe(running=16, prompt_tokens=20, seconds=0.030)  # 20 ms beyond decode: 1 ms a token
+    assert pacer.budget() == 10
+    half = PrefillPacer(0.5)
+    half.observe(running=0, prompt_tokens=50, seconds=0.050)  # no stream: the whole step is prompt work
+    half.observe(running=8, prompt_tokens=0, seconds=0.008)
+    assert half.budget() == 4
+    # Moving averages: a slower decode step raises the budget, a dearer prompt token lowers it.
+    pacer.observe(running=16, prompt_tokens=0, seconds=0.030)
+    assert pacer.decode_seconds is not None and 0.010 < pacer.decode_seconds < 0.030
+    assert pacer.budget() is not None and pacer.budget() > 10
+    unbounded = PrefillPacer(None)
+    unbounded.observe(running=16, prompt_tokens=0, seconds=0.010)
+    unbounded.observe(running=16, prompt_tokens=20, seconds=0.030)
+    assert unbounded.budget() is None
+
+
+def test_the_pacer_bounds_prompt_work_while_streams_run(tiny: tuple[Any, Any]) -> None:
+    """With step times measured (set here), a step that decodes a running stream prefills only
+    the paced share of a new prompt (chunked), not the whole token budget; outputs unchanged."""
+    model, tokenizer = tiny
+    h = Harness(tiny, max_batched_tokens=512)
+    h.submit(99, "Hi", max_new=30)
+    h.step()
+    pacer = h.engine.pacer = PrefillPacer(1.0)
+    pacer.decode_seconds, pacer.prompt_token_seconds = 0.010, 0.010 / 20.5  # 20 tokens a step
+    prompt = "the quick brown fox jumps over the lazy dog " * 3
+    ids = tokenizer(prompt)["input_ids"]
+    assert len(ids) > 40
+    h.submit(1, prompt, max_new=6)
+    h.step()
+    assert h.engine.batch.staged_tokens(1) == 20 and h.of(99)  # one chunk; the stream got its token
+    for _ in range(35):
+        h.step()
+    assert [t for e in h.of(1) for t in e.token_ids] == _alone(model, ids, 6)

@@ -23,6 +23,11 @@ from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.scheduler import Scheduler, SchedulerLimits
 from textserve.runtime.causal_lm import CausalLM
 
+# While streams run, a step prefills at most what takes this share of a decode step (the
+# engine's `prefill_time_share`): the inter-token gap of a running stream at most doubles
+# while new prompts join.
+PREFILL_TIME_SHARE = 1.0
+
 
 class AsyncEngine:
     """One GenerationEngine run in its worker thread, driven from the event loop."""
@@ -35,6 +40,7 @@ class AsyncEngine:
         service: str,
         max_batched_tokens: int = 128,
         prefix_cache: PrefixCache | None = None,
+        prefill_time_share: float | None = PREFILL_TIME_SHARE,
     ) -> None:
         info = model.info
         pad = model.tokenizer.pad_token_id
@@ -51,6 +57,7 @@ class AsyncEngine:
             pad_token_id=int(pad) if pad is not None else 0,
             max_batched_tokens=max_batched_tokens,
             prefix_cache=prefix_cache,
+            prefill_time_share=prefill_time_share,
         )
         self._model_name = info.name
         self._loop: asyncio.AbstractEventLoop | None = None

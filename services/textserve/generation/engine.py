@@ -12,7 +12,12 @@ Each step:
    is spread over several steps, so running streams keep getting a token every step; with
    no running stream there is nothing to protect and up to `max_prefill_tokens` go at once);
    a sequence whose prompt is complete joins the batch and gets its first token, and its
-   full prompt blocks go into the prefix cache;
+   full prompt blocks go into the prefix cache. While streams run, the prompt work is also
+   paced (`PrefillPacer`): at most what takes about a decode step's time, measured, so a
+   step that prefills takes at most about twice a decode-only step. A sequence admitted
+   while the same prompt is being prefilled (the n sequences of one request) waits for it
+   and then forks its keys and values and its last logits: the prompt is computed once, and
+   each sequence samples its first token with its own sampler;
 4. one token is chosen per row (`sampling`: under the row's grammar when the request is
    constrained, with its logprobs when asked), turned into a text delta (`detokenize`), and
    checked against the request's stop sequences (a completed grammar also stops it);
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # Prompt tokens prefilled in a step even when the running rows use up the step's budget.
 _MIN_PREFILL_TOKENS = 16
+# Weight of the newest step in the step-time estimates (exponential moving averages).
+_STEP_TIME_WEIGHT = 0.25
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,8 @@ class _Sequence:
         """Prompt tokens whose keys and values are held (cached or computed)."""
         self.cached_tokens = 0
         """Prompt tokens reused from the prefix cache."""
+        self.leader: int | None = None
+        """The sequence prefilling the same prompt, whose keys and values this one forks."""
 
     def add_token(self, token: int, now: float, event: SequenceEvent) -> bool:
         """Records a token into `event`; returns True when a stop sequence was produced."""
@@ -159,6 +168,7 @@ class GenerationEngine:
         pad_token_id: int = 0,
         max_batched_tokens: int = 128,
         prefix_cache: PrefixCache | None = None,
+        prefill_time_share: float | None = None,
     ) -> None:
         self.model = model
         self.eos_token_ids = eos_token_ids
@@ -176,7 +186,11 @@ class GenerationEngine:
         self._requests: dict[int, EngineRequest] = {}  # submitted, not admitted yet (under the lock)
         self._seqs: dict[int, _Sequence] = {}  # admitted (engine thread only)
         self._prefilling: dict[int, _Sequence] = {}  # admitted, prompt not complete (arrival order)
+        self._leaders: dict[tuple[int, ...], int] = {}  # prompt -> the sequence computing it
+        self.prompt_tokens_computed = 0
+        """Prompt tokens run through the model (not reused from the prefix cache or forked)."""
         self.max_batched_tokens = max_batched_tokens
+        self.pacer = PrefillPacer(prefill_time_share)
         self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cache.enabled else None
         if self.prefix_cache is not None:
             scheduler.prefix_pool = self.prefix_cache
@@ -297,6 +311,7 @@ class GenerationEngine:
         ]
         self._seqs.clear()
         self._prefilling.clear()
+        self._leaders.clear()
         self.batch.reset()
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
@@ -351,6 +366,14 @@ class GenerationEngine:
         self._seqs[seq_id] = seq
         self._prefilling[seq_id] = seq
         self._metrics.admitted(len(request.prompt_ids))
+        # The same prompt being prefilled already (the n sequences of one request): this one
+        # waits, then forks its keys and values and its last logits (`_fork_followers`).
+        key = tuple(request.prompt_ids)
+        leader = self._leaders.get(key)
+        if leader is not None and leader in self._prefilling:
+            seq.leader = leader
+            return
+        self._leaders[key] = seq_id
         if self.prefix_cache is None:
             return
         hit = self.prefix_cache.lookup(request.prompt_ids)
@@ -364,7 +387,11 @@ class GenerationEngine:
         whole prompt is computed now (together), and (sequence, tokens) chunks of the others."""
         # The budget protects running streams; with none, up to max_prefill_tokens go at once.
         if running:
-            budget = max(self.max_batched_tokens - running, _MIN_PREFILL_TOKENS)
+            budget = self.max_batched_tokens - running
+            paced = self.pacer.budget()
+            if paced is not None:
+                budget = min(budget, paced)
+            budget = max(budget, _MIN_PREFILL_TOKENS)
         else:
             budget = max(self.max_batched_tokens, self.scheduler.limits.max_prefill_tokens)
         whole: list[_Sequence] = []
@@ -372,6 +399,8 @@ class GenerationEngine:
         for seq in self._prefilling.values():
             if budget <= 0:
                 break
+            if seq.leader is not None:
+                continue
             remaining = len(seq.request.prompt_ids) - seq.prefilled
             take = min(remaining, budget)
             if seq.prefilled == 0 and take == remaining:
@@ -387,6 +416,7 @@ class GenerationEngine:
         logits_parts: list[torch.Tensor] = []
         rows: list[_Sequence] = []
         started = time.perf_counter()
+        computed = self.prompt_tokens_computed
         if running:
             logits_parts.append(self.batch.decode([self._seqs[seq_id].next_token for seq_id in running]))
             rows += [self._seqs[seq_id] for seq_id in running]
@@ -399,6 +429,7 @@ class GenerationEngine:
             )
             for seq in whole:
                 seq.prefilled = len(seq.request.prompt_ids)
+                self.prompt_tokens_computed += seq.prefilled
             rows += whole
         for seq, take in chunks:
             seq_id, prompt = seq.request.seq_id, seq.request.prompt_ids
@@ -406,6 +437,7 @@ class GenerationEngine:
                 self.batch.stage(seq_id)
             logits = self.batch.extend(seq_id, prompt[seq.prefilled : seq.prefilled + take])
             seq.prefilled += take
+            self.prompt_tokens_computed += take
             if seq.prefilled == len(prompt):
                 self._remember_prefix(seq)
                 self.batch.commit(seq_id)
@@ -413,11 +445,18 @@ class GenerationEngine:
                 rows.append(seq)
         for seq in whole:
             self._remember_prefix(seq)
-        for seq in rows[len(running) :]:
+        completed = rows[len(running) :]
+        for seq in completed:
             del self._prefilling[seq.request.seq_id]
+            self._forget_leader(seq)
         if not rows:
             return {}
         logits = logits_parts[0] if len(logits_parts) == 1 else torch.cat(logits_parts, dim=0)
+        positions = {seq.request.seq_id: len(running) + i for i, seq in enumerate(completed)}
+        forks = self._fork_followers(positions)
+        if forks:
+            logits = torch.cat([logits, logits[[index for _, index in forks]]], dim=0)
+            rows += [seq for seq, _ in forks]
         sample = sample_step(
             logits,
             [seq.sampler for seq in rows],
@@ -425,6 +464,7 @@ class GenerationEngine:
         )
         tokens = sample.tokens
         seconds = time.perf_counter() - started
+        self.pacer.observe(len(running), self.prompt_tokens_computed - computed, seconds)
         now = time.monotonic()
         result: dict[int, tuple[int, bool]] = {}
         for seq, token, logprobs in zip(rows, tokens, sample.logprobs, strict=True):
@@ -441,6 +481,37 @@ class GenerationEngine:
             result[seq_id] = (token, stopped)
         self._metrics.step(len(rows), len(tokens), seconds)
         return result
+
+    def _fork_followers(self, completed: dict[int, int]) -> list[tuple[_Sequence, int]]:
+        """Joins the sequences waiting on a prompt completed this step, each with a copy of its
+        keys and values; returns (follower, logits row of its leader) for each."""
+        forks: list[tuple[_Sequence, int]] = []
+        for seq in list(self._prefilling.values()):
+            if seq.leader not in completed:
+                continue
+            seq_id, length = seq.request.seq_id, len(seq.request.prompt_ids)
+            self.batch.stage(seq_id, self.batch.row_kv(seq.leader, 0, length))
+            self.batch.commit(seq_id)
+            forks.append((seq, completed[seq.leader]))
+            seq.prefilled, seq.leader = length, None
+            del self._prefilling[seq_id]
+        return forks
+
+    def _forget_leader(self, seq: _Sequence) -> None:
+        """Forgets a sequence as the one computing its prompt (complete, or gone); when it left
+        before completing, its followers prefill the prompt themselves, the first one leading."""
+        key = tuple(seq.request.prompt_ids)
+        if self._leaders.get(key) == seq.request.seq_id:
+            del self._leaders[key]
+        if seq.prefilled == len(seq.request.prompt_ids):
+            return
+        successor: int | None = None
+        for other in self._prefilling.values():
+            if other.leader == seq.request.seq_id:
+                other.leader = successor
+                if successor is None:
+                    successor = other.request.seq_id
+                    self._leaders[key] = successor
 
     def _remember_prefix(self, seq: _Sequence) -> None:
         """Copies the full prompt blocks not cached yet into the prefix cache (within the KV
@@ -464,7 +535,8 @@ class GenerationEngine:
     def _finish(self, item: Finished, events: dict[int, SequenceEvent]) -> None:
         """Adds the last event of a sequence and forgets it (at most once per sequence)."""
         seq = self._seqs.pop(item.seq_id, None)
-        self._prefilling.pop(item.seq_id, None)
+        if self._prefilling.pop(item.seq_id, None) is not None and seq is not None:
+            self._forget_leader(seq)
         event = events.get(item.seq_id)
         if event is None:
             event = SequenceEvent(item.seq_id, [], "")
@@ -488,10 +560,48 @@ class GenerationEngine:
         self.batch.reset()
         self._seqs.clear()
         self._prefilling.clear()
+        self._leaders.clear()
         message = f"model forward failed: {type(error).__name__}: {error}"
         for seq_id in failed:
             events[seq_id] = SequenceEvent(seq_id, [], "", FinishStatus.ABORTED, error=message)
             self._metrics.finished(FinishStatus.ABORTED)
+
+
+class PrefillPacer:
+    """Sizes the prompt work of a step that also decodes running streams from measured step
+    times: at most what takes `share` of a decode-only step, so such a step takes at most
+    (1 + share) x a decode step and running streams' inter-token gaps at most grow by that.
+
+    Both times are moving averages of whole steps (forward and sampling, so they hold on any
+    device): decode-only steps, and steps with prompt work (their time beyond a decode step's,
+    per prompt token; all of it for steps that run no stream).
+    """
+
+    def __init__(self, share: float | None) -> None:
+        self.share = share
+        """None: no bound (only the engine's `max_batched_tokens`)."""
+        self.decode_seconds: float | None = None
+        self.prompt_token_seconds: float | None = None
+
+    def observe(self, running: int, prompt_tokens: int, seconds: float) -> None:
+        """Adds a step's time: `running` rows decoded, `prompt_tokens` prompt tokens computed."""
+        if not prompt_tokens:
+            if running:
+                self.decode_seconds = _average(self.decode_seconds, seconds)
+            return
+        decode = self.decode_seconds if running else 0.0
+        if decode is None:
+            return
+        per_token = max(seconds - decode, 0.0) / prompt_tokens
+        self.prompt_token_seconds = _average(self.prompt_token_seconds, per_token)
+
+    def budget(self) -> int | None:
+        """Prompt tokens a step with running streams may compute (None: no bound, until both
+        times are measured)."""
+        share, decode, per_token = self.share, self.decode_seconds, self.prompt_token_seconds
+        if share is None or decode is None or per_token is None or per_token <= 0:
+            return None
+        return int(share * decode / per_token)
 
 
 class _EngineMetrics:
@@ -550,6 +660,11 @@ class _EngineMetrics:
 
     def finished(self, status: FinishStatus) -> None:
         self.finished_by[status].inc()
+
+
+def _average(average: float | None, value: float) -> float:
+    """The moving average `average` (None: no value yet) updated with `value`."""
+    return value if average is None else average + _STEP_TIME_WEIGHT * (value - average)
 
 
 def _reason(status: FinishStatus) -> str:
