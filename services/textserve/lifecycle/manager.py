@@ -462,10 +462,13 @@ class VersionManager(Generic[R]):
             )
 
     # --- shadow ----------------------------------------------------------------------------
-    def mirror(self, primary: str, run: Callable[[R, float], Awaitable[float]]) -> bool:
+    def mirror(
+        self, primary: str, run: Callable[[R, float], Awaitable[float]], *, skip: bool = False
+    ) -> bool:
         """After the primary answered: with probability shadow_share, runs `run(shadow_runtime,
         deadline)` (which returns the agreement in [0, 1]) in a background task with its own
-        deadline. Never raises, never waits. True when a shadow call was started."""
+        deadline; `skip`: a request that cannot be compared (counted 'skipped' when drawn).
+        Never raises, never waits. True when a shadow call was started."""
         table = self.routing
         shadow = table.shadow_version
         if not shadow or shadow == primary or table.shadow_share <= 0:
@@ -474,7 +477,7 @@ class VersionManager(Generic[R]):
             return False
         slot = self.slots.get(shadow)
         labels = (self.service, self.model, shadow)
-        if slot is None or slot.state != "READY" or slot.runtime is None:
+        if skip or slot is None or slot.state != "READY" or slot.runtime is None:
             metrics.child(metrics.SHADOW_REQUESTS, *labels, "skipped").inc()
             return False
         if len(self._shadows) >= self.config.max_shadow_in_flight:
