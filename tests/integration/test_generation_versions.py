@@ -12,7 +12,9 @@ version 1 keeps serving, and a swap under streaming load through tritonclient's 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -246,6 +248,30 @@ async def test_corrupt_version_fails_while_version_1_serves(channel: grpc.aio.Ch
     stub = generation_pb2_grpc.GenerationServiceStub(channel)
     served = await stub.Generate(request("still serving"), timeout=30)
     assert served.model.version == "1"
+
+
+async def test_unload_frees_the_version_and_a_reload_serves_again(
+    channel: grpc.aio.Channel, host: ServiceHost
+) -> None:
+    app = next(a for a in host.apps if a.name == "generation")
+    versions = app.service.versions  # type: ignore[attr-defined]
+    control = models_pb2_grpc.ModelControlStub(channel)
+    stub = generation_pb2_grpc.GenerationServiceStub(channel)
+    before = await stub.Generate(request("free me", model_version="3"), timeout=30)
+    runtime = versions.slots["3"].runtime
+    model = weakref.ref(runtime.model.model)
+    engine_threads = len([t for t in threading.enumerate() if t.name.startswith("generation-")])
+    del runtime
+    unloaded = await control.UnloadVersion(models_pb2.UnloadVersionRequest(version="3"), timeout=60)
+    assert unloaded.version.state == models_pb2.VERSION_STATE_UNAVAILABLE
+    assert model() is None  # the weights are gone (the manager collected after the unload)
+    assert len([t for t in threading.enumerate() if t.name.startswith("generation-")]) == engine_threads - 1
+    with pytest.raises(grpc.aio.AioRpcError) as pinned:
+        await stub.Generate(request("free me", model_version="3"), timeout=10)
+    assert pinned.value.code() == grpc.StatusCode.UNAVAILABLE
+    await control.LoadVersion(models_pb2.LoadVersionRequest(version="3"), timeout=60)
+    after = await stub.Generate(request("free me", model_version="3"), timeout=30)
+    assert list(after.token_ids) == list(before.token_ids) and after.model.version == "3"
 
 
 # --- a swap under streaming load -----------------------------------------------------------

@@ -82,20 +82,20 @@ def cache_errors(service: str) -> float:
     return total
 
 
-async def cached_call(service: str, channel: grpc.aio.Channel) -> bool:
-    """One call that the cache may answer; True when it did."""
+async def cached_call(service: str, channel: grpc.aio.Channel) -> tuple[bool, str]:
+    """One call that the cache may answer: whether it did, and the model's name."""
     if service == "embedding":
         embedded = await embedding_pb2_grpc.EmbeddingServiceStub(channel).Embed(
             embedding_pb2.EmbedRequest(texts=["reloaded and still cached"]), timeout=30
         )
         assert embedded.model.version == "1"
-        return embedded.usage.cached_texts == 1
+        return embedded.usage.cached_texts == 1, embedded.model.name
     if service == "classifier":
         classified = await classifier_pb2_grpc.ClassifierServiceStub(channel).Classify(
             classifier_pb2.ClassifyRequest(texts=["reloaded and still cached"]), timeout=30
         )
         assert classified.model.version == "1"
-        return classified.usage.cached_texts == 1
+        return classified.usage.cached_texts == 1, classified.model.name
     generated = await generation_pb2_grpc.GenerationServiceStub(channel).Generate(
         generation_pb2.GenerateRequest(
             prompt="reloaded and still cached", params=generation_pb2.SamplingParams(max_new_tokens=4)
@@ -103,7 +103,7 @@ async def cached_call(service: str, channel: grpc.aio.Channel) -> bool:
         timeout=30,
     )
     assert generated.model.version == "1"
-    return generated.usage.cached_texts == 1
+    return generated.usage.cached_texts == 1, generated.model.name
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -111,14 +111,15 @@ async def test_cache_survives_unload_and_reload_of_the_one_version(host: Service
     app = next(a for a in host.apps if a.name == service)
     flush: Callable[[], Awaitable[None]] = app.service.cache.flush  # type: ignore[attr-defined]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port_of(service)}") as channel:
-        await cached_call(service, channel)
+        _, name = await cached_call(service, channel)
         await flush()
-        assert await cached_call(service, channel)
+        assert (await cached_call(service, channel))[0]
+        assert (await list_versions(channel)).model == name  # the versions are listed under the served name
         control = models_pb2_grpc.ModelControlStub(channel)
         errors = cache_errors(service)
         await control.UnloadVersion(models_pb2.UnloadVersionRequest(version="1"), timeout=60)
         assert states(await list_versions(channel)) == {"1": "UNAVAILABLE"}
         await control.LoadVersion(models_pb2.LoadVersionRequest(version="1"), timeout=60)
         assert states(await list_versions(channel)) == {"1": "READY"}
-        assert await cached_call(service, channel)
+        assert (await cached_call(service, channel))[0]
         assert cache_errors(service) == errors

@@ -148,8 +148,11 @@ class GenerationService:
         )
 
     def set_code_names(self, code_of: Callable[[BaseException | None], str]) -> None:
-        """How the per-version request counter names an outcome (the app passes gRPC status names)."""
-        self.versions.code_of = code_of
+        """How the per-version request counter names an outcome (the app passes gRPC status names);
+        a stream its reader closed early is CANCELLED."""
+        self.versions.code_of = lambda error: (
+            "CANCELLED" if isinstance(error, GeneratorExit) else code_of(error)
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
