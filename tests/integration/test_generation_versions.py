@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 import torch
 from textserve.core.cache import MemoryCacheBackend, ResponseCache
@@ -248,6 +249,25 @@ async def test_corrupt_version_fails_while_version_1_serves(channel: grpc.aio.Ch
     stub = generation_pb2_grpc.GenerationServiceStub(channel)
     served = await stub.Generate(request("still serving"), timeout=30)
     assert served.model.version == "1"
+
+
+async def test_open_inference_protocol_pins_a_version(channel: grpc.aio.Channel, host: ServiceHost) -> None:
+    triton = official()
+    client = triton.aio.InferenceServerClient(f"127.0.0.1:{host.port_of('generation')}")
+    stub = generation_pb2_grpc.GenerationServiceStub(channel)
+    try:
+        metadata = await client.get_model_metadata(LM)
+        assert {"1", "2", "3"} <= set(metadata.versions)
+        for version in ("1", "2"):
+            tensor = triton.grpc.InferInput("text_input", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([PROMPTS[2].encode()], dtype=np.object_))
+            parameters = {"max_tokens": MAX_NEW, "ignore_eos": True, "skip_cache": True}
+            result = await client.infer(LM, [tensor], model_version=version, parameters=parameters)
+            native = await stub.Generate(request(PROMPTS[2], model_version=version), timeout=30)
+            assert result.as_numpy("text_output")[0].decode() == native.text
+            assert result.get_response().parameters["model_version"].string_param == version
+    finally:
+        await client.close()
 
 
 async def test_unload_frees_the_version_and_a_reload_serves_again(
