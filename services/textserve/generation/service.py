@@ -248,17 +248,41 @@ class GenerationService:
         """Hands the finished request to the shadow version (when one is set), which generates it
         again with its own deadline; agreement 1 when every sequence's tokens are the same, else 0.
         Sampled requests without a seed are 'skipped' (their tokens are not expected to match), as
-        are primaries that did not finish (cancelled, expired)."""
+        are primaries that did not finish (cancelled, expired).
+
+        The shadow never competes with client calls for the cores: it starts once no client call
+        is in flight and is aborted (its sequences leave the shadow's engine at its next step)
+        when one arrives; such a run, or one that found no idle moment before its deadline,
+        is 'skipped'."""
         finished = all(c.finish in _FINISHED for c in choices)
         deterministic = prepared.requests[0].sampling.deterministic
         expected = [list(c.token_ids) for c in choices]
+        versions = self.versions
 
-        async def shadow(runtime: GenerationVersion, deadline: float) -> float:
+        async def rerun(runtime: GenerationVersion, deadline: float) -> float:
             again = await self._prepare(runtime, params, deadline, time.monotonic())
             result = await self._complete(again)
             return 1.0 if [c.token_ids for c in result.choices] == expected else 0.0
 
-        self.versions.mirror(primary, shadow, skip=not (finished and deterministic))
+        async def shadow(runtime: GenerationVersion, deadline: float) -> float | None:
+            try:
+                await asyncio.wait_for(versions.primary_idle(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return None
+            run = asyncio.ensure_future(rerun(runtime, deadline))
+            arrival = asyncio.ensure_future(versions.primary_arrives())
+            try:
+                await asyncio.wait((run, arrival), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (arrival, run):
+                    if not task.done():
+                        task.cancel()
+                await asyncio.gather(arrival, run, return_exceptions=True)
+            if run.cancelled():
+                return None  # gave way to a client call
+            return run.result()
+
+        versions.mirror(primary, shadow, skip=not (finished and deterministic))
 
     async def _complete(self, prepared: _Prepared) -> GenerateResult:
         """Runs the sequences and collects their chunks into one completion."""
