@@ -11,7 +11,13 @@ latency percentiles and throughput. The report gives the medians over rounds of 
 and throughput and the medians of the per-round ratios on/off (the issue's bound: p50 within
 10 % of off). The server's textserve_shadow_requests_total says how many shadow calls ran.
 
-    python -m loadtests.bench_lifecycle [--rounds 4] [--seconds 5] [--concurrency 1 8] [--json out.json]
+`--service generation` does the same for `textserve serve generation` over two random
+GPT-2-shaped causal LMs (the demo LM's shape, seeds 1 and 2: the shadow generates other tokens),
+each call a greedy Generate of --max-new-tokens tokens (cache skipped); the shadow re-generates
+every finished request on its own engine.
+
+    python -m loadtests.bench_lifecycle [--service embedding|generation] [--rounds 4] [--seconds 5]
+        [--concurrency 1 8] [--max-new-tokens 16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import statistics
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from loadtests.common import BenchResult, LatencyStats, bench_parser, closed_loop, print_table, run_bench
 from loadtests.serve import ServerProcess, metric_total
@@ -33,6 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODES = ("off", "on")
 MODEL = "all-MiniLM-L6-v2"
+LM = "bench-lm"
 
 
 def make_repository(root: Path) -> Path:
@@ -53,6 +61,36 @@ def make_repository(root: Path) -> Path:
     return root
 
 
+def make_lm_repository(root: Path) -> Path:
+    """`<root>/bench-lm/{1,2}/`: the demo LM's shape with random weights of seeds 1 and 2."""
+    from textserve.runtime.random_lm import byte_level_tokenizer, demo_config, save_random_model
+
+    tokenizer = byte_level_tokenizer()
+    for version, seed in (("1", 1), ("2", 2)):
+        save_random_model(root / LM / version, demo_config(tokenizer), tokenizer, seed=seed)
+    return root
+
+
+def generate_call(prompts: list[str], max_new_tokens: int, timeout: float = 60) -> Any:
+    """One greedy Generate per call, cache skipped."""
+    from textserve.v1 import generation_pb2, generation_pb2_grpc
+
+    requests = [
+        generation_pb2.GenerateRequest(
+            prompt=prompt,
+            params=generation_pb2.SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True),
+            skip_cache=True,
+        )
+        for prompt in prompts
+    ]
+
+    def bind(channel: Any) -> Any:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        return lambda i: stub.Generate(requests[i % len(requests)], timeout=timeout)
+
+    return bind
+
+
 async def set_shadow(address: str, on: bool) -> None:
     import grpc
     from textserve.v1 import models_pb2, models_pb2_grpc
@@ -69,27 +107,41 @@ async def run(args: argparse.Namespace) -> BenchResult:
 
     if args.rounds < 4:
         raise SystemExit(f"--rounds must be at least 4 (got {args.rounds})")
-    texts = make_texts(512, 10)
+    service = args.service
+    generation = service == "generation"
     runs: dict[str, dict[str, list[LatencyStats]]] = defaultdict(lambda: {mode: [] for mode in MODES})
     with tempfile.TemporaryDirectory(prefix="bench-lifecycle-") as folder:
+        section = f"TEXTSERVE_{service.upper()}__REPOSITORY__"
+        if generation:
+            from loadtests.bench_generation import make_prompts
+
+            call = generate_call(make_prompts(64), args.max_new_tokens)
+            repository = make_lm_repository(Path(folder))
+            verb = "generate"
+        else:
+            call = embed_call(make_texts(512, 10))
+            repository = make_repository(Path(folder))
+            verb = "embed"
         env = {
             "TEXTSERVE_CACHE__BACKEND": "none",
-            "TEXTSERVE_EMBEDDING__REPOSITORY__PATH": str(make_repository(Path(folder))),
-            "TEXTSERVE_EMBEDDING__REPOSITORY__VERSION_POLICY": "all",
-            "TEXTSERVE_EMBEDDING__REPOSITORY__WEIGHTS": '{"1": 100}',
+            f"{section}PATH": str(repository),
+            f"{section}VERSION_POLICY": "all",
+            f"{section}WEIGHTS": '{"1": 100}',
         }
-        async with ServerProcess(["embedding"], env, label="embedding, two versions") as server:
-            address = server.address("embedding")
+        if generation:
+            env["TEXTSERVE_GENERATION__MODEL__NAME"] = LM
+        async with ServerProcess([service], env, label=f"{service}, two versions") as server:
+            address = server.address(service)
             for number in range(args.rounds):
                 for mode in MODES if number % 2 == 0 else tuple(reversed(MODES)):
                     await set_shadow(address, mode == "on")
                     shown = []
                     for concurrency in args.concurrency:
                         load = await closed_loop(
-                            address, embed_call(texts), concurrency, args.seconds, warmup_s=1.0, channels=4
+                            address, call, concurrency, args.seconds, warmup_s=1.0, channels=4
                         )
                         stats = load.stats()
-                        runs[f"embed c={concurrency}"][mode].append(stats)
+                        runs[f"{verb} c={concurrency}"][mode].append(stats)
                         shown.append(f"c={concurrency}: p50 {stats.p50_ms:.2f} ms, {stats.throughput:.0f}/s")
                     print(f"round {number + 1} shadow {mode}: {', '.join(shown)}", flush=True)
             page = server.metrics()
@@ -133,6 +185,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement time per workload")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="concurrent callers")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--service", choices=("embedding", "generation"), default="embedding")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="generation: tokens per call")
     run_bench(parser, run)
 
 

@@ -112,3 +112,48 @@ async def test_a_failing_shadow_reaches_nobody(tmp_path: Path) -> None:
     await versions.shadows_done()
     assert REGISTRY.get_sample_value("textserve_shadow_requests_total", labels) == before + 1
     await versions.stop()
+
+
+async def test_primary_idle_and_arrival_tell_a_shadow_when_to_run_and_to_give_way(tmp_path: Path) -> None:
+    folder(tmp_path, "1")
+    folder(tmp_path, "2")
+    versions = manager(tmp_path, weights={"1": 100}, shadow_version="2", shadow_share=1.0)
+    await versions.start()
+    release = asyncio.Event()
+
+    async def client() -> None:
+        async with versions.route():
+            await release.wait()
+
+    first = asyncio.create_task(client())
+    await settle()
+    assert versions.primary_busy()
+    idle = asyncio.create_task(versions.primary_idle())
+    await settle()
+    assert not idle.done()  # a client call is in flight
+    release.set()
+    await first
+    await settle()
+    assert idle.done() and not versions.primary_busy()
+
+    arrived = asyncio.create_task(versions.primary_arrives())
+    async with versions.route(pin="2"):  # a call to the shadow version itself is not an arrival
+        await settle()
+    assert not arrived.done()
+    release.clear()
+    second = asyncio.create_task(client())
+    await settle()
+    assert arrived.done()  # the next client call woke the waiting shadow
+    release.set()
+    await second
+
+    skipped = {"service": "unit-lifecycle", "model": "m", "version": "2", "outcome": "skipped"}
+    before = REGISTRY.get_sample_value("textserve_shadow_requests_total", skipped) or 0.0
+
+    async def gave_way(runtime: Runtime, deadline: float) -> float | None:
+        return None
+
+    assert versions.mirror("1", gave_way) is True
+    await versions.shadows_done()
+    assert REGISTRY.get_sample_value("textserve_shadow_requests_total", skipped) == before + 1
+    await versions.stop()

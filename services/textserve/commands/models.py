@@ -1,6 +1,6 @@
 """`textserve models list|load|unload|weights`: the model versions of a running model service.
 
-Calls textserve.v1.ModelControl on the service's port (embedding, classifier; with auth on,
+Calls textserve.v1.ModelControl on the service's port (embedding, classifier, generation; with auth on,
 the token must have the admin role): list the versions with their state (and the reason of a
 FAILED one) and the routing in force; load a version folder (or, without a version, apply the
 repository's version policy); unload a version (its calls finish first); set the traffic

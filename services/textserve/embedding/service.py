@@ -157,6 +157,10 @@ class EmbeddingService:
                 config, cache, version, folder, gate, lambda: self.versions.routing.shadow_version == version
             )
 
+        if default is not None:
+            # The service closes the cache at its stop: an unload of version "1" must leave it
+            # open for the same Encoder loaded again.
+            default.close_cache = False
         self._default = default
         self.versions: VersionManager[Encoder] = VersionManager(
             SERVICE, configured_model_name(config), repository, build, code_of=error_code_name
@@ -187,8 +191,9 @@ class EmbeddingService:
     async def stop(self) -> None:
         """Stops the batchers and closes the cache and tokenizer connections, then the quality parts."""
         await self.versions.stop()
-        if self.config.repository.path is not None and self._cache is not None:
-            await self._cache.close()  # shared by the versions, which do not close it
+        cache = self._cache if self._default is None else self._default.cache
+        if cache is not None:
+            await cache.close()  # shared by the versions (and by one version's loads), which do not close it
         await self.quality.close()
 
     @property

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from textserve.core.config import LimitsConfig, ModelConfig, ServerConfig, ServiceConfigBase
+from textserve.core.config import (
+    LimitsConfig,
+    ModelConfig,
+    ModelRepositoryConfig,
+    ServerConfig,
+    ServiceConfigBase,
+)
 
 
 class GenerationServiceConfig(ServiceConfigBase):
@@ -53,6 +59,10 @@ class GenerationServiceConfig(ServiceConfigBase):
     """Most characters in a structured-output JSON Schema or regex."""
     grammar_cache_size: int = Field(default=64, ge=1, le=100_000)
     """Compiled structured-output grammars kept (LRU); a format sent again is not recompiled."""
+    repository: ModelRepositoryConfig = Field(default_factory=ModelRepositoryConfig)
+    """Model versions side by side (lifecycle/): repository layout, version policy, traffic split,
+    shadow. A version folder holds a Hugging Face causal LM directory (config, weights, tokenizer);
+    each version gets its own engine (KV budget, scheduler, prefix cache) with the settings above."""
 
     def queue_bound(self) -> int:
         """Sequences waiting or running (the admission bound's default derives from it)."""

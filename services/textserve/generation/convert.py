@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textserve.api import common
 from textserve.core.errors import InvalidInput
+from textserve.core.validation import check_routing
 from textserve.generation.config import GenerationServiceConfig
 from textserve.generation.logprobs import TokenLogprob
 from textserve.generation.params import GenerateParams
@@ -41,8 +42,12 @@ def response_format(request: generation_pb2.GenerateRequest) -> ResponseFormat |
     return ResponseFormat(kind, spec)
 
 
-def generate_params(request: generation_pb2.GenerateRequest) -> GenerateParams:
-    """GenerateRequest -> GenerateParams (values are checked by the service)."""
+def generate_params(
+    request: generation_pb2.GenerateRequest, routing: tuple[str, str] = ("", "")
+) -> GenerateParams:
+    """GenerateRequest -> GenerateParams (values are checked by the service); `routing`: (version,
+    key) from the call's metadata, used where the request's own fields are empty."""
+    version, key = check_routing(request.model_version or routing[0], request.routing_key or routing[1])
     which = request.WhichOneof("input")
     sampling = request.params
     return GenerateParams(
@@ -65,6 +70,8 @@ def generate_params(request: generation_pb2.GenerateRequest) -> GenerateParams:
         logprobs=sampling.logprobs,
         top_logprobs=sampling.top_logprobs,
         response_format=response_format(request),
+        model_version=version,
+        routing_key=key,
     )
 
 
@@ -75,9 +82,11 @@ def finish_reason(status: FinishStatus | None) -> generation_pb2.FinishReason:
     return _FINISH_REASONS[status]
 
 
-def model_info(info: CausalLMInfo) -> common_pb2.ModelInfo:
-    """ModelInfo of the served model (max_input_tokens is the context length)."""
-    return common.model_info(info.name, info.revision, info.backend, info.device, info.max_context_tokens)
+def model_info(info: CausalLMInfo, version: str = "") -> common_pb2.ModelInfo:
+    """ModelInfo of the model of `version` (max_input_tokens is the context length)."""
+    return common.model_info(
+        info.name, info.revision, info.backend, info.device, info.max_context_tokens, version=version
+    )
 
 
 def token_logprobs(items: list[TokenLogprob] | None) -> list[generation_pb2.TokenLogprob]:
@@ -107,12 +116,13 @@ def _choice(choice: Choice) -> generation_pb2.GenerationChoice:
 
 
 def generate_response(result: GenerateResult, info: CausalLMInfo) -> generation_pb2.GenerateResponse:
-    """GenerateResult -> GenerateResponse."""
+    """GenerateResult -> GenerateResponse (the model of the version that served it; `info` when
+    the result does not say)."""
     return generation_pb2.GenerateResponse(
         text=result.text,
         token_ids=result.token_ids,
         finish_reason=finish_reason(result.finish),
-        model=model_info(info),
+        model=model_info(result.info or info, result.version),
         usage=common_pb2.Usage(
             input_tokens=result.prompt_tokens,
             output_tokens=result.output_tokens,
@@ -137,16 +147,16 @@ def stream_response(chunk: GenerationChunk, info: CausalLMInfo) -> generation_pb
         response.usage.CopyFrom(
             common_pb2.Usage(input_tokens=chunk.prompt_tokens, output_tokens=chunk.output_tokens)
         )
-        response.model.CopyFrom(model_info(info))
+        response.model.CopyFrom(model_info(chunk.info or info, chunk.version))
     return response
 
 
 def info_response(
-    info: CausalLMInfo, config: GenerationServiceConfig
+    info: CausalLMInfo, config: GenerationServiceConfig, version: str = ""
 ) -> generation_pb2.GenerationInfoResponse:
-    """GenerationInfoResponse for the served model (with its description) and the configured
-    limits."""
-    model = model_info(info)
+    """GenerationInfoResponse for the served model of `version` (the primary one, with its
+    description) and the configured limits."""
+    model = model_info(info, version)
     model.description = info.description
     return generation_pb2.GenerationInfoResponse(
         model=model,

@@ -5,7 +5,9 @@ Input `text_input` (BYTES [1] or [1, 1]: one prompt per request); output `text_o
 default), `temperature`, `top_p`, `repetition_penalty` (double), `top_k`, `seed` (int),
 `stop` (string: one stop sequence), `ignore_eos` and `skip_cache` (bool). Response
 parameters: `finish_reason` ("length", "eos", "stop"), `prompt_tokens`,
-`output_tokens`, and `cached` on ModelInfer.
+`output_tokens`, `model_version` (the model version that served it), and `cached` on
+ModelInfer. A request's `model_version` may pin one of the served versions; parameter
+`routing_key` makes routing sticky.
 
 ModelInfer answers with the whole completion (deterministic requests through the
 response cache). ModelStreamInfer streams text deltas, one response per delta, the last
@@ -66,7 +68,15 @@ class GenerationAdapter(ModelAdapter):
 
     async def card(self, deadline: float | None) -> ModelCard:
         model = self.logic.info  # NotReady while loading
-        return ModelCard(model.name, model.revision, model.backend, _INPUTS, _OUTPUTS)
+        versions = self.logic.versions
+        return ModelCard(
+            model.name,
+            model.revision,
+            model.backend,
+            _INPUTS,
+            _OUTPUTS,
+            versions=tuple(versions.serving()) if versions.has_repository else (),
+        )
 
     @staticmethod
     def _params(inputs: InferInputs) -> GenerateParams:
@@ -88,13 +98,17 @@ class GenerationAdapter(ModelAdapter):
             seed=params.get_int("seed", None, minimum=0, maximum=2**64 - 1),
             ignore_eos=params.get_bool("ignore_eos", False),
             skip_cache=params.get_bool("skip_cache", False),
+            model_version=inputs.version,
+            routing_key=params.get_str("routing_key", ""),
         )
 
     async def infer(self, inputs: InferInputs) -> InferOutcome:
         with fields_renamed(_RENAMES):
             result = await self.logic.generate(self._params(inputs), inputs.deadline)
         usage = _usage(result.finish, result.prompt_tokens, result.output_tokens)
-        return InferOutcome(_output(result.text), {**usage, "cached": result.cached})
+        return InferOutcome(
+            _output(result.text), {**usage, "cached": result.cached, "model_version": result.version}
+        )
 
     async def stream(self, inputs: InferInputs) -> AsyncIterator[InferOutcome]:
         if not inputs.parameters.get_bool("stream", True):
@@ -104,6 +118,7 @@ class GenerationAdapter(ModelAdapter):
             async for chunk in self.logic.stream(self._params(inputs), inputs.deadline):
                 if chunk.finish is not None:
                     usage = _usage(chunk.finish, chunk.prompt_tokens, chunk.output_tokens)
+                    usage["model_version"] = chunk.version
                     yield InferOutcome(_output(chunk.text), usage, final=True)
                 elif chunk.text:
                     yield InferOutcome(_output(chunk.text), final=False)

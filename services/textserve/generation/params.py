@@ -40,6 +40,10 @@ class GenerateParams:
     top_logprobs: int = 0
     response_format: ResponseFormat | None = None
     """Structured output; None is free text."""
+    model_version: str = ""
+    """Version to serve this request; empty: the traffic split decides."""
+    routing_key: str = ""
+    """Requests with the same key reach the same version while the weights stand."""
 
 
 def check_input(params: GenerateParams, config: GenerationServiceConfig) -> None:

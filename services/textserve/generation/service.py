@@ -12,6 +12,14 @@ Options that ride on a request: `n` sequences from the one prompt (submitted tog
 sequence i of a seeded request is seeded with seed + i; usage counts the prompt once),
 per-token logprobs (generation/logprobs.py) and structured output (the response format is
 compiled once into a grammar by generation/structured.py, off the event loop).
+
+Model versions (lifecycle/, generation/versions.py): the service holds a VersionManager of
+versions, each its own causal LM and engine (one, "1", without a model repository). Each request
+is routed (a pinned version, else the weighted split sticky per routing key) for as long as it
+generates, so unloading a version lets its streams finish; its result and last stream chunk
+say which version served it, and the cache key holds the version. With a shadow version, a share
+of finished requests is generated again on it (never delaying the client) and the exact match of
+the tokens recorded (textserve_shadow_*).
 """
 
 from __future__ import annotations
@@ -20,19 +28,17 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from textserve.core import metrics
 from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
 from textserve.core.errors import BackendFailure, DeadlineExceeded, InvalidInput, NotReady
-from textserve.generation.async_engine import AsyncEngine
 from textserve.generation.config import GenerationServiceConfig
 from textserve.generation.engine import EngineRequest, SequenceEvent
-from textserve.generation.logprobs import TokenLogprob, TokenTexts
+from textserve.generation.logprobs import TokenLogprob
 from textserve.generation.params import (
     GenerateParams,
     check_input,
@@ -43,12 +49,11 @@ from textserve.generation.params import (
     logprobs_count,
     sampling_config,
 )
-from textserve.generation.prefix_cache import PrefixCache
-from textserve.generation.scheduler import FinishStatus, SchedulerLimits
-from textserve.generation.structured import Grammar, GrammarCompiler
+from textserve.generation.scheduler import FinishStatus
+from textserve.generation.structured import Grammar
+from textserve.generation.versions import GenerationVersion, configured_model_name, version_config
+from textserve.lifecycle.manager import VersionManager, error_code_name
 from textserve.runtime.causal_lm import CausalLM, CausalLMInfo
-
-log = logging.getLogger(__name__)
 
 SERVICE = "generation"
 # Prompts longer than this (characters) are tokenized off the event loop.
@@ -69,6 +74,10 @@ class GenerationChunk:
     logprobs: list[TokenLogprob] | None = None
     """Logprobs of `token_ids` when the request asked for them."""
     last: bool = False
+    version: str = ""
+    """The model version generating the request."""
+    info: CausalLMInfo | None = None
+    """That version's model."""
 
 
 @dataclass
@@ -97,10 +106,16 @@ class GenerateResult:
     logprobs: list[TokenLogprob] | None = None
     choices: list[Choice] = field(default_factory=list)
     """Every sequence in index order (one when n=1)."""
+    version: str = ""
+    """The model version that served the request."""
+    info: CausalLMInfo | None = None
+    """That version's model."""
 
 
 @dataclass
 class _Prepared:
+    runtime: GenerationVersion
+    """The version that runs the sequences."""
     prompt_ids: list[int]
     max_new_tokens: int
     requests: list[EngineRequest] = field(default_factory=list)
@@ -112,131 +127,162 @@ class _Prepared:
 
 
 class GenerationService:
-    """Owns the causal LM, the continuous-batching engine and the cache use."""
+    """Owns the versions of the causal LM (each with its engine) and the cache use."""
 
     def __init__(
         self, config: GenerationServiceConfig, cache: ResponseCache | None = None, name: str = SERVICE
     ) -> None:
+        """`cache` is shared by the versions (keys carry the version) and closed by `stop` only,
+        so a version unloaded and loaded again finds it open."""
         self.config = config
         self.cache = cache if config.cache_enabled else None
         self.results: CacheThrough[GenerateResult] = CacheThrough(self.cache, name)
         self.name = name
-        self.model: CausalLM | None = None
-        self.engine: AsyncEngine | None = None
-        self.grammars: GrammarCompiler | None = None
-        """Structured output's compiler (None when the model's tokenizer is not supported)."""
-        self._token_texts: TokenTexts | None = None
-        self._info: CausalLMInfo | None = None
+
+        def build(version: str, folder: Path | None) -> GenerationVersion:
+            own = config if folder is None else version_config(config, folder)
+            return GenerationVersion(own, name, version)
+
+        self.versions: VersionManager[GenerationVersion] = VersionManager(
+            name, configured_model_name(config), config.repository, build, code_of=error_code_name
+        )
+
+    def set_code_names(self, code_of: Callable[[BaseException | None], str]) -> None:
+        """How the per-version request counter names an outcome (the app passes gRPC status names);
+        a stream its reader closed early is CANCELLED."""
+        self.versions.code_of = lambda error: (
+            "CANCELLED" if isinstance(error, GeneratorExit) else code_of(error)
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Loads the model off the event loop, then starts the engine thread."""
-        model = await asyncio.to_thread(CausalLM, self.config.model)
-        self.model = model
-        info = model.info
-        context = min(info.max_context_tokens, self.config.kv_budget_tokens)
-        self._info = dataclasses.replace(info, max_context_tokens=context)
-        limits = SchedulerLimits(
-            max_running=self.config.max_running_sequences,
-            max_waiting=self.config.max_waiting_sequences,
-            kv_budget_tokens=self.config.kv_budget_tokens,
-            max_prefill_tokens=self.config.max_prefill_tokens,
-        )
-        self.engine = AsyncEngine(
-            model,
-            limits,
-            service=self.name,
-            max_batched_tokens=self.config.max_batched_tokens,
-            prefix_cache=PrefixCache(
-                min(self.config.prefix_cache_tokens, self.config.kv_budget_tokens),
-                self.config.prefix_block_tokens,
-            ),
-        )
-        await self.engine.start()
-        self._token_texts = TokenTexts(model.tokenizer)
-        self.grammars = await asyncio.to_thread(self._grammar_compiler, model)
-        labels = {"service": self.name, "model": info.name, "version": "1"}
-        metrics.MODEL_LOAD_DURATION.labels(**labels).set(model.load_seconds)
-        metrics.MODEL_LOADED.labels(**labels).set(1)
-        if info.random_demo:
-            log.warning(
-                "serving the built-in RANDOM model (weights drawn from a fixed seed, for tests; its output "
-                "is gibberish); leave generation.model.path empty for the demo LM, or set it to a Hugging "
-                "Face causal LM directory",
-                extra={"service": self.name, "model": info.name, "revision": info.revision},
-            )
-        elif info.demo_lm:
-            log.warning(
-                "serving the packaged DEMO model (%s); set generation.model.path to a Hugging Face causal "
-                "LM directory for a real model",
-                info.description,
-                extra={"service": self.name, "model": info.name, "revision": info.revision},
-            )
-        log.info(
-            "model loaded",
-            extra={
-                "service": self.name,
-                "model": info.name,
-                "device": info.device,
-                "max_context_tokens": context,
-                "seconds": round(model.load_seconds, 3),
-            },
-        )
-
-    def _grammar_compiler(self, model: CausalLM) -> GrammarCompiler | None:
-        info = model.info
-        try:
-            size = self.config.grammar_cache_size
-            return GrammarCompiler(model.tokenizer, info.vocab_size, info.eos_token_ids, cache_size=size)
-        except Exception:
-            log.warning(
-                "structured output is off: the grammar library does not support this tokenizer",
-                exc_info=True,
-                extra={"service": self.name, "model": info.name},
-            )
-            return None
+        """Loads the model version(s) (each: the model off the event loop, then its engine thread)."""
+        await self.versions.start()
 
     async def stop(self) -> None:
-        """Stops the engine (ending what still runs) and closes the cache."""
-        if self.engine is not None:
-            await self.engine.stop()
-        if self.model is not None:
-            metrics.MODEL_LOADED.labels(service=self.name, model=self.model.info.name, version="1").set(0)
+        """Stops the engines (ending what still runs) and closes the cache."""
+        await self.versions.stop()
         if self.cache is not None:
             await self.cache.close()
 
     @property
-    def info(self) -> CausalLMInfo:
-        """The served model, its max_context_tokens capped by the KV budget; NotReady before
-        the model is loaded."""
-        if self._info is None:
+    def ready(self) -> bool:
+        """True once a model version is loaded."""
+        return self.versions.ready
+
+    @property
+    def primary(self) -> GenerationVersion:
+        """The version GenerationInfo describes (the largest weight); NotReady when none is ready."""
+        runtime = self.versions.primary().runtime
+        if runtime is None or not runtime.ready:
             raise NotReady("model is still loading")
-        return self._info
+        return runtime
+
+    @property
+    def info(self) -> CausalLMInfo:
+        """The primary version's model, its max_context_tokens capped by the KV budget; NotReady
+        before the model is loaded."""
+        if not self.versions.ready:
+            raise NotReady("model is still loading")
+        return self.primary.info
 
     # --- the request path ----------------------------------------------------------------
     async def stream(
         self, params: GenerateParams, deadline: float | None = None
     ) -> AsyncIterator[GenerationChunk]:
-        """Streams a completion; raises InvalidInput, Overloaded, DeadlineExceeded or NotReady."""
+        """Streams a completion from the routed version (it drains before an unload); raises
+        InvalidInput, Overloaded, DeadlineExceeded, NotReady or NotFound (an unknown pinned version).
+        After the last chunk, a shadow version may run the request again (`_mirror`)."""
         arrival = time.monotonic()
-        prepared = await self._prepare(params, deadline, arrival)
-        async for chunk in self._run(prepared):
-            yield chunk
+        if not self.versions.ready:
+            raise NotReady("model is still loading")
+        async with self.versions.route(params.model_version, params.routing_key) as slot:
+            runtime = self._runtime(slot.runtime, slot.version)
+            prepared = await self._prepare(runtime, params, deadline, arrival)
+            choices = [Choice(index, "", [], FinishStatus.ABORTED) for index in range(len(prepared.requests))]
+            async for chunk in self._run(prepared):
+                choice = choices[chunk.index]
+                choice.token_ids.extend(chunk.token_ids)
+                if chunk.finish is not None:
+                    choice.finish = chunk.finish
+                chunk.version, chunk.info = slot.version, runtime.info
+                yield chunk
+        self._mirror(slot.version, params, prepared, choices)
 
     async def generate(self, params: GenerateParams, deadline: float | None = None) -> GenerateResult:
-        """A whole completion; deterministic requests are served from and written to the cache."""
+        """A whole completion from the routed version; deterministic requests are served from and
+        written to the cache (keyed by the version). A shadow version may run it again afterwards."""
         arrival = time.monotonic()
-        prepared = await self._prepare(params, deadline, arrival)
-        key = self._cache_key(prepared, params)
-        if key is None:
-            return await self._complete(prepared)
+        if not self.versions.ready:
+            raise NotReady("model is still loading")
+        async with self.versions.route(params.model_version, params.routing_key) as slot:
+            runtime = self._runtime(slot.runtime, slot.version)
+            prepared = await self._prepare(runtime, params, deadline, arrival)
+            key = self._cache_key(prepared, params, slot.version)
+            if key is None:
+                result = await self._complete(prepared)
+            else:
 
-        async def complete(_indices: list[int]) -> list[GenerateResult]:
-            return [await self._complete(prepared)]
+                async def complete(_indices: list[int]) -> list[GenerateResult]:
+                    return [await self._complete(prepared)]
 
-        # Identical deterministic requests in flight are generated once.
-        (item,) = await self.results.run([key], complete, _RESULT_CODEC, deadline)
-        return item.value
+                # Identical deterministic requests in flight are generated once.
+                (item,) = await self.results.run(
+                    [key], complete, _RESULT_CODEC, deadline, model=runtime.info.name, version=slot.version
+                )
+                result = item.value
+        result = dataclasses.replace(result, version=slot.version, info=runtime.info)
+        self._mirror(slot.version, params, prepared, result.choices)
+        return result
+
+    @staticmethod
+    def _runtime(runtime: GenerationVersion | None, version: str) -> GenerationVersion:
+        if runtime is None or not runtime.ready:
+            raise NotReady(f"model version {version} is not loaded")
+        return runtime
+
+    # --- shadow --------------------------------------------------------------------------
+    def _mirror(
+        self, primary: str, params: GenerateParams, prepared: _Prepared, choices: Sequence[Choice]
+    ) -> None:
+        """Hands the finished request to the shadow version (when one is set), which generates it
+        again with its own deadline; agreement 1 when every sequence's tokens are the same, else 0.
+        Sampled requests without a seed are 'skipped' (their tokens are not expected to match), as
+        are primaries that did not finish (cancelled, expired).
+
+        The shadow never competes with client calls for the cores: it starts once no client call
+        is in flight and is aborted (its sequences leave the shadow's engine at its next step)
+        when one arrives; such a run, or one that found no idle moment before its deadline,
+        is 'skipped'."""
+        finished = all(c.finish in _FINISHED for c in choices)
+        deterministic = prepared.requests[0].sampling.deterministic
+        expected = [list(c.token_ids) for c in choices]
+        versions = self.versions
+
+        async def rerun(runtime: GenerationVersion, deadline: float) -> float:
+            again = await self._prepare(runtime, params, deadline, time.monotonic())
+            result = await self._complete(again)
+            return 1.0 if [c.token_ids for c in result.choices] == expected else 0.0
+
+        async def shadow(runtime: GenerationVersion, deadline: float) -> float | None:
+            try:
+                await asyncio.wait_for(versions.primary_idle(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return None
+            run = asyncio.ensure_future(rerun(runtime, deadline))
+            arrival = asyncio.ensure_future(versions.primary_arrives())
+            try:
+                await asyncio.wait((run, arrival), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (arrival, run):
+                    if not task.done():
+                        task.cancel()
+                await asyncio.gather(arrival, run, return_exceptions=True)
+            if run.cancelled():
+                return None  # gave way to a client call
+            return run.result()
+
+        versions.mirror(primary, shadow, skip=not (finished and deterministic))
 
     async def _complete(self, prepared: _Prepared) -> GenerateResult:
         """Runs the sequences and collects their chunks into one completion."""
@@ -275,11 +321,13 @@ class GenerationService:
             choices=choices,
         )
 
-    async def _prepare(self, params: GenerateParams, deadline: float | None, arrival: float) -> _Prepared:
-        """Checks the request and tokenizes it; nothing is queued yet."""
-        model, info = self.model, self._info
-        if model is None or info is None or self.engine is None:
-            raise NotReady("model is still loading")
+    async def _prepare(
+        self, runtime: GenerationVersion, params: GenerateParams, deadline: float | None, arrival: float
+    ) -> _Prepared:
+        """Checks the request and tokenizes it for `runtime`'s model; nothing is queued yet."""
+        model, info, engine = runtime.model, runtime.info, runtime.engine
+        if model is None or engine is None:
+            raise NotReady(f"model version {runtime.version} is not loaded")
         config = self.config
         check_input(params, config)
         check_max_new_tokens(params.max_new_tokens, config)
@@ -287,7 +335,7 @@ class GenerationService:
         sampling = sampling_config(params)
         n = check_n(params.n, config)
         logprobs = logprobs_count(params, config)
-        grammar = await self._grammar(params)
+        grammar = await self._grammar(runtime, params)
         if params.chat is not None and not info.has_chat_template:
             raise InvalidInput("chat", f"model {info.name!r} has no chat template; send a raw prompt instead")
         prompt_ids = await self._tokenize(model, params)
@@ -314,13 +362,13 @@ class GenerationService:
             max_new = params.max_new_tokens
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded("deadline passed before generation started; not computed")
-        prepared = _Prepared(prompt_ids, max_new, logprobs=logprobs is not None)
+        prepared = _Prepared(runtime, prompt_ids, max_new, logprobs=logprobs is not None)
         for index in range(n):
             seed = sampling.seed
             own = sampling if seed is None else dataclasses.replace(sampling, seed=(seed + index) % _SEEDS)
             prepared.requests.append(
                 EngineRequest(
-                    seq_id=self.engine.next_seq_id(),
+                    seq_id=engine.next_seq_id(),
                     prompt_ids=prompt_ids,
                     max_new_tokens=max_new,
                     sampling=own,
@@ -334,18 +382,20 @@ class GenerationService:
             )
         return prepared
 
-    async def _grammar(self, params: GenerateParams) -> Grammar | None:
-        """The request's structured-output grammar (compiled off the event loop, or cached)."""
+    async def _grammar(self, runtime: GenerationVersion, params: GenerateParams) -> Grammar | None:
+        """The request's structured-output grammar for the version's tokenizer (compiled off the
+        event loop, or cached)."""
         response_format = params.response_format
         if response_format is None:
             return None
         check_response_format(response_format, self.config)
-        if self.grammars is None:
+        grammars = runtime.grammars
+        if grammars is None:
             raise InvalidInput(response_format.field, "structured output is not available for this model")
-        cached = self.grammars.cached(response_format)
+        cached = grammars.cached(response_format)
         if cached is not None:
             return cached
-        return await asyncio.to_thread(self.grammars.compile, response_format)
+        return await asyncio.to_thread(grammars.compile, response_format)
 
     async def _tokenize(self, model: CausalLM, params: GenerateParams) -> list[int]:
         if params.prompt is not None:
@@ -360,14 +410,16 @@ class GenerationService:
 
     async def _run(self, prepared: _Prepared) -> AsyncIterator[GenerationChunk]:
         """Submits the sequences and yields their chunks; aborts them if the caller goes away."""
-        assert self.engine is not None and prepared.requests
+        engine = prepared.runtime.engine
+        if engine is None:
+            raise NotReady(f"model version {prepared.runtime.version} is not loaded")
+        assert prepared.requests
         requests = prepared.requests
         interval = self.config.stream_interval_tokens
         index_of = {request.seq_id: index for index, request in enumerate(requests)}
         pending = [self._chunk(prepared, index) for index in range(len(requests))]
         produced = [0] * len(requests)
         unfinished = len(requests)
-        engine = self.engine
         steps = engine.generate(requests[0]) if len(requests) == 1 else engine.generate_many(requests)
         async with contextlib.aclosing(steps):
             async for batch in steps:
@@ -400,8 +452,9 @@ class GenerationService:
         pending.text += event.text
         pending.token_ids += event.token_ids
         if pending.logprobs is not None and event.logprobs:
-            assert self._token_texts is not None
-            pending.logprobs += [self._token_texts.entry(item) for item in event.logprobs]
+            token_texts = prepared.runtime.token_texts
+            assert token_texts is not None
+            pending.logprobs += [token_texts.entry(item) for item in event.logprobs]
         produced = event.output_tokens
         if event.finish is not None:
             if not produced and event.finish is FinishStatus.EXPIRED:
@@ -414,9 +467,9 @@ class GenerationService:
         return produced
 
     # --- cache ---------------------------------------------------------------------------
-    def _cache_key(self, prepared: _Prepared, params: GenerateParams) -> str | None:
+    def _cache_key(self, prepared: _Prepared, params: GenerateParams, version: str) -> str | None:
         """Deterministic single-sequence requests without logprobs are cached (the entry holds
-        one text); n > 1 and logprobs always generate."""
+        one text) under the model, its revision and the version; n > 1 and logprobs always generate."""
         request = prepared.requests[0]
         if (
             self.cache is None
@@ -426,12 +479,13 @@ class GenerationService:
             or not request.sampling.deterministic
         ):
             return None
-        info = self.info
+        info = prepared.runtime.info
         response_format = params.response_format
         sampling = request.sampling
         return self.cache.key(
             info.name,
             info.revision,
+            version,
             "generate",
             json.dumps(request.prompt_ids),
             request.max_new_tokens,
@@ -446,6 +500,9 @@ class GenerationService:
         )
 
 
+_FINISHED = (FinishStatus.LENGTH, FinishStatus.EOS, FinishStatus.STOPPED)
+"""Finishes of a sequence that ran to its end (what the cache stores and a shadow compares)."""
+
 _SEEDS = 1 << 64
 """Seeds are taken modulo 2^64 (sequence i of a seeded request samples with seed + i)."""
 
@@ -459,7 +516,7 @@ class _ResultCodec:
     """Cache entries of whole completions: only finished ones are stored (and shared in flight)."""
 
     def encode(self, value: GenerateResult) -> bytes | None:
-        if value.finish not in (FinishStatus.LENGTH, FinishStatus.EOS, FinishStatus.STOPPED):
+        if value.finish not in _FINISHED:
             return None
         return _encode_result(value)
 

@@ -13,7 +13,9 @@ policy want (the OIP RepositoryModelLoad and poll mode); `load`/`unload` act on 
 (the native ModelControl RPCs). Requests go through `route(pin, key)`, an async context that
 counts the call on its version (for draining) and records the per-version metrics; after the
 primary answered, `mirror` may run the same request on the shadow version in a background task
-with its own deadline, recording agreement and latency.
+with its own deadline, recording agreement and latency. `primary_idle` / `primary_arrives` let
+a shadow run that would compete with client calls for the cores (a generation engine) start
+only when no client call is in flight and give way when one arrives.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ class VersionManager(Generic[R]):
         self._reconciling = asyncio.Lock()
         self._serving: list[str] = []
         self._published_weights: set[str] = set()
+        self._arrival_waiters: set[asyncio.Future[None]] = set()
 
     # --- the repository ------------------------------------------------------------------
     @property
@@ -442,6 +445,11 @@ class VersionManager(Generic[R]):
         slot = self.pick(pin, key)
         slot.calls += 1
         slot.idle.clear()
+        if slot.version != self.routing.shadow_version and self._arrival_waiters:
+            for waiter in self._arrival_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._arrival_waiters.clear()
         started = time.perf_counter()
         error: BaseException | None = None
         try:
@@ -462,10 +470,38 @@ class VersionManager(Generic[R]):
             )
 
     # --- shadow ----------------------------------------------------------------------------
-    def mirror(self, primary: str, run: Callable[[R, float], Awaitable[float]]) -> bool:
+    def primary_busy(self) -> bool:
+        """True while a call routed to a version other than the shadow is in flight."""
+        shadow = self.routing.shadow_version
+        return any(slot.calls for version, slot in self.slots.items() if version != shadow)
+
+    async def primary_idle(self) -> None:
+        """Returns once no call to a version other than the shadow is in flight."""
+        while True:
+            shadow = self.routing.shadow_version
+            busy = [slot for version, slot in self.slots.items() if version != shadow and slot.calls]
+            if not busy:
+                return
+            await asyncio.gather(*(slot.idle.wait() for slot in busy))
+
+    async def primary_arrives(self) -> None:
+        """Returns when the next call is routed to a version other than the shadow (a shadow
+        run that must not compete with client calls gives way then)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._arrival_waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            self._arrival_waiters.discard(waiter)
+
+    def mirror(
+        self, primary: str, run: Callable[[R, float], Awaitable[float | None]], *, skip: bool = False
+    ) -> bool:
         """After the primary answered: with probability shadow_share, runs `run(shadow_runtime,
-        deadline)` (which returns the agreement in [0, 1]) in a background task with its own
-        deadline. Never raises, never waits. True when a shadow call was started."""
+        deadline)` (which returns the agreement in [0, 1], or None: not compared, counted
+        'skipped') in a background task with its own deadline; `skip`: a request that cannot be
+        compared (counted 'skipped' when drawn).
+        Never raises, never waits. True when a shadow call was started."""
         table = self.routing
         shadow = table.shadow_version
         if not shadow or shadow == primary or table.shadow_share <= 0:
@@ -474,7 +510,7 @@ class VersionManager(Generic[R]):
             return False
         slot = self.slots.get(shadow)
         labels = (self.service, self.model, shadow)
-        if slot is None or slot.state != "READY" or slot.runtime is None:
+        if skip or slot is None or slot.state != "READY" or slot.runtime is None:
             metrics.child(metrics.SHADOW_REQUESTS, *labels, "skipped").inc()
             return False
         if len(self._shadows) >= self.config.max_shadow_in_flight:
@@ -485,7 +521,7 @@ class VersionManager(Generic[R]):
         task.add_done_callback(self._shadows.discard)
         return True
 
-    async def _shadow(self, slot: VersionSlot[R], run: Callable[[R, float], Awaitable[float]]) -> None:
+    async def _shadow(self, slot: VersionSlot[R], run: Callable[[R, float], Awaitable[float | None]]) -> None:
         labels = (self.service, self.model, slot.version)
         slot.calls += 1
         slot.idle.clear()
@@ -504,6 +540,9 @@ class VersionManager(Generic[R]):
             slot.calls -= 1
             if slot.calls == 0:
                 slot.idle.set()
+        if agreement is None:
+            metrics.child(metrics.SHADOW_REQUESTS, *labels, "skipped").inc()
+            return
         metrics.child(metrics.SHADOW_LATENCY, *labels).observe(time.perf_counter() - started)
         metrics.child(metrics.SHADOW_AGREEMENT, *labels).observe(agreement)
         metrics.child(metrics.SHADOW_REQUESTS, *labels, "compared").inc()

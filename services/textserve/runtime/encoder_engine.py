@@ -145,7 +145,8 @@ class Encoder:
         """The metrics' `service` label (the app that owns this encoder)."""
         self.task: Task = task
         self.version = version
-        self._close_cache = close_cache
+        self.close_cache = close_cache
+        """stop() closes the response cache (an owner that outlives its versions turns it off)."""
         self._gate = gate
         self._background = background
         self._token_source = token_source
@@ -223,7 +224,7 @@ class Encoder:
             await self._token_source.close()
             if self._local_tokens:  # a later start (a version loaded again) uses its new tokenizer
                 self._token_source = None
-        if self._close_cache:
+        if self.close_cache:
             await self.outputs.close()
         self.model = None
         self.batcher = None

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from textserve.v1 import common_pb2 as textserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtextserve/v1/generation.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\"8\n\tChatInput\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.textserve.v1.ChatMessage\"\xe8\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\t\n\x01n\x18\t \x01(\r\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0b \x01(\rB\x07\n\x05_seed\"d\n\x0eResponseFormat\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .textserve.v1.ResponseFormatType\x12\x13\n\x0bjson_schema\x18\x02 \x01(\t\x12\r\n\x05regex\x18\x03 \x01(\t\"\xce\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ChatInputH\x00\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.textserve.v1.SamplingParams\x12\x12\n\nskip_cache\x18\x04 \x01(\x08\x12\x35\n\x0fresponse_format\x18\x05 \x01(\x0b\x32\x1c.textserve.v1.ResponseFormatB\x07\n\x05input\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"p\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12.\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x18.textserve.v1.TopLogprob\"\xa7\x01\n\x10GenerationChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\ttoken_ids\x18\x03 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12,\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1a.textserve.v1.TokenLogprob\"\xb5\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\ttoken_ids\x18\x02 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.textserve.v1.Usage\x12\x1e\n\x16time_to_first_token_ns\x18\x06 \x01(\x04\x12,\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1a.textserve.v1.TokenLogprob\x12/\n\x07\x63hoices\x18\x08 \x03(\x0b\x32\x1e.textserve.v1.GenerationChoice\"\xff\x01\n\x16GenerateStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x15\n\ttoken_ids\x18\x02 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.textserve.v1.Usage\x12&\n\x05model\x18\x05 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\r\n\x05index\x18\x06 \x01(\r\x12,\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1a.textserve.v1.TokenLogprob\"\x17\n\x15GenerationInfoRequest\"\xf7\x01\n\x16GenerationInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\x1a\n\x12max_context_tokens\x18\x02 \x01(\r\x12\x1c\n\x14max_new_tokens_limit\x18\x03 \x01(\r\x12\x1d\n\x15max_running_sequences\x18\x04 \x01(\r\x12\x18\n\x10kv_budget_tokens\x18\x05 \x01(\r\x12\x19\n\x11has_chat_template\x18\x06 \x01(\x08\x12\r\n\x05max_n\x18\x07 \x01(\r\x12\x18\n\x10max_top_logprobs\x18\x08 \x01(\r*\xa6\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x02\x12\x1e\n\x1aRESPONSE_FORMAT_TYPE_REGEX\x10\x03*\x93\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\x94\x02\n\x11GenerationService\x12I\n\x08Generate\x12\x1d.textserve.v1.GenerateRequest\x1a\x1e.textserve.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.textserve.v1.GenerateRequest\x1a$.textserve.v1.GenerateStreamResponse0\x01\x12[\n\x0eGenerationInfo\x12#.textserve.v1.GenerationInfoRequest\x1a$.textserve.v1.GenerationInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtextserve/v1/generation.proto\x12\x0ctextserve.v1\x1a\x19textserve/v1/common.proto\"8\n\tChatInput\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.textserve.v1.ChatMessage\"\xe8\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\t\n\x01n\x18\t \x01(\r\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0b \x01(\rB\x07\n\x05_seed\"d\n\x0eResponseFormat\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .textserve.v1.ResponseFormatType\x12\x13\n\x0bjson_schema\x18\x02 \x01(\t\x12\r\n\x05regex\x18\x03 \x01(\t\"\xfa\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x17.textserve.v1.ChatInputH\x00\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.textserve.v1.SamplingParams\x12\x12\n\nskip_cache\x18\x04 \x01(\x08\x12\x35\n\x0fresponse_format\x18\x05 \x01(\x0b\x32\x1c.textserve.v1.ResponseFormat\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x13\n\x0brouting_key\x18\x07 \x01(\tB\x07\n\x05input\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"p\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12.\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x18.textserve.v1.TopLogprob\"\xa7\x01\n\x10GenerationChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\ttoken_ids\x18\x03 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12,\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1a.textserve.v1.TokenLogprob\"\xb5\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\ttoken_ids\x18\x02 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.textserve.v1.Usage\x12\x1e\n\x16time_to_first_token_ns\x18\x06 \x01(\x04\x12,\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1a.textserve.v1.TokenLogprob\x12/\n\x07\x63hoices\x18\x08 \x03(\x0b\x32\x1e.textserve.v1.GenerationChoice\"\xff\x01\n\x16GenerateStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x15\n\ttoken_ids\x18\x02 \x03(\rB\x02\x10\x01\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.textserve.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.textserve.v1.Usage\x12&\n\x05model\x18\x05 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\r\n\x05index\x18\x06 \x01(\r\x12,\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1a.textserve.v1.TokenLogprob\"\x17\n\x15GenerationInfoRequest\"\xf7\x01\n\x16GenerationInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.textserve.v1.ModelInfo\x12\x1a\n\x12max_context_tokens\x18\x02 \x01(\r\x12\x1c\n\x14max_new_tokens_limit\x18\x03 \x01(\r\x12\x1d\n\x15max_running_sequences\x18\x04 \x01(\r\x12\x18\n\x10kv_budget_tokens\x18\x05 \x01(\r\x12\x19\n\x11has_chat_template\x18\x06 \x01(\x08\x12\r\n\x05max_n\x18\x07 \x01(\r\x12\x18\n\x10max_top_logprobs\x18\x08 \x01(\r*\xa6\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x02\x12\x1e\n\x1aRESPONSE_FORMAT_TYPE_REGEX\x10\x03*\x93\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\x94\x02\n\x11GenerationService\x12I\n\x08Generate\x12\x1d.textserve.v1.GenerateRequest\x1a\x1e.textserve.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.textserve.v1.GenerateRequest\x1a$.textserve.v1.GenerateStreamResponse0\x01\x12[\n\x0eGenerationInfo\x12#.textserve.v1.GenerationInfoRequest\x1a$.textserve.v1.GenerationInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE'].fields_by_name['token_ids']._serialized_options = b'\020\001'
   _globals['_GENERATESTREAMRESPONSE'].fields_by_name['token_ids']._loaded_options = None
   _globals['_GENERATESTREAMRESPONSE'].fields_by_name['token_ids']._serialized_options = b'\020\001'
-  _globals['_RESPONSEFORMATTYPE']._serialized_start=1872
-  _globals['_RESPONSEFORMATTYPE']._serialized_end=2038
-  _globals['_FINISHREASON']._serialized_start=2041
-  _globals['_FINISHREASON']._serialized_end=2188
+  _globals['_RESPONSEFORMATTYPE']._serialized_start=1916
+  _globals['_RESPONSEFORMATTYPE']._serialized_end=2082
+  _globals['_FINISHREASON']._serialized_start=2085
+  _globals['_FINISHREASON']._serialized_end=2232
   _globals['_CHATINPUT']._serialized_start=74
   _globals['_CHATINPUT']._serialized_end=130
   _globals['_SAMPLINGPARAMS']._serialized_start=133
@@ -49,21 +49,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESPONSEFORMAT']._serialized_start=367
   _globals['_RESPONSEFORMAT']._serialized_end=467
   _globals['_GENERATEREQUEST']._serialized_start=470
-  _globals['_GENERATEREQUEST']._serialized_end=676
-  _globals['_TOPLOGPROB']._serialized_start=678
-  _globals['_TOPLOGPROB']._serialized_end=740
-  _globals['_TOKENLOGPROB']._serialized_start=742
-  _globals['_TOKENLOGPROB']._serialized_end=854
-  _globals['_GENERATIONCHOICE']._serialized_start=857
-  _globals['_GENERATIONCHOICE']._serialized_end=1024
-  _globals['_GENERATERESPONSE']._serialized_start=1027
-  _globals['_GENERATERESPONSE']._serialized_end=1336
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1339
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1594
-  _globals['_GENERATIONINFOREQUEST']._serialized_start=1596
-  _globals['_GENERATIONINFOREQUEST']._serialized_end=1619
-  _globals['_GENERATIONINFORESPONSE']._serialized_start=1622
-  _globals['_GENERATIONINFORESPONSE']._serialized_end=1869
-  _globals['_GENERATIONSERVICE']._serialized_start=2191
-  _globals['_GENERATIONSERVICE']._serialized_end=2467
+  _globals['_GENERATEREQUEST']._serialized_end=720
+  _globals['_TOPLOGPROB']._serialized_start=722
+  _globals['_TOPLOGPROB']._serialized_end=784
+  _globals['_TOKENLOGPROB']._serialized_start=786
+  _globals['_TOKENLOGPROB']._serialized_end=898
+  _globals['_GENERATIONCHOICE']._serialized_start=901
+  _globals['_GENERATIONCHOICE']._serialized_end=1068
+  _globals['_GENERATERESPONSE']._serialized_start=1071
+  _globals['_GENERATERESPONSE']._serialized_end=1380
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1383
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1638
+  _globals['_GENERATIONINFOREQUEST']._serialized_start=1640
+  _globals['_GENERATIONINFOREQUEST']._serialized_end=1663
+  _globals['_GENERATIONINFORESPONSE']._serialized_start=1666
+  _globals['_GENERATIONINFORESPONSE']._serialized_end=1913
+  _globals['_GENERATIONSERVICE']._serialized_start=2235
+  _globals['_GENERATIONSERVICE']._serialized_end=2511
 # @@protoc_insertion_point(module_scope)
