@@ -12,6 +12,7 @@ what the 8 clients send while the swap runs (a few hundred of each; the shape is
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,7 +38,10 @@ from tests.oip_client import official
 from tests.support import embedding_config, loopback_server, model_config, start_host, wait_until
 
 CLIENTS = 8
-MIN_CALLS_PER_PHASE = 120
+MIN_CALLS_PER_PHASE = int(os.environ.get("TEXTSERVE_SWAP_CALLS_PER_PHASE", "120"))
+"""OK calls each phase waits for (4 phases: before the load, after it, after the switch, after the
+unload). 120 keeps the suite fast; the issue's 3,000 Embed + 3,000 Classify run is
+TEXTSERVE_SWAP_CALLS_PER_PHASE=1500 (the closing note has its figures)."""
 
 
 @dataclass
@@ -95,7 +99,9 @@ async def test_version_swap_under_load_drops_no_call(hosts: tuple[ServiceHost, P
 
     async def calls_after(count: int) -> None:
         target = count + MIN_CALLS_PER_PHASE
-        await wait_until(lambda: tally.count() >= target or bool(tally.failures), limit_s=120)
+        await wait_until(
+            lambda: tally.count() >= target or bool(tally.failures), limit_s=max(120.0, target / 5)
+        )
 
     try:
         await calls_after(0)
