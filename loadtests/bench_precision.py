@@ -8,6 +8,10 @@ The INT8 artifact is built first (`textserve quantize embedding`'s code, evaluat
 already (--rebuild forces it). Raw: both models in this process, batch sizes interleaved, best
 of 3 passes. Service: `textserve serve embedding` with model.precision fp32, then int8, order
 alternating per round (machines drift), one text per Embed call, cache off; medians over rounds.
+At saturation two more ways of calling are measured on the same servers: 64 single-text
+callers through the client package (its micro-batching merges them) and bulk calls of 32 texts
+(4 callers): both leave less per-call work beside the model, so they show how much of the raw
+INT8 speed-up a caller can keep.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench_embedding import drive
-from loadtests.common import bench_parser
+from loadtests.bench_embedding import BULK_CONCURRENCY, BULK_TEXTS, bulk_call, drive
+from loadtests.common import bench_parser, closed_loop, closed_loop_calls
 from loadtests.serve import ServerProcess
 from loadtests.texts import make_texts
 
 LENGTHS = {"short": 10, "medium": 40}  # words -> ~12 and ~50 tokens
 CONCURRENCY = (1, 32, 64)
+CLIENT_CONCURRENCY = 64
+SATURATION_SETUPS = (f"client package, {CLIENT_CONCURRENCY} callers", f"bulk {BULK_TEXTS} texts/call")
 RAW_BATCHES = (1, 8, 32, 64)
 PRECISIONS = ("fp32", "int8")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -79,10 +85,38 @@ def measure_raw(seconds: float) -> dict[str, dict[str, dict[int, float]]]:
     return result
 
 
-async def measure_service(seconds: float, rounds: int) -> dict[tuple[str, int, str], list[float]]:
-    """texts/s per (length, concurrency, precision), one value per round."""
+async def saturation(address: str, texts: list[str], seconds: float) -> dict[str, float]:
+    """texts/s of the client package at 64 single-text callers and of bulk calls."""
+    from textserve.client import AsyncTextserveClient
+
+    warmup = min(1.0, seconds / 3)
+    client = AsyncTextserveClient(embedding=address)
+    try:
+        merged = await closed_loop_calls(
+            lambda i: client.embed(texts[i % len(texts)], skip_cache=True),
+            CLIENT_CONCURRENCY,
+            seconds,
+            warmup_s=warmup,
+        )
+    finally:
+        await client.close()
+    bulk = await closed_loop(
+        address, bulk_call(texts, BULK_TEXTS), BULK_CONCURRENCY, seconds, warmup_s=warmup, channels=4
+    )
+    return {
+        SATURATION_SETUPS[0]: merged.throughput,
+        SATURATION_SETUPS[1]: bulk.throughput * BULK_TEXTS,
+    }
+
+
+async def measure_service(
+    seconds: float, rounds: int
+) -> tuple[dict[tuple[str, int, str], list[float]], dict[tuple[str, str, str], list[float]]]:
+    """texts/s per (length, concurrency, precision) and per (length, saturation setup,
+    precision), one value per round."""
     texts = {name: make_texts(512, words) for name, words in LENGTHS.items()}
     cells: dict[tuple[str, int, str], list[float]] = {}
+    saturated: dict[tuple[str, str, str], list[float]] = {}
     for number in range(rounds):
         order = PRECISIONS if number % 2 == 0 else tuple(reversed(PRECISIONS))
         for precision in order:
@@ -92,14 +126,17 @@ async def measure_service(seconds: float, rounds: int) -> dict[tuple[str, int, s
                     for concurrency in CONCURRENCY:
                         stats = (await drive(server.address(), batch, concurrency, seconds)).stats()
                         cells.setdefault((length, concurrency, precision), []).append(stats.throughput)
+                    for setup, rate in (await saturation(server.address(), batch, seconds)).items():
+                        saturated.setdefault((length, setup, precision), []).append(rate)
             print(f"round {number + 1} {precision} done", file=sys.stderr, flush=True)
-    return cells
+    return cells, saturated
 
 
 def render(
     manifest: dict[str, Any],
     raw: dict[str, dict[str, dict[int, float]]],
     service: dict[tuple[str, int, str], list[float]],
+    saturated: dict[tuple[str, str, str], list[float]],
 ) -> str:
     fid = manifest["fidelity"]
     lines = [
@@ -123,6 +160,10 @@ def render(
                 f"| {length} | service, concurrency {concurrency} | {fp32:.0f} | {int8:.0f} "
                 f"| {int8 / fp32:.2f}x |"
             )
+        for setup in SATURATION_SETUPS:
+            fp32 = statistics.median(saturated[(length, setup, "fp32")])
+            int8 = statistics.median(saturated[(length, setup, "int8")])
+            lines.append(f"| {length} | service, {setup} | {fp32:.0f} | {int8:.0f} | {int8 / fp32:.2f}x |")
     return "\n".join(lines)
 
 
@@ -135,8 +176,8 @@ def main() -> None:
     args = parser.parse_args()
     manifest = ensure_artifact(args.rebuild)
     raw = measure_raw(args.seconds)
-    service = asyncio.run(measure_service(args.seconds, args.rounds))
-    print(render(manifest, raw, service))
+    service, saturated = asyncio.run(measure_service(args.seconds, args.rounds))
+    print(render(manifest, raw, service, saturated))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
@@ -147,6 +188,10 @@ def main() -> None:
                     "service": [
                         {"length": k[0], "concurrency": k[1], "precision": k[2], "texts_per_s": v}
                         for k, v in service.items()
+                    ],
+                    "saturation": [
+                        {"length": k[0], "setup": k[1], "precision": k[2], "texts_per_s": v}
+                        for k, v in saturated.items()
                     ],
                 },
                 indent=2,
