@@ -184,7 +184,7 @@ class InProcessServer:
 
     async def __aenter__(self) -> InProcessServer:
         await self.host.start()
-        engine = self.app.service.engine
+        engine = self.app.service.primary.engine  # the primary version's AsyncEngine
         assert engine is not None
         self.probe.attach(engine.engine)
         return self
