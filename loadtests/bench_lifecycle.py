@@ -25,20 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from loadtests.common import BenchResult, LatencyStats, bench_parser, closed_loop, print_table, run_bench
+from loadtests.common import OFF_ON, BenchResult, Workload, bench_parser, closed_loop, print_table, run_bench
 from loadtests.serve import ServerProcess, metric_total
 from loadtests.texts import make_texts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-MODES = ("off", "on")
+MODES = OFF_ON
 MODEL = "all-MiniLM-L6-v2"
 LM = "bench-lm"
 
@@ -109,7 +108,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
         raise SystemExit(f"--rounds must be at least 4 (got {args.rounds})")
     service = args.service
     generation = service == "generation"
-    runs: dict[str, dict[str, list[LatencyStats]]] = defaultdict(lambda: {mode: [] for mode in MODES})
+    runs: dict[str, Workload] = defaultdict(Workload)
     with tempfile.TemporaryDirectory(prefix="bench-lifecycle-") as folder:
         section = f"TEXTSERVE_{service.upper()}__REPOSITORY__"
         if generation:
@@ -141,31 +140,23 @@ async def run(args: argparse.Namespace) -> BenchResult:
                             address, call, concurrency, args.seconds, warmup_s=1.0, channels=4
                         )
                         stats = load.stats()
-                        runs[f"{verb} c={concurrency}"][mode].append(stats)
+                        runs[f"{verb} c={concurrency}"].runs[mode].append(stats)
                         shown.append(f"c={concurrency}: p50 {stats.p50_ms:.2f} ms, {stats.throughput:.0f}/s")
                     print(f"round {number + 1} shadow {mode}: {', '.join(shown)}", flush=True)
             page = server.metrics()
     result = BenchResult(
         "lifecycle", "Primary latency with a shadow version at 100 % vs none (same-run ratios)"
     )
-    for key, by_mode in runs.items():
-
-        def median(mode: str, field: str, by_mode: dict[str, list[LatencyStats]] = by_mode) -> float:
-            return statistics.median(getattr(stats, field) for stats in by_mode[mode])
-
-        def ratio(field: str, by_mode: dict[str, list[LatencyStats]] = by_mode) -> float:
-            pairs = zip(by_mode["off"], by_mode["on"], strict=True)
-            return statistics.median(getattr(on, field) / getattr(off, field) for off, on in pairs)
-
+    for key, workload in runs.items():
         result.add_row(
             workload=key,
-            off_p50_ms=median("off", "p50_ms"),
-            on_p50_ms=median("on", "p50_ms"),
-            p50_ratio_on_off=ratio("p50_ms"),
-            off_calls_per_s=median("off", "throughput"),
-            on_calls_per_s=median("on", "throughput"),
-            throughput_ratio_on_off=ratio("throughput"),
-            rounds=len(by_mode["on"]),
+            off_p50_ms=workload.median("off", "p50_ms"),
+            on_p50_ms=workload.median("on", "p50_ms"),
+            p50_ratio_on_off=workload.ratio_median("p50_ms"),
+            off_calls_per_s=workload.median("off", "throughput"),
+            on_calls_per_s=workload.median("on", "throughput"),
+            throughput_ratio_on_off=workload.ratio_median("throughput"),
+            rounds=len(workload.runs["on"]),
         )
     print_table(result.rows, title="medians over rounds; ratios are medians of the per-round on/off ratios")
     compared = metric_total(page, "textserve_shadow_requests_total", 'outcome="compared"')

@@ -32,13 +32,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtests.common import BenchResult, LatencyStats, bench_parser, closed_loop, print_table, run_bench
+from loadtests.common import (
+    OFF_ON,
+    BenchResult,
+    LatencyStats,
+    Workload,
+    bench_parser,
+    closed_loop,
+    print_table,
+    run_bench,
+)
 from loadtests.serve import ServerProcess, free_port
 from loadtests.texts import make_texts
 
@@ -46,7 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SETTINGS = {"TEXTSERVE_CACHE__BACKEND": "none"}
-MODES = ("off", "on")
+MODES = OFF_ON
 SERVICES = ("classifier", "embedding")
 
 
@@ -81,23 +88,6 @@ def mode_env(
         else:
             env[f"{prefix}CAPTURE_REFERENCE"] = str(window)
     return env
-
-
-@dataclass
-class Workload:
-    """One workload's measurements, one per round, for each mode."""
-
-    runs: dict[str, list[LatencyStats]] = field(default_factory=lambda: {mode: [] for mode in MODES})
-
-    def median(self, mode: str, key: str) -> float:
-        return statistics.median(getattr(stats, key) for stats in self.runs[mode])
-
-    def ratio_median(self, key: str) -> float:
-        """Median over rounds of on / off (rounds are paired in order)."""
-        pairs = zip(self.runs["off"], self.runs["on"], strict=False)
-        return statistics.median(
-            getattr(on, key) / getattr(off, key) for off, on in pairs if getattr(off, key) > 0
-        )
 
 
 def drift_tests(metrics_page: str) -> dict[str, tuple[float, float]]:

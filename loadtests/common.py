@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -134,6 +135,27 @@ class LoadRun:
         return LatencyStats.of(self.latencies_s, self.seconds, errors=self.errors)
 
 
+OFF_ON = ("off", "on")
+"""The two modes of an A/B benchmark; rounds alternate their order (machines drift)."""
+
+
+@dataclass
+class Workload:
+    """One workload's measurements, one per round, for each mode of OFF_ON."""
+
+    runs: dict[str, list[LatencyStats]] = field(default_factory=lambda: {mode: [] for mode in OFF_ON})
+
+    def median(self, mode: str, key: str) -> float:
+        return statistics.median(getattr(stats, key) for stats in self.runs[mode])
+
+    def ratio_median(self, key: str) -> float:
+        """Median over rounds of on / off (rounds are paired in order)."""
+        pairs = zip(self.runs["off"], self.runs["on"], strict=False)
+        return statistics.median(
+            getattr(on, key) / getattr(off, key) for off, on in pairs if getattr(off, key) > 0
+        )
+
+
 async def closed_loop(
     address: str,
     bind: Bind,
@@ -157,39 +179,20 @@ async def closed_loop(
 
     opened = [grpc.aio.insecure_channel(address) for _ in range(max(1, min(channels, concurrency)))]
     senders = [bind(channel) for channel in opened]
-    latencies: list[float] = []
-    errors = [0, 0]  # warm-up, measured
-
-    async def caller(index: int, stop_at: float, measured: bool) -> None:
-        send = senders[index % len(senders)]
-        cursor = index
-        while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            try:
-                await send(cursor)
-            except grpc.aio.AioRpcError:
-                errors[measured] += 1
-                continue
-            finally:
-                cursor += concurrency
-            if measured:
-                latencies.append(time.perf_counter() - started)
-
     try:
-        if warmup_s > 0:
-            warm_until = time.perf_counter() + warmup_s
-            await asyncio.gather(*(caller(i, warm_until, False) for i in range(concurrency)))
-        if before_measure is not None:
-            await before_measure()
-        began = time.perf_counter()
-        await asyncio.gather(*(caller(i, began + seconds, True) for i in range(concurrency)))
-        elapsed = time.perf_counter() - began
-        if after_measure is not None:
-            await after_measure()
+        # Request `cursor` belongs to caller cursor % concurrency, which keeps one channel.
+        return await closed_loop_calls(
+            lambda cursor: senders[cursor % concurrency % len(senders)](cursor),
+            concurrency,
+            seconds,
+            warmup_s=warmup_s,
+            before_measure=before_measure,
+            after_measure=after_measure,
+            failures=(grpc.aio.AioRpcError,),
+        )
     finally:
         for channel in opened:
             await channel.close(None)
-    return LoadRun(latencies, elapsed, errors=errors[1], warmup_errors=errors[0])
 
 
 async def closed_loop_calls(
@@ -200,11 +203,12 @@ async def closed_loop_calls(
     warmup_s: float = 0.0,
     before_measure: Callable[[], Awaitable[None]] | None = None,
     after_measure: Callable[[], Awaitable[None]] | None = None,
+    failures: tuple[type[BaseException], ...] = (Exception,),
 ) -> LoadRun:
     """`closed_loop` over any awaitable call (a `textserve.client` method, say), not a channel.
 
-    Caller k awaits send(k), send(k + concurrency), ... back to back; any exception counts as
-    an error and is not timed.
+    Caller k awaits send(k), send(k + concurrency), ... back to back; an exception of
+    `failures` counts as an error and is not timed (others propagate).
     """
     latencies: list[float] = []
     errors = [0, 0]  # warm-up, measured
@@ -215,7 +219,7 @@ async def closed_loop_calls(
             started = time.perf_counter()
             try:
                 await send(cursor)
-            except Exception:
+            except failures:
                 errors[measured] += 1
                 continue
             finally:
