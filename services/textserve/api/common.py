@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from textserve.core.batcher import BatchBudget
 from textserve.core.config import BatcherConfig, LimitsConfig, ServerConfig
 from textserve.v1 import common_pb2
@@ -25,6 +27,31 @@ def model_info(
         max_input_tokens=max_input_tokens,
         precision=precision,
         version=version,
+    )
+
+
+class EncoderModel(Protocol):
+    """What an encoder-based service knows of its model (runtime's EncoderInfo, the classifier's
+    EncoderDescription)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def precision(self) -> str: ...
+
+
+def encoder_model_info(model: EncoderModel, version: str = "") -> common_pb2.ModelInfo:
+    """ModelInfo of an encoder model (and the model version that served)."""
+    return model_info(
+        model.name, model.revision, model.backend, model.device, model.max_length, model.precision, version
     )
 
 

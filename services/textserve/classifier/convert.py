@@ -12,7 +12,6 @@ from textserve.classifier.service import (
     FeedbackParams,
     Kind,
 )
-from textserve.classifier.vector_source import EncoderDescription
 from textserve.classifier.zero_shot import Label
 from textserve.core.errors import InvalidInput
 from textserve.core.validation import check_routing
@@ -35,19 +34,6 @@ STRATEGY_NAMES: dict[int, str] = {
     classifier_pb2.AGGREGATION_STRATEGY_MAX: "max",
 }
 """AggregationStrategy values -> the logic's strategy names ("": the configured one)."""
-
-
-def model_info(model: EncoderDescription, version: str = "") -> common_pb2.ModelInfo:
-    """ModelInfo of the model behind the classifier (and the model version that served)."""
-    return common.model_info(
-        model.name,
-        model.revision,
-        model.backend,
-        model.device,
-        model.max_length,
-        model.precision,
-        version=version,
-    )
 
 
 _RESULTS: dict[FeedbackResult, classifier_pb2.FeedbackResponse.Result] = {
@@ -91,7 +77,7 @@ def feedback_response(result: FeedbackResult) -> classifier_pb2.FeedbackResponse
 def classify_response(result: ClassifyResult) -> classifier_pb2.ClassifyResponse:
     """ClassifyResult -> ClassifyResponse."""
     response = classifier_pb2.ClassifyResponse(
-        model=model_info(result.model, result.version),
+        model=common.encoder_model_info(result.model, result.version),
         usage=common_pb2.Usage(
             input_tokens=sum(result.tokens),
             truncated_texts=sum(result.truncated),
@@ -115,7 +101,7 @@ def info_response(
     """ClassifierDescription -> ClassifierInfoResponse."""
     return classifier_pb2.ClassifierInfoResponse(
         kind=_KINDS[description.kind],
-        model=model_info(description.model, description.version),
+        model=common.encoder_model_info(description.model, description.version),
         labels=list(description.labels),
         label_sets=list(description.label_sets),
         limits=common.limits(config.limits, config.server, description.model.max_length),
@@ -149,7 +135,7 @@ def _entity(item: FoundEntity) -> classifier_pb2.Entity:
 def entities_response(result: EntitiesResult) -> classifier_pb2.ExtractEntitiesResponse:
     """EntitiesResult -> ExtractEntitiesResponse."""
     response = classifier_pb2.ExtractEntitiesResponse(
-        model=model_info(result.model),
+        model=common.encoder_model_info(result.model),
         usage=common_pb2.Usage(
             input_tokens=sum(item.input_tokens for item in result.results), cached_texts=result.cached
         ),

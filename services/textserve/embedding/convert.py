@@ -38,15 +38,7 @@ def embed_response(result: EmbedResult, service: EmbeddingService) -> embedding_
     """EmbedResult -> EmbedResponse (the model of the version that served it)."""
     info = result.info or service.info
     response = embedding_pb2.EmbedResponse(
-        model=common.model_info(
-            info.name,
-            info.revision,
-            info.backend,
-            info.device,
-            info.max_length,
-            info.precision,
-            result.version,
-        ),
+        model=common.encoder_model_info(info, result.version),
         usage=common_pb2.Usage(
             input_tokens=sum(result.tokens),
             truncated_texts=sum(result.truncated),
@@ -67,15 +59,7 @@ def info_response(service: EmbeddingService) -> embedding_pb2.InfoResponse:
     info = service.info
     config = service.config
     response = embedding_pb2.InfoResponse(
-        model=common.model_info(
-            info.name,
-            info.revision,
-            info.backend,
-            info.device,
-            info.max_length,
-            info.precision,
-            service.versions.primary().version,
-        ),
+        model=common.encoder_model_info(info, service.versions.primary().version),
         dimensions=info.dimensions,
         pooling=info.pooling,
         limits=common.limits(config.limits, config.server, info.max_length),
