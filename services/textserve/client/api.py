@@ -77,6 +77,17 @@ def _labels(labels: Sequence[str]) -> list[classifier_pb2.LabelSpec]:
     return [classifier_pb2.LabelSpec(name=name) for name in labels]
 
 
+_STRATEGIES: dict[str, int] = {
+    "": classifier_pb2.AGGREGATION_STRATEGY_UNSPECIFIED,
+    **{
+        name.removeprefix("AGGREGATION_STRATEGY_").lower(): number
+        for name, number in classifier_pb2.AggregationStrategy.items()
+        if number != classifier_pb2.AGGREGATION_STRATEGY_UNSPECIFIED
+    },
+}
+"""Aggregation strategy names -> the wire enum, read from the enum itself ("": the service's)."""
+
+
 class AsyncTextserveClient:
     """Typed asyncio calls to the four textserve services (see the module docstring).
 
@@ -266,12 +277,11 @@ class AsyncTextserveClient:
     ) -> EntityExtraction:
         """Named entities of several texts (a classifier of kind token_classification).
         `aggregation_strategy`: none, simple, first, average or max ("": the service's)."""
-        strategies = {"": 0, "none": 1, "simple": 2, "first": 3, "average": 4, "max": 5}
-        if aggregation_strategy not in strategies:
-            raise ValueError(f"aggregation_strategy must be one of {sorted(strategies)[1:]}")
+        if aggregation_strategy not in _STRATEGIES:
+            raise ValueError(f"aggregation_strategy must be one of {sorted(_STRATEGIES)[1:]}")
         request = classifier_pb2.ExtractEntitiesRequest(
             texts=list(texts),
-            aggregation_strategy=strategies[aggregation_strategy],  # type: ignore[arg-type]
+            aggregation_strategy=_STRATEGIES[aggregation_strategy],  # type: ignore[arg-type]
             stride=max(0, stride),
             include_tokens=include_tokens,
         )
