@@ -86,8 +86,8 @@ demo-lm: install ## retrain the packaged demo LM from ../shared/data/corpus (tex
 	$(VENV)/bin/textserve train-demo-lm --overwrite
 
 .PHONY: bench-generation
-bench-generation: install ## 1/8/32 streams vs generate(), prefix-hit TTFT, burst ITL p99/p50; interleaved rounds (~5 min)
-	$(PY) -m loadtests.bench_generation
+bench-generation: install ## 1/8/32 streams vs generate() (engine process and engine thread), prefix-hit TTFT, burst ITL p99/p50; interleaved rounds (~7 min)
+	$(PY) -m loadtests.bench_generation --compare-thread
 
 .PHONY: bench-structured
 bench-structured: install ## structured output: JSON-Schema-constrained vs unconstrained tokens/s at 8 streams (interleaved rounds, medians; ~2 min)

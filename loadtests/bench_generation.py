@@ -9,9 +9,11 @@ same-round ratios (their median):
   * baseline: transformers' `generate()` on one prompt at a time (greedy), in a process of
     its own (no gRPC thread competes with it), with a streamer recording when each token
     appears (so it has TTFT and inter-token too);
-  * service: a `textserve serve generation` subprocess (or --in-process), driven by asyncio
-    gRPC clients holding 1, 8 and 32 concurrent GenerateStream calls (ratio: tokens/s over
-    the same round's baseline);
+  * service: a `textserve serve generation` subprocess (its engine in a process of its own, the
+    default; or --in-process), driven by asyncio gRPC clients holding 1, 8 and 32 concurrent
+    GenerateStream calls (ratio: tokens/s over the same round's baseline); with
+    --compare-thread, the same rows from a second server whose engine runs in a thread of
+    the server (engine_process=false), in the same rounds;
   * prefix hit: one prompt of a --prefix-tokens long prefix (new each round) sent twice;
     the second's time to first token over the first's (prefix reuse), outputs compared;
   * burst: --burst-running streams decoding, then --burst-new new prompts arriving at
@@ -25,6 +27,7 @@ Every request generates exactly --max-new-tokens tokens (EOS ignored), from prom
     python -m loadtests.bench_generation --rounds 1 --max-new-tokens 16 --requests-per-stream 1 \\
         --baseline-requests 2 --concurrency 1,8                # quick check
     python -m loadtests.bench_generation --json out.json       # also write the table as JSON
+    python -m loadtests.bench_generation --compare-thread      # engine process vs engine thread
     python -m loadtests.bench_generation --in-process --only burst --rounds 5   # burst ITL only
 """
 
@@ -142,10 +145,17 @@ class Baseline:
 
 
 def start_server(
-    model_dir: Path, max_running: int, max_new_tokens: int, threads: int, batched: int
+    model_dir: Path,
+    max_running: int,
+    max_new_tokens: int,
+    threads: int,
+    batched: int,
+    engine_process: bool = True,
 ) -> ServerProcess:
-    """`textserve serve generation` in a subprocess serving the benchmark model."""
+    """`textserve serve generation` in a subprocess serving the benchmark model (its engine in a
+    process of its own, the default, or in a thread of the server)."""
     settings = {
+        "TEXTSERVE_GENERATION__ENGINE_PROCESS": str(engine_process).lower(),
         "TEXTSERVE_GENERATION__MAX_BATCHED_TOKENS": str(batched),
         "TEXTSERVE_GENERATION__MODEL__PATH": str(model_dir),
         "TEXTSERVE_GENERATION__MAX_RUNNING_SEQUENCES": str(max_running),
@@ -153,7 +163,8 @@ def start_server(
         "TEXTSERVE_GENERATION__MAX_NEW_TOKENS_LIMIT": str(max(max_new_tokens, 64)),
         "TEXTSERVE_GENERATION__CACHE_ENABLED": "false",
     }
-    return ServerProcess(["generation"], settings, metrics=False, label="generation server")
+    label = "generation server" if engine_process else "generation server (engine thread)"
+    return ServerProcess(["generation"], settings, metrics=False, label=label)
 
 
 class InProcessServer:
@@ -174,6 +185,7 @@ class InProcessServer:
             max_new_tokens_limit=max(max_new_tokens, 64),
             max_batched_tokens=batched,
             cache_enabled=False,
+            engine_process=False,  # the probe looks inside the engine: it must be in this process
         )
         self.app = GenerationApp(config)
         self.host = ServiceHost([self.app])
@@ -426,13 +438,24 @@ async def run(args: argparse.Namespace) -> BenchResult:
         most = max(*levels, args.burst_running + args.burst_new)
         longest = max(args.max_new_tokens, args.burst_max_new_tokens)
         with baseline_process(model_dir, args.threads) as baseline:
-            async with (
-                kind(model_dir, most, longest, args.threads, args.max_batched_tokens) as server,
-                grpc.aio.insecure_channel(server.address()) as channel,
-            ):
+            async with contextlib.AsyncExitStack() as stack:
+                server = await stack.enter_async_context(
+                    kind(model_dir, most, longest, args.threads, args.max_batched_tokens)
+                )
+                channel = await stack.enter_async_context(grpc.aio.insecure_channel(server.address()))
                 stub = generation_pb2_grpc.GenerationServiceStub(channel)
                 probe: EngineProbe | None = getattr(server, "probe", None)
                 await stream_one(stub, prompts[-1], 4, Point("warm-up", 1, 1, 0, 0.0))
+                thread_stub = None
+                if args.compare_thread and not args.in_process:
+                    other = await stack.enter_async_context(
+                        start_server(model_dir, most, longest, args.threads, args.max_batched_tokens, False)
+                    )
+                    other_channel = await stack.enter_async_context(
+                        grpc.aio.insecure_channel(other.address())
+                    )
+                    thread_stub = generation_pb2_grpc.GenerationServiceStub(other_channel)
+                    await stream_one(thread_stub, prompts[-1], 4, Point("warm-up", 1, 1, 0, 0.0))
                 for index in tqdm(range(args.rounds), desc="rounds", unit="round"):
                     if args.only == "burst":
                         await burst_round(stub, burst_prompts, args, rounds, probe)
@@ -460,6 +483,15 @@ async def run(args: argparse.Namespace) -> BenchResult:
                         )
                         rounds.add(f"service {streams}", point)
                         rounds.ratio(f"service {streams}", point.tokens_per_s / base.tokens_per_s)
+                        if thread_stub is not None:  # the same load on the engine in a thread
+                            point = await drive(
+                                thread_stub, prompts, streams, args.requests_per_stream, args.max_new_tokens
+                            )
+                            point.setup += _THREAD
+                            rounds.add(f"service {streams}{_THREAD}", point)
+                            rounds.ratio(
+                                f"service {streams}{_THREAD}", point.tokens_per_s / base.tokens_per_s
+                            )
                     if args.only == "streams-ab":
                         continue
                     prefix = long_prefix(tokenizer, args.prefix_tokens, seed=1000 + index)
@@ -478,6 +510,8 @@ async def run(args: argparse.Namespace) -> BenchResult:
         ("32 streams / generate() tokens/s", "service 32", 6.0, ">="),
         (f"32 streams / generate() tokens/s{_NO_TIME_SHARE}", f"service 32{_NO_TIME_SHARE}", 6.0, ">="),
         (f"1 stream / generate() tokens/s{_NO_TIME_SHARE}", f"service 1{_NO_TIME_SHARE}", 0.9, ">="),
+        (f"1 stream / generate() tokens/s{_THREAD}", f"service 1{_THREAD}", 0.9, ">="),
+        (f"32 streams / generate() tokens/s{_THREAD}", f"service 32{_THREAD}", 6.0, ">="),
         ("prefix hit TTFT / cold TTFT", "prefix hit", 0.5, "<="),
         ("burst: running streams' ITL p99 / p50", "burst running", 2.0, "<="),
         ("burst: running streams' ITL p99 / p50 at the engine", "burst engine", 2.0, "<="),
@@ -542,6 +576,7 @@ async def burst_round(
 
 
 _NO_TIME_SHARE = " [token budget only]"
+_THREAD = " [engine thread]"
 
 
 async def burst_ab_round(
@@ -591,7 +626,17 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--in-process", action="store_true", help="run the service in this process")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the service in this process (its engine in a thread: the burst probe looks inside it)",
+    )
+    parser.add_argument(
+        "--compare-thread",
+        action="store_true",
+        help="also serve the stream rows from a server whose engine runs in a thread (engine_process=false), "
+        "measured in the same rounds",
+    )
     parser.add_argument(
         "--only",
         choices=["all", "burst", "burst-ab", "streams-ab"],

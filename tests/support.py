@@ -103,3 +103,12 @@ def service_total(name: str, service: str) -> float:
             if item.name == name and item.labels.get("service") == service:
                 total += item.value
     return total
+
+
+def process_alive(pid: int) -> bool:
+    """True while process `pid` runs (a zombie not reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

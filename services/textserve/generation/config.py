@@ -59,6 +59,11 @@ class GenerationServiceConfig(ServiceConfigBase):
     """Most characters in a structured-output JSON Schema or regex."""
     grammar_cache_size: int = Field(default=64, ge=1, le=100_000)
     """Compiled structured-output grammars kept (LRU); a format sent again is not recompiled."""
+    engine_process: bool = True
+    """Run each model version's engine in a process of its own (the weights live there; the
+    server keeps the tokenizer), so the server's gRPC work never holds the interpreter lock the
+    engine needs between its tensor operations (generation/engine_process.py). False runs it
+    in a thread of the server (tests that look inside the engine; one process to debug)."""
     repository: ModelRepositoryConfig = Field(default_factory=ModelRepositoryConfig)
     """Model versions side by side (lifecycle/): repository layout, version policy, traffic split,
     shadow. A version folder holds a Hugging Face causal LM directory (config, weights, tokenizer);

@@ -48,7 +48,7 @@ from textserve.generation.detokenize import IncrementalDetokenizer, StopMatcher
 from textserve.generation.kv_batch import PaddedKVBatch
 from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.sampling import SamplingConfig, SequenceSampler, TokenLogprobs, sample_step
-from textserve.generation.scheduler import Finished, FinishStatus, Scheduler, SequenceSlot
+from textserve.generation.scheduler import Finished, FinishStatus, Scheduler, SchedulerStats, SequenceSlot
 from textserve.generation.structured import Grammar
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ class GenerationEngine:
         max_batched_tokens: int = 128,
         prefix_cache: PrefixCache | None = None,
         prefill_time_share: float | None = None,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self.model = model
         self.eos_token_ids = eos_token_ids
@@ -195,7 +196,9 @@ class GenerationEngine:
         if self.prefix_cache is not None:
             scheduler.prefix_pool = self.prefix_cache
         self._thread: threading.Thread | None = None
-        self._metrics = _EngineMetrics(self.labels)
+        self._metrics = metrics if metrics is not None else EngineMetrics(self.labels)
+        """Where the generation metrics go (generation/engine_process.py records them in the
+        engine's process and replays them in the server's)."""
         self._metrics.capacity(scheduler.limits.kv_budget_tokens)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -273,14 +276,14 @@ class GenerationEngine:
                     self.scheduler.add(slot)
                     self._requests[request.seq_id] = request
             finally:
-                self._metrics.queue(self.scheduler)
+                self._metrics.queue(self.scheduler.stats())
         self._wakeup.set()
 
     def abort(self, seq_id: int) -> None:
         """Ends a sequence now (its client went away); its KV reservation is freed at once."""
         with self._lock:
             self.scheduler.finish([seq_id], FinishStatus.ABORTED)
-            self._metrics.queue(self.scheduler)
+            self._metrics.queue(self.scheduler.stats())
         self._wakeup.set()
 
     # --- the loop (worker thread) --------------------------------------------------------
@@ -351,7 +354,7 @@ class GenerationEngine:
         with self._lock:
             done = self.scheduler.update({seq_id: token for seq_id, (token, _) in sampled.items()})
             done += self.scheduler.finish(stopped, FinishStatus.STOPPED)
-            self._metrics.queue(self.scheduler)
+            self._metrics.queue(self.scheduler.stats())
         # A sequence aborted while the step ran still gets this step's token; its end is
         # reported with the next plan.
         for item in done:
@@ -556,7 +559,7 @@ class GenerationEngine:
         failed = {*seq_ids, *self._seqs}
         with self._lock:
             self.scheduler.finish(failed, FinishStatus.ABORTED)
-            self._metrics.queue(self.scheduler)
+            self._metrics.queue(self.scheduler.stats())
         self.batch.reset()
         self._seqs.clear()
         self._prefilling.clear()
@@ -604,8 +607,9 @@ class PrefillPacer:
         return int(share * decode / per_token)
 
 
-class _EngineMetrics:
-    """The generation metrics, recorded in one place."""
+class EngineMetrics:
+    """The generation metrics, recorded in one place (every method takes plain values, so the
+    calls can be recorded in one process and replayed in another)."""
 
     def __init__(self, labels: dict[str, str]) -> None:
         self.running = metrics.GEN_RUNNING.labels(**labels)
@@ -630,8 +634,7 @@ class _EngineMetrics:
     def capacity(self, tokens: int) -> None:
         self.kv_capacity.set(tokens)
 
-    def queue(self, scheduler: Scheduler) -> None:
-        stats = scheduler.stats()
+    def queue(self, stats: SchedulerStats) -> None:
         self.running.set(stats.running)
         self.waiting.set(stats.waiting)
         self.kv_used.set(stats.kv_tokens_used)

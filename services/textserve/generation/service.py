@@ -53,7 +53,7 @@ from textserve.generation.scheduler import FinishStatus
 from textserve.generation.structured import Grammar
 from textserve.generation.versions import GenerationVersion, configured_model_name, version_config
 from textserve.lifecycle.manager import VersionManager, error_code_name
-from textserve.runtime.causal_lm import CausalLM, CausalLMInfo
+from textserve.runtime.causal_lm import CausalLMFront, CausalLMInfo
 
 SERVICE = "generation"
 # Prompts longer than this (characters) are tokenized off the event loop.
@@ -167,8 +167,12 @@ class GenerationService:
 
     @property
     def ready(self) -> bool:
-        """True once a model version is loaded."""
-        return self.versions.ready
+        """True once a model version is loaded, and while the primary's engine is alive (a dead
+        engine process makes the health check NOT_SERVING, so readiness probes fail)."""
+        if not self.versions.ready:
+            return False
+        runtime = self.versions.primary().runtime
+        return runtime is None or runtime.engine is None or runtime.engine.healthy
 
     @property
     def primary(self) -> GenerationVersion:
@@ -397,7 +401,7 @@ class GenerationService:
             return cached
         return await asyncio.to_thread(grammars.compile, response_format)
 
-    async def _tokenize(self, model: CausalLM, params: GenerateParams) -> list[int]:
+    async def _tokenize(self, model: CausalLMFront, params: GenerateParams) -> list[int]:
         if params.prompt is not None:
             if len(params.prompt) > _THREAD_THRESHOLD_CHARS:
                 return await asyncio.to_thread(model.encode, params.prompt)

@@ -18,15 +18,16 @@ from pathlib import Path
 
 from textserve.core import metrics
 from textserve.core.errors import NotReady
-from textserve.generation.async_engine import AsyncEngine
+from textserve.generation.async_engine import AsyncEngine, EngineFront
 from textserve.generation.config import GenerationServiceConfig
 from textserve.generation.engine import EngineRequest
+from textserve.generation.engine_process import EngineSpec, ProcessEngine, current_logging
 from textserve.generation.logprobs import TokenTexts
 from textserve.generation.prefix_cache import PrefixCache
 from textserve.generation.sampling import SamplingConfig
 from textserve.generation.scheduler import SchedulerLimits
 from textserve.generation.structured import GrammarCompiler
-from textserve.runtime.causal_lm import CausalLM, CausalLMInfo
+from textserve.runtime.causal_lm import CausalLM, CausalLMFront, CausalLMInfo, load_causal_tokenizer
 from textserve.runtime.demo_lm import DEMO_LM_NAME, DEMO_LM_PATH, RANDOM_MODEL_PATH
 from textserve.runtime.model_files import model_name
 from textserve.runtime.random_lm import DEMO_NAME
@@ -63,8 +64,9 @@ class GenerationVersion:
         self.config = config
         self.service = service
         self.version = version
-        self.model: CausalLM | None = None
-        self.engine: AsyncEngine | None = None
+        self.model: CausalLMFront | None = None
+        """The tokenizer and description (the whole model with the engine in a thread)."""
+        self.engine: EngineFront | None = None
         self.grammars: GrammarCompiler | None = None
         """Structured output's compiler (None when the model's tokenizer is not supported)."""
         self.token_texts: TokenTexts | None = None
@@ -82,28 +84,55 @@ class GenerationVersion:
         return self.engine is not None and self._info is not None
 
     async def start(self) -> None:
-        """Loads the model off the event loop, then warms and starts the engine thread (a model
-        the engine cannot batch fails here)."""
+        """Loads the model and warms and starts its engine, in a process of its own
+        (`engine_process`) or in a thread of this one (a model the engine cannot batch fails here)."""
         config = self.config
-        model = await asyncio.to_thread(CausalLM, config.model)
-        self.model = model
-        info = model.info
         limits = SchedulerLimits(
             max_running=config.max_running_sequences,
             max_waiting=config.max_waiting_sequences,
             kv_budget_tokens=config.kv_budget_tokens,
             max_prefill_tokens=config.max_prefill_tokens,
         )
-        engine = AsyncEngine(
-            model,
-            limits,
-            service=self.service,
-            max_batched_tokens=config.max_batched_tokens,
-            prefix_cache=PrefixCache(
-                min(config.prefix_cache_tokens, config.kv_budget_tokens), config.prefix_block_tokens
-            ),
-        )
-        await engine.start()
+        model: CausalLMFront
+        engine: EngineFront
+        if config.engine_process:
+            level, fmt = current_logging()
+            spec = EngineSpec(
+                model=config.model,
+                limits=limits,
+                service=self.service,
+                max_batched_tokens=config.max_batched_tokens,
+                prefix_cache_tokens=config.prefix_cache_tokens,
+                prefix_block_tokens=config.prefix_block_tokens,
+                grammar_cache_size=config.grammar_cache_size,
+                log_level=level,
+                log_format=fmt,
+            )
+            process_engine = ProcessEngine(spec)
+            await process_engine.start()
+            try:
+                tokenizer = await asyncio.to_thread(load_causal_tokenizer, config.model)
+            except BaseException:
+                await process_engine.stop()
+                raise
+            assert process_engine.info is not None
+            model = CausalLMFront(config.model, tokenizer, process_engine.info, process_engine.load_seconds)
+            engine = process_engine
+        else:
+            whole = await asyncio.to_thread(CausalLM, config.model)
+            model = whole
+            engine = AsyncEngine(
+                whole,
+                limits,
+                service=self.service,
+                max_batched_tokens=config.max_batched_tokens,
+                prefix_cache=PrefixCache(
+                    min(config.prefix_cache_tokens, config.kv_budget_tokens), config.prefix_block_tokens
+                ),
+            )
+            await engine.start()
+        self.model = model
+        info = model.info
         self.engine = engine
         self.token_texts = TokenTexts(model.tokenizer)
         self.grammars = await asyncio.to_thread(self._grammar_compiler, model)
@@ -141,7 +170,7 @@ class GenerationVersion:
         self.token_texts = None
         self._info = None
 
-    def _grammar_compiler(self, model: CausalLM) -> GrammarCompiler | None:
+    def _grammar_compiler(self, model: CausalLMFront) -> GrammarCompiler | None:
         info = model.info
         try:
             size = self.config.grammar_cache_size
@@ -154,7 +183,7 @@ class GenerationVersion:
             )
             return None
 
-    def _log_loaded(self, model: CausalLM, context: int) -> None:
+    def _log_loaded(self, model: CausalLMFront, context: int) -> None:
         info = model.info
         extra = {"service": self.service, "model": info.name, "revision": info.revision}
         if info.random_demo:

@@ -29,7 +29,7 @@ from textserve.runtime.demo_lm import (
 )
 from textserve.runtime.device import intra_op_threads, resolve_torch_device, torch_dtype
 from textserve.runtime.model_files import resolve_model
-from textserve.runtime.random_lm import DEMO_NAME, demo_model
+from textserve.runtime.random_lm import DEMO_NAME, byte_level_tokenizer, demo_model
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,49 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset()
 
 
-class CausalLM:
+class CausalLMFront:
+    """A causal LM's tokenizer and description without its weights: what the request path
+    needs (tokenize prompts, render chats) when the model runs in another process
+    (generation/engine_process.py); `CausalLM` is the whole model."""
+
+    def __init__(self, config: ModelConfig, tokenizer: Any, info: CausalLMInfo, load_seconds: float) -> None:
+        self.config = config
+        self.tokenizer: Any = tokenizer
+        self.info = info
+        self.load_seconds = load_seconds
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a raw prompt (with the tokenizer's own special tokens, e.g. BOS)."""
+        ids: list[int] = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return [int(i) for i in ids]
+
+    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
+        """The prompt text of a conversation, with the assistant's turn opened."""
+        rendered: str = self.tokenizer.apply_chat_template(
+            [{"role": role, "content": content} for role, content in messages],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        return rendered
+
+    def encode_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Token ids of a rendered conversation (the template already holds any BOS)."""
+        ids: list[int] = self.tokenizer(self.render_chat(messages), add_special_tokens=False)["input_ids"]
+        return [int(i) for i in ids]
+
+
+def load_causal_tokenizer(config: ModelConfig) -> Any:
+    """The tokenizer of the causal LM `config` names, without loading its weights."""
+    from transformers import AutoTokenizer
+
+    if config.path == RANDOM_MODEL_PATH:
+        return byte_level_tokenizer()
+    demo_lm = config.path in ("", DEMO_LM_PATH)
+    files = demo_lm_files() if demo_lm else resolve_model(config.path, config.name, config.revision)
+    return AutoTokenizer.from_pretrained(str(files.path))
+
+
+class CausalLM(CausalLMFront):
     """A causal LM and its tokenizer, ready for the generation engine."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -118,7 +160,6 @@ class CausalLM:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         started = time.perf_counter()
-        self.config = config
         self.device = resolve_torch_device(config.device)
         torch.set_num_threads(intra_op_threads(config.intra_op_threads))
         dtype = torch_dtype(config.dtype, self.device)
@@ -141,9 +182,8 @@ class CausalLM:
                 parameters = sum(p.numel() for p in model.parameters())
                 description = demo_description(model.config, read_demo_metadata(files.path), parameters)
         self.model: Any = model.to(self.device).eval()
-        self.tokenizer: Any = tokenizer
         self.torch = torch
-        self.info = CausalLMInfo(
+        info = CausalLMInfo(
             name=name,
             revision=revision,
             backend="torch",
@@ -156,23 +196,4 @@ class CausalLM:
             description=description,
             demo_lm=demo_lm,
         )
-        self.load_seconds = time.perf_counter() - started
-
-    def encode(self, prompt: str) -> list[int]:
-        """Token ids of a raw prompt (with the tokenizer's own special tokens, e.g. BOS)."""
-        ids: list[int] = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        return [int(i) for i in ids]
-
-    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
-        """The prompt text of a conversation, with the assistant's turn opened."""
-        rendered: str = self.tokenizer.apply_chat_template(
-            [{"role": role, "content": content} for role, content in messages],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        return rendered
-
-    def encode_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
-        """Token ids of a rendered conversation (the template already holds any BOS)."""
-        ids: list[int] = self.tokenizer(self.render_chat(messages), add_special_tokens=False)["input_ids"]
-        return [int(i) for i in ids]
+        super().__init__(config, tokenizer, info, time.perf_counter() - started)
