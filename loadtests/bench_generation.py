@@ -196,8 +196,10 @@ class InProcessServer:
 
     async def __aenter__(self) -> InProcessServer:
         await self.host.start()
-        engine = self.app.service.primary.engine  # the primary version's AsyncEngine
-        assert engine is not None
+        from textserve.generation.async_engine import AsyncEngine
+
+        engine = self.app.service.primary.engine  # the primary version's engine, in a thread here
+        assert isinstance(engine, AsyncEngine)
         self.probe.attach(engine.engine)
         return self
 
@@ -439,7 +441,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
         longest = max(args.max_new_tokens, args.burst_max_new_tokens)
         with baseline_process(model_dir, args.threads) as baseline:
             async with contextlib.AsyncExitStack() as stack:
-                server = await stack.enter_async_context(
+                server: InProcessServer | ServerProcess = await stack.enter_async_context(
                     kind(model_dir, most, longest, args.threads, args.max_batched_tokens)
                 )
                 channel = await stack.enter_async_context(grpc.aio.insecure_channel(server.address()))
@@ -455,7 +457,9 @@ async def run(args: argparse.Namespace) -> BenchResult:
                         grpc.aio.insecure_channel(other.address())
                     )
                     thread_stub = generation_pb2_grpc.GenerationServiceStub(other_channel)
-                    await stream_one(thread_stub, prompts[-1], 4, Point("warm-up", 1, 1, 0, 0.0))
+                for warm in (stub, thread_stub):  # untimed: buffers grown, threads started, code paths hot
+                    if warm is not None and args.only in ("all", "streams-ab"):
+                        await drive(warm, prompts, max(levels), 1, args.max_new_tokens)
                 for index in tqdm(range(args.rounds), desc="rounds", unit="round"):
                     if args.only == "burst":
                         await burst_round(stub, burst_prompts, args, rounds, probe)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from textserve.generation.config import GenerationServiceConfig
 from tqdm import tqdm
 
 from loadtests.bench_generation import build_model, make_prompts, start_server
@@ -84,7 +85,9 @@ async def run(args: argparse.Namespace) -> BenchResult:
     ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-structured-") as folder:
         model_dir = build_model(Path(folder), args.layers, args.hidden, args.heads)
-        async with start_server(model_dir, args.streams, args.max_new_tokens, args.threads) as server:
+        async with start_server(
+            model_dir, args.streams, args.max_new_tokens, args.threads, args.max_batched_tokens
+        ) as server:
             address = server.address()
             for _ in tqdm(range(args.rounds), desc="rounds (A: unconstrained, B: constrained)"):
                 round_rates = {}
@@ -137,6 +140,12 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the server")
+    parser.add_argument(
+        "--max-batched-tokens",
+        type=int,
+        default=GenerationServiceConfig.model_fields["max_batched_tokens"].default,
+        help="the service's per-step token budget",
+    )
     parser.add_argument("--json", type=Path, help="also write the result (loadtests/common.py format)")
     run_bench(parser, run)
 

@@ -157,7 +157,7 @@ async def measure_served(model_dir: Path, task: str, seconds: float, rounds: int
             note("served_c32_rps", many.throughput)
     finally:
         await host.stop(grace=1.0)
-    row = {name: statistics.median(values) for name, values in samples.items()}
+    row: dict[str, Any] = {name: statistics.median(values) for name, values in samples.items()}
     row["c1_p50_ratio_to_raw"] = row["served_c1_p50_ms"] / row["raw_p50_ms"]
     row["c32_rps_ratio_to_raw"] = row["served_c32_rps"] / row["raw_rps"]
     row["model_dir"] = str(model_dir)

@@ -439,3 +439,52 @@ def test_the_pacer_bounds_prompt_work_while_streams_run(tiny: tuple[Any, Any]) -
     for _ in range(35):
         h.step()
     assert [t for e in h.of(1) for t in e.token_ids] == _alone(model, ids, 6)
+
+
+def test_prompts_of_very_different_lengths_join_in_one_growth_and_match_generate(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wave of prompts too different in length for one prefill group (several forwards) joins
+    a running batch with at most one copy of its cache, and every row still equals generate()."""
+    from textserve.generation import kv_batch
+    from textserve.generation.kv_batch import PaddedKVBatch, _length_groups
+
+    grows: list[int] = []
+    grow = kv_batch._AppendLayer._grow
+
+    def counted(self: Any, *args: Any) -> None:
+        grows.append(id(self))
+        grow(self, *args)
+
+    monkeypatch.setattr(kv_batch._AppendLayer, "_grow", counted)
+
+    model, tokenizer = tiny
+    words = "the quick brown fox jumps over the lazy dog "
+    running = [tokenizer(words)["input_ids"], tokenizer("hello " + words)["input_ids"]]
+    text = tokenizer(words * 12)["input_ids"]
+    wave = [text[index : index + length] for index, length in enumerate((3, 55, 5, 90, 12))]
+    assert len(_length_groups([len(p) for p in wave])) >= 3
+    prompts = running + wave
+    new_tokens = 6
+    expected = [_alone(model, p, new_tokens) for p in prompts]
+    with torch.inference_mode():
+        batch = PaddedKVBatch(model, "cpu")
+        produced: dict[int, list[int]] = {}
+        logits = batch.prefill([0, 1], running)
+        for row in range(2):
+            produced[row] = [int(logits[row].argmax())]
+        logits = batch.decode([produced[row][-1] for row in batch.rows])
+        for row, seq in enumerate(batch.rows):
+            produced[seq].append(int(logits[row].argmax()))
+        ids = list(range(2, 2 + len(wave)))
+        grows.clear()
+        logits = batch.prefill(ids, wave)
+        assert len(grows) == len(set(grows)) <= len(model.transformer.h)  # one copy per layer at most
+        for row, seq in enumerate(ids):
+            produced[seq] = [int(logits[row].argmax())]
+        while any(len(tokens) < new_tokens for tokens in produced.values()):
+            logits = batch.decode([produced[seq][-1] for seq in batch.rows])
+            for row, seq in enumerate(batch.rows):
+                if len(produced[seq]) < new_tokens:
+                    produced[seq].append(int(logits[row].argmax()))
+    assert [produced[i] for i in range(len(prompts))] == expected

@@ -126,15 +126,21 @@ class PaddedKVBatch:
 
     def prefill(self, seq_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """Prefills new sequences and joins them to the batch; returns their logits [new, vocab]
-        in the order given."""
+        in the order given. The groups' caches join the batch together (one growth of its
+        buffers at most, however many groups)."""
         rows: list[torch.Tensor | None] = [None] * len(prompts)
+        joined: list[_Joining] = []
         for group in _length_groups([len(prompt) for prompt in prompts]):
-            logits = self._prefill_group([seq_ids[i] for i in group], [prompts[i] for i in group])
+            logits, joining = self._prefill_group([seq_ids[i] for i in group], [prompts[i] for i in group])
+            joined.append(joining)
             for position, index in enumerate(group):
                 rows[index] = logits[position]
+        self._join(*_merge(joined))
         return torch.stack([row for row in rows if row is not None])
 
-    def _prefill_group(self, seq_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    def _prefill_group(
+        self, seq_ids: Sequence[int], prompts: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, _Joining]:
         width = max(len(prompt) for prompt in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -152,10 +158,8 @@ class PaddedKVBatch:
             use_cache=True,
             logits_to_keep=1,
         )
-        lengths = mask.sum(dim=1)
-        self._join(list(seq_ids), output.cache, mask, lengths)
         logits: torch.Tensor = output.logits[:, -1, :]
-        return logits
+        return logits, _Joining(list(seq_ids), output.cache, mask, mask.sum(dim=1))
 
     # --- prefill in pieces -----------------------------------------------------------------
     def stage(self, seq_id: int, past: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
@@ -233,6 +237,33 @@ class PaddedKVBatch:
         self._lengths = torch.cat([self._lengths, lengths])
         self.rows = self.rows + seq_ids
         self._unpadded = bool(self._mask.all())
+
+
+@dataclass
+class _Joining:
+    """Prefilled rows about to join the batch: their sequences, cache, mask and lengths."""
+
+    seq_ids: list[int]
+    cache: DynamicCache
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+
+def _merge(parts: Sequence[_Joining]) -> tuple[list[int], DynamicCache, torch.Tensor, torch.Tensor]:
+    """One set of rows from several prefill groups (each left-padded to the widest), in order."""
+    if len(parts) == 1:
+        part = parts[0]
+        return part.seq_ids, part.cache, part.mask, part.lengths
+    width = max(int(part.mask.shape[1]) for part in parts)
+    cache = _BatchCache()
+    layered = [_layers(part.cache) for part in parts]
+    for index in range(len(layered[0])):
+        keys = torch.cat([_pad_left(layers[index][1], width) for layers in layered], dim=0)
+        values = torch.cat([_pad_left(layers[index][2], width) for layers in layered], dim=0)
+        cache.update(keys, values, index)
+    mask = torch.cat([_pad_left_2d(part.mask, width) for part in parts], dim=0)
+    lengths = torch.cat([part.lengths for part in parts])
+    return [seq_id for part in parts for seq_id in part.seq_ids], cache, mask, lengths
 
 
 @dataclass
