@@ -463,6 +463,8 @@ async def run(args: argparse.Namespace) -> BenchResult:
                 for index in tqdm(range(args.rounds), desc="rounds", unit="round"):
                     if args.only == "burst":
                         await burst_round(stub, burst_prompts, args, rounds, probe)
+                        if thread_stub is not None:
+                            await burst_round(thread_stub, burst_prompts, args, rounds, None, _THREAD)
                         continue
                     if args.only == "burst-ab":
                         await burst_ab_round(stub, burst_prompts, args, rounds, probe)
@@ -505,6 +507,8 @@ async def run(args: argparse.Namespace) -> BenchResult:
                     rounds.add("prefix hit", hit)
                     rounds.ratio("prefix hit", hit.ttft[0] / cold.ttft[0])
                     await burst_round(stub, burst_prompts, args, rounds, probe)
+                    if thread_stub is not None:
+                        await burst_round(thread_stub, burst_prompts, args, rounds, None, _THREAD)
     rows = render(rounds)
     print()
     print(format_table(rows))
@@ -518,6 +522,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
         (f"32 streams / generate() tokens/s{_THREAD}", f"service 32{_THREAD}", 6.0, ">="),
         ("prefix hit TTFT / cold TTFT", "prefix hit", 0.5, "<="),
         ("burst: running streams' ITL p99 / p50", "burst running", 2.0, "<="),
+        (f"burst: running streams' ITL p99 / p50{_THREAD}", f"burst running{_THREAD}", 2.0, "<="),
         ("burst: running streams' ITL p99 / p50 at the engine", "burst engine", 2.0, "<="),
         (f"burst: ITL p99 / p50{_NO_TIME_SHARE}", "burst running" + _NO_TIME_SHARE, 2.0, "<="),
         (f"burst: ITL p99 / p50 at the engine{_NO_TIME_SHARE}", "burst engine" + _NO_TIME_SHARE, 2.0, "<="),
@@ -638,8 +643,8 @@ def main() -> None:
     parser.add_argument(
         "--compare-thread",
         action="store_true",
-        help="also serve the stream rows from a server whose engine runs in a thread (engine_process=false), "
-        "measured in the same rounds",
+        help="also serve the stream and burst rows from a server whose engine runs in a thread "
+        "(engine_process=false), measured in the same rounds",
     )
     parser.add_argument(
         "--only",

@@ -40,6 +40,11 @@ class GenerationServiceConfig(ServiceConfigBase):
     new ones; longer or more prompts are prefilled in chunks over several steps (chunked prefill).
     Small on CPU, where a prefill step of 128 tokens already costs a few decode steps; raise it
     on a GPU (vLLM uses 2048 and more)."""
+    prefill_time_share: float = Field(default=1.0, gt=0.0, le=100.0)
+    """While streams run, a step computes only the prompt tokens that take about this share of a
+    decode step (both timed by the engine as it runs): a running stream's inter-token gap grows
+    at most (1 + share)x while new prompts join; smaller favours running streams, larger new
+    prompts' time to first token."""
     prefix_cache_tokens: int = Field(default=16384, ge=0, le=100_000_000)
     """Most KV tokens kept for reuse by prompts that share a prefix (0: off); counted in
     kv_budget_tokens and evicted (least recently used first) when sequences need the room."""

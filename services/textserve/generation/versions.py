@@ -105,6 +105,7 @@ class GenerationVersion:
                 prefix_cache_tokens=config.prefix_cache_tokens,
                 prefix_block_tokens=config.prefix_block_tokens,
                 grammar_cache_size=config.grammar_cache_size,
+                prefill_time_share=config.prefill_time_share,
                 log_level=level,
                 log_format=fmt,
             )
@@ -129,6 +130,7 @@ class GenerationVersion:
                 prefix_cache=PrefixCache(
                     min(config.prefix_cache_tokens, config.kv_budget_tokens), config.prefix_block_tokens
                 ),
+                prefill_time_share=config.prefill_time_share,
             )
             await engine.start()
         self.model = model
