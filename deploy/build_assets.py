@@ -821,6 +821,61 @@ def generation() -> Dashboard:
             ],
         ),
         Row(
+            "Prefix cache and structured output",
+            [
+                Panel(
+                    "Prompt tokens reused from the prefix cache",
+                    "Share of prompt tokens whose keys and values came from the prefix cache (not computed).",
+                    [
+                        Target(
+                            "sum(rate(textserve_generation_prefix_cache_tokens_saved_total"
+                            f"{{{gen}}}[{RATE}])) / sum(rate(textserve_input_tokens_total{{{gen}}}[{RATE}]))",
+                            "reused",
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                    width=6,
+                ),
+                Panel(
+                    "Prefix cache size",
+                    "KV-cache tokens the prefix cache holds / the KV budget (evicted when sequences "
+                    "need room).",
+                    [
+                        Target(
+                            f"sum(textserve_generation_prefix_cache_tokens{{{gen}}}) / "
+                            f"sum(textserve_generation_kv_tokens_capacity{{{gen}}})",
+                            "held",
+                        )
+                    ],
+                    unit="percentunit",
+                    max_one=True,
+                    width=6,
+                ),
+                Panel(
+                    "Structured output requests by kind",
+                    "Requests with a response format (json_object, json_schema, regex) per second.",
+                    [
+                        Target(
+                            "sum by (kind) (rate(textserve_generation_constrained_requests_total"
+                            f"{{{gen}}}[{RATE}]))",
+                            "{{kind}}",
+                        )
+                    ],
+                    unit="reqps",
+                    stack=True,
+                    width=6,
+                ),
+                Panel(
+                    "Grammar compile time",
+                    "Time to compile a response format that is not in the grammar cache.",
+                    _quantiles("textserve_generation_grammar_compile_seconds", gen, qs=(0.5, 0.99)),
+                    unit="s",
+                    width=6,
+                ),
+            ],
+        ),
+        Row(
             "Requests",
             [
                 Panel(

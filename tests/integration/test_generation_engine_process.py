@@ -112,12 +112,24 @@ async def test_structured_output_and_logprobs_cross_the_process(
 ) -> None:
     import json
 
-    _, stub = process_app
+    app, stub = process_app
     request = _request("Answer in JSON:", 48, temperature=1.0, seed=7)
     request.response_format.type = generation_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT
     request.params.logprobs = True
     request.params.top_logprobs = 2
+    labels = {"service": "generation", "model": app.service.info.name, "kind": "json_object"}
+
+    def sample(name: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    requests, compiles = (
+        sample("textserve_generation_constrained_requests_total"),
+        sample("textserve_generation_grammar_compile_seconds_count"),
+    )
     response = await stub.Generate(request)
+    await stub.Generate(request)  # the grammar is cached now: counted, not compiled again
+    assert sample("textserve_generation_constrained_requests_total") == requests + 2
+    assert sample("textserve_generation_grammar_compile_seconds_count") == compiles + 1
     choice = response.choices[0]
     if choice.finish_reason == generation_pb2.FINISH_REASON_STOP:
         assert isinstance(json.loads(choice.text), dict)

@@ -357,6 +357,19 @@ GEN_PREFIX_TOKENS = Gauge(
     ["service", "model"],
     registry=REGISTRY,
 )
+GEN_CONSTRAINED = Counter(
+    "textserve_generation_constrained_requests_total",
+    "Requests with structured output (a response format), by kind (json_object, json_schema, regex).",
+    ["service", "model", "kind"],
+    registry=REGISTRY,
+)
+GEN_GRAMMAR_COMPILE = Histogram(
+    "textserve_generation_grammar_compile_seconds",
+    "Time to compile a response format's grammar (a format not in the grammar cache), by kind.",
+    ["service", "model", "kind"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 GEN_FINISHED = Counter(
     "textserve_generation_finished_total",
     "Sequences finished, by reason (length, stop, eos, cancelled).",

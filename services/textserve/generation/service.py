@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textserve.core import metrics
 from textserve.core.cache import ResponseCache
 from textserve.core.cache_through import CacheThrough
 from textserve.core.errors import BackendFailure, DeadlineExceeded, InvalidInput, NotReady
@@ -396,10 +397,15 @@ class GenerationService:
         grammars = runtime.grammars
         if grammars is None:
             raise InvalidInput(response_format.field, "structured output is not available for this model")
+        labels = (SERVICE, runtime.info.name, response_format.kind.value)
+        metrics.child(metrics.GEN_CONSTRAINED, *labels).inc()
         cached = grammars.cached(response_format)
         if cached is not None:
             return cached
-        return await asyncio.to_thread(grammars.compile, response_format)
+        started = time.perf_counter()
+        grammar = await asyncio.to_thread(grammars.compile, response_format)
+        metrics.child(metrics.GEN_GRAMMAR_COMPILE, *labels).observe(time.perf_counter() - started)
+        return grammar
 
     async def _tokenize(self, model: CausalLMFront, params: GenerateParams) -> list[int]:
         if params.prompt is not None:
