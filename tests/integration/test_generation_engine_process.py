@@ -170,13 +170,19 @@ async def test_a_full_queue_is_resource_exhausted_with_its_reason(
     assert served and all(len(r.choices[0].token_ids) == 200 for r in served)
 
 
-async def test_a_dead_engine_process_fails_its_streams_and_refuses_new_calls() -> None:
+async def test_a_dead_engine_process_fails_its_streams_and_a_new_one_takes_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from textserve.generation import engine_process
+
+    monkeypatch.setattr(engine_process, "_RESTART_DELAYS_S", (1.0,))  # a window to see the refusal in
     app = _app()
     host, channel, stub = await _served(app)
     try:
         engine = _engine(app)
         pid = engine.pid
         assert pid is not None
+        before = await stub.Generate(_request("same answer twice", 12))
         stream = stub.GenerateStream(_request("a long one", 900))
         first = await stream.read()
         assert first.token_ids
@@ -187,11 +193,13 @@ async def test_a_dead_engine_process_fails_its_streams_and_refuses_new_calls() -
         assert "engine process exited" in (failed.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Generate(_request("after", 4))
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "engine process exited" in (refused.value.details() or "")
-        info = await stub.GenerationInfo(generation_pb2.GenerationInfoRequest())  # the server still answers
-        assert info.model.name
-        assert not app.service.ready  # health NOT_SERVING: readiness fails, the pod gets replaced
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # retryable while it restarts
+        assert "a new one is starting" in (refused.value.details() or "")
+        assert not app.service.ready
+        await wait_until(lambda: app.service.ready, limit_s=60)
+        assert engine.pid not in (None, pid) and engine.restarts == 1
+        after = await stub.Generate(_request("same answer twice", 12))
+        assert list(after.choices[0].token_ids) == list(before.choices[0].token_ids)
     finally:
         await channel.close()
         await host.stop(grace=1.0)
@@ -222,3 +230,27 @@ async def _read_to_end(stream: grpc.aio.UnaryStreamCall) -> list[generation_pb2.
     while (item := await stream.read()) is not grpc.aio.EOF:
         items.append(item)
     return items
+
+
+async def test_stopping_while_a_new_engine_process_starts_leaves_none_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from textserve.generation import engine_process
+
+    monkeypatch.setattr(engine_process, "_RESTART_DELAYS_S", (0.0,))
+    app = _app()
+    host, channel, _ = await _served(app)
+    try:
+        engine = _engine(app)
+        dead = engine.pid
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        await wait_until(lambda: engine.pid not in (None, dead), limit_s=30)  # the new one is loading
+        starting = engine.pid
+        assert starting is not None
+        await app.service.stop()
+        await wait_until(lambda: not process_alive(starting), limit_s=30)
+        assert engine.pid is None
+    finally:
+        await channel.close()
+        await host.stop(grace=1.0)

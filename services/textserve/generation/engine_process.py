@@ -26,8 +26,10 @@ comes back as a refusal that ends those streams with the same error. Compiled gr
 not cross the pipe (xgrammar's objects do not pickle): a constrained request carries its
 `ResponseFormat`, compiled again, once (LRU), in the engine process.
 
-If the engine process dies (killed, out of memory), every stream ends with BackendFailure and
-new requests get NotReady until the version is loaded again.
+If the engine process dies (killed, out of memory), every stream it was running ends with
+BackendFailure (INTERNAL: their tokens are lost with it) and a new engine process is started at
+once, then with growing waits while starting fails; until one is ready, new requests get
+NotReady (UNAVAILABLE: retry), and `healthy` is False.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 
 # Seconds the engine process gets to end its sequences and exit before it is terminated.
 _STOP_TIMEOUT_S = 30.0
+# Waits between attempts to start a new engine process after one died (the last one repeats).
+_RESTART_DELAYS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 # What the fork server imports once, so each engine process starts with them loaded.
 _PRELOAD = ["textserve.generation.engine_process"]
@@ -227,6 +231,9 @@ class ProcessEngine(EngineFront):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failed: str | None = None
         self._stopping = False
+        self._restarting: asyncio.Task[None] | None = None
+        self.restarts = 0
+        """Engine processes started again after one died."""
 
     @property
     def healthy(self) -> bool:
@@ -260,6 +267,11 @@ class ProcessEngine(EngineFront):
         except (EOFError, OSError):
             await asyncio.to_thread(process.join, _STOP_TIMEOUT_S)
             message = ("failed", f"the engine process exited with code {process.exitcode} while loading")
+        except asyncio.CancelledError:  # stopped while loading: leave no process behind
+            process.terminate()
+            await asyncio.shield(asyncio.to_thread(process.join, 5.0))
+            await self._close()
+            raise
         if message[0] != "ready":
             await self._close()
             raise RuntimeError(message[1])
@@ -269,13 +281,19 @@ class ProcessEngine(EngineFront):
         replay(self._metrics, calls)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(reply_reader.fileno(), self._on_readable)
+        self._failed = None
 
     async def stop(self) -> None:
         """Ends every sequence (ABORTED, their events still delivered) and stops the process."""
+        self._stopping = True
+        restarting, self._restarting = self._restarting, None
+        if restarting is not None:
+            restarting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await restarting
         process = self._process
         if process is None:
             return
-        self._stopping = True
         self._send(("stop",))
         await asyncio.to_thread(process.join, _STOP_TIMEOUT_S)
         if process.is_alive():  # pragma: no cover - an engine stuck in a forward pass
@@ -346,15 +364,45 @@ class ProcessEngine(EngineFront):
             self._fail(seq_ids, _refusal(reason, text))
 
     def _lost(self) -> None:
-        """The engine process exited: fail what is in flight, refuse what comes."""
+        """The engine process exited: fail what is in flight, refuse what comes, start another."""
         if self._loop is not None and self._replies is not None:
             self._loop.remove_reader(self._replies.fileno())
         if self._stopping:
             return
-        code = None if self._process is None else self._process.exitcode
-        self._failed = f"the engine process exited (code {code})"
+        process = self._process
+        code = None if process is None else process.exitcode
+        self._failed = f"the engine process exited (code {code}); a new one is starting"
         log.error("generation engine process exited", extra={**self._labels(), "exit_code": code})
         self._fail_all(BackendFailure(f"generation engine failed: {self._failed}"))
+        for connection in (self._commands, self._replies):
+            if connection is not None:
+                connection.close()
+        self._commands = self._replies = None
+        if self._loop is not None and self._restarting is None:
+            self._restarting = self._loop.create_task(self._restart(process))
+
+    async def _restart(self, dead: Any) -> None:
+        """Starts engine processes until one is ready (or the engine is stopped)."""
+        if dead is not None:
+            await asyncio.to_thread(dead.join, _STOP_TIMEOUT_S)
+        attempt = 0
+        try:
+            while not self._stopping:
+                await asyncio.sleep(_RESTART_DELAYS_S[min(attempt, len(_RESTART_DELAYS_S) - 1)])
+                attempt += 1
+                try:
+                    await self.start()
+                except Exception as error:
+                    self._failed = f"restarting the engine process failed: {error}"
+                    log.error(
+                        "generation engine restart failed", extra={**self._labels(), "attempt": attempt}
+                    )
+                    continue
+                self.restarts += 1
+                log.warning("generation engine process restarted", extra={**self._labels(), "pid": self.pid})
+                return
+        finally:
+            self._restarting = None
 
     def _labels(self) -> dict[str, str]:
         name = self.info.name if self.info is not None else self.spec.model.name

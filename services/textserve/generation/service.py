@@ -168,8 +168,8 @@ class GenerationService:
 
     @property
     def ready(self) -> bool:
-        """True once a model version is loaded, and while the primary's engine is alive (a dead
-        engine process makes the health check NOT_SERVING, so readiness probes fail)."""
+        """True once a model version is loaded, and while the primary's engine is alive (not
+        while a new engine process replaces one that died)."""
         if not self.versions.ready:
             return False
         runtime = self.versions.primary().runtime
