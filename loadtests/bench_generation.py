@@ -474,30 +474,23 @@ async def run(args: argparse.Namespace) -> BenchResult:
                     ).result()
                     rounds.add("base", base)
                     for streams in levels:
+
+                        async def stream_row(
+                            on: Any, suffix: str = "", streams: int = streams, base: Point = base
+                        ) -> None:
+                            point = await drive(
+                                on, prompts, streams, args.requests_per_stream, args.max_new_tokens
+                            )
+                            point.setup += suffix
+                            rounds.add(f"service {streams}{suffix}", point)
+                            rounds.ratio(f"service {streams}{suffix}", point.tokens_per_s / base.tokens_per_s)
+
                         if args.only == "streams-ab":  # token budget only, then with the time share
                             with _time_share_off(probe):
-                                point = await drive(
-                                    stub, prompts, streams, args.requests_per_stream, args.max_new_tokens
-                                )
-                            point.setup += _NO_TIME_SHARE
-                            rounds.add(f"service {streams}{_NO_TIME_SHARE}", point)
-                            rounds.ratio(
-                                f"service {streams}{_NO_TIME_SHARE}", point.tokens_per_s / base.tokens_per_s
-                            )
-                        point = await drive(
-                            stub, prompts, streams, args.requests_per_stream, args.max_new_tokens
-                        )
-                        rounds.add(f"service {streams}", point)
-                        rounds.ratio(f"service {streams}", point.tokens_per_s / base.tokens_per_s)
+                                await stream_row(stub, _NO_TIME_SHARE)
+                        await stream_row(stub)
                         if thread_stub is not None:  # the same load on the engine in a thread
-                            point = await drive(
-                                thread_stub, prompts, streams, args.requests_per_stream, args.max_new_tokens
-                            )
-                            point.setup += _THREAD
-                            rounds.add(f"service {streams}{_THREAD}", point)
-                            rounds.ratio(
-                                f"service {streams}{_THREAD}", point.tokens_per_s / base.tokens_per_s
-                            )
+                            await stream_row(thread_stub, _THREAD)
                     if args.only == "streams-ab":
                         continue
                     prefix = long_prefix(tokenizer, args.prefix_tokens, seed=1000 + index)

@@ -6,6 +6,7 @@ a dead engine process failing its streams clearly, and a stop that leaves no pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -31,6 +32,20 @@ MODEL = ModelConfig(path=RANDOM_MODEL_PATH, backend="torch", intra_op_threads=1)
 def _app(**overrides: object) -> GenerationApp:
     config = GenerationServiceConfig(server=loopback_server(), model=MODEL, **overrides)  # type: ignore[arg-type]
     return GenerationApp(config, build_cache(CacheConfig(backend="none"), "generation"))
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    **overrides: object,
+) -> AsyncIterator[tuple[GenerationApp, ProcessEngine, generation_pb2_grpc.GenerationServiceStub]]:
+    """A generation server on loopback (its engine in a process), until the block ends."""
+    app = _app(**overrides)
+    host, channel, stub = await _served(app)
+    try:
+        yield app, _engine(app), stub
+    finally:
+        await channel.close()
+        await host.stop(grace=1.0)
 
 
 async def _served(
@@ -176,10 +191,7 @@ async def test_a_dead_engine_process_fails_its_streams_and_a_new_one_takes_over(
     from textserve.generation import engine_process
 
     monkeypatch.setattr(engine_process, "_RESTART_DELAYS_S", (1.0,))  # a window to see the refusal in
-    app = _app()
-    host, channel, stub = await _served(app)
-    try:
-        engine = _engine(app)
+    async with _serving() as (app, engine, stub):
         pid = engine.pid
         assert pid is not None
         before = await stub.Generate(_request("same answer twice", 12))
@@ -200,16 +212,10 @@ async def test_a_dead_engine_process_fails_its_streams_and_a_new_one_takes_over(
         assert engine.pid not in (None, pid) and engine.restarts == 1
         after = await stub.Generate(_request("same answer twice", 12))
         assert list(after.choices[0].token_ids) == list(before.choices[0].token_ids)
-    finally:
-        await channel.close()
-        await host.stop(grace=1.0)
 
 
 async def test_stop_ends_running_streams_and_the_engine_process() -> None:
-    app = _app()
-    host, channel, stub = await _served(app)
-    try:
-        engine = _engine(app)
+    async with _serving() as (app, engine, stub):
         pid = engine.pid
         assert pid is not None
         stream = stub.GenerateStream(_request("still going", 900))
@@ -220,9 +226,6 @@ async def test_stop_ends_running_streams_and_the_engine_process() -> None:
         rest = await _read_to_end(stream)  # what it had, then told "cancelled", as with a thread
         assert rest[-1].finish_reason == generation_pb2.FINISH_REASON_CANCELLED
         assert sum(len(item.token_ids) for item in rest) < 900
-    finally:
-        await channel.close()
-        await host.stop(grace=1.0)
 
 
 async def _read_to_end(stream: grpc.aio.UnaryStreamCall) -> list[generation_pb2.GenerateStreamResponse]:  # type: ignore[type-arg]
@@ -238,10 +241,7 @@ async def test_stopping_while_a_new_engine_process_starts_leaves_none_behind(
     from textserve.generation import engine_process
 
     monkeypatch.setattr(engine_process, "_RESTART_DELAYS_S", (0.0,))
-    app = _app()
-    host, channel, _ = await _served(app)
-    try:
-        engine = _engine(app)
+    async with _serving() as (app, engine, _):
         dead = engine.pid
         assert dead is not None
         os.kill(dead, signal.SIGKILL)
@@ -251,6 +251,3 @@ async def test_stopping_while_a_new_engine_process_starts_leaves_none_behind(
         await app.service.stop()
         await wait_until(lambda: not process_alive(starting), limit_s=30)
         assert engine.pid is None
-    finally:
-        await channel.close()
-        await host.stop(grace=1.0)
