@@ -37,12 +37,14 @@ def _app(**overrides: object) -> GenerationApp:
 @contextlib.asynccontextmanager
 async def _serving(
     **overrides: object,
-) -> AsyncIterator[tuple[GenerationApp, ProcessEngine, generation_pb2_grpc.GenerationServiceStub]]:
+) -> AsyncIterator[
+    tuple[GenerationApp, ProcessEngine, generation_pb2_grpc.GenerationServiceStub, grpc.aio.Channel]
+]:
     """A generation server on loopback (its engine in a process), until the block ends."""
     app = _app(**overrides)
     host, channel, stub = await _served(app)
     try:
-        yield app, _engine(app), stub
+        yield app, _engine(app), stub, channel
     finally:
         await channel.close()
         await host.stop(grace=1.0)
@@ -188,10 +190,20 @@ async def test_a_full_queue_is_resource_exhausted_with_its_reason(
 async def test_a_dead_engine_process_fails_its_streams_and_a_new_one_takes_over(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
     from textserve.generation import engine_process
+    from textserve.transport import server as transport_server
 
     monkeypatch.setattr(engine_process, "_RESTART_DELAYS_S", (1.0,))  # a window to see the refusal in
-    async with _serving() as (app, engine, stub):
+    monkeypatch.setattr(transport_server, "HEALTH_POLL_S", 0.05)
+    async with _serving() as (app, engine, stub, channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        statuses: list[int] = []
+
+        async def status() -> int:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            return int(reply.status)
+
         pid = engine.pid
         assert pid is not None
         before = await stub.Generate(_request("same answer twice", 12))
@@ -208,14 +220,21 @@ async def test_a_dead_engine_process_fails_its_streams_and_a_new_one_takes_over(
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # retryable while it restarts
         assert "a new one is starting" in (refused.value.details() or "")
         assert not app.service.ready
-        await wait_until(lambda: app.service.ready, limit_s=60)
+        deadline = asyncio.get_running_loop().time() + 60
+        while asyncio.get_running_loop().time() < deadline:  # the health status follows the engine
+            statuses.append(await status())
+            if statuses[-1] == health_pb2.HealthCheckResponse.SERVING and app.service.ready:
+                break
+            await asyncio.sleep(0.02)
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+        assert statuses[-1] == health_pb2.HealthCheckResponse.SERVING
         assert engine.pid not in (None, pid) and engine.restarts == 1
         after = await stub.Generate(_request("same answer twice", 12))
         assert list(after.choices[0].token_ids) == list(before.choices[0].token_ids)
 
 
 async def test_stop_ends_running_streams_and_the_engine_process() -> None:
-    async with _serving() as (app, engine, stub):
+    async with _serving() as (app, engine, stub, _channel):
         pid = engine.pid
         assert pid is not None
         stream = stub.GenerateStream(_request("still going", 900))
@@ -241,7 +260,7 @@ async def test_stopping_while_a_new_engine_process_starts_leaves_none_behind(
     from textserve.generation import engine_process
 
     monkeypatch.setattr(engine_process, "_RESTART_DELAYS_S", (0.0,))
-    async with _serving() as (app, engine, _):
+    async with _serving() as (app, engine, _, _channel):
         dead = engine.pid
         assert dead is not None
         os.kill(dead, signal.SIGKILL)

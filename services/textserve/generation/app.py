@@ -42,3 +42,8 @@ class GenerationApp:
 
     async def stop(self) -> None:
         await self.service.stop()
+
+    def serving(self) -> bool:
+        """False while no version can serve (a dead engine process being replaced): the host
+        reports NOT_SERVING meanwhile."""
+        return self.service.ready

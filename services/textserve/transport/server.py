@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,8 +36,17 @@ class StartFailed(RuntimeError):
         self.service = service
 
 
+# How often the host asks an app that reports its own health (`serving()`) whether it can serve.
+HEALTH_POLL_S = 1.0
+
+
 class ServiceApp(Protocol):
-    """One service: what it registers on a gRPC server and how it starts and stops."""
+    """One service: what it registers on a gRPC server and how it starts and stops.
+
+    An app may also have `serving() -> bool`: once started, the host polls it (HEALTH_POLL_S)
+    and reports NOT_SERVING while it is False (a generation engine being replaced), so
+    readiness probes take the pod out of rotation meanwhile.
+    """
 
     name: str
     """Short name ("embedding"), used in metrics and logs."""
@@ -127,6 +136,7 @@ class ServiceHost:
         self.failure: StartFailed | None = None
         """The first app start that raised, if any."""
         self._starts: list[asyncio.Task[None]] = []
+        self._watches: list[asyncio.Task[None]] = []
         self._failed = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -200,15 +210,33 @@ class ServiceHost:
         await item.health.set_serving(True)
         item.ready.set()
         log.info("serving", extra={"service": item.app.name, "port": item.port})
+        serving = getattr(item.app, "serving", None)
+        if serving is not None:
+            watch = asyncio.create_task(self._watch(item, serving), name=f"health-{item.app.name}")
+            self._watches.append(watch)
+
+    async def _watch(self, item: RunningServer, serving: Callable[[], bool]) -> None:
+        """Keeps the app's health status in step with its own `serving()` until the host stops."""
+        reported = True
+        while not self._stopping.is_set():
+            await asyncio.sleep(HEALTH_POLL_S)
+            now = bool(serving())
+            if now != reported and not self._stopping.is_set():
+                await item.health.set_serving(now)
+                log.warning(
+                    "serving" if now else "not serving",
+                    extra={"service": item.app.name, "reason": "the app reported its own state"},
+                )
+                reported = now
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful drain: NOT_SERVING, stop accepting, finish in-flight RPCs, stop apps."""
         if self._stopping.is_set():
             return
         self._stopping.set()
-        for task in self._starts:
+        for task in [*self._starts, *self._watches]:
             task.cancel()  # apps still loading when another failed or a signal came
-        await asyncio.gather(*self._starts, return_exceptions=True)
+        await asyncio.gather(*self._starts, *self._watches, return_exceptions=True)
         for item in self.running:
             await item.health.shutdown()
         await asyncio.gather(
