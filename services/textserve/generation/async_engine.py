@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import threading
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
 
 from textserve.generation.engine import (
     EngineMetrics,
@@ -104,7 +103,7 @@ class EngineFront:
 
     @property
     def healthy(self) -> bool:
-        """False once the engine has failed for good (its process died); it refuses new work."""
+        """False while the engine cannot take work (its process died and a new one is starting)."""
         return True
 
     # --- requests ------------------------------------------------------------------------
@@ -246,7 +245,7 @@ class AsyncEngine(EngineFront):
         self._route(events)
 
 
-def unbatchable(model_name: str, exc: BaseException | Any) -> str:
+def unbatchable(model_name: str, exc: BaseException) -> str:
     """The message of a model the engine cannot serve (its warm-up failed)."""
     return (
         f"model {model_name!r} cannot be served by the generation engine "

@@ -81,6 +81,7 @@ class EngineSpec:
     service: str
     max_batched_tokens: int = 128
     prefix_cache_tokens: int = 0
+    """The prefix cache's bound (already within the KV budget)."""
     prefix_block_tokens: int = 16
     prefill_time_share: float | None = PREFILL_TIME_SHARE
     grammar_cache_size: int = 64
@@ -149,14 +150,13 @@ def engine_main(spec: EngineSpec, commands: Connection, replies: Connection) -> 
     except Exception as exc:
         send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    cache_tokens = min(spec.prefix_cache_tokens, spec.limits.kv_budget_tokens)
     engine = build_engine(
         model,
         spec.limits,
         on_events,
         service=spec.service,
         max_batched_tokens=spec.max_batched_tokens,
-        prefix_cache=PrefixCache(cache_tokens, spec.prefix_block_tokens),
+        prefix_cache=PrefixCache(spec.prefix_cache_tokens, spec.prefix_block_tokens),
         prefill_time_share=spec.prefill_time_share,
         metrics=cast(EngineMetrics, recorder),
     )
@@ -183,8 +183,8 @@ def engine_main(spec: EngineSpec, commands: Connection, replies: Connection) -> 
             try:
                 engine.submit_all([grammars.attach(request, fmt) for request, fmt in items])
             except (Overloaded, NotReady) as error:
-                kind = "overloaded" if isinstance(error, Overloaded) else "not_ready"
-                send(("refused", [r.seq_id for r, _ in items], kind, error.message, recorder.drain()))
+                reason = "overloaded" if isinstance(error, Overloaded) else "not_ready"
+                send(("refused", [r.seq_id for r, _ in items], reason, error.message, recorder.drain()))
             except Exception as error:  # a grammar that compiled in the server did not here
                 message = f"{type(error).__name__}: {error}"
                 send(("refused", [r.seq_id for r, _ in items], "failed", message, recorder.drain()))

@@ -93,6 +93,7 @@ class GenerationVersion:
             kv_budget_tokens=config.kv_budget_tokens,
             max_prefill_tokens=config.max_prefill_tokens,
         )
+        prefix_tokens = min(config.prefix_cache_tokens, config.kv_budget_tokens)
         model: CausalLMFront
         engine: EngineFront
         if config.engine_process:
@@ -102,7 +103,7 @@ class GenerationVersion:
                 limits=limits,
                 service=self.service,
                 max_batched_tokens=config.max_batched_tokens,
-                prefix_cache_tokens=config.prefix_cache_tokens,
+                prefix_cache_tokens=prefix_tokens,
                 prefix_block_tokens=config.prefix_block_tokens,
                 grammar_cache_size=config.grammar_cache_size,
                 prefill_time_share=config.prefill_time_share,
@@ -127,9 +128,7 @@ class GenerationVersion:
                 limits,
                 service=self.service,
                 max_batched_tokens=config.max_batched_tokens,
-                prefix_cache=PrefixCache(
-                    min(config.prefix_cache_tokens, config.kv_budget_tokens), config.prefix_block_tokens
-                ),
+                prefix_cache=PrefixCache(prefix_tokens, config.prefix_block_tokens),
                 prefill_time_share=config.prefill_time_share,
             )
             await engine.start()

@@ -141,15 +141,24 @@ class CausalLMFront:
         return [int(i) for i in ids]
 
 
+def _is_demo_lm(config: ModelConfig) -> bool:
+    return config.path in ("", DEMO_LM_PATH)
+
+
+def _model_files(config: ModelConfig) -> Any:
+    """The files of the causal LM `config` names (the packaged demo LM, or a model directory)."""
+    if _is_demo_lm(config):
+        return demo_lm_files()
+    return resolve_model(config.path, config.name, config.revision)
+
+
 def load_causal_tokenizer(config: ModelConfig) -> Any:
     """The tokenizer of the causal LM `config` names, without loading its weights."""
     from transformers import AutoTokenizer
 
     if config.path == RANDOM_MODEL_PATH:
         return byte_level_tokenizer()
-    demo_lm = config.path in ("", DEMO_LM_PATH)
-    files = demo_lm_files() if demo_lm else resolve_model(config.path, config.name, config.revision)
-    return AutoTokenizer.from_pretrained(str(files.path))
+    return AutoTokenizer.from_pretrained(str(_model_files(config).path))
 
 
 class CausalLM(CausalLMFront):
@@ -164,7 +173,7 @@ class CausalLM(CausalLMFront):
         torch.set_num_threads(intra_op_threads(config.intra_op_threads))
         dtype = torch_dtype(config.dtype, self.device)
         random_demo = config.path == RANDOM_MODEL_PATH
-        demo_lm = config.path in ("", DEMO_LM_PATH)
+        demo_lm = _is_demo_lm(config)
         description = ""
         if random_demo:
             model, tokenizer, revision = demo_model()
@@ -173,7 +182,7 @@ class CausalLM(CausalLMFront):
             model = model.to(dtype)
             description = RANDOM_DESCRIPTION
         else:
-            files = demo_lm_files() if demo_lm else resolve_model(config.path, config.name, config.revision)
+            files = _model_files(config)
             tokenizer = AutoTokenizer.from_pretrained(str(files.path))
             model = AutoModelForCausalLM.from_pretrained(str(files.path), dtype=dtype)
             name = config.name or files.name
