@@ -74,7 +74,9 @@ def _engine(app: GenerationApp) -> ProcessEngine:
 
 @pytest.fixture
 async def process_app() -> AsyncIterator[tuple[GenerationApp, generation_pb2_grpc.GenerationServiceStub]]:
-    app = _app(max_running_sequences=4, max_waiting_sequences=2)
+    # Default limits: concurrent calls reach the engine before a step admits them, so a tight
+    # waiting queue would refuse some (the full-queue test serves its own tight limits).
+    app = _app()
     host, channel, stub = await _served(app)
     try:
         yield app, stub
@@ -173,12 +175,10 @@ async def test_metrics_recorded_in_the_engine_process_reach_the_server_registry(
     assert capacity == app.service.config.kv_budget_tokens
 
 
-async def test_a_full_queue_is_resource_exhausted_with_its_reason(
-    process_app: tuple[GenerationApp, generation_pb2_grpc.GenerationServiceStub],
-) -> None:
-    _, stub = process_app
-    calls = [stub.Generate(_request(f"{i} busy", 200)) for i in range(12)]  # 4 run, 2 wait
-    results = await asyncio.gather(*calls, return_exceptions=True)
+async def test_a_full_queue_is_resource_exhausted_with_its_reason() -> None:
+    async with _serving(max_running_sequences=4, max_waiting_sequences=2) as (_, _, stub, _):
+        calls = [stub.Generate(_request(f"{i} busy", 200)) for i in range(12)]  # 4 run, 2 wait
+        results = await asyncio.gather(*calls, return_exceptions=True)
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert refused, "12 calls over 4 running + 2 waiting slots: some must be refused"
     assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
