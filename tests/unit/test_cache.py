@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from textserve.core.breaker import CircuitBreaker
-from textserve.core.cache import CacheUnavailable, MemoryCacheBackend, ResponseCache, build_cache, make_key
+from textserve.core.cache import (
+    CacheUnavailable,
+    MemoryCacheBackend,
+    ResponseCache,
+    build_cache,
+    key_maker,
+    make_key,
+)
 from textserve.core.coalesce import Coalescer, Publish
 from textserve.core.config import CacheConfig, ConfigError
 from textserve.core.errors import DeadlineExceeded
@@ -36,6 +43,19 @@ def test_key_hashes_every_part_without_collisions() -> None:
     assert make_key("p:", 1) != make_key("p:", "1") != make_key("p:", 1.0)
     cache = ResponseCache(MemoryCacheBackend(10), CacheConfig(key_prefix="ts:"), "embedding")
     assert cache.key("m").startswith("ts:embedding:")
+
+
+def test_a_key_maker_gives_the_keys_make_key_gives() -> None:
+    """Keys made with the fixed parts hashed once are the same keys: entries written before
+    stay readable, and each call starts from the fixed parts (no state carried over)."""
+    make = key_maker("p:", "model", "rev1", "embed")
+    first = make(b"\x01\x02")
+    assert first == make_key("p:", "model", "rev1", "embed", b"\x01\x02")
+    assert make(b"\x01\x03") == make_key("p:", "model", "rev1", "embed", b"\x01\x03")
+    assert make(b"\x01\x02") == first
+    assert make(7) == make_key("p:", "model", "rev1", "embed", 7)
+    cache = ResponseCache(MemoryCacheBackend(10), CacheConfig(key_prefix="ts:"), "embedding")
+    assert cache.key_maker("m", 2)(b"x") == cache.key("m", 2, b"x")
 
 
 # --- memory backend and ResponseCache ---------------------------------------------------

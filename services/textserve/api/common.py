@@ -6,6 +6,7 @@ from typing import Protocol
 
 from textserve.core.batcher import BatchBudget
 from textserve.core.config import BatcherConfig, LimitsConfig, ServerConfig
+from textserve.core.errors import InvalidInput
 from textserve.v1 import common_pb2
 
 
@@ -48,11 +49,27 @@ class EncoderModel(Protocol):
     def precision(self) -> str: ...
 
 
+_MODEL_INFOS: dict[tuple[int, str], tuple[EncoderModel, common_pb2.ModelInfo]] = {}
+"""encoder_model_info's messages by (id of the model description, version): built once per loaded
+model, not per response (descriptions are immutable; the entry keeps its own alive, so an id is
+not reused while it is here)."""
+
+
 def encoder_model_info(model: EncoderModel, version: str = "") -> common_pb2.ModelInfo:
-    """ModelInfo of an encoder model (and the model version that served)."""
-    return model_info(
+    """ModelInfo of an encoder model (and the model version that served); the same message for
+    every call with the same description and version: copy it (a field assignment or
+    a constructor argument does), do not change it."""
+    key = (id(model), version)
+    known = _MODEL_INFOS.get(key)
+    if known is not None and known[0] is model:
+        return known[1]
+    message = model_info(
         model.name, model.revision, model.backend, model.device, model.max_length, model.precision, version
     )
+    if len(_MODEL_INFOS) >= 64:  # models loaded and unloaded many times over
+        _MODEL_INFOS.clear()
+    _MODEL_INFOS[key] = (model, message)
+    return message
 
 
 def timing(tokenize_s: float, queue_s: float, inference_s: float, total_s: float) -> common_pb2.Timing:
@@ -84,6 +101,17 @@ def batch_budget(budget: BatchBudget, config: BatcherConfig) -> common_pb2.Batch
         max_queue_size=config.max_queue_size,
         source=budget.source,
     )
+
+
+_TRUNCATION_POLICIES = frozenset(common_pb2.TruncationPolicy.values())
+
+
+def truncation_flag(policy: int, field: str = "truncation") -> bool | None:
+    """A request's TruncationPolicy -> True (cut), False (reject) or None (service default);
+    InvalidInput naming `field` for a value the enum does not have."""
+    if policy not in _TRUNCATION_POLICIES:
+        raise InvalidInput(field, f"unknown TruncationPolicy value {policy}")
+    return truncate_flag(policy)
 
 
 def truncate_flag(policy: int) -> bool | None:

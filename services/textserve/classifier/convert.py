@@ -48,15 +48,14 @@ def classify_params(
     """ClassifyRequest (and the call's x-request-id) -> ClassifyParams; `routing`: (version, key)
     from the call's metadata, used where the request's own fields are empty."""
     version, key = check_routing(request.model_version or routing[0], request.routing_key or routing[1])
-    if request.truncation not in common_pb2.TruncationPolicy.values():
-        raise InvalidInput("truncation", f"unknown TruncationPolicy value {request.truncation}")
+    truncate = common.truncation_flag(request.truncation)
     return ClassifyParams(
         texts=list(request.texts),
         labels=[Label(spec.name, spec.description, tuple(spec.examples)) for spec in request.labels],
         label_set=request.label_set,
         temperature=float(request.temperature),
         top_k=int(request.top_k),
-        truncate=common.truncate_flag(request.truncation),
+        truncate=truncate,
         skip_cache=request.skip_cache,
         request_id=request_id,
         model_version=version,

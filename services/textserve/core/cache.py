@@ -18,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from textserve.core import metrics
 from textserve.core.config import CacheConfig
@@ -84,14 +84,35 @@ class MemoryCacheBackend:
         self._data.clear()
 
 
-def make_key(prefix: str, *parts: str | bytes | int | float | bool) -> str:
-    """`prefix` + sha256 of every part, each length-prefixed so no two part lists collide."""
-    digest = hashlib.sha256()
+KeyPart = str | bytes | int | float | bool
+
+
+def _hash_parts(digest: Any, parts: Sequence[KeyPart]) -> None:
     for part in parts:
         data = part if isinstance(part, bytes) else repr(part).encode()
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
+
+
+def make_key(prefix: str, *parts: KeyPart) -> str:
+    """`prefix` + sha256 of every part, each length-prefixed so no two part lists collide."""
+    digest = hashlib.sha256()
+    _hash_parts(digest, parts)
     return prefix + digest.hexdigest()
+
+
+def key_maker(prefix: str, *parts: KeyPart) -> Callable[[KeyPart], str]:
+    """`last -> make_key(prefix, *parts, last)`, with the hash of the fixed `parts` computed once
+    (a model's name, revision and settings before each input's own bytes)."""
+    head = hashlib.sha256()
+    _hash_parts(head, parts)
+
+    def key(last: KeyPart) -> str:
+        digest = head.copy()
+        _hash_parts(digest, (last,))
+        return prefix + digest.hexdigest()
+
+    return key
 
 
 class ResponseCache:
@@ -108,7 +129,16 @@ class ResponseCache:
 
     def key(self, *parts: str | bytes | int | float | bool) -> str:
         """A cache key for this service from every output-changing part."""
-        return make_key(f"{self.config.key_prefix}{self.service}:", *parts)
+        return make_key(self.key_prefix, *parts)
+
+    def key_maker(self, *parts: KeyPart) -> Callable[[KeyPart], str]:
+        """`last -> self.key(*parts, last)`, the fixed parts hashed once."""
+        return key_maker(self.key_prefix, *parts)
+
+    @property
+    def key_prefix(self) -> str:
+        """What every key of this service starts with."""
+        return f"{self.config.key_prefix}{self.service}:"
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values for keys; on any backend error or timeout, all None (and counted)."""

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from textserve.core.cache import ResponseCache, make_key
+from textserve.core.cache import KeyPart, ResponseCache, key_maker, make_key
 from textserve.core.coalesce import Coalescer, Publish
 
 V = TypeVar("V")
@@ -65,11 +65,17 @@ class CacheThrough(Generic[V]):
         """Keys being computed now."""
         return self.inflight.in_flight
 
-    def key(self, *parts: str | bytes | int | float | bool) -> str:
+    def key(self, *parts: KeyPart) -> str:
         """The key of an output from every part that changes it (the cache's key when there is one)."""
         if self.cache is not None:
             return self.cache.key(*parts)
         return make_key(f"{self.service}:", *parts)
+
+    def key_maker(self, *parts: KeyPart) -> Callable[[KeyPart], str]:
+        """`last -> self.key(*parts, last)`, the fixed parts hashed once."""
+        if self.cache is not None:
+            return self.cache.key_maker(*parts)
+        return key_maker(f"{self.service}:", *parts)
 
     async def run(
         self,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from textserve.api import common
-from textserve.core.errors import InvalidInput
 from textserve.core.validation import check_routing
 from textserve.embedding.service import EmbeddingService, EmbedParams, EmbedResult
 from textserve.v1 import common_pb2, embedding_pb2
@@ -19,15 +18,12 @@ def embed_params(
     version, key = check_routing(
         request.model_version or routing[0], request.routing_key or routing[1], field_prefix
     )
-    if request.truncation not in common_pb2.TruncationPolicy.values():
-        raise InvalidInput(
-            f"{field_prefix}truncation", f"unknown TruncationPolicy value {request.truncation}"
-        )
+    truncate = common.truncation_flag(request.truncation, f"{field_prefix}truncation")
     return EmbedParams(
         texts=list(request.texts),
         token_ids=[list(item.ids) for item in request.token_inputs],
         normalize=request.normalize,
-        truncate=common.truncate_flag(request.truncation),
+        truncate=truncate,
         skip_cache=request.skip_cache,
         model_version=version,
         routing_key=key,

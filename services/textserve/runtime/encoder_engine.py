@@ -156,6 +156,8 @@ class Encoder:
         self.batcher: Batcher[list[int], np.ndarray] | None = None
         self.outputs: CacheThrough[np.ndarray] = CacheThrough(cache, service)
         self._windower: TokenWindower | None = None
+        self._keys: tuple[EncoderInfo, Callable[[bytes], str]] | None = None
+        """The loaded model's info and the key maker of its outputs (fixed parts hashed once)."""
         self.tuning_curve: list[TuningPoint] = []
         """The measured batching curve behind a tuned budget (empty when the budget is configured)."""
 
@@ -341,15 +343,22 @@ class Encoder:
             output.batch_sizes = [r.batch_size for r in results]
             return [r.value for r in results]
 
-        keys = [self._key(info, item.ids) for item in inputs]
-        codec = (
-            _TokenRowsCodec(info.dimensions) if task == "token-classification" else _RowCodec(info.dimensions)
-        )
-        items = await self.outputs.run(
-            keys, compute, codec, deadline, skip_cache=skip_cache, model=info.name, version=self.version
-        )
-        output.rows = [item.value for item in items]
-        output.cached = [item.cached for item in items]
+        if skip_cache and len(inputs) == 1:
+            # Nothing to read, share or deduplicate: no key, straight to the batcher.
+            output.rows = await compute([0])
+            output.cached = [False]
+        else:
+            keys = [self._key(info, item.ids) for item in inputs]
+            codec = (
+                _TokenRowsCodec(info.dimensions)
+                if task == "token-classification"
+                else _RowCodec(info.dimensions)
+            )
+            items = await self.outputs.run(
+                keys, compute, codec, deadline, skip_cache=skip_cache, model=info.name, version=self.version
+            )
+            output.rows = [item.value for item in items]
+            output.cached = [item.cached for item in items]
         metrics.child(metrics.INPUT_TOKENS, self.service, info.name, self.version).inc(
             sum(len(item.ids) for item in inputs)
         )
@@ -358,7 +367,10 @@ class Encoder:
     def _key(self, info: EncoderInfo, ids: Sequence[int]) -> str:
         """Identity of one input's output: model, revision, version, task, pooling, precision
         (when not fp32: fp32 keys stay as they were) and the exact token ids."""
-        parts = [info.name, info.revision, self.version, self.task, info.pooling]
-        if info.precision != "fp32":
-            parts.append(info.precision)
-        return self.outputs.key(*parts, np.asarray(ids, np.int32).tobytes())
+        keys = self._keys
+        if keys is None or keys[0] is not info:
+            parts = [info.name, info.revision, self.version, self.task, info.pooling]
+            if info.precision != "fp32":
+                parts.append(info.precision)
+            keys = self._keys = (info, self.outputs.key_maker(*parts))
+        return keys[1](np.asarray(ids, np.int32).tobytes())
