@@ -397,27 +397,33 @@ def test_followers_of_an_aborted_leader_prefill_the_prompt_themselves(tiny: tupl
 
 
 def test_prefill_pacer_sizes_prompt_work_to_a_share_of_a_decode_step() -> None:
-    """While streams run, a step computes the prompt tokens that take `share` of a decode-only
-    step, both measured from whole steps; unbounded until both are known, or with no share."""
+    """While streams run, a step computes the prompt tokens that take `share` of a decode step;
+    both times are measured in every step (a step less its prompt work is a decode step);
+    unbounded until both are known, or with no share."""
     pacer = PrefillPacer(1.0)
     assert pacer.budget() is None
-    pacer.observe(running=16, prompt_tokens=40, seconds=0.050)  # no decode time yet: not used
-    assert pacer.prompt_token_seconds is None
-    pacer.observe(running=16, prompt_tokens=0, seconds=0.010)
+    pacer.observe(running=0, prompt_tokens=0, seconds=0.001, prompt_seconds=0.0)  # nothing to learn
+    assert pacer.decode_seconds is None and pacer.prompt_token_seconds is None
+    pacer.observe(running=16, prompt_tokens=0, seconds=0.010, prompt_seconds=0.0)
     assert pacer.budget() is None  # no prompt time yet
-    pacer.observe(running=16, prompt_tokens=20, seconds=0.030)  # 20 ms beyond decode: 1 ms a token
-    assert pacer.budget() == 10
+    pacer.observe(running=16, prompt_tokens=20, seconds=0.030, prompt_seconds=0.020)  # 1 ms a token
+    assert pacer.decode_seconds == pytest.approx(0.010) and pacer.budget() == 10
     half = PrefillPacer(0.5)
-    half.observe(running=0, prompt_tokens=50, seconds=0.050)  # no stream: the whole step is prompt work
-    half.observe(running=8, prompt_tokens=0, seconds=0.008)
+    half.observe(running=0, prompt_tokens=50, seconds=0.050, prompt_seconds=0.050)  # no stream
+    assert half.decode_seconds is None
+    half.observe(running=8, prompt_tokens=0, seconds=0.008, prompt_seconds=0.0)
     assert half.budget() == 4
-    # Moving averages: a slower decode step raises the budget, a dearer prompt token lowers it.
-    pacer.observe(running=16, prompt_tokens=0, seconds=0.030)
+    # Moving averages: slower decode steps (more rows joined), measured in steps with prompt work
+    # too, raise the budget; a dearer prompt token lowers it.
+    pacer.observe(running=32, prompt_tokens=10, seconds=0.040, prompt_seconds=0.010)
     assert pacer.decode_seconds is not None and 0.010 < pacer.decode_seconds < 0.030
     assert pacer.budget() is not None and pacer.budget() > 10
+    budget = pacer.budget()
+    pacer.observe(running=32, prompt_tokens=10, seconds=pacer.decode_seconds + 0.030, prompt_seconds=0.030)
+    assert pacer.budget() is not None and pacer.budget() < budget
     unbounded = PrefillPacer(None)
-    unbounded.observe(running=16, prompt_tokens=0, seconds=0.010)
-    unbounded.observe(running=16, prompt_tokens=20, seconds=0.030)
+    unbounded.observe(running=16, prompt_tokens=0, seconds=0.010, prompt_seconds=0.0)
+    unbounded.observe(running=16, prompt_tokens=20, seconds=0.030, prompt_seconds=0.020)
     assert unbounded.budget() is None
 
 
@@ -439,6 +445,109 @@ def test_the_pacer_bounds_prompt_work_while_streams_run(tiny: tuple[Any, Any]) -
     for _ in range(35):
         h.step()
     assert [t for e in h.of(1) for t in e.token_ids] == _alone(model, ids, 6)
+
+
+def test_a_step_with_running_streams_adds_one_prompt_forward_at_most(tiny: tuple[Any, Any]) -> None:
+    """While a stream runs, a step prefills either the whole prompts that fit together or one
+    chunk, never both nor two chunks (each forward is a fixed cost the running stream waits
+    for); outputs unchanged."""
+    model, tokenizer = tiny
+    h = Harness(tiny, max_batched_tokens=512)
+    h.submit(99, "Hi", max_new=40)
+    h.step()
+    pacer = h.engine.pacer = PrefillPacer(1.0)
+    long_text = "the quick brown fox jumps over the lazy dog " * 3
+    long_ids = tokenizer(long_text)["input_ids"]
+    pacer.decode_seconds, pacer.prompt_token_seconds = 0.010, 0.010 / 24.5  # 24 tokens a step
+    h.submit(1, "a short one", max_new=4)
+    h.submit(2, long_text, max_new=4)
+    h.submit(3, long_text + "again", max_new=4)
+    h.step()  # the short prompt whole; the long ones wait (no chunk beside whole prompts)
+    assert h.of(1) and 2 not in h.engine.batch.staged and 3 not in h.engine.batch.staged
+    pacer.decode_seconds, pacer.prompt_token_seconds = 0.010, 0.010 / 24.5
+    h.step()  # one chunk of prompt 2, nothing of prompt 3
+    assert h.engine.batch.staged_tokens(2) == 24 and 3 not in h.engine.batch.staged
+    for _ in range(60):
+        h.step()
+    assert [t for e in h.of(2) for t in e.token_ids] == _alone(model, long_ids, 4)
+    short_ids = tokenizer("a short one")["input_ids"]
+    assert [t for e in h.of(1) for t in e.token_ids] == _alone(model, short_ids, 4)
+
+
+def test_padding_cut_and_a_longer_row_joining_copy_no_cache_and_match_generate(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the longest row leaves, the padding no row needs is dropped without copying the
+    cache, and a longer row joining later reuses that room on the left; every row still equals
+    generate() (the running one across both, the new one from its prompt)."""
+    from textserve.generation import kv_batch
+    from textserve.generation.kv_batch import PaddedKVBatch
+
+    grows: list[int] = []
+    grow = kv_batch._AppendLayer._grow
+
+    def counted(self: Any, *args: Any) -> None:
+        grows.append(id(self))
+        grow(self, *args)
+
+    monkeypatch.setattr(kv_batch._AppendLayer, "_grow", counted)
+    model, tokenizer = tiny
+    text = tokenizer("the quick brown fox jumps over the lazy dog " * 8)["input_ids"]
+    short, long_prompt, longer = text[:6], text[3:60], text[5:40]
+    new_tokens = 8
+    expected = {0: _alone(model, short, new_tokens), 2: _alone(model, longer, new_tokens)}
+    with torch.inference_mode():
+        batch = PaddedKVBatch(model, "cpu")
+        produced: dict[int, list[int]] = {}
+        logits = batch.prefill([0, 1], [short, long_prompt])
+        for row, seq in enumerate(batch.rows):
+            produced[seq] = [int(logits[row].argmax())]
+        for _ in range(3):  # the batch's own buffers (the first decodes copy the prefill's cache)
+            logits = batch.decode([produced[seq][-1] for seq in batch.rows])
+            for row, seq in enumerate(batch.rows):
+                produced[seq].append(int(logits[row].argmax()))
+        width = batch.width
+        grows.clear()
+        batch.keep({0})  # the long row leaves: its padding goes, without a copy
+        assert batch.width == len(short) + 3 < width and not grows
+        logits = batch.prefill([2], [longer])  # longer than the short row: the room on the left
+        produced[2] = [int(logits[0].argmax())]
+        assert not grows and batch.width == len(longer)
+        while any(len(produced[seq]) < new_tokens for seq in (0, 2)):
+            logits = batch.decode([produced[seq][-1] for seq in batch.rows])
+            for row, seq in enumerate(batch.rows):
+                if len(produced[seq]) < new_tokens:
+                    produced[seq].append(int(logits[row].argmax()))
+    assert {seq: produced[seq] for seq in (0, 2)} == expected
+
+
+def test_rows_joining_up_to_the_running_limit_copy_the_cache_once(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that knows its most rows (the scheduler's running limit) makes room for them when
+    its buffers grow, so rows joining one at a time up to that limit copy no cache."""
+    from textserve.generation import kv_batch
+    from textserve.generation.kv_batch import PaddedKVBatch
+
+    grows: list[int] = []
+    grow = kv_batch._AppendLayer._grow
+
+    def counted(self: Any, *args: Any) -> None:
+        grows.append(id(self))
+        grow(self, *args)
+
+    monkeypatch.setattr(kv_batch._AppendLayer, "_grow", counted)
+    model, tokenizer = tiny
+    prompt = tokenizer("the quick brown fox")["input_ids"]
+    with torch.inference_mode():
+        batch = PaddedKVBatch(model, "cpu", max_rows=32)
+        batch.prefill(list(range(16)), [prompt] * 16)
+        batch.decode([prompt[0]] * 16)  # the batch's own buffers: the one copy
+        grows.clear()
+        for seq in range(16, 32):
+            batch.prefill([seq], [prompt])
+            batch.decode([prompt[0]] * len(batch.rows))
+        assert len(batch.rows) == 32 and not grows
 
 
 def test_prompts_of_very_different_lengths_join_in_one_growth_and_match_generate(

@@ -179,7 +179,7 @@ class GenerationEngine:
         self.scheduler = scheduler
         self.on_events = on_events
         self.labels = {"service": service, "model": model_name}
-        self.batch = PaddedKVBatch(model, device, pad_token_id)
+        self.batch = PaddedKVBatch(model, device, pad_token_id, max_rows=scheduler.limits.max_running)
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopping = False
@@ -408,9 +408,17 @@ class GenerationEngine:
             take = min(remaining, budget)
             if seq.prefilled == 0 and take == remaining:
                 whole.append(seq)
-            else:
-                chunks.append((seq, take))
+                budget -= take
+                continue
+            if running and whole:
+                break
+            chunks.append((seq, take))
             budget -= take
+            if running:
+                # While streams run, a step adds one prompt forward at most (whole prompts
+                # together, or one chunk): each forward costs a fixed overhead beyond its
+                # tokens, and a step of several was the running streams' longest wait.
+                break
         return whole, chunks
 
     def _forward(self, running: list[int], events: dict[int, SequenceEvent]) -> dict[int, tuple[int, bool]]:
@@ -424,6 +432,7 @@ class GenerationEngine:
             logits_parts.append(self.batch.decode([self._seqs[seq_id].next_token for seq_id in running]))
             rows += [self._seqs[seq_id] for seq_id in running]
         whole, chunks = self._plan_prefill(len(running))
+        prompt_started = time.perf_counter()
         if whole:
             logits_parts.append(
                 self.batch.prefill(
@@ -448,6 +457,7 @@ class GenerationEngine:
                 rows.append(seq)
         for seq in whole:
             self._remember_prefix(seq)
+        prompt_seconds = time.perf_counter() - prompt_started if whole or chunks else 0.0
         completed = rows[len(running) :]
         for seq in completed:
             del self._prefilling[seq.request.seq_id]
@@ -467,7 +477,7 @@ class GenerationEngine:
         )
         tokens = sample.tokens
         seconds = time.perf_counter() - started
-        self.pacer.observe(len(running), self.prompt_tokens_computed - computed, seconds)
+        self.pacer.observe(len(running), self.prompt_tokens_computed - computed, seconds, prompt_seconds)
         now = time.monotonic()
         result: dict[int, tuple[int, bool]] = {}
         for seq, token, logprobs in zip(rows, tokens, sample.logprobs, strict=True):
@@ -575,9 +585,10 @@ class PrefillPacer:
     times: at most what takes `share` of a decode-only step, so such a step takes at most
     (1 + share) x a decode step and running streams' inter-token gaps at most grow by that.
 
-    Both times are moving averages of whole steps (forward and sampling, so they hold on any
-    device): decode-only steps, and steps with prompt work (their time beyond a decode step's,
-    per prompt token; all of it for steps that run no stream).
+    Both times are moving averages measured in every step (forward and sampling, so they hold
+    on any device): a step's time less its prompt work is a decode step of the rows it ran
+    (so the estimate follows the batch as streams join and leave, also while every step has
+    prompt work), and the prompt work's time per prompt token.
     """
 
     def __init__(self, share: float | None) -> None:
@@ -586,17 +597,13 @@ class PrefillPacer:
         self.decode_seconds: float | None = None
         self.prompt_token_seconds: float | None = None
 
-    def observe(self, running: int, prompt_tokens: int, seconds: float) -> None:
-        """Adds a step's time: `running` rows decoded, `prompt_tokens` prompt tokens computed."""
-        if not prompt_tokens:
-            if running:
-                self.decode_seconds = _average(self.decode_seconds, seconds)
-            return
-        decode = self.decode_seconds if running else 0.0
-        if decode is None:
-            return
-        per_token = max(seconds - decode, 0.0) / prompt_tokens
-        self.prompt_token_seconds = _average(self.prompt_token_seconds, per_token)
+    def observe(self, running: int, prompt_tokens: int, seconds: float, prompt_seconds: float) -> None:
+        """Adds a step's time: `running` rows decoded, `prompt_tokens` prompt tokens computed
+        in `prompt_seconds` of the step's `seconds`."""
+        if running:
+            self.decode_seconds = _average(self.decode_seconds, max(seconds - prompt_seconds, 0.0))
+        if prompt_tokens:
+            self.prompt_token_seconds = _average(self.prompt_token_seconds, prompt_seconds / prompt_tokens)
 
     def budget(self) -> int | None:
         """Prompt tokens a step with running streams may compute (None: no bound, until both

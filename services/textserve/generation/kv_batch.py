@@ -40,10 +40,14 @@ _SPARE_ROWS = 8
 class PaddedKVBatch:
     """Rows of running sequences over one left-padded DynamicCache."""
 
-    def __init__(self, model: Any, device: str, pad_token_id: int = 0) -> None:
+    def __init__(self, model: Any, device: str, pad_token_id: int = 0, max_rows: int | None = None) -> None:
         self.model = model
         self.device = device
         self.pad_token_id = pad_token_id
+        self.max_rows = max_rows
+        """Most rows the batch will hold (the scheduler's running sequences): a buffer that grows
+        takes room for as many rows again up to this, so a wave of joins copies the cache once
+        (None: _SPARE_ROWS more at most)."""
         self.rows: list[int] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, width], 1 where a token is held
@@ -223,12 +227,16 @@ class PaddedKVBatch:
         if self._cache is None or self._mask is None or self._lengths is None:
             self.rows, self._cache, self._mask, self._lengths = seq_ids, cache, mask, lengths
             self._unpadded = bool(mask.all())
+            for layer in cache.layers:
+                if isinstance(layer, _AppendLayer):
+                    layer.row_limit = self.max_rows
             return
         width = max(self.width, int(mask.shape[1]))
         for (layer, keys, values), (_, new_keys, new_values) in zip(
             _layers(self._cache), _layers(cache), strict=True
         ):
             if isinstance(layer, _AppendLayer):
+                layer.row_limit = self.max_rows
                 layer.join_rows(new_keys, new_values)
             else:
                 layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)], dim=0)
@@ -303,17 +311,22 @@ def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
 class _AppendLayer(DynamicLayer):
     """A DynamicLayer that appends into spare capacity (amortised O(1) per token and per row).
 
-    `keys` / `values` are views of the first rows and first `length` positions of larger
-    buffers: a step's keys and values are written into spare positions, and rows that join
-    (`join_rows`) into spare rows, so neither copies the cache. When the views are replaced
-    from outside (rows selected, padding cut), the next update copies them into fresh buffers
-    with room to grow.
+    `keys` / `values` are views of larger buffers: the first rows, and `length` positions from
+    `_start`. A step's keys and values are written into spare positions on the right, rows that
+    join (`join_rows`) into spare rows, and padding no row needs any more is dropped by moving
+    `_start` (`cut_left`), so none of these copies the cache; positions freed on the left are
+    used again when a longer row joins. When the views are replaced from outside (rows
+    selected, padding cut), the next update copies them into fresh buffers with room to grow.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
+        self._start = 0
+        """First buffer position of the views."""
+        self.row_limit: int | None = None
+        """Most rows the buffers need (PaddedKVBatch.max_rows)."""
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -328,14 +341,15 @@ class _AppendLayer(DynamicLayer):
         rows, length, new = keys.shape[0], keys.shape[-2], key_states.shape[-2]
         if not self._owned():
             self._key_buffer = self._value_buffer = None
-        if self._key_buffer is None or length + new > self._key_buffer.shape[-2]:
-            self._grow(_with_spare(rows), max(2 * (length + new), 64), 0)
+        if self._key_buffer is None or self._start + length + new > self._key_buffer.shape[-2]:
+            self._grow(_with_spare(rows, self.row_limit), max(2 * (length + new), 64), 0)
         key_buffer, value_buffer = self._key_buffer, self._value_buffer
         assert key_buffer is not None and value_buffer is not None
-        key_buffer[:rows, :, length : length + new, :] = key_states
-        value_buffer[:rows, :, length : length + new, :] = value_states
-        self.keys = key_buffer[:rows, :, : length + new, :]
-        self.values = value_buffer[:rows, :, : length + new, :]
+        start, end = self._start, self._start + length
+        key_buffer[:rows, :, end : end + new, :] = key_states
+        value_buffer[:rows, :, end : end + new, :] = value_states
+        self.keys = key_buffer[:rows, :, start : end + new, :]
+        self.values = value_buffer[:rows, :, start : end + new, :]
         return self.keys, self.values
 
     def join_rows(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> None:
@@ -344,23 +358,26 @@ class _AppendLayer(DynamicLayer):
         rows, width = self.keys.shape[0], self.keys.shape[-2]
         count, new_width = new_keys.shape[0], new_keys.shape[-2]
         target = max(width, new_width)
+        shift = target - width
         buffer = self._key_buffer
-        if (
-            not self._owned()
-            or buffer is None
-            or target > buffer.shape[-2]
-            or rows + count > buffer.shape[0]
-            or target != width
-        ):
-            self._grow(_with_spare(rows + count), max(2 * target, 64), target - width)
+        if not self._owned() or buffer is None or rows + count > buffer.shape[0] or shift > self._start:
+            self._grow(_with_spare(rows + count, self.row_limit), max(2 * target, 64), shift)
+        elif shift:
+            # A longer row joins: the rows there get `shift` more zero positions on the left,
+            # taken from the room cut_left freed.
+            self._start -= shift
+            for buf in (self._key_buffer, self._value_buffer):
+                assert buf is not None
+                buf[:rows, :, self._start : self._start + shift, :] = 0
         key_buffer, value_buffer = self._key_buffer, self._value_buffer
         assert key_buffer is not None and value_buffer is not None
+        start = self._start
         pad = target - new_width
         for buf, states in ((key_buffer, new_keys), (value_buffer, new_values)):
-            buf[rows : rows + count, :, :pad, :] = 0
-            buf[rows : rows + count, :, pad:target, :] = states
-        self.keys = key_buffer[: rows + count, :, :target, :]
-        self.values = value_buffer[: rows + count, :, :target, :]
+            buf[rows : rows + count, :, start : start + pad, :] = 0
+            buf[rows : rows + count, :, start + pad : start + target, :] = states
+        self.keys = key_buffer[: rows + count, :, start : start + target, :]
+        self.values = value_buffer[: rows + count, :, start : start + target, :]
 
     def move_rows(self, order: Sequence[int]) -> None:
         """Keeps the rows `order` (old indices, new order) in place: only rows whose index
@@ -373,16 +390,16 @@ class _AppendLayer(DynamicLayer):
             return
         key_buffer, value_buffer = self._key_buffer, self._value_buffer
         assert key_buffer is not None and value_buffer is not None
-        length = self.keys.shape[-2]
+        start, end = self._start, self._start + self.keys.shape[-2]
         for new, old in enumerate(order):
             if new != old:
-                key_buffer[new, :, :length, :] = key_buffer[old, :, :length, :]
-                value_buffer[new, :, :length, :] = value_buffer[old, :, :length, :]
-        self.keys = key_buffer[: len(order), :, :length, :]
-        self.values = value_buffer[: len(order), :, :length, :]
+                key_buffer[new, :, start:end, :] = key_buffer[old, :, start:end, :]
+                value_buffer[new, :, start:end, :] = value_buffer[old, :, start:end, :]
+        self.keys = key_buffer[: len(order), :, start:end, :]
+        self.values = value_buffer[: len(order), :, start:end, :]
 
     def cut_left(self, columns: int) -> None:
-        """Drops the first `columns` positions (padding no row needs), keeping the buffers."""
+        """Drops the first `columns` positions (padding no row needs) without copying."""
         assert self.keys is not None and self.values is not None
         if not self._owned():
             self.keys = self.keys[..., columns:, :]
@@ -390,16 +407,14 @@ class _AppendLayer(DynamicLayer):
             return
         key_buffer, value_buffer = self._key_buffer, self._value_buffer
         assert key_buffer is not None and value_buffer is not None
-        rows, length = self.keys.shape[0], self.keys.shape[-2]
-        kept = length - columns
-        for buf in (key_buffer, value_buffer):
-            buf[:rows, :, :kept, :] = buf[:rows, :, columns:length, :].clone()
-        self.keys = key_buffer[:rows, :, :kept, :]
-        self.values = value_buffer[:rows, :, :kept, :]
+        rows, end = self.keys.shape[0], self._start + self.keys.shape[-2]
+        self._start += columns
+        self.keys = key_buffer[:rows, :, self._start : end, :]
+        self.values = value_buffer[:rows, :, self._start : end, :]
 
     def _grow(self, row_capacity: int, capacity: int, shift: int) -> None:
         """Copies the cache into new buffers of `row_capacity` rows and `capacity` positions,
-        `shift` zero positions added on the left."""
+        `shift` zero positions added on the left (the views start at position 0)."""
         assert self.keys is not None and self.values is not None
         keys, values = self.keys, self.values
         rows, length = keys.shape[0], keys.shape[-2]
@@ -411,24 +426,30 @@ class _AppendLayer(DynamicLayer):
             buf[:rows, :, shift : shift + length, :] = states
             buffers.append(buf)
         self._key_buffer, self._value_buffer = buffers
+        self._start = 0
         self.keys = self._key_buffer[:rows, :, : shift + length, :]
         self.values = self._value_buffer[:rows, :, : shift + length, :]
 
     def _owned(self) -> bool:
-        """True when `keys` / `values` are still the leading part of the buffers (nothing replaced them)."""
-        return _leads(self.keys, self._key_buffer) and _leads(self.values, self._value_buffer)
+        """True when `keys` / `values` are still the views into the buffers (nothing replaced them)."""
+        return _leads(self.keys, self._key_buffer, self._start) and _leads(
+            self.values, self._value_buffer, self._start
+        )
 
 
-def _with_spare(rows: int) -> int:
-    """Rows a buffer holding `rows` rows is given: room for as many again, at most _SPARE_ROWS more."""
-    return rows + min(rows, _SPARE_ROWS)
+def _with_spare(rows: int, limit: int | None = None) -> int:
+    """Rows a buffer holding `rows` rows is given: room for as many again, up to `limit` rows in
+    all (None: at most _SPARE_ROWS more)."""
+    spare = _SPARE_ROWS if limit is None else max(limit - rows, 0)
+    return rows + min(rows, spare)
 
 
-def _leads(view: torch.Tensor | None, buffer: torch.Tensor | None) -> bool:
+def _leads(view: torch.Tensor | None, buffer: torch.Tensor | None, start: int = 0) -> bool:
+    """True when `view` is the buffer's first rows from position `start` on."""
     return (
         view is not None
         and buffer is not None
-        and view.data_ptr() == buffer.data_ptr()
+        and view.data_ptr() == buffer.data_ptr() + start * buffer.stride(-2) * buffer.element_size()
         and view.shape[1:-2] == buffer.shape[1:-2]
         and view.shape[0] <= buffer.shape[0]
         and view.stride() == buffer.stride()
