@@ -66,6 +66,22 @@ class Harness:
         return [e for e in self.events if e.seq_id == seq_id]
 
 
+@pytest.fixture
+def grows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each KV buffer copy of the batch cache (`_AppendLayer._grow`), by layer id, as it happens."""
+    from textserve.generation import kv_batch
+
+    copies: list[int] = []
+    grow = kv_batch._AppendLayer._grow
+
+    def counted(self: Any, *args: Any) -> None:
+        copies.append(id(self))
+        grow(self, *args)
+
+    monkeypatch.setattr(kv_batch._AppendLayer, "_grow", counted)
+    return copies
+
+
 def test_sequences_join_and_finish_independently(tiny: tuple[Any, Any]) -> None:
     h = Harness(tiny)
     h.submit(1, "Hello world", max_new=3)
@@ -475,22 +491,13 @@ def test_a_step_with_running_streams_adds_one_prompt_forward_at_most(tiny: tuple
 
 
 def test_padding_cut_and_a_longer_row_joining_copy_no_cache_and_match_generate(
-    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+    tiny: tuple[Any, Any], grows: list[int]
 ) -> None:
     """When the longest row leaves, the padding no row needs is dropped without copying the
     cache, and a longer row joining later reuses that room on the left; every row still equals
     generate() (the running one across both, the new one from its prompt)."""
-    from textserve.generation import kv_batch
     from textserve.generation.kv_batch import PaddedKVBatch
 
-    grows: list[int] = []
-    grow = kv_batch._AppendLayer._grow
-
-    def counted(self: Any, *args: Any) -> None:
-        grows.append(id(self))
-        grow(self, *args)
-
-    monkeypatch.setattr(kv_batch._AppendLayer, "_grow", counted)
     model, tokenizer = tiny
     text = tokenizer("the quick brown fox jumps over the lazy dog " * 8)["input_ids"]
     short, long_prompt, longer = text[:6], text[3:60], text[5:40]
@@ -522,21 +529,12 @@ def test_padding_cut_and_a_longer_row_joining_copy_no_cache_and_match_generate(
 
 
 def test_rows_joining_up_to_the_running_limit_copy_the_cache_once(
-    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+    tiny: tuple[Any, Any], grows: list[int]
 ) -> None:
     """A batch that knows its most rows (the scheduler's running limit) makes room for them when
     its buffers grow, so rows joining one at a time up to that limit copy no cache."""
-    from textserve.generation import kv_batch
     from textserve.generation.kv_batch import PaddedKVBatch
 
-    grows: list[int] = []
-    grow = kv_batch._AppendLayer._grow
-
-    def counted(self: Any, *args: Any) -> None:
-        grows.append(id(self))
-        grow(self, *args)
-
-    monkeypatch.setattr(kv_batch._AppendLayer, "_grow", counted)
     model, tokenizer = tiny
     prompt = tokenizer("the quick brown fox")["input_ids"]
     with torch.inference_mode():
@@ -551,21 +549,11 @@ def test_rows_joining_up_to_the_running_limit_copy_the_cache_once(
 
 
 def test_prompts_of_very_different_lengths_join_in_one_growth_and_match_generate(
-    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+    tiny: tuple[Any, Any], grows: list[int]
 ) -> None:
     """A wave of prompts too different in length for one prefill group (several forwards) joins
     a running batch with at most one copy of its cache, and every row still equals generate()."""
-    from textserve.generation import kv_batch
     from textserve.generation.kv_batch import PaddedKVBatch, _length_groups
-
-    grows: list[int] = []
-    grow = kv_batch._AppendLayer._grow
-
-    def counted(self: Any, *args: Any) -> None:
-        grows.append(id(self))
-        grow(self, *args)
-
-    monkeypatch.setattr(kv_batch._AppendLayer, "_grow", counted)
 
     model, tokenizer = tiny
     words = "the quick brown fox jumps over the lazy dog "
