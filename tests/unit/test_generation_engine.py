@@ -546,6 +546,14 @@ def test_rows_joining_up_to_the_running_limit_copy_the_cache_once(
             batch.prefill([seq], [prompt])
             batch.decode([prompt[0]] * len(batch.rows))
         assert len(batch.rows) == 32 and not grows
+        # Within the KV budget: spare rows stop where a buffer would hold more positions than it
+        # (here 16 rows of 64 positions), down to the fixed spare of 8 rows.
+        small = PaddedKVBatch(model, "cpu", max_rows=32, max_tokens=16 * 64)
+        small.prefill(list(range(16)), [prompt] * 16)
+        small.decode([prompt[0]] * 16)
+        assert small._cache is not None
+        layer: Any = small._cache.layers[0]
+        assert layer._key_buffer.shape[0] == 16 + 8 and layer._key_buffer.shape[-2] == 64
 
 
 def test_prompts_of_very_different_lengths_join_in_one_growth_and_match_generate(

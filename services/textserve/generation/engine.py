@@ -179,7 +179,13 @@ class GenerationEngine:
         self.scheduler = scheduler
         self.on_events = on_events
         self.labels = {"service": service, "model": model_name}
-        self.batch = PaddedKVBatch(model, device, pad_token_id, max_rows=scheduler.limits.max_running)
+        self.batch = PaddedKVBatch(
+            model,
+            device,
+            pad_token_id,
+            max_rows=scheduler.limits.max_running,
+            max_tokens=scheduler.limits.kv_budget_tokens,
+        )
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopping = False

@@ -40,7 +40,14 @@ _SPARE_ROWS = 8
 class PaddedKVBatch:
     """Rows of running sequences over one left-padded DynamicCache."""
 
-    def __init__(self, model: Any, device: str, pad_token_id: int = 0, max_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        device: str,
+        pad_token_id: int = 0,
+        max_rows: int | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.pad_token_id = pad_token_id
@@ -48,6 +55,9 @@ class PaddedKVBatch:
         """Most rows the batch will hold (the scheduler's running sequences): a buffer that grows
         takes room for as many rows again up to this, so a wave of joins copies the cache once
         (None: _SPARE_ROWS more at most)."""
+        self.max_tokens = max_tokens
+        """With max_rows: the spare rows stop where a buffer would hold more positions than this
+        (the KV budget), so the room kept for joins never costs more memory than the budget."""
         self.rows: list[int] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, width], 1 where a token is held
@@ -229,14 +239,14 @@ class PaddedKVBatch:
             self._unpadded = bool(mask.all())
             for layer in cache.layers:
                 if isinstance(layer, _AppendLayer):
-                    layer.row_limit = self.max_rows
+                    layer.row_limit, layer.token_limit = self.max_rows, self.max_tokens
             return
         width = max(self.width, int(mask.shape[1]))
         for (layer, keys, values), (_, new_keys, new_values) in zip(
             _layers(self._cache), _layers(cache), strict=True
         ):
             if isinstance(layer, _AppendLayer):
-                layer.row_limit = self.max_rows
+                layer.row_limit, layer.token_limit = self.max_rows, self.max_tokens
                 layer.join_rows(new_keys, new_values)
             else:
                 layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)], dim=0)
@@ -327,6 +337,8 @@ class _AppendLayer(DynamicLayer):
         """First buffer position of the views."""
         self.row_limit: int | None = None
         """Most rows the buffers need (PaddedKVBatch.max_rows)."""
+        self.token_limit: int | None = None
+        """Most positions (rows x capacity) spare rows may bring a buffer to (PaddedKVBatch.max_tokens)."""
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -342,7 +354,8 @@ class _AppendLayer(DynamicLayer):
         if not self._owned():
             self._key_buffer = self._value_buffer = None
         if self._key_buffer is None or self._start + length + new > self._key_buffer.shape[-2]:
-            self._grow(_with_spare(rows, self.row_limit), max(2 * (length + new), 64), 0)
+            capacity = max(2 * (length + new), 64)
+            self._grow(self._row_capacity(rows, capacity), capacity, 0)
         key_buffer, value_buffer = self._key_buffer, self._value_buffer
         assert key_buffer is not None and value_buffer is not None
         start, end = self._start, self._start + length
@@ -361,7 +374,8 @@ class _AppendLayer(DynamicLayer):
         shift = target - width
         buffer = self._key_buffer
         if not self._owned() or buffer is None or rows + count > buffer.shape[0] or shift > self._start:
-            self._grow(_with_spare(rows + count, self.row_limit), max(2 * target, 64), shift)
+            capacity = max(2 * target, 64)
+            self._grow(self._row_capacity(rows + count, capacity), capacity, shift)
         elif shift:
             # A longer row joins: the rows there get `shift` more zero positions on the left,
             # taken from the room cut_left freed.
@@ -430,18 +444,23 @@ class _AppendLayer(DynamicLayer):
         self.keys = self._key_buffer[:rows, :, : shift + length, :]
         self.values = self._value_buffer[:rows, :, : shift + length, :]
 
+    def _row_capacity(self, rows: int, capacity: int) -> int:
+        """Rows of new buffers of `capacity` positions that hold `rows` rows: _SPARE_ROWS more at
+        most; with a row limit, room for as many rows again up to it, as long as the buffer holds
+        at most `token_limit` positions."""
+        spare = min(rows, _SPARE_ROWS)
+        if self.row_limit is not None:
+            limit = self.row_limit
+            if self.token_limit is not None:
+                limit = min(limit, self.token_limit // capacity)
+            spare = max(spare, min(rows, limit - rows))
+        return rows + spare
+
     def _owned(self) -> bool:
         """True when `keys` / `values` are still the views into the buffers (nothing replaced them)."""
         return _leads(self.keys, self._key_buffer, self._start) and _leads(
             self.values, self._value_buffer, self._start
         )
-
-
-def _with_spare(rows: int, limit: int | None = None) -> int:
-    """Rows a buffer holding `rows` rows is given: room for as many again, up to `limit` rows in
-    all (None: at most _SPARE_ROWS more)."""
-    spare = _SPARE_ROWS if limit is None else max(limit - rows, 0)
-    return rows + min(rows, spare)
 
 
 def _leads(view: torch.Tensor | None, buffer: torch.Tensor | None, start: int = 0) -> bool:
