@@ -237,7 +237,7 @@ class PaddedKVBatch:
         if self._cache is None or self._mask is None or self._lengths is None:
             self.rows, self._cache, self._mask, self._lengths = seq_ids, cache, mask, lengths
             self._unpadded = bool(mask.all())
-            for layer in cache.layers:
+            for layer in cache.layers:  # the batch's layers from now on (decode updates them in place)
                 if isinstance(layer, _AppendLayer):
                     layer.row_limit, layer.token_limit = self.max_rows, self.max_tokens
             return
@@ -246,7 +246,6 @@ class PaddedKVBatch:
             _layers(self._cache), _layers(cache), strict=True
         ):
             if isinstance(layer, _AppendLayer):
-                layer.row_limit, layer.token_limit = self.max_rows, self.max_tokens
                 layer.join_rows(new_keys, new_values)
             else:
                 layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width)], dim=0)
