@@ -127,7 +127,7 @@ class ResponseCache:
         self._guard_s = 2.0 * config.timeout_ms / 1000.0 + 0.1
         self._last_warning: float | None = None
 
-    def key(self, *parts: str | bytes | int | float | bool) -> str:
+    def key(self, *parts: KeyPart) -> str:
         """A cache key for this service from every output-changing part."""
         return make_key(self.key_prefix, *parts)
 

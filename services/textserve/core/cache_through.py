@@ -65,17 +65,18 @@ class CacheThrough(Generic[V]):
         """Keys being computed now."""
         return self.inflight.in_flight
 
+    @property
+    def key_prefix(self) -> str:
+        """What every key starts with (the cache's prefix when there is one)."""
+        return self.cache.key_prefix if self.cache is not None else f"{self.service}:"
+
     def key(self, *parts: KeyPart) -> str:
         """The key of an output from every part that changes it (the cache's key when there is one)."""
-        if self.cache is not None:
-            return self.cache.key(*parts)
-        return make_key(f"{self.service}:", *parts)
+        return make_key(self.key_prefix, *parts)
 
     def key_maker(self, *parts: KeyPart) -> Callable[[KeyPart], str]:
         """`last -> self.key(*parts, last)`, the fixed parts hashed once."""
-        if self.cache is not None:
-            return self.cache.key_maker(*parts)
-        return key_maker(f"{self.service}:", *parts)
+        return key_maker(self.key_prefix, *parts)
 
     async def run(
         self,
