@@ -9,7 +9,10 @@ For short (~12 tokens) and medium (~50 tokens) texts, no response cache, on the 
         client whose merging turns concurrent single-text calls into fewer RPCs) at 1, 32 and
         64 concurrent single-text callers;
       - bulk calls of 32 texts each (raw stubs, 4 callers);
-    measured in interleaved rounds (every setup once per round, `--rounds` rounds) and
+  * the floor of a Python gRPC server (loadtests/floor_server.py, a subprocess: the same model
+    behind a bare grpc.aio Embed handler and a bare batcher) under 32 raw-stub callers: what
+    the transport and the model allow before anything textserve does per call;
+    all measured in interleaved rounds (every setup once per round, `--rounds` rounds) and
     reported as medians over the rounds: texts/s, the ratio to the raw best batch, p50/p99,
     and the server's CPU time per call and per text (utime + stime of the server process
     from /proc/<pid>/stat over the measured seconds, divided by the calls and texts served
@@ -32,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from tqdm import tqdm
@@ -49,6 +52,7 @@ from loadtests.common import (
     print_table,
     run_bench,
 )
+from loadtests.floor_server import FloorProcess
 from loadtests.serve import ServerProcess
 from loadtests.texts import make_texts
 
@@ -59,6 +63,8 @@ CONCURRENCY = (1, 8, 32, 64)
 """Callers of `drive` in other benchmarks."""
 SERVICE_CONCURRENCY = (1, 32, 64)
 BULK_TEXTS = 32
+FLOOR_SETUP = "grpc.aio floor server, 1 text/call"
+"""loadtests/floor_server.py under raw stubs: what a Python gRPC server allows at the least per call."""
 BULK_CONCURRENCY = 4
 RAW_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 LENGTHS = {"short": 10, "medium": 40}  # words -> ~12 and ~50 tokens
@@ -151,8 +157,14 @@ class Hooks:
     after: Callable[[], Awaitable[None]]
 
 
+class CpuCounted(Protocol):
+    """A server process whose CPU time can be read (ServerProcess, FloorProcess)."""
+
+    def cpu_seconds(self) -> float: ...
+
+
 async def _measured(
-    server: ServerProcess, texts_per_call: int, run: Callable[[Hooks], Awaitable[LoadRun]]
+    server: CpuCounted, texts_per_call: int, run: Callable[[Hooks], Awaitable[LoadRun]]
 ) -> Sample:
     """Runs one load with the server's and this process's CPU counters read around the measured part."""
     marks: dict[str, float] = {}
@@ -207,13 +219,18 @@ async def _service_rows(
     settings = {"TEXTSERVE_EMBEDDING__BATCHER__MAX_BATCH_SIZE": "32", "TEXTSERVE_CACHE__BACKEND": "none"}
     samples: dict[tuple[str, int, int], list[Sample]] = {}
     raw_rounds: list[tuple[float, float]] = []
-    async with ServerProcess(["embedding"], settings, ready_limit_s=120) as server:
+    async with (
+        ServerProcess(["embedding"], settings, ready_limit_s=120) as server,
+        FloorProcess(max_batch=32) as floor,
+    ):
         address = server.address()
         client = AsyncTextserveClient(embedding=address)
 
-        def stubs(bind: Bind, concurrency: int) -> Callable[[Hooks], Awaitable[LoadRun]]:
+        def stubs(
+            bind: Bind, concurrency: int, target: str = address
+        ) -> Callable[[Hooks], Awaitable[LoadRun]]:
             return lambda hooks: closed_loop(
-                address,
+                target,
                 bind,
                 concurrency,
                 seconds,
@@ -233,21 +250,26 @@ async def _service_rows(
                 after_measure=hooks.after,
             )
 
-        setups: list[tuple[str, int, int, Callable[[Hooks], Awaitable[LoadRun]]]] = [
-            *(("raw stubs, 1 text/call", c, 1, stubs(embed_call(texts), c)) for c in SERVICE_CONCURRENCY),
-            *(("client package, 1 text/call", c, 1, through_client(c)) for c in SERVICE_CONCURRENCY),
+        setups: list[tuple[str, int, int, Callable[[Hooks], Awaitable[LoadRun]], CpuCounted]] = [
+            *(
+                ("raw stubs, 1 text/call", c, 1, stubs(embed_call(texts), c), server)
+                for c in SERVICE_CONCURRENCY
+            ),
+            *(("client package, 1 text/call", c, 1, through_client(c), server) for c in SERVICE_CONCURRENCY),
             (
                 f"raw stubs, bulk {BULK_TEXTS} texts/call",
                 BULK_CONCURRENCY,
                 BULK_TEXTS,
                 stubs(bulk_call(texts, BULK_TEXTS), BULK_CONCURRENCY),
+                server,
             ),
+            (FLOOR_SETUP, 32, 1, stubs(embed_call(texts), 32, floor.address()), floor),
         ]
         try:
             for round_index in tqdm(range(rounds), desc=f"{name}: rounds", leave=False):
                 raw_rounds.append(await asyncio.to_thread(raw_best))
-                for label, concurrency, per_call, load in setups:
-                    sample = await _measured(server, per_call, load)
+                for label, concurrency, per_call, load, measured_server in setups:
+                    sample = await _measured(measured_server, per_call, load)
                     samples.setdefault((label, concurrency, per_call), []).append(sample)
                     if sample.errors:
                         print(
@@ -381,6 +403,14 @@ async def run(args: argparse.Namespace) -> BenchResult:
             f"{client32['cpu_ms_per_call_over_bulk']:.2f} ms (target <= 0.5 ms); the model alone "
             f"{best_cpu:.2f} CPU-ms per text at batch {best_size}; raw batch-1 forward p50 "
             f"{single_p50:.2f} ms"
+        )
+        floor32 = at32[FLOOR_SETUP]
+        result.notes.append(
+            f"{name}: the grpc.aio floor server (loadtests/floor_server.py: tokenize, a bare batcher, "
+            f"no interceptors, metrics or versions) reaches {floor32['x_raw_best']:.2f}x raw best at 32 "
+            f"raw-stub callers, {floor32['server_cpu_ms_per_call']:.2f} server CPU-ms per call; textserve's "
+            f"raw stubs reach {stubs32['x_raw_best'] / floor32['x_raw_best']:.2f}x the floor's throughput "
+            f"at {stubs_cpu - floor32['server_cpu_ms_per_call']:.2f} CPU-ms per call more"
         )
     result.notes.append(
         f"medians over {args.rounds} interleaved rounds of {args.seconds:g} s per setup (the raw best "

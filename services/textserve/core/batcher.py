@@ -220,6 +220,8 @@ class Batcher(Generic[In, Out]):
         """Submits items and waits for all results; cancelling the caller drops its queued items."""
         futures = self.submit_many(items, tokens, deadline)
         try:
+            if len(futures) == 1:  # one text per call is the common case: no gathering future
+                return [await futures[0]]
             return list(await asyncio.gather(*futures))
         except BaseException:
             for future in futures:

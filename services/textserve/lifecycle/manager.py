@@ -27,9 +27,10 @@ import gc
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Generic, Literal, Protocol, TypeVar
 
 from textserve.core import metrics
@@ -79,6 +80,28 @@ class VersionSlot(Generic[R]):
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+
+class RoutedCall(Generic[R]):
+    """One request's `async with manager.route(pin, key) as slot:` block (a plain class: it runs
+    on every request, where a generator-based context manager costs several times as much)."""
+
+    __slots__ = ("_key", "_manager", "_pin", "_slot", "_started")
+
+    def __init__(self, manager: VersionManager[R], pin: str, key: str) -> None:
+        self._manager = manager
+        self._pin = pin
+        self._key = key
+
+    async def __aenter__(self) -> VersionSlot[R]:
+        self._slot = self._manager._enter(self._pin, self._key)
+        self._started = time.perf_counter()
+        return self._slot
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._manager._leave(self._slot, error, self._started)
 
 
 @dataclass(frozen=True)
@@ -438,36 +461,32 @@ class VersionManager(Generic[R]):
         """READY versions, ascending."""
         return list(self._serving)
 
-    @contextlib.asynccontextmanager
-    async def route(self, pin: str = "", key: str = "") -> AsyncIterator[VersionSlot[R]]:
-        """The chosen slot, its call counted until the block ends (unloading waits for it),
-        with textserve_model_requests_total / _request_duration_seconds recorded."""
+    def route(self, pin: str = "", key: str = "") -> RoutedCall[R]:
+        """An async context giving the chosen slot (`pick`, on entry), its call counted until the
+        block ends (unloading waits for it), with textserve_model_requests_total /
+        _request_duration_seconds recorded."""
+        return RoutedCall(self, pin, key)
+
+    def _enter(self, pin: str, key: str) -> VersionSlot[R]:
         slot = self.pick(pin, key)
         slot.calls += 1
         slot.idle.clear()
-        if slot.version != self.routing.shadow_version and self._arrival_waiters:
+        if self._arrival_waiters and slot.version != self.routing.shadow_version:
             for waiter in self._arrival_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
             self._arrival_waiters.clear()
-        started = time.perf_counter()
-        error: BaseException | None = None
-        try:
-            yield slot
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            slot.calls -= 1
-            if slot.calls == 0:
-                slot.idle.set()
-            version = slot.version
-            metrics.child(
-                metrics.MODEL_REQUESTS, self.service, self.model, version, self.code_of(error)
-            ).inc()
-            metrics.child(metrics.MODEL_REQUEST_DURATION, self.service, self.model, version).observe(
-                time.perf_counter() - started
-            )
+        return slot
+
+    def _leave(self, slot: VersionSlot[R], error: BaseException | None, started: float) -> None:
+        slot.calls -= 1
+        if slot.calls == 0:
+            slot.idle.set()
+        version = slot.version
+        metrics.child(metrics.MODEL_REQUESTS, self.service, self.model, version, self.code_of(error)).inc()
+        metrics.child(metrics.MODEL_REQUEST_DURATION, self.service, self.model, version).observe(
+            time.perf_counter() - started
+        )
 
     # --- shadow ----------------------------------------------------------------------------
     def primary_busy(self) -> bool:

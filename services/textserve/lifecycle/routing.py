@@ -55,6 +55,8 @@ def key_point(key: str) -> float:
 
 def choose(weights: Mapping[str, float], serving: Sequence[str], key: str = "") -> str:
     """The version for a request with routing key `key` ("" : random) among `serving` (non-empty)."""
+    if len(serving) == 1:
+        return serving[0]  # whatever the weights: the one version there is
     ordered = sorted(serving, key=version_key)
     shares = [(v, float(weights.get(v, 0.0))) for v in ordered]
     total = sum(w for _, w in shares if w > 0)
