@@ -60,7 +60,7 @@ bench: install ## every benchmark -> bench-report/report.md + PNG plots of laten
 	$(PY) -m loadtests.report --out bench-report --skip tasks
 
 .PHONY: bench-embedding
-bench-embedding: install ## embedding: raw model vs service (batching on/off) at concurrency 1-64, short and medium texts
+bench-embedding: install ## embedding: raw model vs service (batching on/off), client package and a bare grpc.aio floor server at concurrency 1-64, short and medium texts
 	$(PY) -m loadtests.bench_embedding
 
 loadtest: install ## Locust, headless, against `textserve serve all` on loopback (60 s; SOAK=1: 10-min soak + memory check)
