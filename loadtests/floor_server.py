@@ -23,11 +23,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
+
+from loadtests.serve import ProcessContext, free_port, process_cpu_seconds, stop_process
 
 if TYPE_CHECKING:
     from textserve.runtime.encoder import EncoderModel
@@ -99,12 +100,10 @@ async def serve(port: int, max_batch: int) -> None:
         await stop()
 
 
-class FloorProcess:
+class FloorProcess(ProcessContext):
     """This server in a subprocess on a free loopback port, for a benchmark's rounds."""
 
     def __init__(self, max_batch: int = 32, ready_limit_s: float = 120.0) -> None:
-        from loadtests.serve import free_port
-
         self.port = free_port()
         self.max_batch = max_batch
         self.ready_limit_s = ready_limit_s
@@ -115,19 +114,21 @@ class FloorProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system, every thread) the process has used so far."""
-        from loadtests.serve import process_cpu_seconds
-
         assert self.proc is not None
         return process_cpu_seconds(self.proc.pid)
 
-    def _wait_ready(self) -> None:
+    def start(self) -> None:
+        """Starts the process and waits until it answers an Embed."""
         from textserve.v1 import embedding_pb2, embedding_pb2_grpc
 
+        command = [sys.executable, "-m", "loadtests.floor_server", "--port", str(self.port)]
+        command += ["--max-batch", str(self.max_batch)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stop_at = time.monotonic() + self.ready_limit_s
         with grpc.insecure_channel(self.address()) as channel:
             stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)  # type: ignore[no-untyped-call]
             while True:
-                if self.proc is None or self.proc.poll() is not None:
+                if self.proc.poll() is not None:
                     raise RuntimeError("floor server exited during start-up")
                 try:
                     stub.Embed(embedding_pb2.EmbedRequest(texts=["ready"]), timeout=2)
@@ -137,34 +138,8 @@ class FloorProcess:
                         raise TimeoutError("floor server not answering") from None
                     time.sleep(0.2)
 
-    def start(self) -> None:
-        """Starts the process and waits until it answers an Embed."""
-        command = [sys.executable, "-m", "loadtests.floor_server", "--port", str(self.port)]
-        command += ["--max-batch", str(self.max_batch)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait_ready()
-
-    async def __aenter__(self) -> Self:
-        try:
-            await asyncio.to_thread(self.start)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self) -> int:
+        return stop_process(self.proc, timeout_s=10)
 
 
 def main() -> None:

@@ -83,7 +83,46 @@ def metric_total(text: str, name: str, label: str = "") -> float:
     return total
 
 
-class ServerProcess:
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 15.0) -> int:
+    """SIGTERM, wait for the drain; the exit code (kill -9 after the timeout: -9; 0: never started)."""
+    if proc is None:
+        return 0
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+            return -9
+    return int(proc.returncode)
+
+
+class ProcessContext:
+    """`async with` for a benchmark's subprocess: `start()` off the event loop (`stop()` when it
+    fails), `stop()` at the end."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> int:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await asyncio.to_thread(self.start)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+class ServerProcess(ProcessContext):
     """`textserve serve <services>` in a subprocess, every service on its own loopback port.
 
     services:     what to serve (`textserve serve <services...>`).
@@ -177,24 +216,10 @@ class ServerProcess:
         await asyncio.to_thread(self.wait_ready_blocking, limit_s)
 
     def start(self, limit_s: float | None = None) -> None:
-        """Starts the process and waits until every service is SERVING."""
-        self.launch()
-        self.wait_ready_blocking(limit_s)
-
-    async def __aenter__(self) -> Self:
+        """Starts the process (unless `launch` did) and waits until every service is SERVING."""
         if self.proc is None:
             self.launch()
-        try:
-            await self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
+        self.wait_ready_blocking(limit_s)
 
     def _log_hint(self) -> str:
         if self.log_file is None:
@@ -240,17 +265,7 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM, wait for the drain; returns the exit code (kill -9 after the timeout: -9)."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-                return -9
-        return int(self.proc.returncode)
+        return stop_process(self.proc, timeout_s)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
