@@ -157,3 +157,24 @@ async def test_primary_idle_and_arrival_tell_a_shadow_when_to_run_and_to_give_wa
     await versions.shadows_done()
     assert REGISTRY.get_sample_value("textserve_shadow_requests_total", skipped) == before + 1
     await versions.stop()
+
+
+async def test_a_routed_call_is_counted_with_its_outcome_and_its_error_passes_through(tmp_path: Path) -> None:
+    folder(tmp_path, "1")
+    versions = manager(tmp_path)
+    versions.code_of = lambda error: "OK" if error is None else type(error).__name__
+    await versions.start()
+    labels = {"service": "unit-lifecycle", "model": "m", "version": "1"}
+
+    def count(code: str) -> float:
+        return REGISTRY.get_sample_value("textserve_model_requests_total", {**labels, "code": code}) or 0.0
+
+    ok, failed = count("OK"), count("KeyError")
+    async with versions.route() as slot:
+        assert slot.version == "1" and slot.calls == 1 and not slot.idle.is_set()
+    with pytest.raises(KeyError, match="boom"):
+        async with versions.route(pin="1"):
+            raise KeyError("boom")
+    assert count("OK") == ok + 1 and count("KeyError") == failed + 1
+    assert versions.slots["1"].calls == 0 and versions.slots["1"].idle.is_set()
+    await versions.stop()
