@@ -131,10 +131,6 @@ class ResponseCache:
         """A cache key for this service from every output-changing part."""
         return make_key(self.key_prefix, *parts)
 
-    def key_maker(self, *parts: KeyPart) -> Callable[[KeyPart], str]:
-        """`last -> self.key(*parts, last)`, the fixed parts hashed once."""
-        return key_maker(self.key_prefix, *parts)
-
     @property
     def key_prefix(self) -> str:
         """What every key of this service starts with."""
